@@ -1,0 +1,346 @@
+"""Calyx configuration: typed sections, loaded from TOML files, drop-ins and command-line overrides.
+
+Every option is a dataclass field with a ``doc``; ``calyx config --defaults`` prints them all with their
+docs, and the README's reference table is generated from the same source (``reference_table``).
+Unknown keys and wrong types are refused with the file, the key and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+DEFAULT_CONFIG_FILE = Path("/etc/calyx/calyx.toml")
+DEFAULT_DROPIN_DIR = Path("/etc/calyx/calyx.d")
+
+
+class ConfigError(ValueError):
+    """A config file or flag that cannot be used; the message names the source, the key and why."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}")
+        self.source = source
+        self.key = key
+        self.reason = reason
+
+
+def opt(default: Any, doc: str) -> Any:
+    """A documented option with an immutable default."""
+    return field(default=default, metadata={"doc": doc})
+
+
+def opt_factory(factory: Any, doc: str) -> Any:
+    """A documented option whose default is built by ``factory`` (lists, dicts)."""
+    return field(default_factory=factory, metadata={"doc": doc})
+
+
+@dataclass
+class ServerConfig:
+    socket: str = opt("/run/calyx/calyx.sock", "Unix socket the CRI services listen on.")
+    socket_mode: str = opt("0660", "File mode of the socket, octal.")
+    log_level: str = opt("info", "Log level: debug, info, warning or error.")
+    workers: int = opt(64, "Threads serving gRPC calls (each streaming call holds one).")
+    shutdown_grace_seconds: float = opt(10.0, "How long SIGTERM waits for calls in flight.")
+
+
+@dataclass
+class StateConfig:
+    root: str = opt("/var/lib/calyx", "Persistent state: metadata store, image content, container dirs.")
+    run_root: str = opt("/run/calyx", "Volatile state: pinned namespaces, runc root, monitor sockets.")
+
+
+@dataclass
+class CgroupConfig:
+    driver: str = opt("cgroupfs", "cgroup driver, the same as kubelet's cgroupDriver: systemd or cgroupfs.")
+
+
+@dataclass
+class RuntimeHandler:
+    runtime_path: str = opt("runc", "OCI runtime binary (name in PATH or absolute path).")
+    runtime_root: str = opt("", "Root dir of the OCI runtime's state; empty: <run_root>/<handler>.")
+
+
+def _default_handlers() -> dict[str, RuntimeHandler]:
+    return {"runc": RuntimeHandler()}
+
+
+@dataclass
+class RuntimeConfig:
+    default_handler: str = opt("runc", "Runtime handler used when a pod names none.")
+    handlers: dict[str, RuntimeHandler] = opt_factory(_default_handlers, "Runtime handlers by name.")
+    conmon_path: str = opt("conmon", "Container monitor binary.")
+
+
+@dataclass
+class NetworkConfig:
+    cni_conf_dir: str = opt("/etc/cni/net.d", "Directory of CNI network configs (first conflist is used).")
+    cni_bin_dirs: list[str] = opt_factory(
+        lambda: ["/opt/cni/bin", "/usr/lib/cni"], "Directories searched for CNI plugins, in order."
+    )
+    bridge: str = opt("calyx0", "Bridge of the built-in network (used when no CNI config exists).")
+    subnet: str = opt("10.88.0.0/16", "IPv4 subnet of the built-in network, unless kubelet sets a pod CIDR.")
+
+
+@dataclass
+class Registry:
+    mirrors: list[str] = opt_factory(list, "Mirror endpoints tried in order before the registry itself.")
+    insecure: bool = opt(False, "Speak plain HTTP to this registry.")
+    username: str = opt("", "User name for basic or token auth.")
+    password: str = opt("", "Password for basic or token auth.")
+
+
+@dataclass
+class ImagesConfig:
+    registries: dict[str, Registry] = opt_factory(dict, "Per-registry settings, keyed by host[:port].")
+    pinned: list[str] = opt_factory(list, "Images kubelet's image GC must never remove.")
+
+
+@dataclass
+class StreamingConfig:
+    address: str = opt("127.0.0.1", "Address of the exec/attach/port-forward server.")
+    port: int = opt(0, "Port of the streaming server; 0 picks a free one at start.")
+    tls_cert: str = opt("", "PEM certificate; with tls_key, the streaming server speaks HTTPS.")
+    tls_key: str = opt("", "PEM private key of tls_cert.")
+    token_ttl_seconds: float = opt(60.0, "How long a streaming URL may wait to be used.")
+    idle_timeout_seconds: float = opt(4 * 3600.0, "Idle streaming connections are closed after this.")
+
+
+@dataclass
+class MetricsConfig:
+    enabled: bool = opt(True, "Serve Prometheus metrics.")
+    address: str = opt("127.0.0.1", "Address of the /metrics endpoint.")
+    port: int = opt(9099, "Port of the /metrics endpoint.")
+
+
+@dataclass
+class Config:
+    server: ServerConfig = opt_factory(ServerConfig, "The CRI gRPC server.")
+    state: StateConfig = opt_factory(StateConfig, "Where state is kept.")
+    cgroup: CgroupConfig = opt_factory(CgroupConfig, "cgroups.")
+    runtime: RuntimeConfig = opt_factory(RuntimeConfig, "OCI runtime and monitor.")
+    network: NetworkConfig = opt_factory(NetworkConfig, "Pod networking.")
+    images: ImagesConfig = opt_factory(ImagesConfig, "Image pulls and storage.")
+    streaming: StreamingConfig = opt_factory(StreamingConfig, "Exec, attach and port-forward.")
+    metrics: MetricsConfig = opt_factory(MetricsConfig, "Prometheus exporter.")
+
+    def validate(self) -> None:
+        """Checks that span several options; raise ConfigError naming the option."""
+        if self.cgroup.driver not in ("systemd", "cgroupfs"):
+            raise ConfigError(
+                "config", "cgroup.driver", f"must be systemd or cgroupfs, not {self.cgroup.driver!r}"
+            )
+        if self.server.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError("config", "server.log_level", f"unknown level {self.server.log_level!r}")
+        try:
+            int(self.server.socket_mode, 8)
+        except ValueError:
+            raise ConfigError("config", "server.socket_mode", "must be an octal mode such as 0660") from None
+        if self.runtime.default_handler not in self.runtime.handlers:
+            raise ConfigError(
+                "config",
+                "runtime.default_handler",
+                f"{self.runtime.default_handler!r} is not in runtime.handlers",
+            )
+
+    @property
+    def root(self) -> Path:
+        return Path(self.state.root)
+
+    @property
+    def run_root(self) -> Path:
+        return Path(self.state.run_root)
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check(value: Any, hint: Any, source: str, key: str) -> Any:
+    """Return ``value`` converted to ``hint`` or raise ConfigError."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
+        return _build(hint, value, source, key)  # type: ignore[arg-type]
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(source, key, f"expected a list, got {type(value).__name__}")
+        return [_check(v, item, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"expected a table, got {type(value).__name__}")
+        return {str(k): _check(v, item, source, f"{key}.{k}") for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (str, int, bool, float):
+        if type(value) is not hint:
+            raise ConfigError(source, key, f"expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if isinstance(hint, types.UnionType):
+        raise ConfigError(source, key, "unsupported option type")
+    raise ConfigError(source, key, f"unsupported option type {hint!r}")
+
+
+def _build(cls: type, table: dict[str, Any], source: str, prefix: str) -> Any:
+    return _merge(cls(), table, source, prefix)
+
+
+def _merge(obj: Any, table: dict[str, Any], source: str, prefix: str) -> Any:
+    """Apply ``table`` onto dataclass instance ``obj`` (in place) and return it."""
+    hints = _hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in table.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(source, path, "unknown option")
+        hint = hints[key]
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            _merge(current, value, source, path)
+        elif typing.get_origin(hint) is dict and isinstance(value, dict):
+            _, item = typing.get_args(hint)
+            merged = dict(current)
+            for name, sub in value.items():
+                sub_path = f"{path}.{name}"
+                if dataclasses.is_dataclass(item) and name in merged and isinstance(sub, dict):
+                    merged[name] = _merge(dataclasses.replace(merged[name]), sub, source, sub_path)
+                else:
+                    merged[name] = _check(sub, item, source, sub_path)
+            setattr(obj, key, merged)
+        else:
+            setattr(obj, key, _check(value, hint, source, path))
+    return obj
+
+
+def _parse_override(text: str) -> dict[str, Any]:
+    """``section.key=value`` from the command line as a nested table.
+
+    The value is read as TOML (a bare word is taken as a string); keys may be quoted as in TOML:
+    ``images.registries."host:5000".insecure=true``.
+    """
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError("--set", text, "expected section.key=value")
+    for candidate in (raw, json.dumps(raw)):
+        try:
+            return tomllib.loads(f"{key.strip()} = {candidate}")
+        except tomllib.TOMLDecodeError:
+            continue
+    raise ConfigError("--set", key, "cannot be read as a TOML key")
+
+
+def load(
+    config_file: Path | None = DEFAULT_CONFIG_FILE,
+    dropin_dir: Path | None = DEFAULT_DROPIN_DIR,
+    overrides: list[str] | None = None,
+    require_file: bool = False,
+) -> Config:
+    """The effective config: defaults, then the file, then drop-ins in name order, then overrides."""
+    config = Config()
+    sources: list[Path] = []
+    if config_file is not None:
+        if config_file.exists():
+            sources.append(config_file)
+        elif require_file:
+            raise ConfigError(str(config_file), "-", "file not found")
+    if dropin_dir is not None and dropin_dir.is_dir():
+        sources.extend(sorted(dropin_dir.glob("*.toml")))
+    for path in sources:
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), "-", f"not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(str(path), "-", f"cannot read: {exc.strerror}") from None
+        _merge(config, table, str(path), "")
+    for text in overrides or []:
+        _merge(config, _parse_override(text), "--set", "")
+    config.validate()
+    return config
+
+
+# --- rendering -----------------------------------------------------------------------------------------
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def to_toml(config: Config) -> str:
+    return tomli_w.dumps(to_dict(config))
+
+
+def _inline(value: Any) -> str:
+    """One TOML value on one line."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_inline(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value}).strip()[4:]
+
+
+def iter_options(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:
+    """Every leaf option as (dotted key, default, doc); for a table of named entries (such as
+    runtime.handlers) the table itself and then its entries' options under ``<name>``."""
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        doc = f.metadata.get("doc", "")
+        if dataclasses.is_dataclass(hint):
+            yield from iter_options(hint, f"{key}.")  # type: ignore[arg-type]
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        yield key, default, doc
+        if typing.get_origin(hint) is dict:
+            item = typing.get_args(hint)[1]
+            if dataclasses.is_dataclass(item):
+                yield from iter_options(item, f"{key}.<name>.")  # type: ignore[arg-type]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(sorted(value)) or "(none)"
+    return _inline(value)
+
+
+def reference_table() -> str:
+    """The config reference as a Markdown table (README.md embeds it)."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    for key, default, doc in iter_options():
+        rows.append(f"| `{key}` | `{_shown(default)}` | {doc} |")
+    return "\n".join(rows)
+
+
+def defaults_toml() -> str:
+    """The default config as TOML, each option's doc as a comment above it."""
+    lines: list[str] = []
+    tables: list[str] = []
+    current = ""
+    for key, default, doc in iter_options():
+        if "<name>" in key:
+            continue
+        section, _, name = key.rpartition(".")
+        if section != current:
+            lines.append(f"\n[{section}]")
+            current = section
+        lines.append(f"# {doc}")
+        if isinstance(default, dict):
+            lines.append(f"# {name}: see [{key}.<name>] tables" + ("" if default else " (none by default)"))
+            for entry, value in default.items():
+                tables.append(f"\n[{key}.{entry}]")
+                tables.extend(f"{k} = {_inline(v)}" for k, v in dataclasses.asdict(value).items())
+        else:
+            lines.append(f"{name} = {_inline(default)}")
+    return "\n".join(lines + tables).lstrip() + "\n"

@@ -1,0 +1,135 @@
+"""``calyx serve``: start order, readiness and graceful shutdown.
+
+Order: take the socket lock, open the store, build the subsystems, serve on the socket (Version and
+Status answer at once, everything else waits), recover, mark ready, tell systemd READY=1. SIGTERM or
+SIGINT stop serving, wait for calls in flight, close the subsystems; containers keep running.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from cri import __version__
+from cri import log as calyx_log
+from cri.config import Config
+from cri.runtime import Runtime
+from cri.server.service import build_server
+from cri.store import Store
+
+log = logging.getLogger("cri.daemon")
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start; the message says why, for the operator."""
+
+
+def notify_systemd(state: str) -> None:
+    """sd_notify(3): a datagram to $NOTIFY_SOCKET when run by systemd with Type=notify."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        try:
+            sock.sendto(state.encode(), address)
+        except OSError as exc:
+            log.warning("sd_notify failed", extra={"state": state, "error": exc.strerror})
+
+
+def claim_socket(path: Path) -> IO[bytes]:
+    """Lock ``<socket>.lock`` for the daemon's lifetime and clear a stale socket file.
+
+    Another live instance holds the lock: refuse to start. A socket file without a lock holder is
+    stale (a crashed daemon) and is replaced.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(f"{path}.lock", "ab")  # noqa: SIM115 - held open for the daemon's lifetime
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        lock.close()
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StartupError(f"another calyx instance is serving {path} (it holds {path}.lock)") from None
+        raise
+    if path.exists() or path.is_symlink():
+        if _socket_answers(path):
+            lock.close()
+            raise StartupError(f"{path} is in use by another process")
+        path.unlink()
+        log.info("removed stale socket", extra={"socket": str(path)})
+    return lock
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def build_runtime(config: Config) -> Runtime:
+    """The runtime with every subsystem this build of Calyx has."""
+    store = Store(config.root / "calyx.db")
+    runtime = Runtime(config, store)
+    for register in _SUBSYSTEM_BUILDERS:
+        register(runtime)
+    return runtime
+
+
+# Each entry attaches one subsystem to the runtime (see cri/subsystems.py).
+from cri.subsystems import SUBSYSTEM_BUILDERS as _SUBSYSTEM_BUILDERS  # noqa: E402
+
+
+def serve(config: Config) -> int:
+    calyx_log.setup(config.server.log_level)
+    socket_path = Path(config.server.socket)
+    started = time.monotonic()
+    try:
+        lock = claim_socket(socket_path)
+    except StartupError as exc:
+        log.error("cannot start", extra={"reason": str(exc)})
+        raise
+    runtime = build_runtime(config)
+    server = build_server(runtime)
+    server.add_insecure_port(f"unix:{socket_path}")
+    server.start()
+    os.chmod(socket_path, int(config.server.socket_mode, 8))
+    log.info("serving", extra={"socket": str(socket_path), "version": __version__, "pid": os.getpid()})
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        runtime.recover()
+        notify_systemd("READY=1")
+        log.info("ready", extra={"startup_ms": (time.monotonic() - started) * 1000})
+        while not stop.wait(3600):
+            pass
+    finally:
+        notify_systemd("STOPPING=1")
+        server.stop(config.server.shutdown_grace_seconds).wait()
+        runtime.close()
+        if socket_path.exists():
+            socket_path.unlink()
+        lock.close()
+        log.info("stopped")
+    return 0

@@ -1,0 +1,63 @@
+"""RPCs about the runtime itself: Version, Status, RuntimeConfig, UpdateRuntimeConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+
+import grpc
+
+import cri
+from cri.api import api_pb2 as pb
+from cri.errors import InvalidArgument
+from cri.runtime import Runtime
+
+RUNTIME_NAME = "calyx"
+KUBE_API_VERSION = "0.1.0"  # fixed by CRI: the version of the kubelet runtime API
+RUNTIME_API_VERSION = "v1"
+
+
+class RuntimeInfoRPCs:
+    runtime: Runtime
+
+    def Version(self, request: pb.VersionRequest, context: grpc.ServicerContext) -> pb.VersionResponse:
+        return pb.VersionResponse(
+            version=KUBE_API_VERSION,
+            runtime_name=RUNTIME_NAME,
+            runtime_version=cri.__version__,
+            runtime_api_version=RUNTIME_API_VERSION,
+        )
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusResponse:
+        status = pb.RuntimeStatus(
+            conditions=[
+                pb.RuntimeCondition(type=c.type, status=c.status, reason=c.reason, message=c.message)
+                for c in self.runtime.conditions()
+            ]
+        )
+        info: dict[str, str] = {}
+        if request.verbose:
+            info["config"] = json.dumps(dataclasses.asdict(self.runtime.config), sort_keys=True)
+            info["podCIDR"] = self.runtime.pod_cidr
+        handlers = [pb.RuntimeHandler(name=name) for name in sorted(self.runtime.config.runtime.handlers)]
+        return pb.StatusResponse(status=status, info=info, runtime_handlers=handlers)
+
+    def RuntimeConfig(
+        self, request: pb.RuntimeConfigRequest, context: grpc.ServicerContext
+    ) -> pb.RuntimeConfigResponse:
+        driver = pb.SYSTEMD if self.runtime.config.cgroup.driver == "systemd" else pb.CGROUPFS
+        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
+
+    def UpdateRuntimeConfig(
+        self, request: pb.UpdateRuntimeConfigRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateRuntimeConfigResponse:
+        cidr = request.runtime_config.network_config.pod_cidr
+        if cidr:
+            for part in cidr.split(","):
+                try:
+                    ipaddress.ip_network(part.strip(), strict=False)
+                except ValueError:
+                    raise InvalidArgument(f"pod CIDR {part.strip()!r} is not a network") from None
+            self.runtime.set_pod_cidr(cidr)
+        return pb.UpdateRuntimeConfigResponse()

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install Calyx and everything it runs with on Debian 12, as root. Idempotent.
+#   deploy/install.sh          runtime packages, /opt/calyx/venv, /usr/local/bin/calyx, /etc/calyx
+#   deploy/install.sh --dev    also the test dependencies, into the checkout's .venv (for tests/run.sh)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+mode=${1:-}
+
+# What the runtime needs on the node.
+runtime_pkgs=(python3 python3-venv runc conmon catatonit containernetworking-plugins iptables iproute2
+              util-linux procps)
+# What the test suite needs besides: the test registry and its auth tools, the busybox the test images
+# are built from, D-Bus and systemd for the systemd cgroup driver's tests, Prometheus for the exporter's.
+dev_pkgs=(docker-registry apache2-utils busybox-static busybox openssl dbus systemd prometheus uidmap)
+
+pkgs=("${runtime_pkgs[@]}")
+[ "$mode" = --dev ] && pkgs+=("${dev_pkgs[@]}")
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's docker-registry and prometheus packages start their services on install; tests start their own.
+for svc in docker-registry prometheus prometheus-node-exporter; do
+  if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+    systemctl disable --now "$svc" >/dev/null 2>&1 || true
+  fi
+done
+
+if [ "$mode" = --dev ]; then
+  venv=$here/.venv
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
+  exit 0
+fi
+
+venv=/opt/calyx/venv
+[ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+"$venv/bin/pip" install -q --disable-pip-version-check "$here"
+ln -sf "$venv/bin/calyx" /usr/local/bin/calyx
+install -d -m 0755 /etc/calyx /etc/calyx/calyx.d
+[ -e /etc/calyx/calyx.toml ] || install -m 0644 "$here/deploy/calyx.toml" /etc/calyx/calyx.toml

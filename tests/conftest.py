@@ -1,0 +1,49 @@
+"""Fixtures shared by every test folder. Subsystem fixtures live in each folder's conftest.py."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemon import Daemon
+
+if os.geteuid() != 0:
+    raise pytest.UsageError("the Calyx test suite runs as root, against the real kernel")
+
+
+@pytest.fixture
+def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A short temporary dir (unix socket paths are limited to 107 bytes)."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="cx-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon_factory(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start calyx daemons on private sockets and state dirs; every one is stopped at teardown."""
+    started: list[Daemon] = []
+
+    def make(config: dict[str, Any] | None = None, start: bool = True, name: str = "d", **kw: Any) -> Daemon:
+        base = short_tmp / f"{name}{len(started)}"
+        base.mkdir()
+        daemon = Daemon(base, config, **kw)
+        started.append(daemon)
+        return daemon.start() if start else daemon
+
+    yield make
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def daemon(daemon_factory: Callable[..., Daemon]) -> Daemon:
+    """A running calyx with default settings on a private socket."""
+    return daemon_factory()

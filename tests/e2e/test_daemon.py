@@ -1,0 +1,141 @@
+"""The daemon as a real process: serving, readiness, socket ownership, shutdown, runtime info RPCs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import time
+
+import grpc
+import pytest
+
+from cri.api import api_pb2 as pb
+from tests.daemon import Daemon
+
+
+def test_version_names_calyx_and_api_v1(daemon: Daemon) -> None:
+    version = daemon.runtime.Version(pb.VersionRequest())
+    assert version.runtime_name == "calyx"
+    assert version.runtime_api_version == "v1"
+    assert version.version == "0.1.0"
+    assert version.runtime_version
+
+
+def test_status_reports_runtime_ready_and_network_condition(daemon: Daemon) -> None:
+    status = daemon.runtime.Status(pb.StatusRequest()).status
+    conditions = {c.type: c for c in status.conditions}
+    assert conditions["RuntimeReady"].status is True
+    network = conditions["NetworkReady"]
+    if not network.status:
+        assert network.reason and network.message
+
+
+def test_status_verbose_carries_the_effective_config(daemon: Daemon) -> None:
+    response = daemon.runtime.Status(pb.StatusRequest(verbose=True))
+    config = json.loads(response.info["config"])
+    assert config["server"]["socket"] == str(daemon.socket)
+    assert config["state"]["root"] == str(daemon.root)
+    assert "runc" in [h.name for h in response.runtime_handlers]
+
+
+@pytest.mark.parametrize(("driver", "expected"), [("systemd", pb.SYSTEMD), ("cgroupfs", pb.CGROUPFS)])
+def test_runtime_config_reports_the_configured_cgroup_driver(
+    daemon_factory, driver: str, expected: int
+) -> None:
+    d = daemon_factory({"cgroup": {"driver": driver}})
+    assert d.runtime.RuntimeConfig(pb.RuntimeConfigRequest()).linux.cgroup_driver == expected
+
+
+def test_pod_cidr_is_stored_and_survives_a_restart(daemon: Daemon) -> None:
+    request = pb.UpdateRuntimeConfigRequest(
+        runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr="10.244.3.0/24"))
+    )
+    daemon.runtime.UpdateRuntimeConfig(request)
+    daemon.restart()
+    info = daemon.runtime.Status(pb.StatusRequest(verbose=True)).info
+    assert info["podCIDR"] == "10.244.3.0/24"
+
+
+def test_bad_pod_cidr_is_invalid_argument_and_keeps_the_old_one(daemon: Daemon) -> None:
+    good = pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr="10.1.0.0/16"))
+    daemon.runtime.UpdateRuntimeConfig(pb.UpdateRuntimeConfigRequest(runtime_config=good))
+    bad = pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr="10.1.0.0/99"))
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.runtime.UpdateRuntimeConfig(pb.UpdateRuntimeConfigRequest(runtime_config=bad))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10.1.0.0/99" in err.value.details()
+    assert daemon.runtime.Status(pb.StatusRequest(verbose=True)).info["podCIDR"] == "10.1.0.0/16"
+
+
+def test_socket_has_mode_0660(daemon: Daemon) -> None:
+    mode = stat.S_IMODE(os.stat(daemon.socket).st_mode)
+    assert stat.S_ISSOCK(os.stat(daemon.socket).st_mode)
+    assert mode == 0o660
+
+
+def test_second_instance_on_the_same_socket_is_refused(daemon: Daemon, daemon_factory) -> None:
+    second = daemon_factory(start=False)
+    second.config_file.write_text(daemon.config_file.read_text())
+    second.start(wait_ready=False)
+    assert second.proc is not None
+    assert second.proc.wait(20) == 1
+    assert "another calyx instance" in second.log()
+    # the first one is untouched
+    assert daemon.runtime.Version(pb.VersionRequest()).runtime_name == "calyx"
+
+
+def test_stale_socket_file_is_replaced(daemon_factory) -> None:
+    d = daemon_factory(start=False)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(d.socket))
+    stale.close()  # a socket file nobody listens on, as a crashed daemon leaves
+    d.start()
+    assert d.runtime.Version(pb.VersionRequest()).runtime_name == "calyx"
+
+
+def test_sigterm_stops_gracefully_and_removes_the_socket(daemon: Daemon) -> None:
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.proc.wait(20) == 0
+    assert not daemon.socket.exists()
+    assert "stopped" in daemon.log()
+
+
+def test_restart_after_kill9_serves_again(daemon: Daemon) -> None:
+    daemon.kill9()
+    assert daemon.socket.exists()  # left behind by the killed process
+    daemon.start()
+    assert daemon.runtime.Version(pb.VersionRequest()).runtime_name == "calyx"
+
+
+def test_every_unimplemented_rpc_answers_unimplemented_naming_it(daemon: Daemon) -> None:
+    """Whatever is not built yet must say so cleanly; nothing may crash or hang the daemon."""
+    from cri.api import api_pb2_grpc
+    from cri.server.service import ImageService, RuntimeService
+
+    services = [
+        ("RuntimeService", RuntimeService, daemon.runtime),
+        ("ImageService", ImageService, daemon.images),
+    ]
+    checked = 0
+    for name, servicer, stub in services:
+        base = getattr(api_pb2_grpc, f"{name}Servicer")
+        for method in pb.DESCRIPTOR.services_by_name[name].methods:
+            if getattr(servicer, method.name) is not getattr(base, method.name):
+                continue  # implemented: covered by its own tests
+            request = getattr(pb, method.input_type.name)()
+            call = getattr(stub, method.name)
+            with pytest.raises(grpc.RpcError) as err:
+                result = call(request, timeout=10)
+                if method.server_streaming:
+                    list(result)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, method.name
+            assert method.name in err.value.details()
+            checked += 1
+    assert daemon.runtime.Version(pb.VersionRequest()).runtime_name == "calyx"
+    # the daemon logged every one of them with its code
+    time.sleep(0.1)
+    assert daemon.log().count("code=UNIMPLEMENTED") == checked
