@@ -1,0 +1,64 @@
+"""The interceptor's mapping of domain errors to gRPC codes, and the structured log format."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+
+from cri import errors
+from cri.api import api_pb2 as pb
+from cri.log import KeyValueFormatter
+from cri.server.interceptor import Interceptor, request_ids
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (errors.InvalidArgument("bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.NotFound("no pod", "abc"), grpc.StatusCode.NOT_FOUND),
+        (errors.AlreadyExists("dup"), grpc.StatusCode.ALREADY_EXISTS),
+        (errors.FailedPrecondition("state"), grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.DeadlineExceeded("late"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (errors.Unavailable("later"), grpc.StatusCode.UNAVAILABLE),
+        (NotImplementedError(), grpc.StatusCode.UNIMPLEMENTED),
+        (KeyError("surprise"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_errors_map_to_codes(exc: Exception, code: grpc.StatusCode) -> None:
+    got, detail = Interceptor._status("RunPodSandbox", exc, pb.RunPodSandboxRequest())
+    assert got == code
+    assert detail
+
+
+def test_error_messages_carry_the_object_id() -> None:
+    _, detail = Interceptor._status("StopContainer", errors.NotFound("container not found", "c0ffee"), None)
+    assert "c0ffee" in detail
+    _, detail = Interceptor._status("X", errors.NotFound("container c0ffee not found", "c0ffee"), None)
+    assert detail == "container c0ffee not found"
+
+
+def test_command_failed_quotes_argv_and_stderr() -> None:
+    exc = errors.CommandFailed(["runc", "start", "abc"], 1, "container not created\n", "abc")
+    assert "runc start abc exited with 1: container not created" in str(exc)
+
+
+def test_request_ids_pick_the_ids_a_request_is_about() -> None:
+    assert request_ids(pb.StopContainerRequest(container_id="c1")) == {"container_id": "c1"}
+    assert request_ids(pb.CreateContainerRequest(pod_sandbox_id="p1")) == {"pod_sandbox_id": "p1"}
+    assert request_ids(pb.PullImageRequest(image=pb.ImageSpec(image="busybox"))) == {"image": "busybox"}
+    config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="web"))
+    assert request_ids(pb.RunPodSandboxRequest(config=config)) == {"name": "web"}
+
+
+def test_log_lines_are_key_value_with_extras() -> None:
+    record = logging.LogRecord("cri.pods", logging.INFO, __file__, 1, "pod started", (), None)
+    record.pod_id = "abc"
+    record.duration_ms = 12.34567
+    record.reason = "two words"
+    line = KeyValueFormatter().format(record)
+    assert "level=info logger=cri.pods" in line
+    assert 'msg="pod started"' in line
+    assert "pod_id=abc" in line and "duration_ms=12.346" in line
+    assert 'reason="two words"' in line
