@@ -43,4 +43,12 @@ venv=/opt/calyx/venv
 "$venv/bin/pip" install -q --disable-pip-version-check "$here"
 ln -sf "$venv/bin/calyx" /usr/local/bin/calyx
 install -d -m 0755 /etc/calyx /etc/calyx/calyx.d
+# An operator's edited config is never overwritten.
 [ -e /etc/calyx/calyx.toml ] || install -m 0644 "$here/deploy/calyx.toml" /etc/calyx/calyx.toml
+[ -e /etc/crictl.yaml ] || install -m 0644 "$here/deploy/crictl.yaml" /etc/crictl.yaml
+install -d /opt/calyx && install -m 0644 "$here/README.md" /opt/calyx/README.md
+install -m 0644 "$here/deploy/calyx.service" /etc/systemd/system/calyx.service
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  systemctl enable calyx.service >/dev/null 2>&1
+fi

@@ -139,3 +139,42 @@ def test_every_unimplemented_rpc_answers_unimplemented_naming_it(daemon: Daemon)
     # the daemon logged every one of them with its code
     time.sleep(0.1)
     assert daemon.log().count("code=UNIMPLEMENTED") == checked
+
+
+def test_readiness_is_notified_to_systemd_after_recovery(daemon_factory, short_tmp) -> None:
+    """With NOTIFY_SOCKET set (as by systemd Type=notify): READY=1 once serving, STOPPING=1 at stop."""
+    notify_path = short_tmp / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(30)
+    try:
+        d = daemon_factory(env={"NOTIFY_SOCKET": str(notify_path)})
+        assert listener.recv(256) == b"READY=1"
+        # by then the daemon answers and says it is ready
+        conditions = {c.type: c.status for c in d.runtime.Status(pb.StatusRequest()).status.conditions}
+        assert conditions["RuntimeReady"] is True
+        d.stop()
+        assert listener.recv(256) == b"STOPPING=1"
+    finally:
+        listener.close()
+
+
+def test_garbage_requests_get_a_status_and_do_not_hurt_the_daemon(daemon: Daemon) -> None:
+    """Undecodable request bytes for every method: each gets an error status, the daemon keeps serving."""
+    raw = daemon.channel
+    payloads = [b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"\x12" * 64]
+    for service in ("RuntimeService", "ImageService"):
+        for method in pb.DESCRIPTOR.services_by_name[service].methods:
+            path = f"/runtime.v1.{service}/{method.name}"
+            for payload in payloads:
+                if method.server_streaming:
+                    call = raw.unary_stream(path, request_serializer=None, response_deserializer=None)
+                    with pytest.raises(grpc.RpcError) as err:
+                        list(call(payload, timeout=10))
+                else:
+                    call = raw.unary_unary(path, request_serializer=None, response_deserializer=None)
+                    with pytest.raises(grpc.RpcError) as err:
+                        call(payload, timeout=10)
+                assert err.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
+    assert daemon.runtime.Version(pb.VersionRequest()).runtime_name == "calyx"
+    assert daemon.proc is not None and daemon.proc.poll() is None
