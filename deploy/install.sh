@@ -11,7 +11,8 @@ runtime_pkgs=(python3 python3-venv runc conmon catatonit containernetworking-plu
               util-linux procps)
 # What the test suite needs besides: the test registry and its auth tools, the busybox the test images
 # are built from, D-Bus and systemd for the systemd cgroup driver's tests, Prometheus for the exporter's.
-dev_pkgs=(docker-registry apache2-utils busybox-static busybox openssl dbus systemd prometheus uidmap)
+# busybox-static and busybox conflict: the static one is installed, the dynamic one only unpacked (below).
+dev_pkgs=(docker-registry apache2-utils busybox-static openssl dbus systemd prometheus uidmap)
 
 pkgs=("${runtime_pkgs[@]}")
 [ "$mode" = --dev ] && pkgs+=("${dev_pkgs[@]}")
@@ -32,6 +33,12 @@ for svc in docker-registry prometheus prometheus-node-exporter; do
 done
 
 if [ "$mode" = --dev ]; then
+  # critest's busybox image wants a dynamically linked busybox (see critest/images.py): unpack Debian's.
+  dyn=/var/cache/calyx-test/busybox-dynamic
+  if [ ! -x "$dyn/bin/busybox" ]; then
+    mkdir -p /var/cache/calyx-test && (cd /var/cache/calyx-test && apt-get download -qq busybox >/dev/null)
+    dpkg-deb -x /var/cache/calyx-test/busybox_*.deb "$dyn"
+  fi
   venv=$here/.venv
   [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
   "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]"
