@@ -126,6 +126,9 @@ def serve(config: Config) -> int:
             pass
     finally:
         notify_systemd("STOPPING=1")
+        events = getattr(runtime, "events", None)
+        if events is not None:  # end GetContainerEvents streams so they do not hold up the stop
+            events.close()
         server.stop(config.server.shutdown_grace_seconds).wait()
         runtime.close()
         if socket_path.exists():

@@ -1,6 +1,6 @@
 """The subsystems the daemon attaches to its runtime, in start-up (and recovery) order.
 
-Each builder takes the Runtime and calls ``runtime.register(name, subsystem)``. Images come first
+Each builder takes the Runtime and calls ``runtime.register(name, subsystem)``. Events first, images
 (containers need them), then pods, then containers, then what observes them.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from cri import events
 from cri.runtime import Runtime
 
-SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = []
+# The event bus comes first so that every other subsystem can publish while it recovers.
+SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [events.register]

@@ -14,6 +14,7 @@ import grpc
 
 from cri.api import api_pb2_grpc
 from cri.runtime import Runtime
+from cri.server.events import EventRPCs
 from cri.server.interceptor import Interceptor
 from cri.server.runtime_info import RuntimeInfoRPCs
 
@@ -21,7 +22,7 @@ from cri.server.runtime_info import RuntimeInfoRPCs
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class RuntimeService(RuntimeInfoRPCs, api_pb2_grpc.RuntimeServiceServicer):
+class RuntimeService(RuntimeInfoRPCs, EventRPCs, api_pb2_grpc.RuntimeServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 

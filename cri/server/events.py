@@ -1,0 +1,19 @@
+"""GetContainerEvents: a server stream of the runtime's container and pod events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from cri.api import api_pb2 as pb
+from cri.runtime import Runtime
+
+
+class EventRPCs:
+    runtime: Runtime
+
+    def GetContainerEvents(
+        self, request: pb.GetEventsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ContainerEventResponse]:
+        yield from self.runtime.events.stream(context.is_active)  # type: ignore[attr-defined]
