@@ -40,6 +40,10 @@ class FailedPrecondition(CalyxError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class PermissionDenied(CalyxError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
 class Unavailable(CalyxError):
     code = grpc.StatusCode.UNAVAILABLE
 
