@@ -60,6 +60,10 @@ class StateConfig:
 @dataclass
 class CgroupConfig:
     driver: str = opt("cgroupfs", "cgroup driver, the same as kubelet's cgroupDriver: systemd or cgroupfs.")
+    default_parent: str = opt(
+        "", "Parent of pods that name none; empty: system.slice (systemd) or /calyx (cgroupfs)."
+    )
+    pids_limit: int = opt(0, "Process limit (pids.max) of every container; 0: no limit.")
 
 
 @dataclass

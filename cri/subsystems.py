@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from cri import events
 from cri.runtime import Runtime
+from sandbox import cgroups
 
 # The event bus comes first so that every other subsystem can publish while it recovers.
-SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [events.register]
+SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [events.register, cgroups.register]

@@ -1,0 +1,151 @@
+"""What every cgroup driver offers the rest of Calyx (``runtime.cgroups``), and the parts they share.
+
+The pods subsystem prepares and removes a pod's parent cgroup; the containers subsystem asks for the OCI
+``linux.cgroupsPath`` and ``linux.resources`` to hand to runc, places each conmon, applies
+UpdateContainerResources and finds the cgroup directories for stats. Only the naming and the way cgroups
+are created differ between the drivers, so the rest lives here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from cri.api import api_pb2 as pb
+from cri.errors import FailedPrecondition
+from sandbox.cgroups import resources as res
+from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
+from sandbox.cgroups.names import check_id
+
+log = logging.getLogger("sandbox.cgroups")
+
+CONTAINER_PREFIX = "calyx"
+MONITOR_PREFIX = "calyx-conmon"
+
+Resources = pb.LinuxContainerResources | dict[str, Any]
+
+
+class CgroupDriver(ABC):
+    """The agreed ``runtime.cgroups`` interface. An empty ``parent`` means the driver's default parent."""
+
+    name: str
+    default_parent: str
+
+    def __init__(
+        self, hierarchy: Hierarchy | None = None, pids_limit: int = 0, default_parent: str = ""
+    ) -> None:
+        self.hierarchy = hierarchy or detect()
+        self.pids_limit = pids_limit
+        if default_parent:
+            self.validate_parent(default_parent)
+            self.default_parent = default_parent
+
+    # --- subsystem ------------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Nothing is stored: cgroups are named after the ids the pods and containers keep."""
+        log.info(
+            "cgroup driver ready",
+            extra={
+                "driver": self.name,
+                "mode": self.hierarchy.mode.value,
+                "controllers": ",".join(sorted(self.hierarchy.controllers)),
+            },
+        )
+
+    def close(self) -> None:  # noqa: B027 - drivers with a connection override it
+        """Nothing runs in the background."""
+
+    # --- naming ----------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def validate_parent(self, parent: str) -> None:
+        """InvalidArgument (naming ``parent``) unless it is in this driver's syntax; "" is the default."""
+
+    def parent_or_default(self, parent: str) -> str:
+        if not parent:
+            return self.default_parent
+        self.validate_parent(parent)
+        return parent
+
+    @abstractmethod
+    def parent_path(self, parent: str) -> str:
+        """The cgroup path (absolute in each hierarchy) of ``parent``."""
+
+    @abstractmethod
+    def container_cgroups_path(self, parent: str, container_id: str) -> str:
+        """The OCI ``linux.cgroupsPath`` for runc (systemd: ``slice:prefix:name``; cgroupfs: a path)."""
+
+    @abstractmethod
+    def container_path(self, container_id: str, parent: str) -> str:
+        """The cgroup path of the container (where runc puts it, given container_cgroups_path)."""
+
+    @abstractmethod
+    def monitor_cgroup(self, container_id: str, parent: str) -> str:
+        """Where the container's conmon goes (systemd: a scope unit name; cgroupfs: a cgroup path)."""
+
+    @abstractmethod
+    def monitor_path(self, container_id: str, parent: str) -> str:
+        """The cgroup path of the monitor's cgroup."""
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def prepare_parent(self, parent: str, resources: dict[str, Any] | None = None) -> None:
+        """Make sure the pod's parent cgroup exists (with ``resources``, OCI form, if given)."""
+
+    @abstractmethod
+    def remove_parent(self, parent: str) -> bool:
+        """Remove the pod's parent cgroup if it is empty; True if it is gone (or never existed)."""
+
+    @abstractmethod
+    def place_monitor(self, container_id: str, parent: str, pid: int) -> None:
+        """Move a running conmon (``pid``, as this process sees it) into its own cgroup."""
+
+    @abstractmethod
+    def remove_container(self, container_id: str, parent: str) -> None:
+        """Remove the container's and its monitor's cgroups after runc delete (cleans crash leftovers)."""
+
+    # --- resources -------------------------------------------------------------------------------------
+
+    def oci_resources(self, resources: pb.LinuxContainerResources) -> dict[str, Any]:
+        """OCI ``linux.resources`` for the spec; InvalidArgument for values this host cannot honour."""
+        return res.oci_resources(resources, self.hierarchy, self.pids_limit)
+
+    def as_oci(self, resources: Resources) -> dict[str, Any]:
+        if isinstance(resources, dict):
+            return resources
+        return res.oci_resources(resources, self.hierarchy, 0)
+
+    @abstractmethod
+    def update(self, container_id: str, parent: str, resources: Resources) -> dict[str, Any]:
+        """Apply new limits to a running container's cgroup; returns the OCI resources applied."""
+
+    def cgroup_dirs(self, container_id: str, parent: str) -> dict[str, Path]:
+        """Where the container's cgroup is, for stats.
+
+        v1: controller name -> directory (co-mounted controllers share one). v2: ``{"unified": dir}``,
+        the one directory.
+        """
+        path = self.container_path(check_id(container_id), parent)
+        if self.hierarchy.mode is Mode.V2:
+            return {"unified": self.hierarchy.dirs(path)["unified"]}
+        return self.hierarchy.dirs(path)
+
+    # --- helpers ---------------------------------------------------------------------------------------
+
+    def _write_files(self, oci: dict[str, Any], cgroup_path: str, container_id: str) -> None:
+        try:
+            res.apply_files(oci, self.hierarchy, cgroup_path)
+        except FileNotFoundError as exc:
+            raise FailedPrecondition(
+                f"cgroup {cgroup_path} of container {container_id} does not exist: {exc.filename}",
+                container_id,
+            ) from None
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                raise FailedPrecondition(f"cgroup {cgroup_path} is gone", container_id) from None
+            raise

@@ -1,0 +1,253 @@
+"""CRI container resources -> OCI ``linux.resources`` -> cgroup file values, for v1 and v2.
+
+The OCI dict is the one representation: the containers subsystem puts it in the runtime spec (runc then
+sets up the cgroup), and ``update`` turns the same dict into file writes for a running container. Both
+paths therefore agree on what a CRI value means on this host.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+from typing import Any
+
+from cri.api import api_pb2 as pb
+from cri.errors import InvalidArgument
+from sandbox.cgroups.hierarchy import Hierarchy, Mode
+
+log = logging.getLogger("sandbox.cgroups")
+
+HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+DEFAULT_CPU_PERIOD = 100_000
+MAX_SHARES = 262_144
+MIN_SHARES = 2
+
+
+def host_page_sizes() -> set[str]:
+    """Huge page sizes of this kernel in the CRI/OCI notation ("2MB", "1GB")."""
+    sizes = set()
+    try:
+        for entry in HUGEPAGES.iterdir():
+            kib = int(entry.name.removeprefix("hugepages-").removesuffix("kB"))
+            sizes.add(page_size_name(kib * 1024))
+    except (OSError, ValueError):
+        pass
+    return sizes
+
+
+def page_size_name(size: int) -> str:
+    """Bytes -> "2MB"/"1GB"/"64KB" as cgroup hugetlb file names spell it."""
+    for unit, factor in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+def swap_accounting(hierarchy: Hierarchy) -> bool:
+    """Whether a swap limit can be set (v1: memsw files exist; v2: memory.swap.max exists)."""
+    if not hierarchy.has("memory"):
+        return False
+    memdir = hierarchy.dirs("/")["memory"]
+    if hierarchy.mode is Mode.V2:
+        return True  # memory.swap.max exists in every non-root cgroup when the kernel has swap support
+    return (memdir / "memory.memsw.limit_in_bytes").exists()
+
+
+def oci_resources(
+    resources: pb.LinuxContainerResources, hierarchy: Hierarchy, pids_limit: int = 0
+) -> dict[str, Any]:
+    """OCI ``linux.resources`` from CRI ``LinuxContainerResources`` (``oom_score_adj`` is the process's).
+
+    Zero means "not set" for every CRI number, as kubelet uses it. Values this host cannot apply are
+    handled the way kubelet expects: hugepage limits are skipped without a hugetlb controller; ``unified``
+    keys are refused on cgroup v1 (they have no meaning there and runc would fail later).
+    """
+    out: dict[str, Any] = {}
+    cpu: dict[str, Any] = {}
+    if resources.cpu_shares:
+        if resources.cpu_shares < 0:
+            raise InvalidArgument(f"cpu_shares {resources.cpu_shares} is negative")
+        cpu["shares"] = min(max(resources.cpu_shares, MIN_SHARES), MAX_SHARES)
+    if resources.cpu_quota:
+        if resources.cpu_quota < -1 or 0 < resources.cpu_quota < 1000:
+            raise InvalidArgument(f"cpu_quota {resources.cpu_quota} is out of range (-1 or >= 1000)")
+        cpu["quota"] = resources.cpu_quota
+    if resources.cpu_period:
+        if not 1000 <= resources.cpu_period <= 1_000_000:
+            raise InvalidArgument(f"cpu_period {resources.cpu_period} is out of range (1000..1000000)")
+        cpu["period"] = resources.cpu_period
+    if resources.cpuset_cpus:
+        cpu["cpus"] = _cpuset(resources.cpuset_cpus, "cpuset_cpus")
+    if resources.cpuset_mems:
+        cpu["mems"] = _cpuset(resources.cpuset_mems, "cpuset_mems")
+    if cpu:
+        out["cpu"] = cpu
+
+    memory: dict[str, Any] = {}
+    limit = resources.memory_limit_in_bytes
+    swap = resources.memory_swap_limit_in_bytes
+    if limit < 0 and limit != -1:
+        raise InvalidArgument(f"memory_limit_in_bytes {limit} is negative")
+    if limit:
+        memory["limit"] = limit
+    if swap:
+        if swap > 0 and limit > 0 and swap < limit:
+            raise InvalidArgument(
+                f"memory_swap_limit_in_bytes {swap} is below memory_limit_in_bytes {limit} "
+                "(it counts memory plus swap)"
+            )
+        if swap_accounting(hierarchy):
+            memory["swap"] = swap
+        else:
+            log.info("no swap accounting on this host: swap limit ignored", extra={"swap": swap})
+    elif limit > 0 and swap_accounting(hierarchy):
+        memory["swap"] = limit  # no swap beyond the memory limit unless asked for, as kubelet expects
+    if memory:
+        out["memory"] = memory
+
+    if pids_limit > 0:
+        out["pids"] = {"limit": pids_limit}
+
+    if resources.hugepage_limits:
+        hugepages = _hugepages(resources.hugepage_limits, hierarchy)
+        if hugepages:
+            out["hugepageLimits"] = hugepages
+
+    if resources.unified:
+        if hierarchy.mode is not Mode.V2:
+            raise InvalidArgument(
+                f"unified cgroup keys {sorted(resources.unified)} need cgroup v2; this host runs cgroup v1"
+            )
+        for key in resources.unified:
+            if "/" in key or "." not in key or key.startswith("cgroup."):
+                raise InvalidArgument(f"unified cgroup key {key!r} is not a controller file name")
+        out["unified"] = dict(resources.unified)
+    return out
+
+
+def _cpuset(value: str, name: str) -> str:
+    text = value.replace(" ", "")
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and (not hi.isdigit() or int(hi) < int(lo))):
+            raise InvalidArgument(f"{name} {value!r} is not a cpu/node list such as 0-2,4")
+    return text
+
+
+def _hugepages(limits: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
+    if not hierarchy.has("hugetlb"):
+        log.info(
+            "no hugetlb cgroup controller on this host: hugepage limits skipped",
+            extra={"page_sizes": ",".join(h.page_size for h in limits)},
+        )
+        return []
+    sizes = host_page_sizes()
+    out = []
+    for item in limits:
+        if item.page_size not in sizes:
+            raise InvalidArgument(
+                f"hugepage size {item.page_size!r} is not supported by this kernel ({sorted(sizes)})"
+            )
+        out.append({"pageSize": item.page_size, "limit": item.limit})
+    return out
+
+
+# --- OCI -> cgroup files ------------------------------------------------------------------------------
+
+
+def v2_cpu_weight(shares: int) -> int:
+    """cgroup v1 cpu.shares (2..262144) -> v2 cpu.weight (1..10000), the mapping runc and kubelet use."""
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def file_writes(oci: dict[str, Any], hierarchy: Hierarchy) -> list[tuple[str, str, str]]:
+    """(controller, file, value) writes that apply ``oci`` to one cgroup, in a workable order."""
+    cpu = oci.get("cpu", {})
+    memory = oci.get("memory", {})
+    writes: list[tuple[str, str, str]] = []
+    if hierarchy.mode is Mode.V1:
+        if "shares" in cpu:
+            writes.append(("cpu", "cpu.shares", str(cpu["shares"])))
+        if "period" in cpu:
+            writes.append(("cpu", "cpu.cfs_period_us", str(cpu["period"])))
+        if "quota" in cpu:
+            writes.append(("cpu", "cpu.cfs_quota_us", str(cpu["quota"])))
+        if "cpus" in cpu:
+            writes.append(("cpuset", "cpuset.cpus", cpu["cpus"]))
+        if "mems" in cpu:
+            writes.append(("cpuset", "cpuset.mems", cpu["mems"]))
+        if "limit" in memory:
+            writes.append(("memory", "memory.limit_in_bytes", str(memory["limit"])))
+        if "swap" in memory:
+            writes.append(("memory", "memory.memsw.limit_in_bytes", str(memory["swap"])))
+        if "pids" in oci:
+            limit = oci["pids"]["limit"]
+            writes.append(("pids", "pids.max", str(limit) if limit > 0 else "max"))
+        for item in oci.get("hugepageLimits", []):
+            writes.append(("hugetlb", f"hugetlb.{item['pageSize']}.limit_in_bytes", str(item["limit"])))
+        return writes
+
+    if "shares" in cpu:
+        writes.append(("cpu", "cpu.weight", str(v2_cpu_weight(cpu["shares"]))))
+    if "quota" in cpu or "period" in cpu:
+        quota = cpu.get("quota", -1)
+        writes.append(("cpu", "cpu.max", f"{quota if quota > 0 else 'max'} {cpu.get('period', '')}".strip()))
+    if "cpus" in cpu:
+        writes.append(("cpuset", "cpuset.cpus", cpu["cpus"]))
+    if "mems" in cpu:
+        writes.append(("cpuset", "cpuset.mems", cpu["mems"]))
+    if "limit" in memory:
+        writes.append(("memory", "memory.max", _v2_max(memory["limit"])))
+    if "swap" in memory:
+        limit, swap = memory.get("limit", 0), memory["swap"]
+        swap_only = -1 if swap == -1 or limit <= 0 else swap - limit
+        writes.append(("memory", "memory.swap.max", _v2_max(swap_only)))
+    if "pids" in oci:
+        writes.append(("pids", "pids.max", _v2_max(oci["pids"]["limit"])))
+    for item in oci.get("hugepageLimits", []):
+        writes.append(("hugetlb", f"hugetlb.{item['pageSize']}.max", str(item["limit"])))
+    for key, value in oci.get("unified", {}).items():
+        writes.append((key.split(".", 1)[0], key, value))
+    return writes
+
+
+def _v2_max(value: int) -> str:
+    return "max" if value <= -1 else str(value)
+
+
+def apply_files(oci: dict[str, Any], hierarchy: Hierarchy, cgroup_path: str) -> None:
+    """Write ``oci`` into the cgroup files of ``cgroup_path`` (which must exist).
+
+    Pairs that the kernel checks against each other are retried in the other order: v1 refuses a
+    memory limit above the memory+swap limit, and a cfs period that makes the current quota invalid.
+    """
+    dirs = hierarchy.dirs(cgroup_path)
+    pending = file_writes(oci, hierarchy)
+    for _attempt in range(len(pending) + 1):
+        failed: list[tuple[str, str, str]] = []
+        error: OSError | None = None
+        for controller, name, value in pending:
+            directory = dirs.get(controller)
+            if directory is None:
+                raise InvalidArgument(f"cgroup controller {controller!r} ({name}) is not available here")
+            try:
+                (directory / name).write_text(value)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                failed.append((controller, name, value))
+                error = exc
+        if not failed:
+            return
+        if len(failed) == len(pending):
+            assert error is not None
+            raise InvalidArgument(
+                f"cgroup {cgroup_path}: cannot write {failed[0][1]}={failed[0][2]}: {error}"
+            )
+        pending = failed
+
+
+def read_value(hierarchy: Hierarchy, cgroup_path: str, controller: str, name: str) -> str:
+    """One cgroup file's content, stripped (for tests and stats)."""
+    return (hierarchy.dirs(cgroup_path)[controller] / name).read_text().strip()
