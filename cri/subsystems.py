@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cri import events
+from cri import events, images, pods
 from cri.runtime import Runtime
 from sandbox import cgroups
 
 # The event bus comes first so that every other subsystem can publish while it recovers.
-SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [events.register, cgroups.register]
+SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [events.register, images.build, cgroups.register, pods.register]

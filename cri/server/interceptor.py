@@ -63,7 +63,7 @@ def request_ids(request: Any) -> dict[str, str]:
     config: Any = getattr(request, "config", None)
     metadata: Any = getattr(config, "metadata", None)
     if metadata is not None and isinstance(getattr(metadata, "name", None), str) and metadata.name:
-        ids["name"] = metadata.name
+        ids["object_name"] = metadata.name  # "name" is a reserved LogRecord attribute
     return ids
 
 

@@ -49,7 +49,7 @@ def test_request_ids_pick_the_ids_a_request_is_about() -> None:
     assert request_ids(pb.CreateContainerRequest(pod_sandbox_id="p1")) == {"pod_sandbox_id": "p1"}
     assert request_ids(pb.PullImageRequest(image=pb.ImageSpec(image="busybox"))) == {"image": "busybox"}
     config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="web"))
-    assert request_ids(pb.RunPodSandboxRequest(config=config)) == {"name": "web"}
+    assert request_ids(pb.RunPodSandboxRequest(config=config)) == {"object_name": "web"}
 
 
 def test_log_lines_are_key_value_with_extras() -> None:

@@ -1,0 +1,43 @@
+"""Failpoints: named places where a test can make the daemon die or fail on purpose.
+
+``CALYX_FAILPOINTS=pod.after_netns=kill,pod.after_network=error`` (read from the environment at each hit,
+so a restarted daemon without the variable runs normally). ``kill`` sends SIGKILL to the daemon itself,
+which is how tests check that recovery cleans up a half-made object; ``error`` raises Internal so the
+undo path of the operation runs. Outside tests the variable is unset and a hit costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+from cri.errors import Internal
+
+log = logging.getLogger("cri.failpoints")
+
+ENV = "CALYX_FAILPOINTS"
+
+
+def _actions() -> dict[str, str]:
+    spec = os.environ.get(ENV, "")
+    actions: dict[str, str] = {}
+    for item in spec.split(","):
+        name, sep, action = item.strip().partition("=")
+        if name and sep:
+            actions[name] = action.strip()
+    return actions
+
+
+def hit(name: str) -> None:
+    """Act on the failpoint ``name`` if the environment arms it."""
+    action = _actions().get(name)
+    if not action:
+        return
+    log.warning("failpoint hit", extra={"failpoint": name, "action": action})
+    if action == "kill":
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "error":
+        raise Internal(f"failpoint {name} fired")

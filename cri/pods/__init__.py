@@ -1,0 +1,16 @@
+"""Pod sandboxes: lifecycle, index and recovery (``runtime.pods``); kernel pieces live in sandbox/."""
+
+from cri.pods.model import NOTREADY, READY, Pod, PodMetadata
+from cri.pods.service import PodService
+
+__all__ = ["NOTREADY", "READY", "Pod", "PodMetadata", "PodService", "register"]
+
+
+def register(runtime: object) -> None:
+    """Subsystem builder: attach ``runtime.pods`` and let it report the network condition."""
+    from cri.runtime import Runtime
+
+    assert isinstance(runtime, Runtime)
+    pods = PodService(runtime)
+    runtime.register("pods", pods)
+    runtime.network_condition = pods.networks.condition

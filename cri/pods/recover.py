@@ -1,0 +1,65 @@
+"""Recovery at start: rebuild the index from the store and reconcile it with the machine.
+
+- A pod whose RunPodSandbox never finished (``complete=False``: the daemon died mid-run) is torn down
+  from its recorded intent and forgotten; kubelet will run it again.
+- A READY pod whose namespaces are gone (a reboot emptied /run, or its PID holder died) is torn down
+  and marked NOTREADY, as kubelet expects of a sandbox that lost its network.
+- Pins, leases, veths and chains that belong to no ready pod are released.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from cri.pods.model import KIND, NOTREADY, Pod
+from cri.pods.service import PodService
+from cri.pods.teardown import detach_network, quietly, release_namespaces, remove_dir
+from sandbox import namespaces, pidns
+
+log = logging.getLogger("cri.pods")
+
+
+def _intact(pod: Pod) -> bool:
+    pins = [p for p in (pod.netns_path, pod.ipc_ns_path, pod.uts_ns_path) if p]
+    if any(not namespaces.is_pinned(Path(p)) for p in pins):
+        return False
+    return not (pod.pid_ns_path and not pidns.is_alive(Path(pod.pid_ns_path)))
+
+
+def recover_pods(svc: PodService) -> None:
+    ready: set[str] = set()
+    for pod_id, record in svc.store.list(KIND).items():
+        try:
+            pod = Pod.from_record(record)
+        except (KeyError, TypeError) as exc:
+            log.error("unreadable pod record dropped", extra={"pod_id": pod_id, "error": repr(exc)})
+            svc.store.delete(KIND, pod_id)
+            continue
+        if not pod.complete:
+            log.warning("cleaning up a pod whose creation was interrupted", extra={"pod_id": pod_id})
+            quietly("detach network", pod_id, detach_network, svc.networks, pod)
+            quietly("release namespaces", pod_id, release_namespaces, svc.run_root, pod)
+            quietly("remove pod dir", pod_id, remove_dir, Path(pod.pod_dir))
+            svc.store.delete(KIND, pod_id)
+            continue
+        if pod.ready and not _intact(pod):
+            log.warning("pod lost its namespaces; marking it not ready", extra={"pod_id": pod_id})
+            quietly("detach network", pod_id, detach_network, svc.networks, pod)
+            quietly("release namespaces", pod_id, release_namespaces, svc.run_root, pod)
+            pod = dataclasses.replace(pod, state=NOTREADY, ips=[])
+        svc.save(pod)
+        if pod.ready:
+            ready.add(pod_id)
+    for kind, ids in namespaces.leftover_pins(svc.run_root).items():
+        for pod_id in ids:
+            if pod_id not in ready:
+                log.warning("releasing a namespace pin no pod owns", extra={"pod_id": pod_id, "kind": kind})
+                namespaces.release(namespaces.pin_path(svc.run_root, kind, pod_id))
+    pid_dir = namespaces.pin_dir(svc.run_root, "pid")
+    if pid_dir.is_dir():
+        for pin in pid_dir.iterdir():
+            if pin.name not in ready:
+                quietly("release pid holder", pin.name, pidns.release, pin)
+    quietly("release unknown leases", "-", svc.networks.bridge.release_unknown, ready)

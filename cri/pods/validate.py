@@ -1,0 +1,154 @@
+"""Checks on a RunPodSandboxRequest before anything is made: a bad request leaves no trace."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from cri.api import api_pb2 as pb
+from cri.config import Config
+from cri.errors import InvalidArgument, Unimplemented
+from cri.pods.model import PodMetadata, message_dict
+from sandbox import cgroup_parent, podfiles, sysctls
+
+PROTOCOLS = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A validated, normalised RunPodSandbox request."""
+
+    metadata: PodMetadata
+    runtime_handler: str
+    hostname: str
+    log_directory: str
+    cgroup_parent: str
+    namespace_options: dict[str, Any]
+    dns: podfiles.DNS
+    port_mappings: list[dict[str, Any]]
+    sysctls: dict[str, str]
+    linux: dict[str, Any]
+    config: dict[str, Any]
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+    @property
+    def own_net(self) -> bool:
+        return self.namespace_options["network"] != "NODE"
+
+    @property
+    def own_ipc(self) -> bool:
+        return self.namespace_options["ipc"] != "NODE"
+
+    @property
+    def shared_pid(self) -> bool:
+        return self.namespace_options["pid"] == "POD"
+
+
+def namespace_options(linux: pb.LinuxPodSandboxConfig) -> dict[str, Any]:
+    options = linux.security_context.namespace_options
+    userns: dict[str, Any] = {}
+    if options.HasField("userns_options"):
+        userns = message_dict(options.userns_options)
+        userns["mode"] = pb.NamespaceMode.Name(options.userns_options.mode)
+        if options.userns_options.mode != pb.NODE:
+            raise Unimplemented(
+                "calyx does not support pod user namespaces (userns_options.mode must be NODE)"
+            )
+    for name in ("network", "ipc"):
+        if getattr(options, name) not in (pb.POD, pb.NODE):
+            raise InvalidArgument(
+                f"namespace_options.{name} must be POD or NODE, "
+                f"not {pb.NamespaceMode.Name(getattr(options, name))}"
+            )
+    if options.pid == pb.TARGET and not options.target_id:
+        raise InvalidArgument("namespace_options.pid is TARGET but target_id is empty")
+    return {
+        "network": pb.NamespaceMode.Name(options.network),
+        "pid": pb.NamespaceMode.Name(options.pid),
+        "ipc": pb.NamespaceMode.Name(options.ipc),
+        "target_id": options.target_id,
+        "userns": userns,
+    }
+
+
+def port_mappings(mappings: Any) -> list[dict[str, Any]]:
+    out = []
+    for m in mappings:
+        if not 0 < m.container_port <= 65535:
+            raise InvalidArgument(f"port mapping: container_port {m.container_port} is not a port")
+        if not 0 <= m.host_port <= 65535:
+            raise InvalidArgument(f"port mapping: host_port {m.host_port} is not a port")
+        if m.protocol not in PROTOCOLS:
+            raise InvalidArgument(f"port mapping: unknown protocol {m.protocol}")
+        if m.host_ip:
+            try:
+                ipaddress.ip_address(m.host_ip)
+            except ValueError:
+                raise InvalidArgument(f"port mapping: host_ip {m.host_ip!r} is not an IP address") from None
+        out.append(
+            {
+                "protocol": PROTOCOLS[m.protocol],
+                "container_port": m.container_port,
+                "host_port": m.host_port,
+                "host_ip": m.host_ip,
+            }
+        )
+    return out
+
+
+def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: Any) -> RunSpec:
+    cfg = request.config
+    meta = cfg.metadata
+    for name in ("name", "namespace", "uid"):
+        if not getattr(meta, name):
+            raise InvalidArgument(f"pod sandbox metadata.{name} is required")
+    handler = request.runtime_handler or config.runtime.default_handler
+    if handler not in config.runtime.handlers:
+        raise InvalidArgument(
+            f"runtime handler {handler!r} is not configured "
+            f"(have: {', '.join(sorted(config.runtime.handlers))})"
+        )
+    options = namespace_options(cfg.linux)
+    own_net = options["network"] != "NODE"
+    hostname = cfg.hostname or socket.gethostname()
+    podfiles.validate_hostname(hostname)
+    dns = podfiles.DNS(
+        list(cfg.dns_config.servers), list(cfg.dns_config.searches), list(cfg.dns_config.options)
+    )
+    podfiles.validate_dns(dns)
+    if cfg.log_directory and not cfg.log_directory.startswith("/"):
+        raise InvalidArgument(f"log_directory {cfg.log_directory!r} must be an absolute path")
+    requested_sysctls = dict(cfg.linux.sysctls)
+    sysctls.validate(requested_sysctls, own_net=own_net, own_ipc=options["ipc"] != "NODE")
+    parent = cfg.linux.cgroup_parent
+    if not parent:
+        pass  # the driver's default parent
+    elif cgroups is not None and hasattr(cgroups, "validate_parent"):
+        cgroups.validate_parent(parent)
+    else:
+        cgroup_parent.validate_parent(config.cgroup.driver, parent)
+    linux = {
+        "cgroup_parent": parent,
+        "sysctls": requested_sysctls,
+        "security_context": message_dict(cfg.linux.security_context),
+        "overhead": message_dict(cfg.linux.overhead),
+        "resources": message_dict(cfg.linux.resources),
+    }
+    return RunSpec(
+        metadata=PodMetadata(meta.name, meta.uid, meta.namespace, meta.attempt),
+        runtime_handler=handler,
+        hostname=hostname,
+        log_directory=cfg.log_directory,
+        cgroup_parent=parent,
+        namespace_options=options,
+        dns=dns,
+        port_mappings=port_mappings(cfg.port_mappings) if own_net else [],
+        sysctls=requested_sysctls,
+        linux=linux,
+        config=message_dict(cfg),
+        labels=dict(cfg.labels),
+        annotations=dict(cfg.annotations),
+    )

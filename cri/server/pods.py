@@ -1,0 +1,99 @@
+"""Pod sandbox RPCs: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from cri.api import api_pb2 as pb
+from cri.pods.model import READY, Pod
+from cri.pods.query import filtered, verbose_info
+from cri.runtime import Runtime
+
+STREAM_BATCH = 256  # pods per StreamPodSandboxes message, well below the 16 MiB message limit
+_MODES = {"POD": pb.POD, "CONTAINER": pb.CONTAINER, "NODE": pb.NODE, "TARGET": pb.TARGET}
+
+
+def _state(pod: Pod) -> pb.PodSandboxState:
+    return pb.SANDBOX_READY if pod.state == READY else pb.SANDBOX_NOTREADY
+
+
+def pod_sandbox(pod: Pod) -> pb.PodSandbox:
+    return pb.PodSandbox(
+        id=pod.id,
+        metadata=pod.metadata.to_pb(),
+        state=_state(pod),
+        created_at=pod.created_at,
+        labels=pod.labels,
+        annotations=pod.annotations,
+        runtime_handler=pod.runtime_handler,
+    )
+
+
+def pod_status(pod: Pod) -> pb.PodSandboxStatus:
+    options = pod.namespace_options
+    network = pb.PodSandboxNetworkStatus()
+    if pod.ips:
+        network.ip = pod.ips[0]
+        network.additional_ips.extend(pb.PodIP(ip=ip) for ip in pod.ips[1:])
+    return pb.PodSandboxStatus(
+        id=pod.id,
+        metadata=pod.metadata.to_pb(),
+        state=_state(pod),
+        created_at=pod.created_at,
+        network=network,
+        linux=pb.LinuxPodSandboxStatus(
+            namespaces=pb.Namespace(
+                options=pb.NamespaceOption(
+                    network=_MODES[options["network"]],
+                    pid=_MODES[options["pid"]],
+                    ipc=_MODES[options["ipc"]],
+                    target_id=options.get("target_id", ""),
+                )
+            )
+        ),
+        labels=pod.labels,
+        annotations=pod.annotations,
+        runtime_handler=pod.runtime_handler,
+    )
+
+
+class PodRPCs:
+    runtime: Runtime
+
+    @property
+    def _pods(self) -> Any:
+        return self.runtime.pods  # type: ignore[attr-defined]
+
+    def RunPodSandbox(self, request: pb.RunPodSandboxRequest, context: grpc.ServicerContext) -> Any:
+        pod = self._pods.run(request)
+        return pb.RunPodSandboxResponse(pod_sandbox_id=pod.id)
+
+    def StopPodSandbox(self, request: pb.StopPodSandboxRequest, context: grpc.ServicerContext) -> Any:
+        self._pods.stop(request.pod_sandbox_id)
+        return pb.StopPodSandboxResponse()
+
+    def RemovePodSandbox(self, request: pb.RemovePodSandboxRequest, context: grpc.ServicerContext) -> Any:
+        self._pods.remove(request.pod_sandbox_id)
+        return pb.RemovePodSandboxResponse()
+
+    def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: grpc.ServicerContext) -> Any:
+        pod = self._pods.get(request.pod_sandbox_id)
+        response = pb.PodSandboxStatusResponse(status=pod_status(pod), timestamp=time.time_ns())
+        if request.verbose:
+            response.info.update(verbose_info(pod))
+        return response
+
+    def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> Any:
+        flt = request.filter if request.HasField("filter") else None
+        return pb.ListPodSandboxResponse(items=[pod_sandbox(p) for p in filtered(self._pods, flt)])
+
+    def StreamPodSandboxes(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        """ListPodSandbox as a stream of batches (kubelet's variant for nodes with many pods)."""
+        flt = request.filter if request.HasField("filter") else None
+        items = [pod_sandbox(p) for p in filtered(self._pods, flt)]
+        for start in range(0, len(items), STREAM_BATCH):
+            yield pb.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + STREAM_BATCH])

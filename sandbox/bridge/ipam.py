@@ -1,0 +1,63 @@
+"""Address leases of the built-in network, persisted in the store (kind ``lease``, id = the address).
+
+The store's transaction makes the check-and-take atomic, and a lease outlives a daemon restart, so a
+pod keeps its address and no two pods ever get the same one. Leases of pods that no longer exist are
+released by recovery.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from typing import Any
+
+from cri.errors import ResourceExhausted
+from cri.store import Store
+
+KIND = "lease"
+
+
+def gateway_of(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
+    """The bridge's address: the subnet's first host."""
+    return ipaddress.IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+
+
+class IPAM:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+
+    def leases(self) -> dict[str, dict[str, Any]]:
+        return self.store.list(KIND)
+
+    def of_pod(self, pod_id: str) -> list[str]:
+        return sorted(ip for ip, lease in self.leases().items() if lease.get("pod_id") == pod_id)
+
+    def allocate(self, subnet: ipaddress.IPv4Network, pod_id: str, bridge: str) -> ipaddress.IPv4Interface:
+        """The pod's address in ``subnet`` (its existing lease there, else the lowest free host)."""
+        with self._lock:
+            leases = self.leases()
+            for ip, lease in leases.items():
+                if lease.get("pod_id") == pod_id and ipaddress.ip_address(ip) in subnet:
+                    return ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}")
+            gateway = gateway_of(subnet).ip
+            for host in subnet.hosts():
+                if host == gateway or str(host) in leases:
+                    continue
+                with self.store.transaction() as tx:
+                    tx.put(KIND, str(host), {"pod_id": pod_id, "subnet": str(subnet), "bridge": bridge})
+                return ipaddress.IPv4Interface(f"{host}/{subnet.prefixlen}")
+        raise ResourceExhausted(f"no free address left in {subnet} for the pod", pod_id)
+
+    def release(self, pod_id: str) -> list[str]:
+        """Drop every lease of ``pod_id``; returns the addresses released."""
+        with self._lock:
+            mine = [ip for ip, lease in self.leases().items() if lease.get("pod_id") == pod_id]
+            if mine:
+                with self.store.transaction() as tx:
+                    for ip in mine:
+                        tx.delete(KIND, ip)
+        return mine
+
+    def bridges_in_use(self) -> set[str]:
+        return {str(lease.get("bridge", "")) for lease in self.leases().values()}

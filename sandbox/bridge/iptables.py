@@ -1,0 +1,144 @@
+"""iptables rules of the built-in network, all in chains of its own so teardown never touches others'.
+
+Per bridge (names carry the bridge name so several networks on one host stay apart):
+  nat  CALYX-HP-<br>   hostPort dispatch, jumped to from PREROUTING and OUTPUT for local destinations
+                       (OUTPUT makes hostPorts work from the host itself, 127.0.0.1 included)
+  nat  CALYX-PR-<br>   masquerade: pod traffic leaving the subnet, and loopback-sourced traffic DNATed
+                       into the bridge (needs route_localnet on the bridge)
+  filter CALYX-FW-<br> accept forwarding to and from the bridge
+Per pod: nat CALYX-H-<id16> with the pod's DNAT rules, jumped to from CALYX-HP-<br>.
+The network chains go when the last pod of the bridge is gone; a pod's chain goes at its stop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import subprocess
+from typing import Any
+
+from cri import proc
+from cri.errors import CommandFailed
+
+log = logging.getLogger("sandbox.bridge.iptables")
+
+TIMEOUT_S = 30.0
+PROTOCOLS = ("tcp", "udp", "sctp")
+
+
+def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    return proc.run(["iptables", "-w", "10", "-t", table, *args], TIMEOUT_S, check=check)
+
+
+def _exists(table: str, chain: str, rule: list[str]) -> bool:
+    return _ipt(table, "-C", chain, *rule, check=False).returncode == 0
+
+
+def _ensure(table: str, chain: str, rule: list[str], insert: bool = False) -> None:
+    if not _exists(table, chain, rule):
+        _ipt(table, "-I" if insert else "-A", chain, *rule)
+
+
+def _chain_exists(table: str, chain: str) -> bool:
+    return _ipt(table, "-S", chain, check=False).returncode == 0
+
+
+def _ensure_chain(table: str, chain: str) -> None:
+    if not _chain_exists(table, chain):
+        result = _ipt(table, "-N", chain, check=False)
+        if result.returncode != 0 and not _chain_exists(table, chain):
+            raise CommandFailed(
+                ["iptables", "-t", table, "-N", chain],
+                result.returncode,
+                result.stderr.decode(errors="replace"),
+            )
+
+
+def _delete_rule(table: str, chain: str, rule: list[str]) -> None:
+    while _exists(table, chain, rule):
+        _ipt(table, "-D", chain, *rule)
+
+
+def _drop_chain(table: str, chain: str) -> None:
+    if _chain_exists(table, chain):
+        _ipt(table, "-F", chain)
+        _ipt(table, "-X", chain)
+
+
+def pod_chain(pod_id: str) -> str:
+    return f"CALYX-H-{pod_id[:16]}"
+
+
+class BridgeRules:
+    def __init__(self, bridge: str) -> None:
+        self.bridge = bridge
+        self.hostports = f"CALYX-HP-{bridge}"
+        self.postrouting = f"CALYX-PR-{bridge}"
+        self.forward = f"CALYX-FW-{bridge}"
+
+    def _jumps(self) -> list[tuple[str, str, list[str]]]:
+        local = ["-m", "addrtype", "--dst-type", "LOCAL"]
+        return [
+            ("nat", "PREROUTING", [*local, "-j", self.hostports]),
+            ("nat", "OUTPUT", [*local, "-j", self.hostports]),
+            ("nat", "POSTROUTING", ["-j", self.postrouting]),
+            ("filter", "FORWARD", ["-j", self.forward]),
+        ]
+
+    def ensure_network(self, subnet: ipaddress.IPv4Network) -> None:
+        for table, chain in (("nat", self.hostports), ("nat", self.postrouting), ("filter", self.forward)):
+            _ensure_chain(table, chain)
+        net = str(subnet)
+        _ensure("nat", self.postrouting, ["-s", net, "!", "-d", net, "-j", "MASQUERADE"])
+        _ensure("nat", self.postrouting, ["-s", "127.0.0.0/8", "-o", self.bridge, "-j", "MASQUERADE"])
+        _ensure("filter", self.forward, ["-i", self.bridge, "-j", "ACCEPT"])
+        _ensure("filter", self.forward, ["-o", self.bridge, "-j", "ACCEPT"])
+        for table, chain, rule in self._jumps():
+            _ensure(table, chain, rule, insert=True)
+
+    def remove_network(self) -> None:
+        for table, chain, rule in self._jumps():
+            if _chain_exists(table, rule[-1]):
+                _delete_rule(table, chain, rule)
+        for table, chain in (("nat", self.hostports), ("nat", self.postrouting), ("filter", self.forward)):
+            _drop_chain(table, chain)
+
+    def add_pod(self, pod_id: str, ip: str, port_mappings: list[dict[str, Any]]) -> None:
+        """DNAT the pod's hostPorts to it; SCTP only where the kernel supports it (else a warning)."""
+        mappings = [m for m in port_mappings if m.get("host_port")]
+        if not mappings:
+            return
+        chain = pod_chain(pod_id)
+        _ensure_chain("nat", chain)
+        _ipt("nat", "-F", chain)
+        for m in mappings:
+            protocol = m.get("protocol", "tcp")
+            rule = ["-p", protocol]
+            if m.get("host_ip"):
+                rule += ["-d", m["host_ip"]]
+            rule += [
+                "--dport",
+                str(m["host_port"]),
+                "-j",
+                "DNAT",
+                "--to-destination",
+                f"{ip}:{m['container_port']}",
+            ]
+            try:
+                _ipt("nat", "-A", chain, *rule)
+            except CommandFailed:
+                if protocol != "sctp":
+                    raise
+                log.warning(
+                    "sctp hostPort not supported by this kernel",
+                    extra={"pod_id": pod_id, "host_port": m["host_port"]},
+                )
+        _ensure("nat", self.hostports, ["-m", "comment", "--comment", f"calyx pod {pod_id}", "-j", chain])
+
+    def remove_pod(self, pod_id: str) -> None:
+        chain = pod_chain(pod_id)
+        if _chain_exists("nat", self.hostports):
+            _delete_rule(
+                "nat", self.hostports, ["-m", "comment", "--comment", f"calyx pod {pod_id}", "-j", chain]
+            )
+        _drop_chain("nat", chain)

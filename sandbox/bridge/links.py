@@ -1,0 +1,113 @@
+"""Kernel links of the built-in network through pyroute2: the bridge and each pod's veth pair.
+
+The pod end is created in the host with a temporary name, moved into the pod's pinned netns and renamed
+``eth0`` there. Names derive from the pod id, so teardown and recovery find them without stored state.
+Inside the netns pyroute2 is opened with ``flags=0``: it never creates a namespace that is missing.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+from pathlib import Path
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from cri.errors import Internal
+
+POD_IFNAME = "eth0"
+
+
+def veth_names(pod_id: str) -> tuple[str, str]:
+    """(host end, temporary pod end); both fit IFNAMSIZ (15 characters)."""
+    return f"cxv{pod_id[:12]}", f"cxe{pod_id[:12]}"
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> int:
+    """Create the bridge if missing, give it the gateway address, bring it up; returns its index."""
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            try:
+                ipr.link("add", ifname=name, kind="bridge")
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise Internal(f"cannot create bridge {name}: {exc}") from None
+            index = _index(ipr, name)
+            if index is None:
+                raise Internal(f"bridge {name} vanished right after creation")
+        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)}
+        if (str(gateway.ip), gateway.network.prefixlen) not in have:
+            try:
+                ipr.addr("add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise Internal(f"cannot add {gateway} to bridge {name}: {exc}") from None
+        ipr.link("set", index=index, state="up")
+        return index
+
+
+def delete_link(name: str) -> bool:
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return False
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+        return True
+
+
+def attach_pod(
+    bridge: str, netns: Path, pod_id: str, address: ipaddress.IPv4Interface, gateway: ipaddress.IPv4Address
+) -> str:
+    """Create the pod's veth pair, plug the host end into ``bridge`` and configure ``eth0`` in the netns."""
+    host_name, temp_name = veth_names(pod_id)
+    with IPRoute() as ipr:
+        bridge_index = _index(ipr, bridge)
+        if bridge_index is None:
+            raise Internal(f"bridge {bridge} does not exist", pod_id)
+        if _index(ipr, host_name) is not None:  # left from an interrupted attempt
+            ipr.link("del", index=_index(ipr, host_name))
+        stale = _index(ipr, temp_name)
+        if stale is not None:
+            ipr.link("del", index=stale)
+        ipr.link("add", ifname=host_name, kind="veth", peer=temp_name)
+        host_index = _index(ipr, host_name)
+        peer_index = _index(ipr, temp_name)
+        if host_index is None or peer_index is None:
+            raise Internal(f"veth pair {host_name}/{temp_name} was not created", pod_id)
+        ipr.link("set", index=peer_index, net_ns_fd=str(netns))
+        ipr.link("set", index=host_index, master=bridge_index, state="up")
+    with IPRoute(netns=str(netns), flags=0) as ns:
+        index = _index(ns, temp_name)
+        if index is None:
+            raise Internal(f"{temp_name} did not arrive in the pod netns {netns}", pod_id)
+        ns.link("set", index=index, ifname=POD_IFNAME)
+        ns.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+        ns.link("set", index=index, state="up")
+        lo = _index(ns, "lo")
+        if lo is not None:
+            ns.link("set", index=lo, state="up")
+        ns.route("add", dst="0.0.0.0/0", gateway=str(gateway))
+    return host_name
+
+
+def detach_pod(pod_id: str) -> None:
+    """Delete the pod's veth pair (deleting the host end removes the pod end with it)."""
+    host_name, temp_name = veth_names(pod_id)
+    delete_link(host_name)
+    delete_link(temp_name)
+
+
+def set_sysctl(path: str, value: str) -> None:
+    """A host sysctl under /proc/sys (the daemon runs in the host's namespaces)."""
+    Path("/proc/sys", path).write_text(value)

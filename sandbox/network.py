@@ -1,0 +1,79 @@
+"""Pod networking: CNI when the conf dir holds a config, else the built-in bridge network.
+
+The choice is made when a pod is run and recorded with the pod (``plan``), together with the CNI network
+list it was added to; teardown follows that record, so a changed or deleted config, or a daemon restart,
+never leaves a pod that cannot be detached.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cri.config import NetworkConfig
+from cri.errors import FailedPrecondition
+from cri.runtime import Condition
+from cri.store import Store
+from sandbox.bridge import BridgeNetwork
+from sandbox.cni import CNINetwork, NetworkList, PodRef
+from sandbox.cni.config import ConfigError
+from sandbox.cni.network import result_ips
+
+log = logging.getLogger("sandbox.network")
+
+NOT_READY = "NetworkPluginNotReady"
+
+
+class PodNetworks:
+    def __init__(self, config: NetworkConfig, store: Store, pod_cidr: Callable[[], str]) -> None:
+        self.cni = CNINetwork(Path(config.cni_conf_dir), config.cni_bin_dirs)
+        self.bridge = BridgeNetwork(config.bridge, config.subnet, store, pod_cidr)
+
+    def condition(self) -> Condition:
+        """NetworkReady: built-in network (no CNI config) or a CNI config whose plugins all exist."""
+        if self.cni.config_path() is None:
+            return Condition("NetworkReady", True, "", f"built-in network on bridge {self.bridge.bridge}")
+        ok, why = self.cni.readiness()
+        if ok:
+            return Condition("NetworkReady", True)
+        return Condition("NetworkReady", False, NOT_READY, why)
+
+    def plan(self) -> dict[str, Any]:
+        """What a new pod will be attached to, recorded before anything is made."""
+        try:
+            netlist = self.cni.current()
+        except ConfigError as exc:
+            raise FailedPrecondition(f"pod network not ready: {exc}") from None
+        if netlist is None:
+            return {"kind": "bridge", "bridge": self.bridge.bridge}
+        missing = self.cni.missing_plugins(netlist)
+        if missing:
+            raise FailedPrecondition(
+                f"pod network not ready: CNI plugins {', '.join(missing)} of network {netlist.name!r} "
+                f"not found "
+                f"in {', '.join(self.cni.bin_dirs)}"
+            )
+        return {"kind": "cni", "network": netlist.to_record(), "result": None}
+
+    def setup(self, plan: dict[str, Any], pod: PodRef) -> tuple[dict[str, Any], list[str]]:
+        """Attach the pod as planned; returns the updated record and the pod's IPs."""
+        if plan["kind"] == "cni":
+            netlist = NetworkList.from_record(plan["network"])
+            result = self.cni.add(netlist, pod)
+            return {**plan, "result": result}, result_ips(result)
+        record = self.bridge.attach(pod.pod_id, Path(pod.netns), pod.port_mappings)
+        return record, [record["address"].split("/")[0]]
+
+    def teardown(self, record: dict[str, Any], pod: PodRef) -> None:
+        """Detach the pod; idempotent, safe after a partial setup."""
+        if record.get("kind") == "cni":
+            netlist = NetworkList.from_record(record["network"])
+            self.cni.delete(netlist, pod, record.get("result"))
+        elif record.get("kind") == "bridge":
+            self.bridge.detach(pod.pod_id, record.get("bridge"))
+
+    def check(self, record: dict[str, Any], pod: PodRef) -> None:
+        if record.get("kind") == "cni" and record.get("result"):
+            self.cni.check(NetworkList.from_record(record["network"]), pod, record["result"])

@@ -1,0 +1,135 @@
+"""The pod's shared PID namespace, held by a minimal init (``catatonit -P``) for the pod's lifetime.
+
+``unshare --pid=PIN --fork --kill-child catatonit -P`` creates the namespace, pins it, and runs catatonit
+as its PID 1: containers join the pin by path, see catatonit as PID 1, and orphans are reaped by it.
+``--kill-child`` makes catatonit die with its unshare parent. The pin is useless once catatonit is gone
+(the kernel refuses new members of a PID namespace whose init has exited), so holder and pin are always
+released together.
+
+The holder is found again by the namespace itself (every process whose ``/proc/PID/ns/pid`` is the
+pinned namespace), never by a PID remembered across a restart, so PID reuse cannot make us kill a
+stranger and a holder spawned just before a crash is still found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from cri.errors import Internal
+from sandbox import namespaces
+
+log = logging.getLogger("sandbox.pidns")
+
+CATATONIT = "catatonit"
+
+
+def pin_path(run_root: Path, pod_id: str) -> Path:
+    return namespaces.pin_dir(run_root, "pid") / pod_id
+
+
+def _reap_later(child: subprocess.Popen[bytes]) -> None:
+    """Wait for the unshare process in the background so it does not stay a zombie of the daemon."""
+    threading.Thread(target=child.wait, name=f"reap-{child.pid}", daemon=True).start()
+
+
+def start_holder(run_root: Path, pod_id: str, timeout: float = 10.0) -> Path:
+    """Start the pod's PID namespace holder; return the pin path once the namespace is usable."""
+    binary = shutil.which(CATATONIT)
+    if binary is None:
+        raise Internal("catatonit is not installed; it holds the PID namespace of pods with pid=POD", pod_id)
+    pin = pin_path(run_root, pod_id)
+    pin.parent.mkdir(parents=True, exist_ok=True)
+    pin.touch(exist_ok=True)
+    child = subprocess.Popen(
+        ["unshare", f"--pid={pin}", "--fork", "--kill-child", binary, "-P"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # signals to the daemon's group do not reach the holder
+        close_fds=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while not holder_pids(pin):
+            if child.poll() is not None:
+                stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
+                raise Internal(
+                    f"PID namespace holder exited with {child.returncode}: {stderr.strip()}", pod_id
+                )
+            if time.monotonic() > deadline:
+                raise Internal(f"PID namespace holder did not start within {timeout:g}s", pod_id)
+            time.sleep(0.002)
+    except BaseException:
+        child.kill()
+        child.wait()
+        release(pin)
+        raise
+    if child.stderr is not None:
+        child.stderr.close()
+    _reap_later(child)
+    return pin
+
+
+def _ns_inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def holder_pids(pin: Path) -> list[int]:
+    """PIDs (host view) of processes inside the pinned PID namespace; empty when none or not pinned."""
+    if not namespaces.is_pinned(pin):
+        return []
+    inode = _ns_inode(pin)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        if _ns_inode(Path("/proc", entry, "ns", "pid")) == inode:
+            pids.append(int(entry))
+    return pids
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path("/proc", str(pid), "stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def is_alive(pin: Path) -> bool:
+    return bool(holder_pids(pin))
+
+
+def release(pin: Path, timeout: float = 10.0) -> None:
+    """Kill everything in the pod's PID namespace (its init first), then unmount and remove the pin."""
+    pids = holder_pids(pin)
+    parents = {p for p in (_parent_of(pid) for pid in pids) if p is not None}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while holder_pids(pin) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for parent in parents:  # the unshare that forked catatonit exits on its own; make sure
+        if parent > 1 and _is_unshare(parent):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(parent, signal.SIGKILL)
+    namespaces.release(pin)
+
+
+def _is_unshare(pid: int) -> bool:
+    try:
+        return Path("/proc", str(pid), "comm").read_text().strip() == "unshare"
+    except OSError:
+        return False
