@@ -18,9 +18,9 @@ V1_ROOT = Path("/sys/fs/cgroup")
 
 
 def is_v2(dirs: Mapping[str, Path]) -> bool:
-    if any(key in V1_CONTROLLERS or "," in key for key in dirs):
-        return False
-    return any((path / "cgroup.controllers").exists() for path in dirs.values())
+    """v2 has one directory for every controller, and only v2 directories hold cgroup.controllers."""
+    unique = set(dirs.values())
+    return len(unique) == 1 and (next(iter(unique)) / "cgroup.controllers").exists()
 
 
 def read_cgroup(dirs: Mapping[str, Path]) -> CgroupSample:
