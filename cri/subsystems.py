@@ -13,4 +13,9 @@ from cri.runtime import Runtime
 from sandbox import cgroups
 
 # The event bus comes first so that every other subsystem can publish while it recovers.
-SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [events.register, images.build, cgroups.register, pods.register]
+SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [
+    events.register,
+    images.build,
+    cgroups.register,
+    pods.register,
+]

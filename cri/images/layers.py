@@ -1,0 +1,103 @@
+"""Unpacked layers: one directory per chain id, shared by every image (and container) that uses it.
+
+A layer is unpacked into ``layers/tmp-<chain>-<rand>`` and renamed to ``layers/<chain>`` only when
+complete, so a directory named by a chain id is always whole; leftovers of a crash are removed by
+``recover()``. The same chain id is never unpacked twice at once (coalesced through Flights).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+from cri.images.flight import Flights
+from cri.images.unpack import Usage, remove_layer_dir, unpack
+
+log = logging.getLogger("cri.images.layers")
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """OCI chain ids: ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))."""
+    chains: list[str] = []
+    for diff_id in diff_ids:
+        if not chains:
+            chains.append(diff_id)
+        else:
+            chains.append("sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
+    return chains
+
+
+class LayerStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._flights: Flights[Path] = Flights()
+
+    def path(self, chain_id: str) -> Path:
+        return self.root / chain_id.split(":", 1)[1]
+
+    def has(self, chain_id: str) -> bool:
+        return self.path(chain_id).is_dir()
+
+    def ensure(self, chain_id: str, blob: Path, diff_id: str) -> Path:
+        """The unpacked dir of ``chain_id``, unpacking ``blob`` into it unless that was done already."""
+        final = self.path(chain_id)
+        if final.is_dir():
+            return final
+        return self._flights.do(chain_id, lambda: self._unpack(chain_id, blob, diff_id))
+
+    def _unpack(self, chain_id: str, blob: Path, diff_id: str) -> Path:
+        final = self.path(chain_id)
+        if final.is_dir():
+            return final
+        hexd = chain_id.split(":", 1)[1]
+        tmp = self.root / f"tmp-{hexd[:16]}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(mode=0o755)
+        start = time.monotonic()
+        try:
+            usage = unpack(blob, tmp, diff_id)
+            os.rename(tmp, final)
+        except BaseException:
+            remove_layer_dir(tmp)
+            raise
+        (self.root / f"{hexd}.usage").write_text(json.dumps({"bytes": usage.bytes, "inodes": usage.inodes}))
+        log.info(
+            "layer unpacked",
+            extra={
+                "chain_id": chain_id,
+                "bytes": usage.bytes,
+                "inodes": usage.inodes,
+                "duration_ms": (time.monotonic() - start) * 1000,
+            },
+        )
+        return final
+
+    def usage(self, chain_id: str) -> Usage:
+        try:
+            data = json.loads((self.root / f"{chain_id.split(':', 1)[1]}.usage").read_text())
+            return Usage(int(data["bytes"]), int(data["inodes"]))
+        except (OSError, ValueError, KeyError):
+            return Usage()
+
+    def remove(self, chain_id: str) -> None:
+        hexd = chain_id.split(":", 1)[1]
+        remove_layer_dir(self.path(chain_id))
+        (self.root / f"{hexd}.usage").unlink(missing_ok=True)
+
+    def chain_ids(self) -> set[str]:
+        return {f"sha256:{p.name}" for p in self.root.iterdir() if len(p.name) == 64 and p.is_dir()}
+
+    def recover(self) -> int:
+        """Remove half-unpacked dirs left by a crash."""
+        removed = 0
+        for entry in self.root.iterdir():
+            if entry.name.startswith("tmp-"):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed += 1
+        return removed
