@@ -1,0 +1,117 @@
+"""Calyx as the runtime under test: started by the benchmark on private dirs, or an endpoint given.
+
+The daemon is the test suite's ``Daemon`` (tests/daemon.py), given a config of the run's own: its
+CNI conflist (a bridge name and subnet unique to the run), the loopback registry as insecure, the
+Prometheus exporter on a free port, and info-level logs (debug logs would be measured too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import subprocess
+import typing
+from pathlib import Path
+from typing import Any
+
+from bench import host
+from bench.cni import CNI_BIN_DIR, write_conflist
+from cri import __version__
+from cri.config import Config
+from tests.daemon import Daemon
+from tests.registry import free_port
+
+PHASE_KEYS = ("download_ms", "unpack_ms", "verify_ms")
+
+
+def known_options(table: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``table`` less the options this build of Calyx does not have (it refuses unknown keys);
+    returns what is kept and the dropped keys, so a run on an older tree still starts."""
+    kept: dict[str, Any] = {}
+    dropped: list[str] = []
+    hints = typing.get_type_hints(Config)
+    for section, values in table.items():
+        if section not in hints:
+            dropped.append(section)
+            continue
+        fields = {f.name for f in dataclasses.fields(hints[section])}
+        kept[section] = {k: v for k, v in values.items() if k in fields}
+        dropped += [f"{section}.{k}" for k in values if k not in fields]
+    return kept, dropped
+
+
+class Calyx:
+    def __init__(self, base: Path, registry: str, bridge: str, subnet: str, cgroup_root: str) -> None:
+        self.base = base
+        base.mkdir(parents=True, exist_ok=True)
+        self.bridge = bridge
+        self.cgroup_root = cgroup_root
+        self.metrics_port = free_port()
+        write_conflist(base / "cni", "cxbench-calyx", bridge, subnet, base / "ipam")
+        wanted = {
+            "server": {"log_level": "info"},
+            "metrics": {"enabled": True, "address": "127.0.0.1", "port": self.metrics_port},
+            "network": {"cni_conf_dir": str(base / "cni"), "cni_bin_dirs": [CNI_BIN_DIR], "bridge": bridge},
+            "images": {"registries": {registry: {"insecure": True}}},
+            "cgroup": {"driver": "cgroupfs"},
+        }
+        config, self.dropped = known_options(wanted)
+        self.daemon = Daemon(base, config)
+        self._log_offset = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix://{self.daemon.socket}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self.daemon.proc.pid if self.daemon.proc is not None else None
+
+    def start(self) -> None:
+        self.daemon.start(timeout=60)
+
+    def pull_phases(self) -> dict[str, float] | None:
+        """Download and unpack times of the pulls logged since the last call (None if not logged)."""
+        text = self.daemon.log()
+        new, self._log_offset = text[self._log_offset :], len(text)
+        totals: dict[str, float] = {}
+        for key in PHASE_KEYS:
+            for match in re.finditer(rf"\b{key}=([0-9.]+)", new):
+                totals[key.removesuffix("_ms")] = totals.get(key.removesuffix("_ms"), 0.0) + float(match[1])
+        return totals or None
+
+    def stop(self) -> list[str]:
+        self.daemon.stop()
+        # Containers outlive the daemon by design; the run's own are in its cgroup root.
+        left = host.remove_cgroups(self.cgroup_root.strip("/"))
+        host.unmount_under(self.base)
+        host.delete_link(self.bridge)
+        host.remove_iptables_rules("cxbench-calyx")
+        return left
+
+
+def version() -> str:
+    return __version__
+
+
+def conmon_version() -> str:
+    try:
+        out = subprocess.run(["conmon", "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.split()[2] if out.returncode == 0 else "?"
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def git_version() -> str:
+    """The commit the run measured (the package version alone does not change between commits)."""
+    out = subprocess.run(
+        ["git", "-C", str(Path(__file__).resolve().parent.parent), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return out.stdout.strip() if out.returncode == 0 else "?"

@@ -1,0 +1,196 @@
+"""``python -m bench``: run every benchmark against Calyx (or a given endpoint), optionally against
+containerd as the reference, and against runc's floor; print a table and write JSON and Markdown.
+
+    python -m bench [--endpoint unix:///run/calyx/calyx.sock] [--reference containerd]
+                    [--size tiny|full] [--out bench/results/]
+
+Without ``--endpoint`` a Calyx is started on private dirs and stopped after. Runtimes are measured
+one after the other, never at the same time, on the same images from the same loopback registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import calyx, containerd, env, floor, procs, report
+from bench.benchmarks import Bench, Target
+from bench.client import Client, RPCError
+from bench.sizes import SIZES, Size
+from bench.stats import Result
+
+log = logging.getLogger("bench")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--endpoint", help="CRI endpoint (unix:///path); default: start a Calyx of our own")
+    parser.add_argument("--metrics-url", help="Prometheus endpoint of --endpoint (default: none)")
+    parser.add_argument("--reference", choices=["containerd", "none"], default="none")
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--no-floor", action="store_true", help="skip the runc floor")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def subnet(octet: int) -> str:
+    return f"10.{octet}.{secrets.randbelow(64) * 4}.0/22"
+
+
+def measure(target: Target, size: Size) -> dict[str, Result]:
+    log.info("%s: benchmarking (size %s)", target.name, size.name)
+    started = time.monotonic()
+    results = Bench(target, size).run_all()
+    log.info("%s: done in %.0f s", target.name, time.monotonic() - started)
+    return results
+
+
+def run_calyx(
+    args: argparse.Namespace, size: Size, images: env.Images, base: Path, tag: str
+) -> dict[str, Result]:
+    cgroup_root = f"/cxbench-{tag}-c"
+    if args.endpoint:
+        client = Client(args.endpoint)
+        try:
+            client.wait_ready(30)
+            path = args.endpoint.removeprefix("unix://")
+            target = Target(
+                "calyx",
+                client,
+                procs.pid_of_socket(path),
+                args.metrics_url,
+                images.busybox,
+                images.big,
+                images.big_bytes,
+                base / "calyx-logs",
+                cgroup_root,
+                markers=[path],
+            )
+            return measure(target, size)
+        finally:
+            client.close()
+    daemon = calyx.Calyx(base / "calyx", images.registry.host, f"cxb{tag}c", subnet(231), cgroup_root)
+    if daemon.dropped:
+        log.info("calyx: options this build lacks (left out): %s", ", ".join(daemon.dropped))
+    try:
+        daemon.start()
+        client = Client(daemon.endpoint)
+        try:
+            target = Target(
+                "calyx",
+                client,
+                daemon.pid,
+                daemon.metrics_url,
+                images.busybox,
+                images.big,
+                images.big_bytes,
+                base / "calyx" / "pod-logs",
+                cgroup_root,
+                pull_phases=daemon.pull_phases,
+                markers=[str(daemon.base)],
+            )
+            return measure(target, size)
+        finally:
+            client.close()
+    finally:
+        left = daemon.stop()
+        if left:
+            log.warning("calyx: cgroups left behind: %s", left)
+
+
+def run_containerd(size: Size, images: env.Images, base: Path, tag: str) -> dict[str, Result] | str:
+    why = containerd.ensure_installed()
+    if why:
+        return why
+    ref = containerd.Containerd(
+        base / "ctd", images.registry.host, images.pause, f"cxb{tag}d", subnet(232), f"/cxbench-{tag}-d"
+    )
+    try:
+        ref.start()
+        client = Client(ref.endpoint)
+        try:
+            client.wait_ready(60)
+            target = Target(
+                "containerd",
+                client,
+                ref.pid,
+                ref.metrics_url,
+                images.busybox,
+                images.big,
+                images.big_bytes,
+                base / "ctd-logs",
+                ref.cgroup_root,
+                markers=[str(ref.base)],
+            )
+            return measure(target, size)
+        except RPCError as exc:
+            return f"reference failed: {exc}; log: {ref.log_tail(800)}"
+        finally:
+            client.close()
+    finally:
+        left = ref.stop()
+        if left:
+            log.warning("containerd: cgroups left behind: %s", left)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if os.geteuid() != 0:
+        print("the benchmarks run as root (runtimes, cgroups, mounts)", file=sys.stderr)
+        return 2
+    size = SIZES[args.size]
+    tag = secrets.token_hex(2)
+    base = env.make_base()
+    results: dict[str, dict[str, Result]] = {}
+    notes: dict[str, str] = {}
+    try:
+        log.info("registry: pushing test images (big layer %d MB)", size.pull_mb)
+        images = env.start_registry(base / "reg", size.pull_mb)
+        try:
+            results[report.CALYX] = run_calyx(args, size, images, base, tag)
+            if args.reference == "containerd":
+                outcome = run_containerd(size, images, base, tag)
+                if isinstance(outcome, str):
+                    notes[report.REFERENCE] = outcome
+                    log.warning("%s", outcome)
+                else:
+                    results[report.REFERENCE] = outcome
+            if not args.no_floor:
+                (base / "floor").mkdir()
+                results[report.FLOOR] = floor.run_floor(
+                    base / "floor", env.busybox_rootfs_tar(), size.reps, f"/cxbench-{tag}-f"
+                )
+        finally:
+            images.stop()
+    finally:
+        env.remove_base(base)
+    meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "size": size.name,
+        "endpoint": args.endpoint or "calyx (started by the benchmark)",
+        "machine": report.machine(),
+        "versions": {
+            "calyx": f"{calyx.version()} ({calyx.git_version()})",
+            "runc": floor.version(),
+            "conmon": calyx.conmon_version(),
+            "containerd": containerd.version() if containerd.installed() else "not installed",
+        },
+        "notes": notes,
+    }
+    json_path, md_path, text = report.write(args.out, results, size, meta)
+    print(text)
+    for note in notes.values():
+        print(f"\nnote: {note}")
+    print(f"\nwrote {json_path} and {md_path}")
+    return 0
