@@ -1,0 +1,198 @@
+"""CreateContainer: record the intent, then rootfs, spec, cgroup parent and conmon, undone on failure.
+
+Every side effect registers its undo on an ExitStack as it succeeds; the stack is dropped only once the
+container is recorded as CREATED. A crash in the middle leaves a CREATING record that recovery cleans.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cri.api import api_pb2 as pb
+from cri.containers import cgroups_compat, rootfs
+from cri.containers import spec as oci
+from cri.containers.model import CREATED, CREATING, Container, encode_config
+from cri.containers.monitor import signal_number
+from cri.containers.procinfo import start_time
+from cri.errors import FailedPrecondition, InvalidArgument
+
+if TYPE_CHECKING:
+    from cri.containers.manager import ContainerManager
+
+log = logging.getLogger("cri.containers.create")
+
+
+def _check_config(config: pb.ContainerConfig) -> None:
+    if not config.metadata.name:
+        raise InvalidArgument("container metadata.name is required")
+    if not config.image.image:
+        raise InvalidArgument("container image is required")
+
+
+def _log_path(pod: Any, config: pb.ContainerConfig) -> str:
+    if not config.log_path:
+        return ""
+    if os.path.isabs(config.log_path) or not pod.log_directory:
+        return config.log_path
+    return os.path.join(pod.log_directory, config.log_path)
+
+
+def _stop_signal(config: pb.ContainerConfig, image_config: dict[str, Any]) -> str:
+    if config.stop_signal:
+        return str(pb.Signal.Name(config.stop_signal))
+    image_signal = str(image_config.get("StopSignal") or "")
+    if image_signal:
+        signal_number(image_signal)  # refuse an unknown one now rather than at stop
+        return image_signal
+    return "SIGTERM"
+
+
+def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -> str:
+    runtime = manager.runtime
+    _check_config(config)
+    pods = getattr(runtime, "pods", None)
+    if pods is None:
+        raise FailedPrecondition("this calyx has no pods subsystem")
+    pod = pods.get(pod_id)
+    if getattr(pod, "state", "READY") != "READY":
+        raise FailedPrecondition(f"pod {pod.id} is not ready", pod.id)
+    images = getattr(runtime, "images", None)
+    if images is None:
+        raise FailedPrecondition("this calyx has no images subsystem")
+    image = images.resolve(config.image.image)
+
+    sc = config.linux.security_context
+    target_pid_ns = None
+    if sc.namespace_options.pid == pb.TARGET:
+        target = manager.get(sc.namespace_options.target_id)
+        target_pid_ns = f"/proc/{target.pid}/ns/pid"
+        if target.pod_id != pod.id or not os.path.exists(target_pid_ns):
+            raise FailedPrecondition("pid namespace target must be a running container of the same pod")
+
+    handler_name = getattr(pod, "runtime_handler", "") or runtime.config.runtime.default_handler
+    monitor = manager.monitor(handler_name)
+    container_id = secrets.token_hex(32)
+    name = config.metadata.name
+    attempt = config.metadata.attempt
+    parent = getattr(pod, "cgroup_parent", "") or ""
+    container = Container(
+        id=container_id,
+        pod_id=pod.id,
+        name=name,
+        attempt=attempt,
+        state=CREATING,
+        created_at=time.time_ns(),
+        dir=str(manager.containers_dir / container_id),
+        handler=handler_name,
+        runtime_path=monitor.runtime_path,
+        runtime_root=str(monitor.runtime_root),
+        image=config.image.image,
+        image_ref=(image.repo_digests[0] if image.repo_digests else image.id),
+        image_id=image.id,
+        user_specified_image=config.image.user_specified_image,
+        image_annotations=dict(config.image.annotations),
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        log_path=_log_path(pod, config),
+        cgroup_parent=parent,
+        cgroups_path=cgroups_compat.cgroups_path(runtime, parent, container_id),
+        stop_signal=_stop_signal(config, image.config),
+        shared_pid_ns=sc.namespace_options.pid != pb.CONTAINER,
+        config_b64=encode_config(config),
+    )
+    container.set_resources(config.linux.resources)
+
+    with manager.reserve_name(pod.id, name, attempt, container_id), contextlib.ExitStack() as undo:
+        manager.persist(container)
+        undo.callback(manager.store.delete, "container", container_id)
+        bundle = container.path
+        bundle.mkdir(parents=True, exist_ok=False)
+        undo.callback(shutil.rmtree, bundle, True)
+        rootfs.mount_overlay(list(image.layer_dirs), bundle, container.rootfs)
+        undo.callback(rootfs.unmount, container.rootfs)
+
+        built = oci.build(
+            oci.SpecInputs(
+                container_id=container_id,
+                config=config,
+                image_config=image.config,
+                image_name=image.id,
+                pod=pod,
+                rootfs=container.rootfs,
+                cgroups_path=container.cgroups_path,
+                resources=cgroups_compat.oci_resources(runtime, config.linux.resources),
+                target_pid_ns=target_pid_ns,
+                extra_annotations={
+                    "io.kubernetes.cri.container-type": "container",
+                    "io.kubernetes.cri.container-name": name,
+                    "io.kubernetes.cri.sandbox-id": pod.id,
+                    "io.kubernetes.cri.image-name": config.image.image,
+                },
+            )
+        )
+        if sc.readonly_rootfs:
+            # Paths runc must mount onto are made now, while the upper dir is still writable to us.
+            for m in built.spec["mounts"]:
+                _ensure_mount_point(container.rootfs, m)
+        (bundle / "config.json").write_text(json.dumps(built.spec, indent=1))
+        container.uid, container.gid = built.user.uid, built.user.gid
+        container.groups = list(built.user.additional_gids)
+        if container.log_path:
+            Path(container.log_path).parent.mkdir(parents=True, exist_ok=True)
+        cgroups_compat.prepare_parent(runtime, parent)
+
+        start = time.monotonic()
+        undo.callback(monitor.forget, container_id)
+        undo.callback(monitor.delete, container_id)
+        launched = monitor.create(
+            container_id,
+            bundle,
+            bundle,
+            container.log_path or "/dev/null",
+            stdin=config.stdin,
+            stdin_once=config.stdin_once,
+            tty=config.tty,
+        )
+        container.pid = launched.pid
+        container.pid_start = start_time(launched.pid)
+        container.conmon_pid = launched.conmon_pid
+        container.conmon_start = start_time(launched.conmon_pid)
+        undo.callback(cgroups_compat.remove_container, runtime, container_id, parent)
+        cgroups_compat.place_monitor(runtime, container_id, parent, launched.conmon_pid)
+        container.state = CREATED
+        manager.persist(container)
+        manager.index(container)
+        undo.pop_all()
+    log.info(
+        "container created",
+        extra={
+            "container_id": container_id,
+            "pod_id": pod.id,
+            "name": name,
+            "duration_ms": (time.monotonic() - start) * 1000,
+        },
+    )
+    return container_id
+
+
+def _ensure_mount_point(root: Path, mount: dict[str, Any]) -> None:
+    dest = root / str(mount["destination"]).lstrip("/")
+    if dest.exists() or dest.is_symlink():
+        return
+    source = str(mount.get("source", ""))
+    try:
+        if mount.get("type") == "bind" and os.path.isfile(source):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.touch()
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        pass

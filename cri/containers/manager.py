@@ -1,0 +1,384 @@
+"""runtime.containers: the container lifecycle behind the CRI container RPCs.
+
+Containers run under conmon and outlive the daemon; this object only keeps the records (store + an
+in-memory index), drives runc through ``Monitor`` and learns of exits from conmon's exit files. A
+per-container lock keeps one container's operations in order; different containers proceed in parallel.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import logging
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cri.api import api_pb2 as pb
+from cri.containers import cgroups_compat, rootfs
+from cri.containers import create as create_mod
+from cri.containers.model import CREATED, CREATING, EXITED, KIND, RUNNING, Container
+from cri.containers.monitor import ExecResult, Monitor, signal_number
+from cri.containers.procinfo import alive
+from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.runtime import Runtime
+
+log = logging.getLogger("cri.containers")
+
+KILL_WAIT_SECONDS = 30.0
+POLL_SECONDS = 0.02
+
+
+class ContainerManager:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.containers_dir = runtime.config.root / "containers"
+        self.run_dir = runtime.config.run_root
+        self._monitors: dict[str, Monitor] = {}
+        self._containers: dict[str, Container] = {}
+        self._names: dict[tuple[str, str, int], str] = {}
+        self._lock = threading.RLock()
+        self._locks: dict[str, threading.RLock] = {}
+
+    # --- plumbing ---------------------------------------------------------------------------------
+
+    def monitor(self, handler: str) -> Monitor:
+        with self._lock:
+            if handler not in self._monitors:
+                handlers = self.runtime.config.runtime.handlers
+                if handler not in handlers:
+                    raise InvalidArgument(f"unknown runtime handler {handler!r}")
+                conf = handlers[handler]
+                root = Path(conf.runtime_root) if conf.runtime_root else self.run_dir / handler
+                runtime_path = shutil.which(conf.runtime_path) or conf.runtime_path
+                conmon = (
+                    shutil.which(self.runtime.config.runtime.conmon_path)
+                    or self.runtime.config.runtime.conmon_path
+                )
+                self._monitors[handler] = Monitor(
+                    conmon,
+                    runtime_path,
+                    root,
+                    self.run_dir / "exits",
+                    self.run_dir / "sockets",
+                    systemd_cgroup=self.runtime.config.cgroup.driver == "systemd",
+                )
+            return self._monitors[handler]
+
+    def _monitor_of(self, c: Container) -> Monitor:
+        return self.monitor(c.handler)
+
+    def persist(self, c: Container) -> None:
+        self.store.put(KIND, c.id, c.to_record())
+        c.write_beside()
+
+    def index(self, c: Container) -> None:
+        with self._lock:
+            self._containers[c.id] = c
+            self._names[(c.pod_id, c.name, c.attempt)] = c.id
+
+    def _unindex(self, c: Container) -> None:
+        with self._lock:
+            self._containers.pop(c.id, None)
+            if self._names.get((c.pod_id, c.name, c.attempt)) == c.id:
+                del self._names[(c.pod_id, c.name, c.attempt)]
+            self._locks.pop(c.id, None)
+
+    @contextlib.contextmanager
+    def reserve_name(self, pod_id: str, name: str, attempt: int, container_id: str) -> Iterator[None]:
+        key = (pod_id, name, attempt)
+        with self._lock:
+            holder = self._names.get(key)
+            if holder is not None:
+                raise AlreadyExists(
+                    f"container {name!r} attempt {attempt} already exists in pod {pod_id} as {holder}", holder
+                )
+            self._names[key] = container_id
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                if self._names.get(key) == container_id and container_id not in self._containers:
+                    del self._names[key]
+            raise
+
+    def _lock_of(self, container_id: str) -> threading.RLock:
+        with self._lock:
+            return self._locks.setdefault(container_id, threading.RLock())
+
+    # --- lookup -----------------------------------------------------------------------------------
+
+    def get(self, container_id: str) -> Container:
+        """A container by id or unique id prefix; NotFound otherwise."""
+        if not container_id:
+            raise NotFound("container id is empty")
+        with self._lock:
+            found = self._containers.get(container_id)
+            if found is None:
+                matches = [c for cid, c in self._containers.items() if cid.startswith(container_id)]
+                if len(matches) != 1:
+                    raise NotFound(f"container {container_id} not found", container_id)
+                found = matches[0]
+        self.refresh(found)
+        return found
+
+    def list(self) -> builtins.list[Container]:
+        with self._lock:
+            items = list(self._containers.values())
+        for c in items:
+            self.refresh(c)
+        return items
+
+    def uses_image(self, image_id: str) -> bool:
+        with self._lock:
+            return any(c.image_id == image_id for c in self._containers.values())
+
+    # --- state ------------------------------------------------------------------------------------
+
+    def refresh(self, c: Container) -> None:
+        """Pick up an exit conmon recorded; mark as exited a container whose monitor vanished."""
+        if c.state not in (CREATED, RUNNING):
+            return
+        mon = self._monitor_of(c)
+        code = mon.exit_code(c.id, c.path)
+        if code is not None:
+            with self._lock_of(c.id):
+                if c.state in (CREATED, RUNNING):
+                    self._mark_exited(c, code, mon.exited_at_ns(c.id))
+            return
+        if not alive(c.conmon_pid, c.conmon_start) and not alive(c.pid, c.pid_start):
+            with self._lock_of(c.id):
+                if c.state in (CREATED, RUNNING) and mon.exit_code(c.id, c.path) is None:
+                    c.state = EXITED
+                    c.exit_code = 255
+                    c.finished_at = time.time_ns()
+                    c.reason = "Error"
+                    c.message = "the container and its monitor are gone; the exit code is unknown"
+                    self.persist(c)
+
+    def _mark_exited(self, c: Container, code: int, when_ns: int) -> None:
+        mon = self._monitor_of(c)
+        c.state = EXITED
+        c.exit_code = code
+        c.finished_at = max(when_ns, c.started_at or c.created_at)
+        if mon.oom_killed(c.bundle, c.path):
+            c.reason = "OOMKilled"
+        elif code == 0:
+            c.reason = "Completed"
+        else:
+            c.reason = "Error"
+        self.persist(c)
+        log.info("container exited", extra={"container_id": c.id, "exit_code": code, "reason": c.reason})
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def create(self, pod_id: str, config: pb.ContainerConfig) -> str:
+        return create_mod.create(self, pod_id, config)
+
+    def start(self, container_id: str) -> None:
+        c = self.get(container_id)
+        with self._lock_of(c.id):
+            if c.state != CREATED:
+                raise FailedPrecondition(f"container {c.id} is {c.state.lower()}, not created", c.id)
+            mon = self._monitor_of(c)
+            try:
+                mon.start(c.id)
+            except Exception as exc:
+                c.state = EXITED
+                c.exit_code = 128
+                c.finished_at = time.time_ns()
+                c.reason = "StartError"
+                c.message = str(exc)[-1000:]
+                self.persist(c)
+                with contextlib.suppress(Exception):
+                    mon.delete(c.id)
+                raise
+            c.state = RUNNING
+            c.started_at = time.time_ns()
+            self.persist(c)
+        log.info("container started", extra={"container_id": c.id})
+        self.refresh(c)
+
+    def _wait_exit(self, c: Container, timeout: float) -> bool:
+        mon = self._monitor_of(c)
+        deadline = time.monotonic() + timeout
+        while True:
+            if mon.exit_code(c.id, c.path) is not None:
+                return True
+            if not alive(c.conmon_pid, c.conmon_start) and not alive(c.pid, c.pid_start):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_SECONDS)
+
+    def stop(self, container_id: str, timeout_s: float) -> None:
+        """Stop signal, then SIGKILL after ``timeout_s``; an exited container is left as it is."""
+        c = self.get(container_id)
+        with self._lock_of(c.id):
+            self._stop_locked(c, timeout_s)
+
+    def _stop_locked(self, c: Container, timeout_s: float) -> None:
+        self.refresh(c)
+        if c.state not in (CREATED, RUNNING):
+            return
+        mon = self._monitor_of(c)
+        start = time.monotonic()
+        if c.state == RUNNING and timeout_s > 0:
+            mon.kill(c.id, signal_number(c.stop_signal))
+            if self._wait_exit(c, timeout_s):
+                self.refresh(c)
+                log.info("container stopped", extra={"container_id": c.id, "duration_ms": _ms(start)})
+                return
+        mon.kill(c.id, 9, all_processes=c.shared_pid_ns)
+        if c.state == CREATED:
+            # A created container has no conmon-reported exit; runc delete reaps its init.
+            self._wait_exit(c, KILL_WAIT_SECONDS)
+        elif not self._wait_exit(c, KILL_WAIT_SECONDS):
+            raise FailedPrecondition(f"container {c.id} did not exit after SIGKILL", c.id)
+        self.refresh(c)
+        log.info("container killed", extra={"container_id": c.id, "duration_ms": _ms(start)})
+
+    def remove(self, container_id: str) -> None:
+        """Kill if needed, then delete runc state, rootfs, dir and record. Unknown ids are fine."""
+        try:
+            c = self.get(container_id)
+        except NotFound:
+            return
+        with self._lock_of(c.id):
+            if c.state in (CREATED, RUNNING):
+                self._stop_locked(c, 0)
+            self._cleanup(c)
+        self._unindex(c)
+        log.info("container removed", extra={"container_id": c.id})
+
+    def _cleanup(self, c: Container) -> None:
+        mon = self._monitor_of(c)
+        mon.delete(c.id)
+        with contextlib.suppress(OSError):
+            cgroups_compat.remove_container(self.runtime, c.id, c.cgroup_parent)
+        rootfs.unmount(c.rootfs)
+        shutil.rmtree(c.path, ignore_errors=True)
+        mon.forget(c.id)
+        self.store.delete(KIND, c.id)
+
+    def update_resources(self, container_id: str, resources: pb.LinuxContainerResources) -> None:
+        c = self.get(container_id)
+        with self._lock_of(c.id):
+            if c.state not in (CREATED, RUNNING):
+                raise FailedPrecondition(f"container {c.id} is not running", c.id)
+            driver = getattr(self.runtime, "cgroups", None)
+            if driver is not None:
+                driver.update(c.id, c.cgroup_parent, resources)
+            else:
+                self._monitor_of(c).update(c.id, cgroups_compat.oci_resources(self.runtime, resources))
+            c.set_resources(resources)
+            self.persist(c)
+
+    def reopen_log(self, container_id: str) -> None:
+        c = self.get(container_id)
+        if c.state != RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running", c.id)
+        Monitor.reopen_log(c.bundle)
+
+    # --- exec -------------------------------------------------------------------------------------
+
+    def exec_process(self, c: Container, cmd: builtins.list[str], tty: bool) -> dict[str, Any]:
+        """The OCI process of a command run inside ``c``: the container's own process, other args."""
+        if not cmd:
+            raise InvalidArgument("exec needs a command")
+        spec = json.loads((c.bundle / "config.json").read_text())
+        process: dict[str, Any] = dict(spec["process"])
+        process["args"] = list(cmd)
+        process["terminal"] = tty
+        process.pop("oomScoreAdj", None)
+        return process
+
+    def exec_sync(self, container_id: str, cmd: builtins.list[str], timeout_s: int) -> ExecResult:
+        c = self.get(container_id)
+        if c.state != RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running", c.id)
+        process = self.exec_process(c, cmd, tty=False)
+        work = c.path / "exec" / secrets.token_hex(8)
+        try:
+            return self._monitor_of(c).exec_sync(c.id, c.bundle, work, process, timeout_s)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def exec_argv(
+        self, container_id: str, cmd: builtins.list[str], tty: bool
+    ) -> tuple[builtins.list[str], Path]:
+        """argv of ``runc exec`` running ``cmd`` in the container, for the streaming server.
+
+        Returns the argv and the process spec file it reads (delete it when done). Run the argv with the
+        client's stdio (a pty's slave end as stdin/stdout/stderr when ``tty``); runc relays the
+        container's terminal to its own stdio and exits with the command's exit code.
+        """
+        c = self.get(container_id)
+        if c.state != RUNNING:
+            raise FailedPrecondition(f"container {c.id} is not running", c.id)
+        process = self.exec_process(c, cmd, tty)
+        spec_dir = c.path / "exec"
+        spec_dir.mkdir(exist_ok=True)
+        spec_file = spec_dir / f"{secrets.token_hex(8)}.json"
+        spec_file.write_text(json.dumps(process))
+        mon = self._monitor_of(c)
+        argv = [*mon._runc("exec", "--process", str(spec_file)), c.id]
+        return argv, spec_file
+
+    def cgroup_dirs(self, container_id: str) -> dict[str, Path]:
+        c = self.get(container_id)
+        return cgroups_compat.cgroup_dirs(self.runtime, c.id, c.cgroup_parent)
+
+    # --- pods ---------------------------------------------------------------------------------------
+
+    def of_pod(self, pod_id: str) -> builtins.list[Container]:
+        with self._lock:
+            return [c for c in self._containers.values() if c.pod_id == pod_id]
+
+    def stop_pod_containers(self, pod_id: str, timeout_s: float) -> None:
+        errors = []
+        for c in self.of_pod(pod_id):
+            try:
+                self.stop(c.id, timeout_s)
+            except Exception as exc:  # stop the others, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def remove_pod_containers(self, pod_id: str) -> None:
+        for c in self.of_pod(pod_id):
+            self.remove(c.id)
+
+    # --- subsystem --------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Rebuild the index from the store; clean half-made containers; pick up exits made while down."""
+        self.containers_dir.mkdir(parents=True, exist_ok=True)
+        for cid, record in self.store.list(KIND).items():
+            c = Container.from_record(record)
+            if c.state == CREATING:
+                log.info("removing half-created container", extra={"container_id": cid})
+                with contextlib.suppress(Exception):
+                    self._cleanup(c)
+                self.store.delete(KIND, cid)
+                continue
+            self.index(c)
+            self.refresh(c)
+            log.info("container recovered", extra={"container_id": cid, "state": c.state})
+
+    def close(self) -> None:
+        """Containers keep running under their monitors."""
+
+
+def _ms(start: float) -> float:
+    return (time.monotonic() - start) * 1000
+
+
+def register(runtime: Runtime) -> None:
+    runtime.register("containers", ContainerManager(runtime))

@@ -1,0 +1,127 @@
+"""The container record: what Calyx knows of one container, persisted as JSON in the store.
+
+``state`` is the CRI state plus ``CREATING``, the intent recorded before any side effect of a create,
+so that recovery finds and removes what a crash left half-made.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cri.api import api_pb2 as pb
+
+KIND = "container"
+
+CREATING = "CREATING"
+CREATED = "CREATED"
+RUNNING = "RUNNING"
+EXITED = "EXITED"
+UNKNOWN = "UNKNOWN"
+
+PB_STATE = {
+    CREATING: pb.CONTAINER_UNKNOWN,
+    CREATED: pb.CONTAINER_CREATED,
+    RUNNING: pb.CONTAINER_RUNNING,
+    EXITED: pb.CONTAINER_EXITED,
+    UNKNOWN: pb.CONTAINER_UNKNOWN,
+}
+
+
+@dataclass
+class Container:
+    id: str
+    pod_id: str
+    name: str
+    attempt: int
+    state: str
+    created_at: int
+    dir: str
+    handler: str
+    runtime_path: str
+    runtime_root: str
+    image: str = ""
+    image_ref: str = ""
+    image_id: str = ""
+    user_specified_image: str = ""
+    image_annotations: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    log_path: str = ""
+    cgroup_parent: str = ""
+    cgroups_path: str = ""
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: str = ""
+    message: str = ""
+    pid: int = 0
+    pid_start: int | None = None
+    conmon_pid: int = 0
+    conmon_start: int | None = None
+    uid: int = 0
+    gid: int = 0
+    groups: list[int] = field(default_factory=list)
+    stop_signal: str = ""
+    shared_pid_ns: bool = False
+    config_b64: str = ""
+    resources_b64: str = ""
+
+    # --- paths -------------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        """The container dir: bundle (config.json, rootfs mount point), upper/work, conmon's files."""
+        return Path(self.dir)
+
+    @property
+    def bundle(self) -> Path:
+        return self.path
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    # --- protobuf fields kept as bytes --------------------------------------------------------------
+
+    @property
+    def config(self) -> pb.ContainerConfig:
+        msg = pb.ContainerConfig()
+        if self.config_b64:
+            msg.ParseFromString(base64.b64decode(self.config_b64))
+        return msg
+
+    @property
+    def resources(self) -> pb.LinuxContainerResources:
+        msg = pb.LinuxContainerResources()
+        if self.resources_b64:
+            msg.ParseFromString(base64.b64decode(self.resources_b64))
+        return msg
+
+    def set_resources(self, resources: pb.LinuxContainerResources) -> None:
+        self.resources_b64 = base64.b64encode(resources.SerializeToString()).decode()
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def to_record(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Container:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
+
+    def write_beside(self) -> None:
+        """A copy next to the container (state.json), for humans and for recovery if the store is lost."""
+        if self.path.is_dir():
+            tmp = self.path / "state.json.tmp"
+            tmp.write_text(json.dumps(self.to_record(), sort_keys=True))
+            tmp.replace(self.path / "state.json")
+
+
+def encode_config(config: pb.ContainerConfig) -> str:
+    return base64.b64encode(config.SerializeToString()).decode()

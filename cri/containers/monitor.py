@@ -1,0 +1,395 @@
+"""runc under conmon: create, start, signal, delete, exec-sync and log reopen of one container.
+
+conmon is launched with the bundle as its cwd and two pipes: the sync pipe (it reports the container's
+PID, or the failure, as JSON because of ``--api-version``) and the start pipe (conmon waits for one byte
+before it runs ``runc create``). It double-forks, so it is never the daemon's child for long and
+survives a daemon restart. It writes the CRI log, the exit code to ``<exits>/<id>`` (and ``exit`` in the
+persist dir), and an ``oom`` file in the bundle on an OOM kill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cri import proc
+from cri.containers import cri_log
+from cri.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal
+
+log = logging.getLogger("cri.containers.monitor")
+
+RUNC_TIMEOUT = 60.0
+MAX_EXEC_OUTPUT = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Launched:
+    pid: int
+    conmon_pid: int
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Monitor:
+    """One OCI runtime (runc binary + its root) driven through conmon."""
+
+    def __init__(
+        self,
+        conmon: str,
+        runtime_path: str,
+        runtime_root: Path,
+        exits_dir: Path,
+        sockets_dir: Path,
+        systemd_cgroup: bool = False,
+    ) -> None:
+        self.conmon = conmon
+        self.runtime_path = runtime_path
+        self.runtime_root = runtime_root
+        self.exits_dir = exits_dir
+        self.sockets_dir = sockets_dir
+        self.systemd_cgroup = systemd_cgroup
+        for d in (runtime_root, exits_dir, sockets_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # --- runc ---------------------------------------------------------------------------------------
+
+    def _runc(self, *args: str) -> list[str]:
+        argv = [self.runtime_path, "--root", str(self.runtime_root)]
+        if self.systemd_cgroup:
+            argv.append("--systemd-cgroup")
+        return [*argv, *args]
+
+    def start(self, container_id: str) -> None:
+        proc.run(self._runc("start", container_id), RUNC_TIMEOUT, object_id=container_id)
+
+    def kill(self, container_id: str, sig: int, all_processes: bool = False) -> None:
+        """Send ``sig``; a container that is already gone is not an error."""
+        args = ["kill", *(["--all"] if all_processes else []), container_id, str(sig)]
+        result = proc.run(self._runc(*args), RUNC_TIMEOUT, check=False, object_id=container_id)
+        if result.returncode != 0:
+            err = result.stderr.decode(errors="replace")
+            if "not running" in err or "does not exist" in err or "process already finished" in err:
+                return
+            raise CommandFailed(self._runc(*args), result.returncode, err, container_id)
+
+    def delete(self, container_id: str) -> None:
+        result = proc.run(self._runc("delete", "--force", container_id), RUNC_TIMEOUT, check=False)
+        err = result.stderr.decode(errors="replace")
+        if result.returncode != 0 and "does not exist" not in err:
+            raise CommandFailed(self._runc("delete", "--force", container_id), result.returncode, err)
+
+    def state(self, container_id: str) -> dict[str, Any] | None:
+        result = proc.run(self._runc("state", container_id), RUNC_TIMEOUT, check=False)
+        if result.returncode != 0:
+            return None
+        try:
+            state: dict[str, Any] = json.loads(result.stdout)
+        except ValueError:
+            return None
+        return state
+
+    def update(self, container_id: str, resources: dict[str, Any]) -> None:
+        proc.run(
+            self._runc("update", "--resources", "-", container_id),
+            RUNC_TIMEOUT,
+            input=json.dumps(resources).encode(),
+            object_id=container_id,
+        )
+
+    # --- files conmon leaves ------------------------------------------------------------------------
+
+    def exit_file(self, container_id: str) -> Path:
+        return self.exits_dir / container_id
+
+    def exit_code(self, container_id: str, persist_dir: Path | None = None) -> int | None:
+        for path in (self.exit_file(container_id), persist_dir / "exit" if persist_dir else None):
+            if path is None:
+                continue
+            try:
+                text = path.read_text().strip()
+            except OSError:
+                continue
+            if text:
+                try:
+                    return int(text)
+                except ValueError:
+                    continue
+        return None
+
+    def exited_at_ns(self, container_id: str) -> int:
+        try:
+            return self.exit_file(container_id).stat().st_mtime_ns
+        except OSError:
+            return time.time_ns()
+
+    @staticmethod
+    def oom_killed(bundle: Path, persist_dir: Path) -> bool:
+        return (bundle / "oom").exists() or (persist_dir / "oom").exists()
+
+    def forget(self, container_id: str) -> None:
+        """Remove what conmon left outside the container dir."""
+        for path in (self.exit_file(container_id), self.sockets_dir / container_id):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # --- conmon -------------------------------------------------------------------------------------
+
+    def _conmon_argv(self, container_id: str, bundle: Path, log_path: str, exits_dir: Path) -> list[str]:
+        argv = [
+            self.conmon,
+            "--api-version",
+            "-c",
+            container_id,
+            "-u",
+            container_id,
+            "-n",
+            container_id,
+            "-r",
+            self.runtime_path,
+            "-b",
+            str(bundle),
+            "-l",
+            log_path,
+            "--exit-dir",
+            str(exits_dir),
+            "--socket-dir-path",
+            str(self.sockets_dir),
+            "--runtime-arg",
+            f"--root={self.runtime_root}",
+        ]
+        if self.systemd_cgroup:
+            argv += ["-s", "--runtime-arg", "--systemd-cgroup"]
+        return argv
+
+    def create(
+        self,
+        container_id: str,
+        bundle: Path,
+        persist_dir: Path,
+        log_path: str,
+        stdin: bool,
+        stdin_once: bool,
+        tty: bool,
+        timeout: float = RUNC_TIMEOUT,
+    ) -> Launched:
+        """conmon runs ``runc create``; return the container's init PID and conmon's PID."""
+        argv = self._conmon_argv(container_id, bundle, log_path, self.exits_dir)
+        argv += [
+            "-p",
+            str(bundle / "pidfile"),
+            "-P",
+            str(bundle / "conmon.pid"),
+            "--persist-dir",
+            str(persist_dir),
+        ]
+        if stdin:
+            argv.append("-i")
+            if not stdin_once:
+                argv.append("--leave-stdin-open")
+        if tty:
+            argv.append("-t")
+        stderr_path = persist_dir / "conmon.stderr"
+        data = self._launch(argv, bundle, stderr_path, timeout, container_id, start=True, messages=1)
+        message = _first_message(data)
+        pid = int(message.get("data", message.get("pid", -1)))
+        if pid <= 0:
+            detail = str(message.get("message") or "") or _read_tail(stderr_path)
+            raise Internal(f"runc create failed under conmon: {detail}", container_id)
+        conmon_pid = _read_int(bundle / "conmon.pid")
+        return Launched(pid=pid, conmon_pid=conmon_pid)
+
+    def _launch(
+        self,
+        argv: list[str],
+        cwd: Path,
+        stderr_path: Path,
+        timeout: float,
+        object_id: str,
+        start: bool,
+        messages: int = 0,
+    ) -> bytes:
+        """Run conmon with the sync (and start) pipe; return what it wrote on the sync pipe.
+
+        With ``messages`` > 0, stop after that many lines; otherwise read until conmon closes the pipe.
+        """
+        sync_r, sync_w = os.pipe()
+        start_r, start_w = os.pipe() if start else (-1, -1)
+        env = dict(os.environ, _OCI_SYNCPIPE=str(sync_w))
+        fds = [sync_w]
+        if start:
+            env["_OCI_STARTPIPE"] = str(start_r)
+            fds.append(start_r)
+        deadline = time.monotonic() + timeout
+        try:
+            with open(stderr_path, "ab") as errfile:
+                child = subprocess.Popen(
+                    argv,
+                    cwd=str(cwd),
+                    env=env,
+                    pass_fds=fds,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=errfile,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            for fd in (sync_r, sync_w, start_r, start_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise CommandFailed(argv, -1, f"cannot run: {exc.strerror}", object_id) from None
+        os.close(sync_w)
+        if start:
+            os.close(start_r)
+            os.write(start_w, b"0")
+            os.close(start_w)
+        chunks: list[bytes] = []
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.kill()
+                    raise DeadlineExceeded(f"conmon did not answer within {timeout:g}s", object_id)
+                ready, _, _ = select.select([sync_r], [], [], min(left, 1.0))
+                if not ready:
+                    continue
+                chunk = os.read(sync_r, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                # The long-lived conmon keeps the pipe open: stop at the messages we wait for.
+                if messages and b"".join(chunks).count(b"\n") >= messages:
+                    break
+        finally:
+            os.close(sync_r)
+            try:
+                child.wait(max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+        return b"".join(chunks)
+
+    def exec_sync(
+        self,
+        container_id: str,
+        bundle: Path,
+        work_dir: Path,
+        process: dict[str, Any],
+        timeout_s: int,
+    ) -> ExecResult:
+        """Run ``process`` in the container and wait for it; conmon kills it at the timeout."""
+        work_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = work_dir / "process.json"
+        log_path = work_dir / "output.log"
+        spec_path.write_text(json.dumps(process))
+        exec_id = work_dir.name
+        argv = self._conmon_argv(container_id, bundle, str(log_path), work_dir)
+        argv[argv.index("-u") + 1] = exec_id
+        argv += [
+            "-p",
+            str(work_dir / "pid"),
+            "-e",
+            "--exec-process-spec",
+            str(spec_path),
+            "--sync",
+        ]
+        if timeout_s > 0:
+            argv += ["-T", str(timeout_s)]
+        # Our own deadline backs conmon's: its timeout plus time for runc to set the process up.
+        hard = (timeout_s + 30.0) if timeout_s > 0 else 24 * 3600.0
+        data = self._launch(argv, bundle, work_dir / "conmon.stderr", hard, container_id, start=False)
+        messages = _messages(data)
+        if not messages:
+            raise Internal(
+                f"exec in container failed: {_read_tail(work_dir / 'conmon.stderr')}", container_id
+            )
+        last = messages[-1]
+        if len(messages) < 2:
+            first = int(last.get("data", -1))
+            if first <= 0:
+                raise Internal(f"exec in container failed: {last.get('message', '')}", container_id)
+        if "timed out" in str(last.get("message", "")):
+            raise DeadlineExceeded(f"command {process['args']!r} timed out after {timeout_s}s", container_id)
+        code = int(last.get("data", -1))
+        if code < 0:
+            raise Internal(f"exec in container failed: {last.get('message', '')}", container_id)
+        stdout, stderr = cri_log.read_streams(log_path, MAX_EXEC_OUTPUT)
+        return ExecResult(exit_code=code, stdout=stdout, stderr=stderr)
+
+    @staticmethod
+    def reopen_log(bundle: Path) -> None:
+        """Ask conmon to reopen the log file (kubelet rotated it). A gone conmon is FailedPrecondition."""
+        try:
+            fd = os.open(bundle / "ctl", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno in (errno.ENXIO, errno.ENOENT):
+                raise FailedPrecondition("container monitor is not running") from None
+            raise
+        try:
+            os.write(fd, b"2 0 0\n")
+        finally:
+            os.close(fd)
+
+
+def _messages(data: bytes) -> list[dict[str, Any]]:
+    out = []
+    for line in data.decode(errors="replace").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out
+
+
+def _first_message(data: bytes) -> dict[str, Any]:
+    messages = _messages(data)
+    return messages[0] if messages else {"data": -1, "message": "conmon closed the sync pipe without a word"}
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return -1
+
+
+def _read_tail(path: Path, limit: int = 2000) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:].strip()
+    except OSError:
+        return ""
+
+
+def signal_number(name: str) -> int:
+    """A signal from an image's StopSignal ("SIGQUIT", "QUIT" or "3") or a CRI Signal enum name."""
+    text = name.strip().upper()
+    if not text:
+        return int(signal.SIGTERM)
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        raise FailedPrecondition(f"unknown stop signal {name!r}") from None

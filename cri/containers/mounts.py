@@ -1,0 +1,156 @@
+"""CRI mounts to OCI mounts: bind options, propagation (and the host side it needs), default mounts.
+
+kubelet's expectations: a host path that is a symlink is resolved (the bind follows it anyway, but the
+propagation checks must look at the real path); a missing host path is created as a directory;
+HOST_TO_CONTAINER (rslave) needs the host path on a shared or slave mount, BIDIRECTIONAL (rshared) on
+a shared one, otherwise mounts made on the host would silently never show up inside.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cri.api import api_pb2 as pb
+from cri.errors import FailedPrecondition, InvalidArgument
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mount_point: str
+    optional: tuple[str, ...]
+
+    @property
+    def shared(self) -> bool:
+        return any(o.startswith("shared:") for o in self.optional)
+
+    @property
+    def slave(self) -> bool:
+        return any(o.startswith("master:") for o in self.optional)
+
+
+def mountinfo() -> list[MountInfo]:
+    rows = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        point = fields[4].encode().decode("unicode_escape")
+        rows.append(MountInfo(point, tuple(fields[6:sep])))
+    return rows
+
+
+def mount_of(path: str) -> MountInfo:
+    """The mount that contains ``path`` (the longest mount point prefix; the last one mounted wins)."""
+    best: MountInfo | None = None
+    for info in mountinfo():
+        point = info.mount_point
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best.mount_point)):
+            best = info
+    assert best is not None, "/ is always a mount"
+    return best
+
+
+def prepare_host_path(host_path: str) -> str:
+    """The real host path to bind: symlinks resolved, a missing path created as a directory."""
+    if not host_path or not host_path.startswith("/"):
+        raise InvalidArgument(f"mount host path {host_path!r} must be absolute")
+    path = Path(host_path)
+    if not path.exists() and not path.is_symlink():
+        path.mkdir(parents=True, exist_ok=True)
+    real = os.path.realpath(host_path)
+    if not os.path.exists(real):
+        raise InvalidArgument(f"mount host path {host_path!r} is a dangling symlink to {real}")
+    return real
+
+
+def oci_mount(mount: pb.Mount) -> tuple[dict[str, Any], str]:
+    """The OCI mount of a CRI mount and the rootfs propagation it needs ("", "rslave" or "rshared")."""
+    if not mount.container_path.startswith("/"):
+        raise InvalidArgument(f"mount container path {mount.container_path!r} must be absolute")
+    if mount.image.image:
+        raise InvalidArgument("image volume mounts are not supported")
+    source = prepare_host_path(mount.host_path)
+    options = ["rbind"]
+    propagation = ""
+    if mount.propagation == pb.PROPAGATION_BIDIRECTIONAL:
+        info = mount_of(source)
+        if not info.shared:
+            raise FailedPrecondition(
+                f"host path {source} is on mount {info.mount_point} which is not shared: "
+                "bidirectional propagation needs a shared mount"
+            )
+        options.append("rshared")
+        propagation = "rshared"
+    elif mount.propagation == pb.PROPAGATION_HOST_TO_CONTAINER:
+        info = mount_of(source)
+        if not (info.shared or info.slave):
+            raise FailedPrecondition(
+                f"host path {source} is on mount {info.mount_point} which is neither shared nor slave: "
+                "host-to-container propagation needs one of them"
+            )
+        options.append("rslave")
+        propagation = "rslave"
+    else:
+        options.append("rprivate")
+    if mount.recursive_read_only:
+        if not mount.readonly:
+            raise InvalidArgument("recursive_read_only needs readonly too")
+        if mount.propagation != pb.PROPAGATION_PRIVATE:
+            raise InvalidArgument("recursive_read_only needs private propagation")
+        options.append("rro")
+    elif mount.readonly:
+        options.append("ro")
+    else:
+        options.append("rw")
+    return {
+        "destination": mount.container_path,
+        "type": "bind",
+        "source": source,
+        "options": options,
+    }, propagation
+
+
+def base_mounts(readonly_sys: bool) -> list[dict[str, Any]]:
+    """The kernel filesystems every container gets."""
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro" if readonly_sys else "rw"],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro" if readonly_sys else "rw"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+    ]

@@ -1,0 +1,412 @@
+"""The OCI runtime spec (config.json) of a container, from its CRI config, its image and its pod.
+
+A pure function of its inputs plus reads of the rootfs (users, groups) and of the host (devices, mount
+propagation, this process's oom_score_adj), so that it can be unit-tested without runc.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cri.api import api_pb2 as pb
+from cri.containers import capabilities as caps
+from cri.containers import mounts as mnt
+from cri.containers.seccomp_default import default_profile
+from cri.containers.users import ProcessUser, resolve_user
+from cri.errors import InvalidArgument
+
+log = logging.getLogger("cri.containers.spec")
+
+OCI_VERSION = "1.0.2"
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+DEFAULT_MASKED_PATHS = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+DEFAULT_READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+class PodView(Protocol):
+    """What the spec needs of a pod (runtime.pods' Pod satisfies it)."""
+
+    id: str
+    hostname: str
+    netns_path: str | None
+    ipc_ns_path: str | None
+    uts_ns_path: str | None
+    pid_ns_path: str | None
+    namespace_options: dict[str, Any]
+    resolv_conf_path: str | None
+    hosts_path: str | None
+    hostname_path: str | None
+    linux: dict[str, Any]
+
+
+@dataclass
+class SpecInputs:
+    container_id: str
+    config: pb.ContainerConfig
+    image_config: dict[str, Any]
+    image_name: str
+    pod: PodView
+    rootfs: Path
+    cgroups_path: str
+    resources: dict[str, Any]
+    # /proc/<pid>/ns/pid of the target container when namespace_options.pid is TARGET.
+    target_pid_ns: str | None = None
+    extra_annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BuiltSpec:
+    spec: dict[str, Any]
+    user: ProcessUser
+    mounts: list[pb.Mount]
+
+
+def process_args(config: pb.ContainerConfig, image_config: dict[str, Any]) -> list[str]:
+    """kubelet's rule: CRI command replaces the image Entrypoint (and drops its Cmd); CRI args replace Cmd."""
+    entrypoint = list(image_config.get("Entrypoint") or [])
+    cmd = list(image_config.get("Cmd") or [])
+    if config.command:
+        argv = [*config.command, *config.args]
+    elif config.args:
+        argv = [*entrypoint, *config.args]
+    else:
+        argv = [*entrypoint, *cmd]
+    if not argv:
+        raise InvalidArgument("no command: the container config and the image both leave it empty")
+    return argv
+
+
+def process_env(config: pb.ContainerConfig, image_config: dict[str, Any], hostname: str) -> list[str]:
+    """Image env first, then the CRI's; a key set by both takes the CRI value in the image's position."""
+    merged: dict[str, str] = {}
+    for item in image_config.get("Env") or []:
+        key, _, value = str(item).partition("=")
+        merged[key] = value
+    for kv in config.envs:
+        merged[kv.key] = kv.value
+    if "PATH" not in merged:
+        merged["PATH"] = DEFAULT_PATH.partition("=")[2]
+    if hostname and "HOSTNAME" not in merged:
+        merged["HOSTNAME"] = hostname
+    return [f"{k}={v}" for k, v in merged.items()]
+
+
+def current_oom_score_adj() -> int:
+    try:
+        return int(Path("/proc/self/oom_score_adj").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def clamp_oom_score_adj(requested: int) -> int:
+    """Never ask for less than we have: without CAP_SYS_RESOURCE lowering fails and runc dies obscurely."""
+    return max(min(requested, 1000), current_oom_score_adj())
+
+
+def _security(config: pb.ContainerConfig) -> pb.LinuxContainerSecurityContext:
+    return config.linux.security_context
+
+
+def _namespaces(inputs: SpecInputs) -> list[dict[str, str]]:
+    pod = inputs.pod
+    sc = _security(inputs.config)
+    nss: list[dict[str, str]] = [{"type": "mount"}]
+    for kind, path in (("network", pod.netns_path), ("ipc", pod.ipc_ns_path), ("uts", pod.uts_ns_path)):
+        if path:
+            nss.append({"type": kind, "path": path})
+        elif kind == "uts" and pod.namespace_options.get("network") != "NODE":
+            nss.append({"type": kind})
+    pid_mode = sc.namespace_options.pid
+    if pid_mode == pb.NODE:
+        pass
+    elif pid_mode == pb.POD and pod.pid_ns_path:
+        nss.append({"type": "pid", "path": pod.pid_ns_path})
+    elif pid_mode == pb.TARGET:
+        if not inputs.target_pid_ns:
+            raise InvalidArgument("pid namespace TARGET needs a running target container")
+        nss.append({"type": "pid", "path": inputs.target_pid_ns})
+    else:
+        nss.append({"type": "pid"})
+    return nss
+
+
+def _pod_file_mounts(inputs: SpecInputs, taken: set[str], readonly: bool) -> list[dict[str, Any]]:
+    pod = inputs.pod
+    out = []
+    for dest, src in (
+        ("/etc/resolv.conf", pod.resolv_conf_path),
+        ("/etc/hosts", pod.hosts_path),
+        ("/etc/hostname", pod.hostname_path),
+    ):
+        if src and dest not in taken and os.path.exists(src):
+            out.append(
+                {
+                    "destination": dest,
+                    "type": "bind",
+                    "source": src,
+                    "options": ["rbind", "rprivate", "ro" if readonly else "rw"],
+                }
+            )
+    return out
+
+
+def _device_entries(
+    host: str, container: str, permissions: str
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(linux.devices entry, linux.resources.devices rule) for a device node or every node under a dir."""
+    real = os.path.realpath(host)
+    try:
+        st = os.stat(real)
+    except OSError:
+        raise InvalidArgument(f"device {host!r} does not exist") from None
+    if stat.S_ISDIR(st.st_mode):
+        out = []
+        for dirpath, _dirs, files in os.walk(real):
+            for name in files:
+                sub = os.path.join(dirpath, name)
+                rel = os.path.relpath(sub, real)
+                try:
+                    out.extend(_device_entries(sub, os.path.join(container, rel), permissions))
+                except InvalidArgument:
+                    continue
+        return out
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise InvalidArgument(f"{host!r} is not a device node")
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    device = {
+        "path": container,
+        "type": kind,
+        "major": major,
+        "minor": minor,
+        "fileMode": stat.S_IMODE(st.st_mode),
+        "uid": st.st_uid,
+        "gid": st.st_gid,
+    }
+    rule = {"allow": True, "type": kind, "major": major, "minor": minor, "access": permissions or "rwm"}
+    return [(device, rule)]
+
+
+def _devices(
+    config: pb.ContainerConfig, privileged: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    devices: list[dict[str, Any]] = []
+    rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
+    if privileged:
+        rules = [{"allow": True, "access": "rwm"}]
+        for entry in sorted(Path("/dev").iterdir()):
+            if entry.name in (
+                "pts",
+                "shm",
+                "mqueue",
+                "console",
+                "ptmx",
+                "tty",
+                "fd",
+                "stdin",
+                "stdout",
+                "stderr",
+            ):
+                continue
+            try:
+                if entry.is_symlink() or not (entry.is_char_device() or entry.is_block_device()):
+                    continue
+                devices.extend(d for d, _ in _device_entries(str(entry), str(entry), "rwm"))
+            except (InvalidArgument, OSError):
+                continue
+    for dev in config.devices:
+        for device, rule in _device_entries(dev.host_path, dev.container_path, dev.permissions):
+            devices.append(device)
+            if not privileged:
+                rules.append(rule)
+    return devices, rules
+
+
+def _seccomp(sc: pb.LinuxContainerSecurityContext, capabilities: list[str]) -> dict[str, Any] | None:
+    """The OCI seccomp object, or None for unconfined."""
+    if sc.privileged:
+        return None
+    kind: str
+    ref = ""
+    if sc.HasField("seccomp"):
+        kind = pb.SecurityProfile.ProfileType.Name(sc.seccomp.profile_type)
+        ref = sc.seccomp.localhost_ref
+    elif sc.seccomp_profile_path:
+        path = sc.seccomp_profile_path
+        if path in ("runtime/default", "docker/default"):
+            kind = "RuntimeDefault"
+        elif path == "unconfined":
+            kind = "Unconfined"
+        elif path.startswith("localhost/"):
+            kind, ref = "Localhost", path[len("localhost/") :]
+        else:
+            raise InvalidArgument(f"unknown seccomp profile {path!r}")
+    else:
+        kind = "Unconfined"
+    if kind == "Unconfined":
+        return None
+    if kind == "RuntimeDefault":
+        return default_profile(capabilities)
+    return load_localhost_profile(ref)
+
+
+def load_localhost_profile(ref: str) -> dict[str, Any]:
+    if not ref.startswith("/"):
+        raise InvalidArgument(f"seccomp localhost profile {ref!r} must be an absolute path")
+    try:
+        profile = json.loads(Path(ref).read_text())
+    except FileNotFoundError:
+        raise InvalidArgument(f"seccomp profile {ref} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"seccomp profile {ref} cannot be read: {exc}") from None
+    if not isinstance(profile, dict) or "defaultAction" not in profile:
+        raise InvalidArgument(f"seccomp profile {ref} is not a seccomp profile (no defaultAction)")
+    return profile
+
+
+def _user(inputs: SpecInputs) -> ProcessUser:
+    sc = _security(inputs.config)
+    run_as_user = sc.run_as_user.value if sc.HasField("run_as_user") else None
+    run_as_group = sc.run_as_group.value if sc.HasField("run_as_group") else None
+    if run_as_group is not None and run_as_user is None and not sc.run_as_username:
+        raise InvalidArgument("run_as_group is set without run_as_user or run_as_username")
+    return resolve_user(
+        inputs.rootfs,
+        str(inputs.image_config.get("User") or ""),
+        run_as_user,
+        sc.run_as_username,
+        run_as_group,
+        list(sc.supplemental_groups),
+        sc.supplemental_groups_policy == pb.Strict,
+    )
+
+
+def _working_dir(inputs: SpecInputs) -> str:
+    cwd = inputs.config.working_dir or str(inputs.image_config.get("WorkingDir") or "") or "/"
+    if not cwd.startswith("/"):
+        raise InvalidArgument(f"working dir {cwd!r} must be absolute")
+    target = inputs.rootfs / cwd.lstrip("/")
+    if not target.exists() and not target.is_symlink():
+        target.mkdir(parents=True, exist_ok=True)
+    return cwd
+
+
+def pod_privileged(pod: PodView) -> bool:
+    sc = (pod.linux or {}).get("security_context") or {}
+    return bool(sc.get("privileged"))
+
+
+def build(inputs: SpecInputs) -> BuiltSpec:
+    config = inputs.config
+    sc = _security(config)
+    privileged = sc.privileged
+    if privileged and not pod_privileged(inputs.pod):
+        raise InvalidArgument("a privileged container needs a privileged pod")
+    if sc.apparmor.profile_type or sc.apparmor_profile:
+        log.info(
+            "apparmor requested, not available on this host: ignored",
+            extra={"container_id": inputs.container_id},
+        )
+    if sc.selinux_options.type or sc.selinux_options.level:
+        log.info(
+            "selinux requested, not available on this host: ignored",
+            extra={"container_id": inputs.container_id},
+        )
+
+    user = _user(inputs)
+    capabilities = caps.compute(
+        list(sc.capabilities.add_capabilities), list(sc.capabilities.drop_capabilities), privileged
+    )
+    ambient = [caps.normalize(c) for c in sc.capabilities.add_ambient_capabilities]
+    process: dict[str, Any] = {
+        "terminal": config.tty,
+        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+        "args": process_args(config, inputs.image_config),
+        "env": process_env(config, inputs.image_config, inputs.pod.hostname),
+        "cwd": _working_dir(inputs),
+        "capabilities": {
+            "bounding": capabilities,
+            "effective": capabilities,
+            "permitted": capabilities,
+            "inheritable": [c for c in ambient if c in capabilities],
+            "ambient": [c for c in ambient if c in capabilities],
+        },
+        "noNewPrivileges": sc.no_new_privs,
+        "oomScoreAdj": clamp_oom_score_adj(config.linux.resources.oom_score_adj),
+    }
+    if user.uid == 0 and not user.additional_gids:
+        del process["user"]["additionalGids"]
+
+    mounts = mnt.base_mounts(readonly_sys=not privileged)
+    taken = {m.container_path for m in config.mounts}
+    mounts = [m for m in mounts if m["destination"] not in taken]
+    mounts.extend(_pod_file_mounts(inputs, taken, sc.readonly_rootfs))
+    rootfs_propagation = ""
+    for cri_mount in sorted(config.mounts, key=lambda m: m.container_path.rstrip("/").count("/")):
+        oci, propagation = mnt.oci_mount(cri_mount)
+        mounts.append(oci)
+        if propagation == "rshared" or (propagation == "rslave" and rootfs_propagation != "rshared"):
+            rootfs_propagation = propagation
+
+    devices, device_rules = _devices(config, privileged)
+    resources = dict(inputs.resources)
+    resources["devices"] = device_rules
+    linux: dict[str, Any] = {
+        "namespaces": _namespaces(inputs),
+        "cgroupsPath": inputs.cgroups_path,
+        "resources": resources,
+        "devices": devices,
+    }
+    sysctls = (inputs.pod.linux or {}).get("sysctls") or {}
+    if sysctls:
+        linux["sysctl"] = dict(sysctls)
+    if rootfs_propagation:
+        linux["rootfsPropagation"] = rootfs_propagation
+    if not privileged:
+        linux["maskedPaths"] = _union(DEFAULT_MASKED_PATHS, list(sc.masked_paths))
+        linux["readonlyPaths"] = _union(DEFAULT_READONLY_PATHS, list(sc.readonly_paths))
+    seccomp = _seccomp(sc, capabilities)
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
+
+    annotations = dict(config.annotations)
+    annotations.update(inputs.extra_annotations)
+    spec: dict[str, Any] = {
+        "ociVersion": OCI_VERSION,
+        "process": process,
+        "root": {"path": "rootfs", "readonly": sc.readonly_rootfs},
+        "mounts": mounts,
+        "annotations": annotations,
+        "linux": linux,
+    }
+    return BuiltSpec(spec=spec, user=user, mounts=list(config.mounts))
+
+
+def _union(first: list[str], second: list[str]) -> list[str]:
+    out = list(first)
+    for item in second:
+        if item not in out:
+            out.append(item)
+    return out
