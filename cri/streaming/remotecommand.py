@@ -1,0 +1,260 @@
+"""Exec and attach sessions, independent of the wire protocol (SPDY streams or WebSocket channels).
+
+A session gets ``Channels`` (what the client opened) and moves bytes between them and a process
+(exec) or conmon's attach socket (attach), applies resize events, and reports the outcome on the error
+channel: for v4/v5 clients the Kubernetes Status JSON (``Success``, or ``Failure`` with reason
+``NonZeroExitCode`` and the code as an ``ExitCode`` cause), for older ones the failure text alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cri.streaming.process import ExecProcess, read_fd, write_fd
+
+log = logging.getLogger("cri.streaming.remotecommand")
+
+STDOUT_PIPE = 1  # conmon's attach socket: the first byte of every packet names the pipe
+STDERR_PIPE = 2
+ATTACH_PACKET = 32 * 1024 + 1
+
+
+class Source(Protocol):
+    async def read(self) -> bytes: ...
+
+
+class Sink(Protocol):
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+Status = dict[str, Any]
+
+
+@dataclass
+class Channels:
+    stdin: Source | None
+    stdout: Sink | None
+    stderr: Sink | None
+    resize: Source | None
+    gone: asyncio.Event  # set when the client's connection is lost
+    tty: bool
+
+
+# --- status --------------------------------------------------------------------------------------------
+
+
+def status_success() -> Status:
+    return {"metadata": {}, "status": "Success"}
+
+
+def status_exit_code(code: int, cmd: list[str]) -> Status:
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": f"command terminated with non-zero exit code: error executing command [{' '.join(cmd)}], "
+        f"exit code {code}",
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+def status_error(message: str) -> Status:
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "InternalError",
+        "details": {"causes": [{"message": message}]},
+        "code": 500,
+    }
+
+
+def encode_status(status: Status, json_status: bool) -> bytes:
+    """What the error channel carries: v4+ the JSON, older protocols only a failure's message."""
+    if json_status:
+        return json.dumps(status, separators=(",", ":")).encode()
+    if status.get("status") == "Success":
+        return b""
+    return str(status.get("message", "")).encode()
+
+
+# --- resize events -------------------------------------------------------------------------------------
+
+
+async def resize_events(source: Source, apply: Callable[[int, int], None]) -> None:
+    """Decode the resize channel's concatenated JSON objects ``{"Width":..,"Height":..}``."""
+    decoder = json.JSONDecoder()
+    buf = ""
+    while True:
+        chunk = await source.read()
+        if not chunk:
+            return
+        buf += chunk.decode(errors="replace")
+        while True:
+            buf = buf.lstrip()
+            if not buf:
+                break
+            try:
+                obj, end = decoder.raw_decode(buf)
+            except json.JSONDecodeError:
+                break  # incomplete: wait for more
+            buf = buf[end:]
+            if isinstance(obj, dict):
+                width, height = int(obj.get("Width", 0) or 0), int(obj.get("Height", 0) or 0)
+                if width > 0 and height > 0:
+                    apply(width, height)
+
+
+# --- exec ----------------------------------------------------------------------------------------------
+
+
+async def _pump_out(fd: int, sink: Sink) -> None:
+    try:
+        while True:
+            data = await read_fd(fd)
+            if not data:
+                break
+            await sink.write(data)
+    except (ConnectionError, OSError) as exc:
+        log.debug("output pump ended", extra={"error": str(exc)})
+    finally:
+        with contextlib.suppress(Exception):
+            await sink.close()
+
+
+async def _pump_in(source: Source, proc: ExecProcess) -> None:
+    try:
+        while True:
+            data = await source.read()
+            if not data:
+                break
+            if proc.stdin_fd is None:
+                break
+            await write_fd(proc.stdin_fd, data)
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        proc.close_stdin()
+
+
+async def run_exec(spawn: Callable[[], ExecProcess], cmd: list[str], ch: Channels) -> Status:
+    """Run the process to its end (or the client's departure) and return the status to report."""
+    try:
+        proc = spawn()
+    except Exception as exc:
+        log.warning("exec failed to start", extra={"error": str(exc)})
+        return status_error(f"error executing command in container: {exc}")
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        outputs: list[asyncio.Task[None]] = []
+        if proc.stdout_fd is not None and ch.stdout is not None:
+            outputs.append(asyncio.create_task(_pump_out(proc.stdout_fd, ch.stdout)))
+        if proc.stderr_fd is not None and ch.stderr is not None:
+            outputs.append(asyncio.create_task(_pump_out(proc.stderr_fd, ch.stderr)))
+        tasks.extend(outputs)
+        if ch.stdin is not None and proc.stdin_fd is not None:
+            tasks.append(asyncio.create_task(_pump_in(ch.stdin, proc)))
+        if ch.resize is not None:
+            tasks.append(asyncio.create_task(resize_events(ch.resize, proc.resize)))
+        exited = asyncio.create_task(proc.wait())
+        gone = asyncio.create_task(ch.gone.wait())
+        done, _ = await asyncio.wait([exited, gone], return_when=asyncio.FIRST_COMPLETED)
+        if exited not in done:
+            log.info("client went away, killing exec process", extra={"pid": proc.pid})
+            proc.kill()
+            code = await exited
+            return status_error("client disconnected")
+        gone.cancel()
+        code = exited.result()
+        if outputs:
+            await asyncio.wait(outputs)
+        if code == 0:
+            return status_success()
+        return status_exit_code(code, cmd)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        proc.kill()
+        proc.close()
+
+
+# --- attach --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AttachTarget:
+    """Where conmon serves the container's stdio, and how to resize its terminal."""
+
+    socket_path: str
+    resize: Callable[[int, int], None]
+    tty: bool
+
+
+async def run_attach(target: AttachTarget, ch: Channels) -> Status:
+    """Relay between the client and conmon's attach socket until either side ends."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, target.socket_path)
+    except OSError as exc:
+        sock.close()
+        return status_error(f"cannot attach to the container: {exc.strerror}")
+    tasks: list[asyncio.Task[None]] = []
+
+    async def from_conmon() -> None:
+        while True:
+            packet = await loop.sock_recv(sock, ATTACH_PACKET)
+            if not packet:
+                return
+            pipe, payload = packet[0], packet[1:]
+            sink = ch.stdout if pipe == STDOUT_PIPE else ch.stderr if pipe == STDERR_PIPE else None
+            if sink is not None and payload:
+                with contextlib.suppress(ConnectionError):
+                    await sink.write(payload)
+
+    async def to_conmon(source: Source) -> None:
+        while True:
+            data = await source.read()
+            if not data:
+                break
+            for i in range(0, len(data), ATTACH_PACKET - 1):
+                await loop.sock_sendall(sock, data[i : i + ATTACH_PACKET - 1])
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)  # conmon closes the container's stdin (if stdin_once)
+
+    try:
+        output = asyncio.create_task(from_conmon())
+        if ch.stdin is not None:
+            tasks.append(asyncio.create_task(to_conmon(ch.stdin)))
+        if ch.resize is not None:
+            tasks.append(asyncio.create_task(resize_events(ch.resize, target.resize)))
+        gone = asyncio.create_task(ch.gone.wait())
+        await asyncio.wait([output, gone], return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if output.done() and output.exception() is not None:
+            return status_error(f"attach failed: {output.exception()}")
+        for sink in (ch.stdout, ch.stderr):
+            if sink is not None:
+                with contextlib.suppress(Exception):
+                    await sink.close()
+        output.cancel()
+        return status_success()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        sock.close()
+
+
+Runner = Callable[[Channels], Awaitable[Status]]

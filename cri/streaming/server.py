@@ -1,0 +1,492 @@
+"""The streaming HTTP server: ``/exec/<token>``, ``/attach/<token>``, ``/portforward/<token>``.
+
+Concurrency: one asyncio event loop in a thread of its own serves every connection. Sessions are
+I/O-bound and long (an interactive shell can last hours), so one coroutine per session scales to many
+sessions without holding any of the gRPC server's worker threads. The gRPC threads only insert tokens
+(a locked dict); everything else happens on the loop.
+
+Each connection: read the request head (h11 parses it), consume the token (a wrong, used or expired
+token is a 404 and nothing runs), then upgrade: ``Upgrade: SPDY/3.1`` with ``X-Stream-Protocol-Version``
+negotiation, or a WebSocket with a channel subprotocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import h11
+
+from cri.config import StreamingConfig
+from cri.streaming import remotecommand as rc
+from cri.streaming.netns import connect_localhost
+from cri.streaming.portforward import SpdyPortForward, websocket_portforward
+from cri.streaming.process import ExecProcess
+from cri.streaming.spdy_session import SpdySession, SpdyStream
+from cri.streaming.tokens import TokenCache
+from cri.streaming.ws_session import HandshakeRejected, WsSession
+
+log = logging.getLogger("cri.streaming")
+
+HEAD_LIMIT = 16 * 1024
+HEAD_TIMEOUT = 30.0
+STREAM_CREATION_TIMEOUT = 30.0  # kubelet's default for clients to open their SPDY streams
+
+V1 = "channel.k8s.io"
+V2 = "v2.channel.k8s.io"
+V3 = "v3.channel.k8s.io"
+V4 = "v4.channel.k8s.io"
+V5 = "v5.channel.k8s.io"
+SPDY_REMOTECOMMAND = [V4, V3, V2, V1]
+SPDY_PORTFORWARD = ["portforward.k8s.io"]
+WS_REMOTECOMMAND = [V5, V4, "v4.base64.channel.k8s.io", V1, "base64.channel.k8s.io"]
+WS_PORTFORWARD = [V4, "v4.base64.channel.k8s.io"]
+
+STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    container_id: str
+    cmd: list[str]
+    tty: bool
+    stdin: bool
+    stdout: bool
+    stderr: bool
+
+
+@dataclass(frozen=True)
+class AttachRequest:
+    container_id: str
+    tty: bool
+    stdin: bool
+    stdout: bool
+    stderr: bool
+
+
+@dataclass(frozen=True)
+class PortForwardRequest:
+    pod_id: str
+    ports: list[int] = field(default_factory=list)
+
+
+class Backend(Protocol):
+    """What the server needs from the runtime; ``cri.streaming.backend`` implements it for containers."""
+
+    def exec_process(self, request: ExecRequest) -> ExecProcess:
+        """Spawn the exec (e.g. ``runc exec``) with the stdio the request asks for."""
+
+    def attach_target(self, request: AttachRequest) -> rc.AttachTarget:
+        """The container's attach socket and resize function."""
+
+    def pod_netns(self, pod_id: str) -> str | None:
+        """Path of the pod's network namespace; None for host-network pods."""
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, reason: str, body: str, headers: list[tuple[str, str]] | None = None):
+        super().__init__(body)
+        self.status = status
+        self.reason = reason
+        self.body = body
+        self.headers = headers or []
+
+
+@dataclass
+class Head:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: list[tuple[str, str]]
+    raw: bytes
+
+    def get(self, name: str) -> str:
+        return next((v for k, v in self.headers if k == name), "")
+
+    def values(self, name: str) -> list[str]:
+        out: list[str] = []
+        for k, v in self.headers:
+            if k == name:
+                out.extend(p.strip() for p in v.split(",") if p.strip())
+        return out
+
+    def upgrade(self) -> str:
+        if "upgrade" not in (p.lower() for p in self.values("connection")):
+            return ""
+        return self.get("upgrade").lower()
+
+
+class StreamingServer:
+    def __init__(self, config: StreamingConfig, backend: Backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.tokens = TokenCache(config.token_ttl_seconds)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+        self.port = 0
+        self.base_url = ""
+
+    # --- lifecycle (runs in the caller's thread) -------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        started = threading.Event()
+        failure: list[BaseException] = []
+        self.loop = asyncio.new_event_loop()
+
+        def main() -> None:
+            assert self.loop is not None
+            asyncio.set_event_loop(self.loop)
+            try:
+                self.loop.run_until_complete(self._listen())
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                return
+            started.set()
+            self.loop.run_forever()
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+        self._thread = threading.Thread(target=main, name="streaming", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        log.info("streaming server listening", extra={"url": self.base_url})
+
+    async def _listen(self) -> None:
+        context = None
+        if self.config.tls_cert and self.config.tls_key:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        self._server = await asyncio.start_server(
+            self._accept, self.config.address, self.config.port, ssl=context, limit=HEAD_LIMIT
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        host = self.config.address
+        if ":" in host:
+            host = f"[{host}]"
+        self.base_url = f"{'https' if context else 'http'}://{host}:{self.port}"
+
+    def close(self) -> None:
+        """Stop listening and end every session (their processes are killed)."""
+        if self._thread is None or self.loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
+        with contextlib.suppress(Exception):
+            future.result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(30)
+        self._thread = None
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._sessions):
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+
+    # Subsystem protocol: the server starts while the runtime recovers, so URLs work once ready.
+    def recover(self) -> None:
+        self.start()
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    # --- URLs (called from gRPC threads) ----------------------------------------------------------------
+
+    def url_for(self, kind: str, request: Any) -> str:
+        token = self.tokens.insert(kind, request)
+        return f"{self.base_url}/{kind}/{token}"
+
+    # --- connections -----------------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            await self._serve(reader, writer)
+        except HTTPError as exc:
+            await self._respond(writer, exc)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("streaming connection failed")
+        finally:
+            self._sessions.discard(task)
+            writer.close()
+
+    async def _respond(self, writer: asyncio.StreamWriter, exc: HTTPError) -> None:
+        body = (exc.body + "\n").encode()
+        lines = [
+            f"HTTP/1.1 {exc.status} {exc.reason}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+        ]
+        lines += [f"{k}: {v}" for k, v in exc.headers]
+        with contextlib.suppress(ConnectionError):
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+            await writer.drain()
+
+    async def _read_head(self, reader: asyncio.StreamReader) -> Head:
+        try:
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+        except asyncio.LimitOverrunError:
+            raise HTTPError(431, "Request Header Fields Too Large", "request head too large") from None
+        conn = h11.Connection(h11.SERVER)
+        try:
+            conn.receive_data(raw)
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HTTPError(400, "Bad Request", f"malformed request: {exc}") from None
+        if not isinstance(event, h11.Request):
+            raise HTTPError(400, "Bad Request", "malformed request")
+        target = urllib.parse.urlsplit(event.target.decode("latin-1"))
+        headers = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in event.headers]
+        return Head(event.method.decode(), target.path, urllib.parse.parse_qs(target.query), headers, raw)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await self._read_head(reader)
+        parts = head.path.strip("/").split("/")
+        if len(parts) != 2 or parts[0] not in ("exec", "attach", "portforward"):
+            raise HTTPError(404, "Not Found", "404 page not found")
+        if head.method not in ("GET", "POST"):
+            raise HTTPError(405, "Method Not Allowed", "method not allowed")
+        kind, token = parts
+        request = self.tokens.consume(kind, token)
+        if request is None:
+            log.info("streaming request with an unknown, used or expired token", extra={"kind": kind})
+            raise HTTPError(404, "Not Found", "404 page not found")
+        upgrade = head.upgrade()
+        if upgrade not in ("websocket", "spdy/3.1"):
+            raise HTTPError(400, "Bad Request", "unable to upgrade: missing upgrade headers in request")
+        log.info("streaming session", extra={"kind": kind, "protocol": upgrade})
+        if kind == "portforward":
+            if upgrade == "websocket":
+                await self._ws_portforward(reader, writer, head, request)
+            else:
+                await self._spdy_portforward(reader, writer, head, request)
+            return
+        runner = self._runner(kind, request)
+        if upgrade == "websocket":
+            await self._ws_remotecommand(reader, writer, head, request, runner)
+        else:
+            await self._spdy_remotecommand(reader, writer, head, request, runner)
+
+    def _runner(self, kind: str, request: Any) -> Callable[[rc.Channels], Awaitable[rc.Status]]:
+        if kind == "exec":
+            return lambda ch: rc.run_exec(lambda: self.backend.exec_process(request), request.cmd, ch)
+
+        async def attach(ch: rc.Channels) -> rc.Status:
+            try:
+                target = self.backend.attach_target(request)
+            except Exception as exc:
+                return rc.status_error(f"cannot attach to the container: {exc}")
+            return await rc.run_attach(target, ch)
+
+        return attach
+
+    # --- SPDY ------------------------------------------------------------------------------------------
+
+    async def _spdy_upgrade(self, writer: asyncio.StreamWriter, head: Head, supported: list[str]) -> str:
+        """Negotiate the stream protocol (the client's first one we support) and answer 101."""
+        offered = head.values("x-stream-protocol-version")
+        chosen = next((p for p in offered if p in supported), None)
+        if offered and chosen is None:
+            raise HTTPError(
+                403,
+                "Forbidden",
+                f"unable to upgrade: unable to negotiate protocol: client supports {offered}, "
+                f"server accepts {supported}",
+                [("X-Accepted-Stream-Protocol-Versions", p) for p in supported],
+            )
+        lines = ["HTTP/1.1 101 Switching Protocols", "Connection: Upgrade", "Upgrade: SPDY/3.1"]
+        if chosen:
+            lines.append(f"X-Stream-Protocol-Version: {chosen}")
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await writer.drain()
+        return chosen or ""
+
+    async def _spdy_remotecommand(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: Head,
+        request: ExecRequest | AttachRequest,
+        runner: Callable[[rc.Channels], Awaitable[rc.Status]],
+    ) -> None:
+        protocol = await self._spdy_upgrade(writer, head, SPDY_REMOTECOMMAND) or V1
+        wanted = {"error"}
+        for name, on in (("stdin", request.stdin), ("stdout", request.stdout), ("stderr", request.stderr)):
+            if on:
+                wanted.add(name)
+        if request.tty and protocol in (V3, V4):
+            wanted.add("resize")
+        streams: dict[str, SpdyStream] = {}
+        all_here = asyncio.Event()
+        session: SpdySession
+
+        def on_stream(stream: SpdyStream) -> None:
+            session.reply(stream)
+            kind = stream.header("streamType")
+            if kind in wanted and kind not in streams:
+                streams[kind] = stream
+                if set(streams) == wanted:
+                    all_here.set()
+            else:
+                log.info("ignoring unexpected stream", extra={"stream_type": kind})
+
+        session = SpdySession(reader, writer, on_stream, self.config.idle_timeout_seconds)
+        loop_task = asyncio.create_task(session.run())
+        try:
+            waiter = asyncio.create_task(all_here.wait())
+            closed = asyncio.create_task(session.closed.wait())
+            await asyncio.wait(
+                [waiter, closed], timeout=STREAM_CREATION_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiter.cancel()
+            closed.cancel()
+            if not all_here.is_set():
+                log.info("client did not open its streams", extra={"missing": sorted(wanted - set(streams))})
+                return
+            if protocol == V1 and "stdin" in streams:
+                await streams["stdin"].close()  # v1 servers half-close stdin at once; clients expect it
+            channels = rc.Channels(
+                stdin=streams.get("stdin"),
+                stdout=streams.get("stdout"),
+                stderr=streams.get("stderr"),
+                resize=streams.get("resize"),
+                gone=session.closed,
+                tty=request.tty,
+            )
+            status = await runner(channels)
+            if not session.closed.is_set():
+                error = streams["error"]
+                with contextlib.suppress(ConnectionError, Exception):
+                    payload = rc.encode_status(status, json_status=protocol == V4)
+                    if payload:
+                        await error.write(payload)
+                    await error.close()
+        finally:
+            await session.close()
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)
+
+    async def _spdy_portforward(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: Head,
+        request: PortForwardRequest,
+    ) -> None:
+        netns = self.backend.pod_netns(request.pod_id)
+        await self._spdy_upgrade(writer, head, SPDY_PORTFORWARD)
+        forwarder = SpdyPortForward(
+            request.pod_id, lambda port: connect_localhost(netns, port), STREAM_CREATION_TIMEOUT
+        )
+        session = SpdySession(reader, writer, forwarder.on_stream, self.config.idle_timeout_seconds)
+        forwarder.session = session
+        try:
+            await session.run()
+        finally:
+            await forwarder.close()
+            writer.close()
+
+    # --- WebSocket -------------------------------------------------------------------------------------
+
+    async def _ws_remotecommand(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: Head,
+        request: ExecRequest | AttachRequest,
+        runner: Callable[[rc.Channels], Awaitable[rc.Status]],
+    ) -> None:
+        try:
+            session = await WsSession.accept(
+                reader, writer, head.raw, WS_REMOTECOMMAND, 5, self.config.idle_timeout_seconds
+            )
+        except HandshakeRejected as exc:
+            log.info("websocket handshake rejected", extra={"reason": str(exc)})
+            return
+        loop_task = asyncio.create_task(session.run())
+        try:
+            # An empty message on the lowest writable channel tells the client the session is up.
+            first = STDOUT if request.stdout else STDERR if request.stderr else ERROR
+            await session.send(first, b"")
+            ch = session.channels
+            channels = rc.Channels(
+                stdin=ch[STDIN] if request.stdin else None,
+                stdout=ch[STDOUT] if request.stdout else None,
+                stderr=ch[STDERR] if request.stderr else None,
+                resize=ch[RESIZE] if request.tty else None,
+                gone=session.closed,
+                tty=request.tty,
+            )
+            status = await runner(channels)
+            if not session.closed.is_set():
+                json_status = session.protocol.startswith(("v4.", "v5."))
+                payload = rc.encode_status(status, json_status)
+                with contextlib.suppress(ConnectionError):
+                    if payload:
+                        await session.send(ERROR, payload)
+        except ConnectionError:
+            pass
+        finally:
+            await session.close()
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)
+
+    async def _ws_portforward(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: Head,
+        request: PortForwardRequest,
+    ) -> None:
+        ports = list(request.ports)
+        if not ports:
+            try:
+                ports = [int(p) for v in head.query.get("port", []) for p in v.split(",")]
+            except ValueError:
+                raise HTTPError(400, "Bad Request", "query parameter port must be a number") from None
+        if not ports or not all(0 < p < 65536 for p in ports):
+            raise HTTPError(400, "Bad Request", "at least one port between 1 and 65535 is required")
+        netns = self.backend.pod_netns(request.pod_id)
+        try:
+            session = await WsSession.accept(
+                reader, writer, head.raw, WS_PORTFORWARD, 2 * len(ports), self.config.idle_timeout_seconds
+            )
+        except HandshakeRejected as exc:
+            log.info("websocket handshake rejected", extra={"reason": str(exc)})
+            return
+        loop_task = asyncio.create_task(session.run())
+        work = asyncio.create_task(
+            websocket_portforward(session, request.pod_id, ports, lambda port: connect_localhost(netns, port))
+        )
+        try:
+            await asyncio.wait([work, loop_task], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            await session.close()
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)

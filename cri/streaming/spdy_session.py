@@ -1,0 +1,356 @@
+"""A server-side SPDY/3.1 session on an upgraded connection (asyncio): streams, replies, flow control.
+
+Clients open every stream (odd ids); the server replies to each with SYN_REPLY or refuses it with
+RST_STREAM. Data the client sends is queued per stream and returned to the sender's window as it is
+consumed (WINDOW_UPDATE for the stream and the session).
+
+Send-side flow control: SPDY/3.1 gives each stream and the session a 64 KiB window that the receiver
+replenishes with WINDOW_UPDATE. Kubernetes' own client (spdystream, used by kubectl and crictl) never
+sends WINDOW_UPDATE, so honouring the default window against it would stall every session after
+64 KiB. The session therefore honours the peer's windows once the peer shows it implements flow
+control (it sent SETTINGS or WINDOW_UPDATE); otherwise TCP's own backpressure (the transport's write
+buffer, awaited through ``drain``) is what bounds memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from cri.streaming import spdy
+
+log = logging.getLogger("cri.streaming.spdy")
+
+MAX_DATA_FRAME = 32 * 1024
+RECV_BUFFER_LIMIT = 1024 * 1024  # per stream: past this, stop reading the socket until consumed
+
+
+class StreamClosed(Exception):
+    """Write to a stream the peer has reset or the session has lost."""
+
+
+class SpdyStream:
+    def __init__(self, session: SpdySession, syn: spdy.SynStream, send_window: int) -> None:
+        self.session = session
+        self.id = syn.stream_id
+        self.headers = syn.headers
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._readable = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self.remote_closed = syn.fin or syn.unidirectional
+        self.local_closed = False
+        self.reset = False
+        self.send_window = send_window
+        self.replied = False
+
+    def header(self, name: str) -> str:
+        values = self.headers.get(name.lower())
+        return values[0] if values else ""
+
+    # --- receiving ------------------------------------------------------------------------------------
+
+    def _deliver(self, data: bytes, fin: bool) -> None:
+        if data:
+            self._chunks.append(data)
+            self._buffered += len(data)
+            if self._buffered >= RECV_BUFFER_LIMIT:
+                self._space.clear()
+        if fin:
+            self.remote_closed = True
+        self._readable.set()
+
+    def _abort(self) -> None:
+        self.reset = True
+        self.remote_closed = True
+        self.local_closed = True
+        self._readable.set()
+        self._space.set()
+
+    async def read(self) -> bytes:
+        """The next chunk the peer sent; b"" once it closed its side (FIN, RST or lost session)."""
+        while not self._chunks:
+            if self.remote_closed:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._buffered < RECV_BUFFER_LIMIT:
+            self._space.set()
+        self.session._consumed(self, len(chunk))
+        return chunk
+
+    # --- sending --------------------------------------------------------------------------------------
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self.reset or self.local_closed:
+                raise StreamClosed(f"stream {self.id} is closed")
+            n = await self.session._reserve(self, min(len(view), MAX_DATA_FRAME))
+            await self.session._send(spdy.data(self.id, bytes(view[:n])))
+            view = view[n:]
+
+    async def close(self) -> None:
+        """Half-close our side (DATA with FIN); idempotent."""
+        if self.local_closed or self.reset:
+            return
+        self.local_closed = True
+        await self.session._send(spdy.data(self.id, b"", fin=True))
+
+    def refuse(self, status: int = spdy.REFUSED_STREAM) -> None:
+        self.session._write(spdy.rst_stream(self.id, status))
+        self._abort()
+
+
+StreamHandler = Callable[[SpdyStream], Awaitable[None] | None]
+
+
+class SpdySession:
+    """Runs the frame loop of one upgraded connection; ``on_stream`` decides about every new stream.
+
+    ``on_stream`` is called synchronously for each SYN_STREAM (in arrival order); it calls
+    ``session.reply(stream)`` or ``stream.refuse()``. The loop ends when the peer closes the
+    connection, sends GOAWAY and has no streams left, the session is closed, or it idles out.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_stream: Callable[[SpdyStream], None],
+        idle_timeout: float,
+        initial: bytes = b"",
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.on_stream = on_stream
+        self.idle_timeout = idle_timeout
+        self._initial = initial
+        self.streams: dict[int, SpdyStream] = {}
+        self._compressor = spdy.HeaderCompressor()
+        self._decompressor = spdy.HeaderDecompressor()
+        self._last_peer_stream = 0
+        self._peer_initial_window = spdy.DEFAULT_WINDOW
+        self._session_send_window = spdy.DEFAULT_WINDOW
+        self._flow_control = False  # becomes True when the peer shows it speaks SPDY/3.1 flow control
+        self._window_changed = asyncio.Event()
+        self._unacked: dict[int, int] = {}
+        self._session_unacked = 0
+        self.closed = asyncio.Event()
+        self._last_activity = asyncio.get_running_loop().time()
+        self.goaway_received = False
+        self.idle_expired = False
+        self.closing = False
+
+    # --- the loop -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        parser = spdy.FrameParser()
+        watchdog = asyncio.create_task(self._idle_watchdog())
+        try:
+            pending = self._initial
+            while True:
+                if pending:
+                    chunk, pending = pending, b""
+                else:
+                    chunk = await self.reader.read(256 * 1024)
+                if not chunk:
+                    break
+                self._touch()
+                for frame in parser.feed(chunk):
+                    await self._handle(frame)
+        except spdy.ProtocolError as exc:
+            log.info("spdy protocol error", extra={"error": str(exc)})
+            self._write(spdy.goaway(self._last_peer_stream, spdy.GOAWAY_PROTOCOL_ERROR))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            watchdog.cancel()
+            self._lost()
+
+    def _lost(self) -> None:
+        self.closed.set()
+        for stream in self.streams.values():
+            stream._abort()
+        self._window_changed.set()
+
+    async def _idle_watchdog(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = self._last_activity + self.idle_timeout - loop.time()
+            if remaining <= 0:
+                self.idle_expired = True
+                log.info("spdy session idle, closing", extra={"idle_timeout_s": self.idle_timeout})
+                self._write(spdy.goaway(self._last_peer_stream))
+                self.writer.close()
+                self._lost()
+                return
+            await asyncio.sleep(remaining)
+
+    def _touch(self) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
+
+    async def _handle(self, frame: spdy.Frame) -> None:
+        if isinstance(frame, spdy.DataFrame):
+            await self._on_data(frame)
+            return
+        if frame.version != spdy.VERSION:
+            raise spdy.ProtocolError(f"SPDY version {frame.version} is not 3")
+        if frame.type == spdy.SYN_STREAM:
+            self._on_syn_stream(spdy.parse_syn_stream(frame, self._decompressor))
+        elif frame.type == spdy.RST_STREAM:
+            stream_id, _status = spdy.parse_two_words(frame)
+            stream = self.streams.pop(stream_id, None)
+            if stream is not None:
+                stream._abort()
+        elif frame.type == spdy.SETTINGS:
+            self._flow_control = True
+            values = spdy.parse_settings(frame)
+            if spdy.SETTINGS_INITIAL_WINDOW_SIZE in values:
+                new = values[spdy.SETTINGS_INITIAL_WINDOW_SIZE]
+                if new > spdy.MAX_WINDOW:
+                    raise spdy.ProtocolError("initial window too large")
+                delta = new - self._peer_initial_window
+                self._peer_initial_window = new
+                for stream in self.streams.values():
+                    stream.send_window += delta
+                self._window_changed.set()
+        elif frame.type == spdy.PING:
+            ping_id = spdy.parse_ping(frame)
+            if ping_id % 2 == 1:  # the client's ping: echo it
+                self._write(spdy.ping(ping_id))
+        elif frame.type == spdy.GOAWAY:
+            self.goaway_received = True
+        elif frame.type == spdy.HEADERS:
+            stream_id, headers = spdy.parse_stream_headers(frame, self._decompressor)
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                for name, more in headers.items():
+                    stream.headers.setdefault(name, []).extend(more)
+                if frame.flags & spdy.FLAG_FIN:
+                    stream._deliver(b"", True)
+        elif frame.type == spdy.WINDOW_UPDATE:
+            self._flow_control = True
+            stream_id, delta = spdy.parse_two_words(frame)
+            delta &= 0x7FFFFFFF
+            if stream_id == 0:
+                self._session_send_window += delta
+            elif stream_id in self.streams:
+                self.streams[stream_id].send_window += delta
+            self._window_changed.set()
+        elif frame.type == spdy.SYN_REPLY:
+            raise spdy.ProtocolError("SYN_REPLY for a stream the server never opened")
+        # Unknown control frame types are ignored, as the spec asks.
+
+    def _on_syn_stream(self, syn: spdy.SynStream) -> None:
+        if syn.stream_id % 2 == 0 or syn.stream_id <= self._last_peer_stream:
+            self._write(spdy.rst_stream(syn.stream_id, spdy.PROTOCOL_ERROR))
+            return
+        self._last_peer_stream = syn.stream_id
+        stream = SpdyStream(self, syn, self._peer_initial_window)
+        if self.goaway_received or self.closing:
+            stream.refuse()
+            return
+        self.streams[syn.stream_id] = stream
+        self.on_stream(stream)
+
+    async def _on_data(self, frame: spdy.DataFrame) -> None:
+        stream = self.streams.get(frame.stream_id)
+        if stream is None or stream.remote_closed:
+            if frame.stream_id not in self.streams:
+                self._write(spdy.rst_stream(frame.stream_id, spdy.INVALID_STREAM))
+            else:
+                self._write(spdy.rst_stream(frame.stream_id, spdy.STREAM_ALREADY_CLOSED))
+            # Data we drop still counts against the session window: give it back.
+            self._give_back(0, len(frame.data))
+            return
+        while not stream._space.is_set() and not self.closed.is_set():
+            await stream._space.wait()
+        stream._deliver(frame.data, bool(frame.flags & spdy.FLAG_FIN))
+
+    # --- flow control ---------------------------------------------------------------------------------
+
+    def _consumed(self, stream: SpdyStream, n: int) -> None:
+        self._give_back(stream.id, n)
+
+    def _give_back(self, stream_id: int, n: int) -> None:
+        """Return consumed bytes to the peer's windows, in batches of at least 16 KiB."""
+        if n <= 0 or self.closed.is_set():
+            return
+        self._session_unacked += n
+        if self._session_unacked >= 16 * 1024:
+            self._write(spdy.window_update(0, self._session_unacked))
+            self._session_unacked = 0
+        if stream_id:
+            pending = self._unacked.get(stream_id, 0) + n
+            stream = self.streams.get(stream_id)
+            if pending >= 16 * 1024 or (stream is not None and not stream._chunks):
+                if stream is not None and not stream.remote_closed:
+                    self._write(spdy.window_update(stream_id, pending))
+                pending = 0
+            self._unacked[stream_id] = pending
+
+    async def _reserve(self, stream: SpdyStream, wanted: int) -> int:
+        """How many bytes ``stream`` may send now (waiting for window when the peer enforces it)."""
+        while True:
+            if self.closed.is_set() or stream.reset:
+                raise StreamClosed(f"stream {stream.id} is closed")
+            if not self._flow_control:
+                return wanted
+            allowed = min(wanted, stream.send_window, self._session_send_window)
+            if allowed > 0:
+                stream.send_window -= allowed
+                self._session_send_window -= allowed
+                return allowed
+            self._window_changed.clear()
+            await self._window_changed.wait()
+
+    # --- writing --------------------------------------------------------------------------------------
+
+    def _write(self, frame: bytes) -> None:
+        if self.writer.is_closing():
+            return
+        self._touch()
+        self.writer.write(frame)
+
+    async def _send(self, frame: bytes) -> None:
+        if self.closed.is_set() or self.writer.is_closing():
+            raise StreamClosed("session closed")
+        self._write(frame)
+        try:
+            await self.writer.drain()
+        except ConnectionError:
+            self._lost()
+            raise StreamClosed("connection lost") from None
+
+    def reply(self, stream: SpdyStream, headers: spdy.Headers | None = None) -> None:
+        """Accept a stream: SYN_REPLY (with FIN when the client sent a unidirectional stream)."""
+        stream.replied = True
+        self._write(spdy.syn_reply(self._compressor, stream.id, headers or {}, fin=False))
+
+    async def close(self, linger: float = 5.0) -> None:
+        """GOAWAY, flush, half-close, then wait (bounded) for the peer to close before closing.
+
+        Closing a socket with unread input makes the kernel send RST, which can destroy output
+        the peer has not read yet; waiting for the peer's EOF avoids that.
+        """
+        self.closing = True
+        if self.writer.is_closing():
+            self._lost()
+            return
+        self._write(spdy.goaway(self._last_peer_stream))
+        try:
+            await self.writer.drain()
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            await asyncio.wait_for(self.closed.wait(), linger)  # run() sets it at the peer's EOF
+        except (ConnectionError, TimeoutError):
+            pass
+        finally:
+            self._lost()
+            self.writer.close()

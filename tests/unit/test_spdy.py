@@ -1,0 +1,102 @@
+"""SPDY/3.1 framing checked against frames built by hand from the spec, byte by byte."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from cri.streaming import spdy
+from tests.spdy_client import DICTIONARY as CLIENT_DICTIONARY
+
+
+def test_dictionary_is_the_spec_constant() -> None:
+    assert len(spdy.DICTIONARY) == 1423
+    assert zlib.adler32(spdy.DICTIONARY) == 0xE3C6A7C2
+    assert spdy.DICTIONARY == CLIENT_DICTIONARY
+    assert spdy.DICTIONARY.startswith(b"\x00\x00\x00\x07options\x00\x00\x00\x04head")
+    assert spdy.DICTIONARY.endswith(b"charset=iso-8859-1,utf-,*,enq=0.")
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (spdy.ping(1), bytes.fromhex("80030006 00000004 00000001")),
+        (spdy.rst_stream(5, spdy.CANCEL), bytes.fromhex("80030003 00000008 00000005 00000005")),
+        (spdy.goaway(7), bytes.fromhex("80030007 00000008 00000007 00000000")),
+        (spdy.window_update(3, 0x10000), bytes.fromhex("80030009 00000008 00000003 00010000")),
+        (spdy.window_update(0, 1), bytes.fromhex("80030009 00000008 00000000 00000001")),
+        (spdy.settings({7: 0x20000}), bytes.fromhex("80030004 0000000c 00000001 00000007 00020000")),
+        (spdy.data(3, b"hi"), bytes.fromhex("00000003 00000002 6869")),
+        (spdy.data(3, b"", fin=True), bytes.fromhex("00000003 01000000")),
+    ],
+)
+def test_frames_encode_as_the_spec_lays_them_out(frame: bytes, expected: bytes) -> None:
+    assert frame == expected
+
+
+def _stored_zlib(dictionary_id: int, block: bytes, first: bool) -> bytes:
+    """A zlib stream of one stored (uncompressed) deflate block, non-final: any inflater reads it."""
+    head = b"\x78\xbb" + struct.pack(">I", dictionary_id) if first else b""
+    return head + b"\x00" + struct.pack("<HH", len(block), len(block) ^ 0xFFFF) + block
+
+
+def test_syn_stream_with_a_hand_built_header_block_is_parsed() -> None:
+    block = (
+        bytes.fromhex("00000002")
+        + bytes.fromhex("0000000a") + b"streamtype" + bytes.fromhex("00000005") + b"error"
+        + bytes.fromhex("00000004") + b"port" + bytes.fromhex("00000005") + b"80\x0081"
+    )  # fmt: skip
+    compressed = _stored_zlib(0xE3C6A7C2, block, first=True)
+    payload = bytes.fromhex("00000001 00000000 6000") + compressed  # stream 1, priority 3
+    frame = bytes.fromhex("80030001") + struct.pack(">I", 0x01000000 | len(payload)) + payload
+    parser = spdy.FrameParser()
+    frames = list(parser.feed(frame[:5])) + list(parser.feed(frame[5:]))
+    assert len(frames) == 1 and isinstance(frames[0], spdy.ControlFrame)
+    syn = spdy.parse_syn_stream(frames[0], spdy.HeaderDecompressor())
+    assert (syn.stream_id, syn.priority, syn.fin) == (1, 3, True)
+    assert syn.headers == {"streamtype": ["error"], "port": ["80", "81"]}
+
+
+def test_the_decompressor_keeps_one_zlib_context_for_the_session() -> None:
+    decompressor = spdy.HeaderDecompressor()
+    one = bytes.fromhex("00000001 00000004") + b"port" + bytes.fromhex("00000002") + b"80"
+    two = bytes.fromhex("00000001 00000004") + b"port" + bytes.fromhex("00000002") + b"81"
+    assert decompressor.decompress(_stored_zlib(0xE3C6A7C2, one, True)) == {"port": ["80"]}
+    assert decompressor.decompress(_stored_zlib(0, two, False)) == {"port": ["81"]}
+
+
+def test_compressed_headers_inflate_with_plain_zlib_and_the_dictionary() -> None:
+    compressor = spdy.HeaderCompressor()
+    inflate = zlib.decompressobj(zdict=CLIENT_DICTIONARY)
+    first = compressor.compress({"streamType": ["stdout"]})
+    assert first[:2] == b"\x78\xbb" or (first[0] == 0x78 and first[1] & 0x20), "FDICT must be set"
+    assert first[2:6] == bytes.fromhex("e3c6a7c2")
+    assert (
+        inflate.decompress(first)
+        == bytes.fromhex("00000001 0000000a") + b"streamtype" + bytes.fromhex("00000006") + b"stdout"
+    )
+    assert inflate.decompress(compressor.compress({})) == bytes.fromhex("00000000")
+
+
+def test_syn_reply_layout() -> None:
+    frame = spdy.syn_reply(spdy.HeaderCompressor(), 5, {})
+    assert frame[:4] == bytes.fromhex("80030002")
+    assert frame[4] == 0  # no flags
+    assert struct.unpack(">I", frame[4:8])[0] & 0xFFFFFF == len(frame) - 8
+    assert frame[8:12] == bytes.fromhex("00000005")
+    assert zlib.decompressobj(zdict=CLIENT_DICTIONARY).decompress(frame[12:]) == b"\x00\x00\x00\x00"
+
+
+def test_parser_splits_coalesced_frames_and_rejects_bad_ones() -> None:
+    stream = spdy.ping(1) + spdy.data(1, b"abc") + spdy.goaway(1)
+    frames = list(spdy.FrameParser().feed(stream))
+    assert [type(f).__name__ for f in frames] == ["ControlFrame", "DataFrame", "ControlFrame"]
+    assert spdy.parse_ping(frames[0]) == 1  # type: ignore[arg-type]
+    with pytest.raises(spdy.ProtocolError):
+        spdy.parse_ping(spdy.ControlFrame(spdy.PING, 0, b"\x00"))
+    with pytest.raises(spdy.ProtocolError):
+        spdy.decode_header_block(bytes.fromhex("00000001 00000004") + b"Port" + bytes.fromhex("00000000"))
+    with pytest.raises(spdy.ProtocolError):
+        list(spdy.FrameParser(max_length=10).feed(spdy.data(1, b"x" * 11)))
