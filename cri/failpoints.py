@@ -29,12 +29,12 @@ def _actions() -> dict[str, str]:
     return actions
 
 
-def hit(name: str) -> None:
-    """Act on the failpoint ``name`` if the environment arms it."""
+def hit(name: str, **context: str) -> None:
+    """Act on the failpoint ``name`` if the environment arms it; ``context`` (ids) goes to the log."""
     action = _actions().get(name)
     if not action:
         return
-    log.warning("failpoint hit", extra={"failpoint": name, "action": action})
+    log.warning("failpoint hit", extra={"failpoint": name, "action": action, **context})
     if action == "kill":
         for handler in logging.getLogger().handlers:
             handler.flush()

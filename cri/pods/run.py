@@ -90,7 +90,7 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
     with ExitStack() as undo:
         svc.store.put(KIND, pod_id, pod.to_record())  # the intent, before any side effect
         undo.callback(quietly, "forget record", pod_id, svc.store.delete, KIND, pod_id)
-        failpoints.hit("pod.after_intent")
+        failpoints.hit("pod.after_intent", pod_id=pod_id)
 
         undo.callback(quietly, "remove pod dir", pod_id, remove_dir, Path(pod.pod_dir))
         podfiles.write(Path(pod.pod_dir), spec.hostname, spec.dns, [])
@@ -100,7 +100,7 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
         undo.callback(quietly, "release namespaces", pod_id, release_namespaces, svc.run_root, pod)
         kinds = [k for k, on in (("net", spec.own_net), ("ipc", spec.own_ipc), ("uts", spec.own_net)) if on]
         namespaces.create(svc.run_root, pod_id, kinds, spec.hostname)
-        failpoints.hit("pod.after_netns")
+        failpoints.hit("pod.after_netns", pod_id=pod_id)
         if spec.shared_pid:
             pidns.start_holder(svc.run_root, pod_id)
         sysctls.apply(
@@ -124,7 +124,7 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
             record = {**record, "port_mappings": spec.port_mappings}
             pod = current[0] = dataclasses.replace(pod, network=record, ips=ips)
             svc.store.put(KIND, pod_id, pod.to_record())
-            failpoints.hit("pod.after_network")
+            failpoints.hit("pod.after_network", pod_id=pod_id)
             podfiles.write_hosts(Path(pod.pod_dir), spec.hostname, ips)
 
         pod = dataclasses.replace(pod, state=READY, complete=True)

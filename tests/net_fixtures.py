@@ -1,0 +1,289 @@
+"""Fixtures and probes for pod and network tests: daemons on private bridges/subnets, CNI conflists,
+and checks run inside a pod's netns (nsenter), plus a record of what a pod leaves on the host.
+
+Every bridge is named ``cxp<N>`` (built-in) or ``cxc<N>`` (CNI) with subnet 10.250.N.0/24 or
+10.249.N.0/24, N unique per test, so tests do not step on each other or on other helpers. Teardown
+deletes the bridge, the test's iptables chains and restores ip_forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cri.api import api_pb2 as pb
+from tests.daemon import Daemon
+
+CNI_BIN = "/usr/lib/cni"
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check, timeout=30)
+
+
+def link_exists(name: str) -> bool:
+    return sh("ip", "link", "show", "dev", name, check=False).returncode == 0
+
+
+def in_netns(pin: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return sh("nsenter", f"--net={pin}", "--", *argv, check=check)
+
+
+def iptables_save() -> str:
+    return sh("iptables-save").stdout
+
+
+def _unique_n() -> int:
+    for _ in range(200):
+        n = random.randint(2, 250)
+        if not link_exists(f"cxp{n}") and not link_exists(f"cxc{n}"):
+            return n
+    raise RuntimeError("no free test bridge number")
+
+
+def _drop_chains(predicate: Callable[[str], bool]) -> None:
+    """Delete every iptables rule jumping to, and every chain named by, ``predicate`` (test cleanup)."""
+    for table in ("nat", "filter"):
+        rules = sh("iptables", "-w", "10", "-t", table, "-S", check=False).stdout.splitlines()
+        for rule in rules:
+            parts = rule.split()
+            if parts[:1] == ["-A"] and "-j" in parts and predicate(parts[parts.index("-j") + 1]):
+                sh("iptables", "-w", "10", "-t", table, "-D", *parts[1:], check=False)
+        for rule in rules:
+            parts = rule.split()
+            if parts[:1] == ["-N"] and predicate(parts[1]):
+                sh("iptables", "-w", "10", "-t", table, "-F", parts[1], check=False)
+                sh("iptables", "-w", "10", "-t", table, "-X", parts[1], check=False)
+
+
+@dataclass
+class Net:
+    """One test network: the daemon and what it is named."""
+
+    daemon: Daemon
+    bridge: str
+    subnet: str
+    cni_dir: Path | None = None
+
+    def records(self, kind: str) -> dict[str, Any]:
+        """The daemon's stored records of ``kind`` (read-only, straight from its SQLite file)."""
+        db = sqlite3.connect(f"file:{self.daemon.root / 'calyx.db'}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT id, data FROM records WHERE kind = ?", (kind,)).fetchall()
+        finally:
+            db.close()
+        return {key: json.loads(data) for key, data in rows}
+
+    @property
+    def leases(self) -> dict[str, Any]:
+        return self.records("lease")
+
+
+@contextlib.contextmanager
+def _host_restored(bridge: str) -> Iterator[None]:
+    forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    try:
+        yield
+    finally:
+        if link_exists(bridge):
+            sh("ip", "link", "del", bridge, check=False)
+        _drop_chains(lambda chain: chain.endswith(f"-{bridge}"))
+        Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
+
+
+@pytest.fixture
+def builtin_net(daemon_factory: Callable[..., Daemon]) -> Iterator[Callable[..., Net]]:
+    """Make daemons using the built-in network on a private bridge and subnet (no CNI config)."""
+    made: list[Net] = []
+    stack = contextlib.ExitStack()
+
+    def make(env: dict[str, str] | None = None, config: dict[str, Any] | None = None) -> Net:
+        n = _unique_n()
+        bridge, subnet = f"cxp{n}", f"10.250.{n}.0/24"
+        stack.enter_context(_host_restored(bridge))
+        conf_dir = Path(f"/tmp/cx-nocni-{bridge}")
+        conf_dir.mkdir(exist_ok=True)
+        stack.callback(conf_dir.rmdir)
+        table: dict[str, Any] = {
+            "network": {"bridge": bridge, "subnet": subnet, "cni_conf_dir": str(conf_dir)}
+        }
+        for section, values in (config or {}).items():
+            table.setdefault(section, {}).update(values)
+        net = Net(daemon_factory(table, env=env), bridge, subnet)
+        made.append(net)
+        return net
+
+    with stack:
+        yield make
+        for net in made:  # stop the daemons (and remove their pods) before the host is restored
+            _remove_all_pods(net.daemon)
+
+
+def cni_conflist(
+    name: str, bridge: str, subnet: str, data_dir: Path, version: str = "1.0.0"
+) -> dict[str, Any]:
+    return {
+        "cniVersion": version,
+        "name": name,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": bridge,
+                "isGateway": True,
+                "ipMasq": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(data_dir),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+@pytest.fixture
+def cni_net(daemon_factory: Callable[..., Daemon], short_tmp: Path) -> Iterator[Callable[..., Net]]:
+    """Make daemons whose conf dir holds a conflist for Debian's bridge/host-local/portmap plugins."""
+    made: list[Net] = []
+    stack = contextlib.ExitStack()
+
+    def make(version: str = "1.0.0", plugins: list[dict[str, Any]] | None = None, start: bool = True) -> Net:
+        n = _unique_n()
+        bridge, subnet = f"cxc{n}", f"10.249.{n}.0/24"
+        stack.enter_context(_host_restored(bridge))
+        conf_dir = short_tmp / f"cni{n}"
+        conf_dir.mkdir()
+        conflist = cni_conflist(f"calyx-test-{n}", bridge, subnet, short_tmp / f"ipam{n}", version)
+        if plugins is not None:
+            conflist["plugins"] = plugins
+        (conf_dir / "10-test.conflist").write_text(json.dumps(conflist))
+        table = {"network": {"cni_conf_dir": str(conf_dir), "cni_bin_dirs": [CNI_BIN], "bridge": f"cxp{n}"}}
+        net = Net(daemon_factory(table, start=start), bridge, subnet, conf_dir)
+        made.append(net)
+        return net
+
+    with stack:
+        yield make
+        for net in made:
+            _remove_all_pods(net.daemon)
+
+
+def _remove_all_pods(daemon: Daemon) -> None:
+    if daemon.proc is None or daemon.proc.poll() is not None:
+        return
+    with contextlib.suppress(Exception):
+        for pod in daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30).items:
+            daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+            daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+
+
+_counter = iter(range(1, 1_000_000))
+
+
+def pod_config(name: str | None = None, **kw: Any) -> pb.PodSandboxConfig:
+    """A PodSandboxConfig with unique metadata; keyword arguments set top-level fields."""
+    name = name or f"pod-{next(_counter)}"
+    linux = kw.pop("linux", None)
+    config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(
+            name=name, uid=f"uid-{name}-{random.getrandbits(32):08x}", namespace="calyx-test"
+        ),
+        **kw,
+    )
+    if linux is not None:
+        config.linux.CopyFrom(linux)
+    return config
+
+
+def host_network_linux(pid: int = pb.CONTAINER) -> pb.LinuxPodSandboxConfig:
+    return pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(
+            namespace_options=pb.NamespaceOption(network=pb.NODE, ipc=pb.NODE, pid=pid)
+        )
+    )
+
+
+def run_pod(daemon: Daemon, config: pb.PodSandboxConfig, handler: str = "") -> str:
+    return daemon.runtime.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=config, runtime_handler=handler), timeout=120
+    ).pod_sandbox_id
+
+
+def status(daemon: Daemon, pod_id: str, verbose: bool = False) -> pb.PodSandboxStatusResponse:
+    return daemon.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=verbose))
+
+
+def info(daemon: Daemon, pod_id: str) -> dict[str, Any]:
+    return json.loads(status(daemon, pod_id, verbose=True).info["info"])
+
+
+def stop_remove(daemon: Daemon, pod_id: str) -> None:
+    daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+    daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+
+
+def pod_traces(daemon: Daemon, pod_id: str) -> list[str]:
+    """Everything of ``pod_id`` still on the host (empty when the pod is fully gone)."""
+    found = []
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount: {line}" for line in mountinfo.splitlines() if pod_id in line]
+    for kind in ("net", "ipc", "uts", "pid"):
+        pin = daemon.run_root / "ns" / kind / pod_id
+        if pin.exists():
+            found.append(f"pin: {pin}")
+    links = sh("ip", "-o", "link").stdout
+    found += [f"link: {line}" for line in links.splitlines() if pod_id[:12] in line]
+    found += [f"iptables: {line}" for line in iptables_save().splitlines() if pod_id[:16] in line]
+    if (daemon.root / "pods" / pod_id).exists():
+        found.append(f"dir: {daemon.root / 'pods' / pod_id}")
+    return found
+
+
+class Listener:
+    """A TCP or UDP server inside a pod's netns that answers ``pong`` once per connection/datagram."""
+
+    SCRIPT = r"""
+import socket, sys
+kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
+s = socket.socket(socket.AF_INET, kind)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+if kind == socket.SOCK_STREAM:
+    s.listen(8)
+print("ready", flush=True)
+while True:
+    if kind == socket.SOCK_STREAM:
+        c, peer = s.accept()
+        c.sendall(b"pong " + peer[0].encode())
+        c.close()
+    else:
+        data, peer = s.recvfrom(100)
+        s.sendto(b"pong " + peer[0].encode(), peer)
+"""
+
+    def __init__(self, pin: str, port: int, protocol: str = "tcp") -> None:
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={pin}", "--", sys.executable, "-c", self.SCRIPT, protocol, str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.strip() == "ready", self.proc.stderr.read() if self.proc.stderr else line
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
