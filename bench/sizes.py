@@ -36,7 +36,9 @@ def benchmark_names(size: Size) -> list[str]:
     names = [
         "daemon_rss_idle",
         "pull_mbps",
-        "pull_seconds",
+        "pull_time",
+        "pull_download",
+        "pull_unpack",
         "run_pod_sandbox",
         "pod_teardown_empty",
         "container_create_start",

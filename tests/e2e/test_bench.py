@@ -1,0 +1,69 @@
+"""The benchmark command works end to end on a tiny size against a Calyx it starts itself.
+
+No timing is asserted (numbers live in bench/RESULTS.md); this checks that the harness runs, writes
+the JSON every consumer reads with all its keys, and leaves nothing behind on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.sizes import SIZES, benchmark_names
+
+pytestmark = pytest.mark.slow
+
+SUMMARY_KEYS = {"unit", "status", "n", "min", "median", "p95", "samples", "higher_is_better"}
+
+
+def leftovers() -> list[str]:
+    found = [str(p) for p in Path("/sys/fs/cgroup").glob("*/cxbench-*")]
+    found += [
+        line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines() if "/cxb-" in line
+    ]
+    found += [p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith("cxb")]
+    return found
+
+
+def test_bench_tiny_against_calyx(short_tmp: Path) -> None:
+    before = leftovers()
+    out_dir = short_tmp / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "tiny", "--out", str(out_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "run_pod_sandbox" in run.stdout  # the table was printed
+
+    doc = json.loads((out_dir / "latest.json").read_text())
+    assert {"date", "size", "machine", "versions"} <= doc["meta"].keys()
+    assert doc["meta"]["size"] == "tiny"
+    assert {"calyx", "runc", "conmon", "containerd"} <= doc["meta"]["versions"].keys()
+    assert "containerd" not in doc["results"]  # no reference was asked for
+
+    calyx = doc["results"]["calyx"]
+    assert set(calyx) == set(benchmark_names(SIZES["tiny"]))
+    for name, result in calyx.items():
+        assert result.keys() >= SUMMARY_KEYS, name
+        status = result["status"]
+        assert status == "ok" or status.startswith(("n/a: ", "error: ")), (name, status)
+        if status == "ok":
+            assert result["n"] == len(result["samples"]) > 0, name
+            assert result["min"] <= result["median"] <= result["p95"], name
+        else:
+            assert result["median"] is None, name
+    # Calyx always starts, so its idle memory is always measured; the floor needs only runc.
+    assert calyx["daemon_rss_idle"]["status"] == "ok"
+    assert doc["results"]["floor"]["runc_run"]["status"] == "ok"
+    assert {row["goal"] for row in doc["targets"]} >= {"RunPodSandbox median", "pull throughput"}
+
+    md = next(out_dir.glob("bench-*.md")).read_text()
+    assert "| benchmark |" in md and "| target |" in md
+    assert leftovers() == before
