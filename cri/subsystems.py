@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cri import events, images, pods
+from cri import events, images, pods, stats
+from cri.containers.manager import register as register_containers
 from cri.runtime import Runtime
 from sandbox import cgroups
 
@@ -18,4 +19,6 @@ SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [
     images.build,
     cgroups.register,
     pods.register,
+    register_containers,
+    stats.register,  # keep last: it observes the others
 ]

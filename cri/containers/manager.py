@@ -22,6 +22,7 @@ from typing import Any
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, rootfs
 from cri.containers import create as create_mod
+from cri.containers import status as status_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number
 from cri.containers.procinfo import alive
@@ -108,6 +109,16 @@ class ContainerManager:
                     del self._names[key]
             raise
 
+    def emit(self, c: Container, event_type: int) -> None:
+        """Tell GetContainerEvents subscribers (when the events subsystem exists)."""
+        events = getattr(self.runtime, "events", None)
+        if events is None:
+            return
+        try:
+            events.emit(c.id, event_type, None, [status_mod.to_status(c)])
+        except Exception:
+            log.exception("event not published", extra={"container_id": c.id})
+
     def _lock_of(self, container_id: str) -> threading.RLock:
         with self._lock:
             return self._locks.setdefault(container_id, threading.RLock())
@@ -175,11 +186,14 @@ class ContainerManager:
             c.reason = "Error"
         self.persist(c)
         log.info("container exited", extra={"container_id": c.id, "exit_code": code, "reason": c.reason})
+        self.emit(c, pb.CONTAINER_STOPPED_EVENT)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     def create(self, pod_id: str, config: pb.ContainerConfig) -> str:
-        return create_mod.create(self, pod_id, config)
+        container_id = create_mod.create(self, pod_id, config)
+        self.emit(self._containers[container_id], pb.CONTAINER_CREATED_EVENT)
+        return container_id
 
     def start(self, container_id: str) -> None:
         c = self.get(container_id)
@@ -203,6 +217,7 @@ class ContainerManager:
             c.started_at = time.time_ns()
             self.persist(c)
         log.info("container started", extra={"container_id": c.id})
+        self.emit(c, pb.CONTAINER_STARTED_EVENT)
         self.refresh(c)
 
     def _wait_exit(self, c: Container, timeout: float) -> bool:
@@ -256,6 +271,7 @@ class ContainerManager:
             self._cleanup(c)
         self._unindex(c)
         log.info("container removed", extra={"container_id": c.id})
+        self.emit(c, pb.CONTAINER_DELETED_EVENT)
 
     def _cleanup(self, c: Container) -> None:
         mon = self._monitor_of(c)

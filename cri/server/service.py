@@ -14,17 +14,21 @@ import grpc
 
 from cri.api import api_pb2_grpc
 from cri.runtime import Runtime
+from cri.server.containers import ContainerRPCs
 from cri.server.events import EventRPCs
 from cri.server.images import ImageRPCs
 from cri.server.interceptor import Interceptor
 from cri.server.pods import PodRPCs
 from cri.server.runtime_info import RuntimeInfoRPCs
+from cri.server.stats import StatsRPCs
 
 # kubelet's own limit for CRI messages is 16 MiB; allow the same both ways.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-class RuntimeService(RuntimeInfoRPCs, EventRPCs, PodRPCs, api_pb2_grpc.RuntimeServiceServicer):
+class RuntimeService(
+    RuntimeInfoRPCs, EventRPCs, PodRPCs, ContainerRPCs, StatsRPCs, api_pb2_grpc.RuntimeServiceServicer
+):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 

@@ -1,0 +1,90 @@
+"""Container records as CRI messages: Container (lists), ContainerStatus (status, events)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cri.api import api_pb2 as pb
+from cri.containers.model import PB_STATE, Container
+
+
+def image_spec(c: Container) -> pb.ImageSpec:
+    return pb.ImageSpec(
+        image=c.image, annotations=c.image_annotations, user_specified_image=c.user_specified_image
+    )
+
+
+def to_container(c: Container) -> pb.Container:
+    return pb.Container(
+        id=c.id,
+        pod_sandbox_id=c.pod_id,
+        metadata=pb.ContainerMetadata(name=c.name, attempt=c.attempt),
+        image=image_spec(c),
+        image_ref=c.image_ref,
+        image_id=c.image_id,
+        state=PB_STATE[c.state],
+        created_at=c.created_at,
+        labels=c.labels,
+        annotations=c.annotations,
+    )
+
+
+def _stop_signal(name: str) -> int:
+    upper = name.upper()
+    if not upper.startswith("SIG"):
+        upper = "SIG" + upper
+    try:
+        return int(pb.Signal.Value(upper))
+    except ValueError:
+        return int(pb.RUNTIME_DEFAULT)
+
+
+def to_status(c: Container) -> pb.ContainerStatus:
+    config = c.config
+    return pb.ContainerStatus(
+        id=c.id,
+        metadata=pb.ContainerMetadata(name=c.name, attempt=c.attempt),
+        state=PB_STATE[c.state],
+        created_at=c.created_at,
+        started_at=c.started_at,
+        finished_at=c.finished_at,
+        exit_code=c.exit_code,
+        image=image_spec(c),
+        image_ref=c.image_ref,
+        image_id=c.image_id,
+        reason=c.reason,
+        message=c.message,
+        labels=c.labels,
+        annotations=c.annotations,
+        mounts=list(config.mounts),
+        log_path=c.log_path,
+        resources=pb.ContainerResources(linux=c.resources),
+        user=pb.ContainerUser(
+            linux=pb.LinuxContainerUser(
+                uid=c.uid, gid=c.gid, supplemental_groups=list(dict.fromkeys([c.gid, *c.groups]))
+            )
+        ),
+        stop_signal=_stop_signal(c.stop_signal),  # type: ignore[arg-type]
+    )
+
+
+def verbose_info(c: Container) -> dict[str, str]:
+    """``info["info"]``: JSON with the pid, the OCI spec and runtime details, as crictl inspect shows it."""
+    spec: Any = None
+    try:
+        spec = json.loads((c.bundle / "config.json").read_text())
+    except (OSError, ValueError):
+        spec = None
+    info = {
+        "sandboxID": c.pod_id,
+        "pid": c.pid,
+        "monitorPid": c.conmon_pid,
+        "runtimeHandler": c.handler,
+        "runtimeType": "runc+conmon",
+        "runtimeRoot": c.runtime_root,
+        "bundle": str(c.bundle),
+        "cgroupsPath": c.cgroups_path,
+        "runtimeSpec": spec,
+    }
+    return {"info": json.dumps(info)}

@@ -1,0 +1,112 @@
+"""Container RPCs: Create/Start/Stop/Remove, List/Stream/Status, UpdateContainerResources,
+ReopenContainerLog and ExecSync. The logic is in cri/containers; this only converts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from cri.api import api_pb2 as pb
+from cri.containers import status as conv
+from cri.containers.model import PB_STATE, Container
+from cri.errors import FailedPrecondition, InvalidArgument
+from cri.runtime import Runtime
+
+STREAM_BATCH = 500
+
+
+def _containers(runtime: Runtime) -> Any:
+    manager = getattr(runtime, "containers", None)
+    if manager is None:
+        raise FailedPrecondition("this calyx has no containers subsystem")
+    return manager
+
+
+def _matches(c: Container, flt: pb.ContainerFilter) -> bool:
+    if flt.id and not c.id.startswith(flt.id):
+        return False
+    if flt.pod_sandbox_id and not c.pod_id.startswith(flt.pod_sandbox_id):
+        return False
+    if flt.HasField("state") and PB_STATE[c.state] != flt.state.state:
+        return False
+    return all(c.labels.get(k) == v for k, v in flt.label_selector.items())
+
+
+def _select(runtime: Runtime, flt: pb.ContainerFilter) -> list[pb.Container]:
+    items = [c for c in _containers(runtime).list() if c.state != "CREATING" and _matches(c, flt)]
+    items.sort(key=lambda c: c.created_at)
+    return [conv.to_container(c) for c in items]
+
+
+class ContainerRPCs:
+    runtime: Runtime
+
+    def CreateContainer(
+        self, request: pb.CreateContainerRequest, context: grpc.ServicerContext
+    ) -> pb.CreateContainerResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is required")
+        container_id = _containers(self.runtime).create(request.pod_sandbox_id, request.config)
+        return pb.CreateContainerResponse(container_id=container_id)
+
+    def StartContainer(
+        self, request: pb.StartContainerRequest, context: grpc.ServicerContext
+    ) -> pb.StartContainerResponse:
+        _containers(self.runtime).start(request.container_id)
+        return pb.StartContainerResponse()
+
+    def StopContainer(
+        self, request: pb.StopContainerRequest, context: grpc.ServicerContext
+    ) -> pb.StopContainerResponse:
+        if request.timeout < 0:
+            raise InvalidArgument("timeout must not be negative")
+        _containers(self.runtime).stop(request.container_id, float(request.timeout))
+        return pb.StopContainerResponse()
+
+    def RemoveContainer(
+        self, request: pb.RemoveContainerRequest, context: grpc.ServicerContext
+    ) -> pb.RemoveContainerResponse:
+        _containers(self.runtime).remove(request.container_id)
+        return pb.RemoveContainerResponse()
+
+    def ListContainers(
+        self, request: pb.ListContainersRequest, context: grpc.ServicerContext
+    ) -> pb.ListContainersResponse:
+        return pb.ListContainersResponse(containers=_select(self.runtime, request.filter))
+
+    def StreamContainers(
+        self, request: pb.StreamContainersRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StreamContainersResponse]:
+        items = _select(self.runtime, request.filter)
+        for start in range(0, len(items), STREAM_BATCH):
+            yield pb.StreamContainersResponse(containers=items[start : start + STREAM_BATCH])
+
+    def ContainerStatus(
+        self, request: pb.ContainerStatusRequest, context: grpc.ServicerContext
+    ) -> pb.ContainerStatusResponse:
+        c = _containers(self.runtime).get(request.container_id)
+        info = conv.verbose_info(c) if request.verbose else {}
+        return pb.ContainerStatusResponse(status=conv.to_status(c), info=info)
+
+    def UpdateContainerResources(
+        self, request: pb.UpdateContainerResourcesRequest, context: grpc.ServicerContext
+    ) -> pb.UpdateContainerResourcesResponse:
+        if request.HasField("linux"):
+            _containers(self.runtime).update_resources(request.container_id, request.linux)
+        else:
+            _containers(self.runtime).get(request.container_id)
+        return pb.UpdateContainerResourcesResponse()
+
+    def ReopenContainerLog(
+        self, request: pb.ReopenContainerLogRequest, context: grpc.ServicerContext
+    ) -> pb.ReopenContainerLogResponse:
+        _containers(self.runtime).reopen_log(request.container_id)
+        return pb.ReopenContainerLogResponse()
+
+    def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext) -> pb.ExecSyncResponse:
+        if request.timeout < 0:
+            raise InvalidArgument("timeout must not be negative")
+        result = _containers(self.runtime).exec_sync(request.container_id, list(request.cmd), request.timeout)
+        return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
