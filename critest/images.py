@@ -149,7 +149,8 @@ def multilayer_layers() -> list[Layer]:
 
 def calyx_images() -> list[Push]:
     """The images Calyx's own tests use."""
-    web: dict[str, object] = {"Cmd": ["httpd", "-f", "-p", "80", "-h", "/www"], "ExposedPorts": {"80/tcp": {}}}
+    web: dict[str, object] = {"Cmd": ["httpd", "-f", "-p", "80", "-h", "/www"]}
+    web["ExposedPorts"] = {"80/tcp": {}}
     amd64 = busybox_image(extra=[marker("arch", "amd64\n")])
     arm64 = make_image([base_layer(), marker("arch", "arm64\n")], {"Env": [PATH_ENV]}, arch="arm64")
     multi = make_index({"amd64": amd64, "arm64": arm64})

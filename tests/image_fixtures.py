@@ -25,7 +25,7 @@ REFRESH_TOKENS = {"refresh-alice": "alice"}
 
 
 @dataclass
-class TestRegistry:
+class LoopbackRegistry:
     registry: Registry
     digests: dict[str, str] = field(default_factory=dict)  # "repo:tag" -> manifest digest
     token_server: TokenServer | None = None
@@ -46,7 +46,7 @@ def registry_base() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def image_registry(registry_base: Path) -> Iterator[TestRegistry]:
+def image_registry(registry_base: Path) -> Iterator[LoopbackRegistry]:
     storage = registry_base / "storage"
     storage.mkdir()
     registry = Registry(registry_base, storage).start()
@@ -54,13 +54,13 @@ def image_registry(registry_base: Path) -> Iterator[TestRegistry]:
         digests = push_all(registry.host, calyx_images() + critest_images())
         # The same busybox under public/ for anonymous token pulls.
         digests.update(push_all(registry.host, [replace(calyx_images()[0], repo="public/busybox")]))
-        yield TestRegistry(registry, digests)
+        yield LoopbackRegistry(registry, digests)
     finally:
         registry.stop()
 
 
 @pytest.fixture(scope="session")
-def basic_registry(image_registry: TestRegistry, registry_base: Path) -> Iterator[TestRegistry]:
+def basic_registry(image_registry: LoopbackRegistry, registry_base: Path) -> Iterator[LoopbackRegistry]:
     path = htpasswd_file(registry_base / "htpasswd", USERS)
     registry = Registry(
         registry_base,
@@ -68,29 +68,29 @@ def basic_registry(image_registry: TestRegistry, registry_base: Path) -> Iterato
         {"htpasswd": {"realm": "calyx-basic", "path": str(path)}},
     ).start()
     try:
-        yield TestRegistry(registry, image_registry.digests)
+        yield LoopbackRegistry(registry, image_registry.digests)
     finally:
         registry.stop()
 
 
 @pytest.fixture(scope="session")
-def token_registry(image_registry: TestRegistry, registry_base: Path) -> Iterator[TestRegistry]:
+def token_registry(image_registry: LoopbackRegistry, registry_base: Path) -> Iterator[LoopbackRegistry]:
     tokens = TokenServer(registry_base, USERS, REFRESH_TOKENS)
     registry = Registry(registry_base, image_registry.registry.storage, tokens.auth_config())
     try:
         registry.start()
-        yield TestRegistry(registry, image_registry.digests, tokens)
+        yield LoopbackRegistry(registry, image_registry.digests, tokens)
     finally:
         registry.stop()
         tokens.close()
 
 
 @pytest.fixture
-def scratch_registry(short_tmp: Path) -> Iterator[TestRegistry]:
+def scratch_registry(short_tmp: Path) -> Iterator[LoopbackRegistry]:
     storage = short_tmp / "reg-storage"
     storage.mkdir()
     registry = Registry(short_tmp, storage).start()
     try:
-        yield TestRegistry(registry)
+        yield LoopbackRegistry(registry)
     finally:
         registry.stop()

@@ -246,3 +246,69 @@ class TokenServer:
                 self._reply(200, {"access_token": token, "expires_in": 300})
 
         return Handler
+
+
+class FaultyProxy:
+    """A plain-HTTP proxy in front of a registry that misbehaves on one blob.
+
+    ``mode``: "cut" sends half of the blob then closes the connection (a registry dying mid-pull);
+    "stall" sends half and then waits until ``release()``; "gate" holds the whole response until
+    ``release()``. ``blob_requests`` counts requests for the blob.
+    """
+
+    def __init__(self, upstream: str, digest: str, mode: str) -> None:
+        self.upstream = upstream
+        self.digest = digest
+        self.mode = mode
+        self.blob_requests = 0
+        self.released = threading.Event()
+        self.half_sent = threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def release(self) -> None:
+        self.released.set()
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
+                upstream = httpx.get(f"http://{proxy.upstream}{self.path}", headers=headers, timeout=30)
+                body = upstream.content
+                faulty = self.path.endswith(f"/blobs/{proxy.digest}")
+                if faulty:
+                    proxy.blob_requests += 1
+                    if proxy.mode == "gate":
+                        proxy.released.wait(120)
+                self.send_response(upstream.status_code)
+                for key in ("content-type", "docker-content-digest", "www-authenticate"):
+                    if key in upstream.headers:
+                        self.send_header(key, upstream.headers[key])
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                if not faulty or proxy.mode == "gate":
+                    self.wfile.write(body)
+                    return
+                self.wfile.write(body[: len(body) // 2])
+                self.wfile.flush()
+                proxy.half_sent.set()
+                if proxy.mode == "stall":
+                    proxy.released.wait(120)
+                self.close_connection = True
+
+        return Handler

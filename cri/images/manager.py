@@ -180,9 +180,13 @@ class ImageManager:
             record = self.puller.pull(ref, creds, deadline, lease)
             with self._lock:
                 self._record(record)
-        finally:
+        except BaseException:
             with self._lock:
                 self._leases.remove(lease)
+                self._collect_garbage()  # a failed pull leaves nothing behind
+            raise
+        with self._lock:
+            self._leases.remove(lease)
         log.info(
             "image pulled",
             extra={
