@@ -16,7 +16,7 @@ from typing import Any
 
 from sandbox.cgroups.dbus import UNIT_EXISTS, Property, Systemd, SystemdError
 from sandbox.cgroups.driver import CONTAINER_PREFIX, MONITOR_PREFIX, CgroupDriver, Resources
-from sandbox.cgroups.hierarchy import Hierarchy, Mode, is_populated
+from sandbox.cgroups.hierarchy import Hierarchy, Mode, is_populated, rmdir_if_exists
 from sandbox.cgroups.names import check_id, check_slice, slice_path
 from sandbox.cgroups.resources import DEFAULT_CPU_PERIOD, v2_cpu_weight
 
@@ -108,8 +108,15 @@ class SystemdDriver(CgroupDriver):
             log.info("pod slice not empty, kept", extra={"cgroup_parent": unit})
             return False
         self.manager.stop_unit(unit)
+        self._remove_unmanaged_dirs(path)
         log.info("pod slice stopped", extra={"cgroup_parent": unit})
         return True
+
+    def _remove_unmanaged_dirs(self, cgroup_path: str) -> None:
+        """After a stop: systemd removes the dirs of the controllers it manages; runc also made dirs in
+        the others (cpuset, freezer on v1), which stay unless removed here."""
+        for directory in self.hierarchy.unique_dirs(cgroup_path, named=True):
+            rmdir_if_exists(directory)
 
     def place_monitor(self, container_id: str, parent: str, pid: int) -> None:
         unit = self.monitor_cgroup(container_id, parent)
@@ -123,9 +130,13 @@ class SystemdDriver(CgroupDriver):
 
     def remove_container(self, container_id: str, parent: str) -> None:
         """Stop the container's and monitor's scopes (this kills whatever still runs in them)."""
-        for unit in (self.container_unit(container_id), self.monitor_cgroup(container_id, parent)):
+        for unit, path in (
+            (self.container_unit(container_id), self.container_path(container_id, parent)),
+            (self.monitor_cgroup(container_id, parent), self.monitor_path(container_id, parent)),
+        ):
             if self.manager.unit_path(unit) is not None:
                 self.manager.stop_unit(unit)
+            self._remove_unmanaged_dirs(path)
 
     # --- resources -------------------------------------------------------------------------------------
 

@@ -1,0 +1,419 @@
+"""The cgroup drivers against the real kernel, a real systemd (tests/systemd_fixture.py) and real runc.
+
+cgroupfs runs on the host's hierarchies; the systemd driver runs inside the test systemd's namespaces
+(its D-Bus, its PIDs), and the cgroup files it manages are read from the host side. Every test removes
+the cgroups and units it made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cri.api import api_pb2 as pb
+from sandbox.cgroups.cgroupfs import CgroupfsDriver
+from sandbox.cgroups.hierarchy import detect
+from tests.systemd_fixture import NamespacedSystemd, namespaced_systemd  # noqa: F401
+
+BUSYBOX = Path("/bin/busybox")
+V1 = detect().mode.value == "v1"
+
+
+def _files(dirs: dict[str, Path], wanted: list[tuple[str, str]]) -> dict[str, str]:
+    return {name: (dirs[controller] / name).read_text().strip() for controller, name in wanted}
+
+
+V1_FILES = [
+    ("cpu", "cpu.shares"),
+    ("cpu", "cpu.cfs_quota_us"),
+    ("cpu", "cpu.cfs_period_us"),
+    ("memory", "memory.limit_in_bytes"),
+    ("memory", "memory.memsw.limit_in_bytes"),
+    ("pids", "pids.max"),
+]
+
+
+# --- runc bundles -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A runc bundle running ``sleep`` from Debian's busybox-static, its config.json to be completed."""
+    if not BUSYBOX.exists() or shutil.which("runc") is None:
+        pytest.fail("needs runc and busybox-static (deploy/install.sh --dev)")
+    base = tmp_path_factory.mktemp("cgbundle")
+    rootfs = base / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
+    for applet in ("sh", "sleep", "cat"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    subprocess.run(["runc", "spec", "--bundle", str(base)], check=True, capture_output=True, timeout=30)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def write_spec(bundle: Path, cgroups_path: str, resources: dict[str, Any]) -> None:
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["args"] = ["sleep", "3600"]
+    spec["process"]["terminal"] = False
+    spec["linux"]["cgroupsPath"] = cgroups_path
+    spec["linux"]["resources"] = {**spec["linux"].get("resources", {}), **resources}
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+
+def runc_argv(root: Path, *args: str, systemd: bool = False) -> list[str]:
+    """runc with its stdio on files: a detached container keeps runc's stdio open forever."""
+    flags = ["--systemd-cgroup"] if systemd else []
+    log = root / "runc.out"
+    cmd = ["runc", *flags, "--root", str(root), *args]
+    return ["sh", "-c", f'exec "$@" </dev/null >>{log} 2>&1', "sh", *cmd]
+
+
+# --- cgroupfs -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cgroupfs_parent() -> Iterator[tuple[CgroupfsDriver, str]]:
+    """A cgroupfs driver and a pod parent below a top cgroup of this test; both removed at the end."""
+    driver = CgroupfsDriver(pids_limit=64)
+    top = f"/calyx-e2e-{secrets.token_hex(4)}"
+    yield driver, f"{top}/pod{secrets.token_hex(4)}"
+    for directory in driver.hierarchy.unique_dirs(top, named=True):
+        if directory.exists():
+            for root, dirs, _ in os.walk(directory, topdown=False):
+                for name in dirs:
+                    os.rmdir(Path(root) / name)
+            os.rmdir(directory)
+
+
+def test_cgroupfs_prepare_parent_makes_dirs_and_remove_parent_cleans(
+    cgroupfs_parent: tuple[CgroupfsDriver, str],
+) -> None:
+    driver, parent = cgroupfs_parent
+    driver.prepare_parent(parent)
+    dirs = driver.hierarchy.dirs(parent)
+    assert dirs and all(d.is_dir() for d in dirs.values())
+    if "cpuset" in dirs:
+        assert (dirs["cpuset"] / "cpuset.cpus").read_text().strip()  # inherited, not empty
+    driver.prepare_parent(parent)  # idempotent
+    assert driver.remove_parent(parent) is True
+    assert not any(d.exists() for d in dirs.values())
+    assert driver.remove_parent(parent) is True  # nothing left to remove is fine
+
+
+def test_cgroupfs_remove_parent_keeps_a_busy_parent(cgroupfs_parent: tuple[CgroupfsDriver, str]) -> None:
+    driver, parent = cgroupfs_parent
+    driver.prepare_parent(parent)
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        driver.place_monitor("f" * 64, parent, sleeper.pid)
+        monitor = driver.monitor_path("f" * 64, parent)
+        cgroups = Path(f"/proc/{sleeper.pid}/cgroup").read_text()
+        assert f":memory:{monitor}\n" in cgroups
+        assert driver.remove_parent(parent) is False
+        assert driver.hierarchy.dirs(parent)["memory"].is_dir()
+    finally:
+        sleeper.kill()
+        sleeper.wait(10)
+    driver.remove_container("f" * 64, parent)
+    assert driver.remove_parent(parent) is True
+
+
+def test_cgroupfs_runc_container_gets_limits_and_update_changes_them(
+    cgroupfs_parent: tuple[CgroupfsDriver, str], bundle: Path
+) -> None:
+    driver, parent = cgroupfs_parent
+    cid = secrets.token_hex(32)
+    driver.prepare_parent(parent)
+    oci = driver.oci_resources(
+        pb.LinuxContainerResources(
+            cpu_shares=256,
+            cpu_quota=30_000,
+            cpu_period=100_000,
+            memory_limit_in_bytes=64 << 20,
+            cpuset_cpus="0",
+        )
+    )
+    write_spec(bundle, driver.container_cgroups_path(parent, cid), oci)
+    root = bundle / "runc-root"
+    root.mkdir()
+    try:
+        subprocess.run(runc_argv(root, "run", "-d", "--bundle", str(bundle), cid), check=True, timeout=60)
+        dirs = driver.cgroup_dirs(cid, parent)
+        seen = _files(dirs, V1_FILES) if V1 else {}
+        if V1:
+            assert seen["cpu.shares"] == "256"
+            assert seen["cpu.cfs_quota_us"] == "30000"
+            assert seen["memory.limit_in_bytes"] == str(64 << 20)
+            assert seen["pids.max"] == "64"
+            assert (dirs["cpuset"] / "cpuset.cpus").read_text().strip() == "0"
+        state = json.loads(subprocess.run(["runc", "--root", str(root), "state", cid], capture_output=True,
+                                          check=True, text=True, timeout=30).stdout)  # fmt: skip
+        assert f"/calyx-{cid}" in Path(f"/proc/{state['pid']}/cgroup").read_text()
+
+        applied = driver.update(
+            cid,
+            parent,
+            pb.LinuxContainerResources(
+                cpu_shares=512,
+                cpu_quota=12_345,
+                cpu_period=50_000,
+                memory_limit_in_bytes=128 << 20,
+                cpuset_cpus="0-1",
+            ),
+        )
+        assert applied["memory"]["limit"] == 128 << 20
+        if V1:
+            after = _files(dirs, V1_FILES)
+            assert after["cpu.shares"] == "512"
+            assert after["cpu.cfs_quota_us"] == "12345"
+            assert after["cpu.cfs_period_us"] == "50000"
+            assert after["memory.limit_in_bytes"] == str(128 << 20)
+            if "memory.memsw.limit_in_bytes" in seen:
+                assert after["memory.memsw.limit_in_bytes"] == str(128 << 20)
+            assert (dirs["cpuset"] / "cpuset.cpus").read_text().strip() == "0-1"
+    finally:
+        subprocess.run(runc_argv(root, "delete", "-f", cid), timeout=60)
+    driver.remove_container(cid, parent)
+    assert driver.remove_parent(parent) is True
+    assert not any(d.exists() for d in driver.hierarchy.dirs(parent).values())
+
+
+# --- systemd --------------------------------------------------------------------------------------------
+
+PRELUDE = """
+import json, subprocess, sys
+from cri.api import api_pb2 as pb
+from sandbox.cgroups.systemd import SystemdDriver, UNIT
+driver = SystemdDriver(pids_limit=64)
+def out(value): print(json.dumps(value))
+def detached(argv):  # outlives this snippet; must not hold its stdout/stderr pipes
+    return subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+"""
+
+
+def inside(systemd: NamespacedSystemd, code: str) -> Any:
+    """Run driver code inside the test systemd; its last output line is JSON."""
+    done = systemd.python(PRELUDE + textwrap.dedent(code), timeout=30)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def pod_slice() -> tuple[str, str]:
+    uid = secrets.token_hex(6)
+    return f"kubepods-besteffort-pod{uid}.slice", (
+        f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice"
+    )
+
+
+def test_systemd_missing_pod_slice_is_created_and_removed(
+    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+) -> None:
+    parent, path = pod_slice()
+    state = inside(
+        namespaced_systemd,
+        f"""
+        before = driver.manager.unit_property({parent!r}, UNIT, "ActiveState")
+        driver.prepare_parent({parent!r})
+        driver.prepare_parent({parent!r})
+        out([before, driver.manager.unit_property({parent!r}, UNIT, "ActiveState")])
+        """,
+    )
+    assert state == [None, "active"]
+    assert namespaced_systemd.host_dir("memory", path).is_dir()
+    assert namespaced_systemd.host_dir("systemd", path).is_dir()
+    gone = inside(
+        namespaced_systemd, f"out([driver.remove_parent({parent!r}), driver.remove_parent({parent!r})])"
+    )
+    assert gone == [True, True]
+    assert not namespaced_systemd.host_dir("memory", path).exists()
+    assert not namespaced_systemd.host_dir("systemd", path).exists()
+
+
+def test_systemd_scope_with_a_process_gets_limits_and_updates(
+    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+) -> None:
+    parent, path = pod_slice()
+    cid = secrets.token_hex(32)
+    scope = f"{path}/calyx-{cid}.scope"
+    started = inside(
+        namespaced_systemd,
+        f"""
+        driver.prepare_parent({parent!r})
+        oci = driver.oci_resources(pb.LinuxContainerResources(
+            cpu_shares=256, cpu_quota=30000, cpu_period=100000, memory_limit_in_bytes=64 << 20))
+        child = detached(["sleep", "3600"])
+        props = [("Slice", ("s", {parent!r})), ("PIDs", ("au", [child.pid])), ("Delegate", ("b", True))]
+        driver.manager.start_transient_unit(driver.container_unit({cid!r}), props + driver.properties(oci))
+        out(child.pid)
+        """,
+    )
+    try:
+        memory = namespaced_systemd.host_dir("memory", scope)
+        cpu = namespaced_systemd.host_dir("cpu", scope)
+        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+        assert (cpu / "cpu.shares").read_text().strip() == "256"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "30000"
+        assert (namespaced_systemd.host_dir("pids", scope) / "pids.max").read_text().strip() == "64"
+        assert (memory / "cgroup.procs").read_text().split() != []
+        assert inside(namespaced_systemd, f"out(open('/proc/{started}/cgroup').read())").count(scope) >= 3
+
+        limit = inside(
+            namespaced_systemd,
+            f"""
+            driver.update({cid!r}, {parent!r}, pb.LinuxContainerResources(
+                cpu_shares=512, cpu_quota=12345, cpu_period=50000, memory_limit_in_bytes=128 << 20))
+            out(driver.manager.unit_property(driver.container_unit({cid!r}), "org.freedesktop.systemd1.Scope",
+                                             "MemoryLimit"))
+            """,
+        )
+        assert limit == 128 << 20  # systemd holds the new value (SetUnitProperties) ...
+        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(128 << 20)  # ... and the files
+        assert (cpu / "cpu.shares").read_text().strip() == "512"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "12345"
+        assert (cpu / "cpu.cfs_period_us").read_text().strip() == "50000"
+        if (memory / "memory.memsw.limit_in_bytes").exists():
+            assert (memory / "memory.memsw.limit_in_bytes").read_text().strip() == str(128 << 20)
+        assert inside(namespaced_systemd, f"out(driver.remove_parent({parent!r}))") is False  # busy
+    finally:
+        removed = inside(
+            namespaced_systemd,
+            f"""
+            driver.remove_container({cid!r}, {parent!r})
+            out(driver.remove_parent({parent!r}))
+            """,
+        )
+    assert removed is True
+    assert not namespaced_systemd.host_dir("memory", scope).exists()
+    assert not namespaced_systemd.host_dir("memory", path).exists()
+
+
+def test_systemd_monitor_scope(
+    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+) -> None:
+    parent, path = pod_slice()
+    cid = secrets.token_hex(32)
+    cgroup = inside(
+        namespaced_systemd,
+        f"""
+        driver.prepare_parent({parent!r})
+        monitor = detached(["sleep", "3600"])
+        driver.place_monitor({cid!r}, {parent!r}, monitor.pid)
+        out(open(f"/proc/{{monitor.pid}}/cgroup").read())
+        """,
+    )
+    try:
+        assert f":memory:{path}/calyx-conmon-{cid}.scope\n" in cgroup
+        assert f":name=systemd:{path}/calyx-conmon-{cid}.scope\n" in cgroup
+    finally:
+        removed = inside(
+            namespaced_systemd,
+            f"""
+            driver.remove_container({cid!r}, {parent!r})
+            out(driver.remove_parent({parent!r}))
+            """,
+        )
+    assert removed is True
+    assert not namespaced_systemd.host_dir("systemd", path).exists()
+
+
+def test_runc_systemd_cgroup_scope_in_a_pod_slice(
+    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    bundle: Path,
+) -> None:
+    """What the containers subsystem relies on: runc --systemd-cgroup with ``<slice>:calyx:<id>``."""
+    parent, path = pod_slice()
+    cid = secrets.token_hex(32)
+    scope = f"{path}/calyx-{cid}.scope"
+    resources = {
+        "cpu_shares": 384,
+        "cpu_quota": 25000,
+        "cpu_period": 100000,
+        "memory_limit_in_bytes": 96 << 20,
+    }
+    cgroups_path, oci = inside(
+        namespaced_systemd,
+        f"""
+        driver.prepare_parent({parent!r})
+        oci = driver.oci_resources(pb.LinuxContainerResources(**{resources!r}))
+        out([driver.container_cgroups_path({parent!r}, {cid!r}), oci])
+        """,
+    )
+    assert cgroups_path == f"{parent}:calyx:{cid}"
+    write_spec(bundle, cgroups_path, oci)
+    root = bundle / "runc-root"
+    root.mkdir()
+    try:
+        namespaced_systemd.run(runc_argv(root, "run", "-d", "--bundle", str(bundle), cid, systemd=True))
+        state = inside(
+            namespaced_systemd,
+            f"""
+            unit = driver.container_unit({cid!r})
+            out([driver.manager.unit_property(unit, UNIT, "ActiveState"),
+                 {{k: str(v) for k, v in driver.cgroup_dirs({cid!r}, {parent!r}).items()}}])
+            """,
+        )
+        assert state[0] == "active"
+        assert state[1]["memory"] == f"/sys/fs/cgroup/memory{scope}"
+        memory = namespaced_systemd.host_dir("memory", scope)
+        cpu = namespaced_systemd.host_dir("cpu", scope)
+        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(96 << 20)
+        assert (cpu / "cpu.shares").read_text().strip() == "384"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "25000"
+        assert (namespaced_systemd.host_dir("pids", scope) / "pids.max").read_text().strip() == "64"
+        assert (memory / "cgroup.procs").read_text().split()
+
+        inside(
+            namespaced_systemd,
+            f"""
+            driver.update({cid!r}, {parent!r}, pb.LinuxContainerResources(
+                cpu_shares=768, cpu_quota=40000, cpu_period=100000, memory_limit_in_bytes=160 << 20,
+                cpuset_cpus="0"))
+            out(True)
+            """,
+        )
+        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(160 << 20)
+        assert (cpu / "cpu.shares").read_text().strip() == "768"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "40000"
+        assert (namespaced_systemd.host_dir("cpuset", scope) / "cpuset.cpus").read_text().strip() == "0"
+    finally:
+        namespaced_systemd.run(runc_argv(root, "delete", "-f", cid, systemd=True), check=False)
+        removed = inside(
+            namespaced_systemd,
+            f"""
+            driver.remove_container({cid!r}, {parent!r})
+            out(driver.remove_parent({parent!r}))
+            """,
+        )
+    assert removed is True
+    for hierarchy in ("memory", "cpu", "cpuset", "pids", "systemd"):
+        assert not namespaced_systemd.host_dir(hierarchy, path).exists(), hierarchy
+
+
+def test_systemd_driver_refuses_a_cgroupfs_parent_before_any_dbus_call(
+    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+) -> None:
+    result = inside(
+        namespaced_systemd,
+        """
+        from cri.errors import InvalidArgument
+        errors = []
+        for parent in ["/kubepods/besteffort/pod1", "kubepods"]:
+            try:
+                driver.prepare_parent(parent)
+            except InvalidArgument as exc:
+                errors.append(str(exc))
+        out(errors)
+        """,
+    )
+    assert len(result) == 2
+    assert "'/kubepods/besteffort/pod1'" in result[0]

@@ -1,0 +1,152 @@
+"""cgroup parent syntax, slice expansion, mountinfo parsing and CRI -> OCI resources."""
+
+from __future__ import annotations
+
+import pytest
+
+from cri.api import api_pb2 as pb
+from cri.errors import InvalidArgument
+from sandbox.cgroups.cgroupfs import CgroupfsDriver
+from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
+from sandbox.cgroups.names import slice_path
+from sandbox.cgroups.resources import file_writes, oci_resources, v2_cpu_weight
+from sandbox.cgroups.systemd import SystemdDriver
+
+# A v1 host like the CI machines (cpu and cpuacct apart, no hugetlb, an empty cgroup2 mount).
+HYBRID = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,xattr,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+COMOUNTED = """\
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 /outer /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+"""
+UNIFIED = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+
+SYSTEMD_BAD = ["/kubepods/pod1", "kubepods", "pod.slice/x", "a--b.slice", "-a.slice", "a-.slice", ".slice"]
+CGROUPFS_BAD = ["kubepods-besteffort-pod1.slice", "kubepods/pod1", "/a/../b", "/a/./b", "/a//b"]
+
+
+@pytest.mark.parametrize("parent", SYSTEMD_BAD)
+def test_systemd_driver_refuses_parents_that_are_not_slice_names(parent: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        SystemdDriver(hierarchy=detect()).validate_parent(parent)
+    assert repr(parent) in str(err.value)
+
+
+@pytest.mark.parametrize("parent", CGROUPFS_BAD)
+def test_cgroupfs_driver_refuses_parents_that_are_not_absolute_paths(parent: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        CgroupfsDriver(hierarchy=detect()).validate_parent(parent)
+    assert repr(parent) in str(err.value)
+
+
+def test_good_parents_and_the_cgroups_paths_given_to_runc() -> None:
+    systemd = SystemdDriver(hierarchy=detect())
+    cgroupfs = CgroupfsDriver(hierarchy=detect())
+    systemd.validate_parent("kubepods-besteffort-pod1b2c.slice")
+    cgroupfs.validate_parent("/kubepods/besteffort/pod1b2c")
+    assert systemd.container_cgroups_path("kubepods-pod1.slice", "ab12") == "kubepods-pod1.slice:calyx:ab12"
+    assert (
+        systemd.container_path("ab12", "kubepods-pod1.slice")
+        == "/kubepods.slice/kubepods-pod1.slice/calyx-ab12.scope"
+    )
+    assert cgroupfs.container_cgroups_path("/kubepods/pod1", "ab12") == "/kubepods/pod1/calyx-ab12"
+    assert systemd.container_cgroups_path("", "ab12") == "system.slice:calyx:ab12"
+    assert cgroupfs.container_cgroups_path("", "ab12") == "/calyx/calyx-ab12"
+    with pytest.raises(InvalidArgument):
+        cgroupfs.container_cgroups_path("/kubepods", "../x")
+
+
+def test_slice_names_expand_like_systemd() -> None:
+    assert slice_path("kubepods-besteffort-pod1.slice") == (
+        "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice"
+    )
+    assert slice_path("system.slice") == "/system.slice"
+    assert slice_path("-.slice") == "/"
+
+
+def test_mountinfo_layouts() -> None:
+    hybrid = detect(HYBRID)
+    assert hybrid.mode is Mode.V1
+    assert hybrid.controllers == {"cpu", "cpuacct", "memory", "pids"}
+    assert hybrid.dirs("/k/p")["cpuacct"].as_posix() == "/sys/fs/cgroup/cpuacct/k/p"
+    assert hybrid.dirs("/k/p", named=True)["name=systemd"].as_posix() == "/sys/fs/cgroup/systemd/k/p"
+    comounted = detect(COMOUNTED)
+    dirs = comounted.dirs("/outer/k")
+    assert dirs["cpu"] == dirs["cpuacct"]
+    assert dirs["memory"].as_posix() == "/sys/fs/cgroup/memory/k"  # the mount shows /outer
+    assert detect(UNIFIED).mode is Mode.V2
+
+
+def _hybrid() -> Hierarchy:
+    return detect(HYBRID)
+
+
+def test_oci_resources_from_cri() -> None:
+    resources = pb.LinuxContainerResources(
+        cpu_shares=512,
+        cpu_quota=50_000,
+        cpu_period=100_000,
+        cpuset_cpus="0-1",
+        cpuset_mems="0",
+        memory_limit_in_bytes=64 << 20,
+        oom_score_adj=500,
+    )
+    oci = oci_resources(resources, _hybrid(), pids_limit=100)
+    assert oci["cpu"] == {"shares": 512, "quota": 50_000, "period": 100_000, "cpus": "0-1", "mems": "0"}
+    assert oci["memory"]["limit"] == 64 << 20
+    assert oci["pids"] == {"limit": 100}
+    assert "oomScoreAdj" not in oci and "oom_score_adj" not in str(oci)
+    assert oci_resources(pb.LinuxContainerResources(), _hybrid()) == {}
+
+
+def test_swap_defaults_to_the_memory_limit_where_swap_is_accounted() -> None:
+    here = detect()
+    oci = oci_resources(pb.LinuxContainerResources(memory_limit_in_bytes=1 << 30), here)
+    memsw = (here.dirs("/")["memory"] / "memory.memsw.limit_in_bytes").exists()
+    assert oci["memory"].get("swap") == ((1 << 30) if memsw else None)
+    with pytest.raises(InvalidArgument, match="below memory_limit"):
+        oci_resources(
+            pb.LinuxContainerResources(memory_limit_in_bytes=2 << 20, memory_swap_limit_in_bytes=1 << 20),
+            here,
+        )
+
+
+def test_hugepages_skipped_without_hugetlb_and_unified_refused_on_v1() -> None:
+    limits = [pb.HugepageLimit(page_size="2MB", limit=4 << 20)]
+    assert "hugepageLimits" not in oci_resources(
+        pb.LinuxContainerResources(hugepage_limits=limits), _hybrid()
+    )
+    with pytest.raises(InvalidArgument, match="cgroup v2"):
+        oci_resources(pb.LinuxContainerResources(unified={"memory.high": "1000000"}), _hybrid())
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("cpu_quota", 10),
+        ("cpu_period", 10),
+        ("cpu_shares", -5),
+        ("cpuset_cpus", "a-b"),
+        ("cpuset_cpus", "3-1"),
+    ],
+)
+def test_bad_values_are_invalid_arguments(field: str, value: object) -> None:
+    with pytest.raises(InvalidArgument, match=field):
+        oci_resources(pb.LinuxContainerResources(**{field: value}), _hybrid())
+
+
+def test_v2_file_values() -> None:
+    v2 = detect(UNIFIED)
+    oci = {"cpu": {"shares": 1024, "quota": 50_000, "period": 100_000}, "memory": {"limit": 100, "swap": 300}}
+    writes = {name: value for _c, name, value in file_writes(oci, v2)}
+    assert writes["cpu.weight"] == str(v2_cpu_weight(1024)) == "39"
+    assert writes["cpu.max"] == "50000 100000"
+    assert writes["memory.max"] == "100"
+    assert writes["memory.swap.max"] == "200"
