@@ -25,6 +25,17 @@ from cri.api import api_pb2 as pb
 log = logging.getLogger("bench")
 
 MB = 1024 * 1024
+# Benchmark groups, as --only names them (the Bench methods).
+GROUPS = [
+    "daemon_rss_idle",
+    "pull",
+    "pod_lifecycle",
+    "container_lifecycle",
+    "whole_path",
+    "exec_sync",
+    "parallel",
+    "population",
+]
 
 
 @dataclass
@@ -63,6 +74,7 @@ class Bench:
         self.client = target.client
         self.work = Workload(target.client, target.image, target.log_root, target.cgroup_root)
         self.results: dict[str, Result] = {}
+        self.only: set[str] | None = None  # benchmark groups to run (GROUPS); None: all
 
     # --- bookkeeping ------------------------------------------------------------------------------
 
@@ -75,6 +87,10 @@ class Bench:
         """Run one benchmark; on failure mark its results (unit per name) with the reason."""
         for name, unit in names:
             self.result(name, unit, higher_is_better=unit in ("MB/s", "pods/s"))
+        if self.only is not None and fn.__name__ not in self.only:
+            for name, _ in names:
+                self.results[name].status = "n/a: not selected (--only)"
+            return
         reason = ""
         try:
             fn()
@@ -101,7 +117,8 @@ class Bench:
             [("pull_mbps", "MB/s"), ("pull_time", "ms"), ("pull_download", "ms"), ("pull_unpack", "ms")],
             self.pull,
         )
-        self.prepull()
+        if self.only is None or self.only - {"daemon_rss_idle", "pull"}:
+            self.prepull()
         self.guarded([("run_pod_sandbox", "ms"), ("pod_teardown_empty", "ms")], self.pod_lifecycle)
         self.guarded(
             [("container_create_start", "ms"), ("container_stop_remove", "ms")], self.container_lifecycle

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import calyx, containerd, env, floor, procs, report
-from bench.benchmarks import Bench, Target
+from bench import calyx, containerd, env, floor, procs, profile, report
+from bench.benchmarks import GROUPS, Bench, Target
 from bench.client import Client, RPCError
 from bench.sizes import SIZES, Size
 from bench.stats import Result
@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--no-floor", action="store_true", help="skip the runc floor")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--only", help=f"comma-separated benchmark groups to run: {', '.join(GROUPS)} (default: all)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="sample Calyx with py-spy meanwhile; rank its hot functions"
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -44,10 +50,32 @@ def subnet(octet: int) -> str:
     return f"10.{octet}.{secrets.randbelow(64) * 4}.0/22"
 
 
-def measure(target: Target, size: Size) -> dict[str, Result]:
+def measure(target: Target, size: Size, args: argparse.Namespace) -> dict[str, Result]:
     log.info("%s: benchmarking (size %s)", target.name, size.name)
     started = time.monotonic()
-    results = Bench(target, size).run_all()
+    bench = Bench(target, size)
+    if args.only:
+        bench.only = {g.strip() for g in args.only.split(",") if g.strip()}
+    recorder = None
+    if args.profile and target.name == "calyx" and target.pid is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        recorder = profile.Recorder(
+            target.pid, args.out / f"profile-calyx-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+        )
+    try:
+        results = bench.run_all()
+    finally:
+        if recorder is not None:
+            raw = recorder.stop()
+            if raw.exists():
+                summary = profile.summarize(raw)
+                raw.with_suffix(".summary.txt").write_text(summary + "\n")
+                print(f"profile of calyx ({raw}):\n{summary}\n")
+            else:
+                log.warning(
+                    "py-spy wrote no profile: %s",
+                    recorder.proc.stderr.read().decode()[-500:] if recorder.proc.stderr else "",
+                )
     log.info("%s: done in %.0f s", target.name, time.monotonic() - started)
     return results
 
@@ -73,7 +101,7 @@ def run_calyx(
                 cgroup_root,
                 markers=[path],
             )
-            return measure(target, size)
+            return measure(target, size, args)
         finally:
             client.close()
     daemon = calyx.Calyx(base / "calyx", images.registry.host, f"cxb{tag}c", subnet(231), cgroup_root)
@@ -96,7 +124,7 @@ def run_calyx(
                 pull_phases=daemon.pull_phases,
                 markers=[str(daemon.base)],
             )
-            return measure(target, size)
+            return measure(target, size, args)
         finally:
             client.close()
     finally:
@@ -105,7 +133,9 @@ def run_calyx(
             log.warning("calyx: cgroups left behind: %s", left)
 
 
-def run_containerd(size: Size, images: env.Images, base: Path, tag: str) -> dict[str, Result] | str:
+def run_containerd(
+    args: argparse.Namespace, size: Size, images: env.Images, base: Path, tag: str
+) -> dict[str, Result] | str:
     why = containerd.ensure_installed()
     if why:
         return why
@@ -129,7 +159,7 @@ def run_containerd(size: Size, images: env.Images, base: Path, tag: str) -> dict
                 ref.cgroup_root,
                 markers=[str(ref.base)],
             )
-            return measure(target, size)
+            return measure(target, size, args)
         except RPCError as exc:
             return f"reference failed: {exc}; log: {ref.log_tail(800)}"
         finally:
@@ -160,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             results[report.CALYX] = run_calyx(args, size, images, base, tag)
             if args.reference == "containerd":
-                outcome = run_containerd(size, images, base, tag)
+                outcome = run_containerd(args, size, images, base, tag)
                 if isinstance(outcome, str):
                     notes[report.REFERENCE] = outcome
                     log.warning("%s", outcome)
