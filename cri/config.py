@@ -122,6 +122,9 @@ class MetricsConfig:
     enabled: bool = opt(True, "Serve Prometheus metrics.")
     address: str = opt("127.0.0.1", "Address of the /metrics endpoint.")
     port: int = opt(9099, "Port of the /metrics endpoint.")
+    fs_usage_cache_seconds: float = opt(
+        10.0, "How long a container's writable-layer usage (a directory walk) is reused by stats."
+    )
 
 
 @dataclass

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from cri.errors import CommandFailed, DeadlineExceeded
+from cri.instruments import observe_command
 
 log = logging.getLogger("cri.proc")
 
@@ -43,9 +44,11 @@ def run(
             check=False,
         )
     except subprocess.TimeoutExpired:
+        observe_command(args, env, time.monotonic() - start, None)
         raise DeadlineExceeded(f"{' '.join(args)} did not finish within {timeout:g}s", object_id) from None
     except OSError as exc:
         raise CommandFailed(args, -1, f"cannot run: {exc.strerror}", object_id) from None
+    observe_command(args, env, time.monotonic() - start, result.returncode)
     log.debug(
         "ran",
         extra={"argv": args[0], "rc": result.returncode, "duration_ms": (time.monotonic() - start) * 1000},

@@ -1,0 +1,67 @@
+"""Calyx's own Prometheus instruments that other subsystems feed (the exporter serves them).
+
+The gRPC request counter and latency histogram live in cri/server/interceptor.py; the rest are here so
+that a subsystem records with one line and without knowing about the exporter: image pulls count their
+bytes as they arrive and time each pull; cri/proc.py times every runc and CNI plugin call it runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from prometheus_client import Counter, Histogram
+
+_SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+IMAGE_PULL_BYTES = Counter("calyx_image_pull_bytes_total", "Bytes of image blobs downloaded from registries.")
+IMAGE_PULL_DURATION = Histogram(
+    "calyx_image_pull_duration_seconds",
+    "Time to pull an image (every blob fetched, verified and unpacked), by outcome.",
+    ["outcome"],
+    buckets=_SLOW_BUCKETS,
+)
+RUNC_DURATION = Histogram(
+    "calyx_runc_duration_seconds",
+    "Time of OCI runtime calls made by the daemon, by runtime binary and command.",
+    ["runtime", "command", "outcome"],
+    buckets=_CALL_BUCKETS,
+)
+CNI_DURATION = Histogram(
+    "calyx_cni_duration_seconds",
+    "Time of CNI plugin calls, by plugin and CNI command.",
+    ["plugin", "command", "outcome"],
+    buckets=_CALL_BUCKETS,
+)
+
+OCI_RUNTIMES = frozenset({"runc", "crun", "runsc", "youki"})
+
+
+def _runtime_command(args: Sequence[str]) -> str:
+    """The runc subcommand in ``args`` (global flags such as ``--root DIR`` come first)."""
+    skip_value = False
+    for arg in args[1:]:
+        if skip_value:
+            skip_value = False
+            continue
+        if arg.startswith("-"):
+            skip_value = "=" not in arg and arg in ("--root", "--log", "--log-format", "--criu")
+            continue
+        return arg
+    return ""
+
+
+def observe_command(
+    args: Sequence[str], env: Mapping[str, str] | None, seconds: float, returncode: int | None
+) -> None:
+    """Record one finished (or timed-out: returncode None) helper program call if it is runc or CNI."""
+    if not args:
+        return
+    program = os.path.basename(args[0])
+    outcome = "ok" if returncode == 0 else ("timeout" if returncode is None else "error")
+    cni_command = (env or {}).get("CNI_COMMAND")
+    if cni_command:
+        CNI_DURATION.labels(program, cni_command, outcome).observe(seconds)
+    elif program in OCI_RUNTIMES:
+        RUNC_DURATION.labels(program, _runtime_command(args), outcome).observe(seconds)

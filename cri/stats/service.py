@@ -1,0 +1,335 @@
+"""``runtime.stats``: take samples of containers and pods from the kernel, once per request.
+
+Containers come from ``runtime.containers``, pods from ``runtime.pods``, cgroup locations from
+``runtime.cgroups``; any of them may be missing (a partial build), in which case there is simply less to
+report. A container is sampled from its cgroup only while it runs (an exited container's cgroup is gone),
+its writable layer through a short-lived cache (a walk costs time per file), and a pod from its parent
+cgroup (kubelet always gives one; without one the pod's readings are the sum of its containers') and its
+network namespace. The Prometheus exporter is started and stopped here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cri.errors import NotFound
+from cri.runtime import Runtime
+from cri.stats.aggregate import sum_samples
+from cri.stats.model import ContainerSample, PodSample, PromLabels
+from metrics.cgroup import read_cgroup, v1_dirs
+from metrics.fsusage import FsUsageCache
+from metrics.network import read_netns
+from metrics.rates import CpuRates
+from metrics.readings import CgroupSample, NetworkSample
+
+log = logging.getLogger("cri.stats")
+
+SAMPLED_STATES = ("RUNNING", "CREATED")  # states whose cgroup exists (CREATED: runc's init waits in it)
+
+
+class StatsService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.rates = CpuRates()
+        self.fs_cache = FsUsageCache(runtime.config.metrics.fs_usage_cache_seconds)
+        self.exporter: Any = None
+
+    # --- subsystem ----------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Nothing to reconcile (stats keep no state); start the Prometheus endpoint if configured."""
+        if self.runtime.config.metrics.enabled:
+            from cri.stats.exporter import Exporter
+
+            exporter = Exporter(self)
+            try:
+                exporter.start()
+            except OSError as exc:  # containers matter more than metrics: run on, loudly
+                log.error(
+                    "cannot serve metrics",
+                    extra={
+                        "address": self.runtime.config.metrics.address,
+                        "port": self.runtime.config.metrics.port,
+                        "error": str(exc),
+                    },
+                )
+                return
+            self.exporter = exporter
+
+    def close(self) -> None:
+        if self.exporter is not None:
+            self.exporter.stop()
+            self.exporter = None
+
+    # --- lookups ------------------------------------------------------------------------------------
+
+    def _containers(self) -> Any:
+        return getattr(self.runtime, "containers", None)
+
+    def _pods(self) -> Any:
+        return getattr(self.runtime, "pods", None)
+
+    def _pod_of(self, pod_id: str) -> Any:
+        pods = self._pods()
+        if pods is None:
+            return None
+        try:
+            return pods.get(pod_id)
+        except NotFound:
+            return None
+
+    # --- containers ---------------------------------------------------------------------------------
+
+    def container(self, container_id: str) -> ContainerSample:
+        """A sample of one container (id or unique prefix); NotFound."""
+        containers = self._containers()
+        if containers is None:
+            raise NotFound(f"container {container_id!r} not found", container_id)
+        c = containers.get(container_id)
+        return self._sample_container(c, self._pod_of(c.pod_id))
+
+    def containers(
+        self, id: str = "", pod_id: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[ContainerSample]:
+        """Samples of every container matching the filter (CRI ContainerStatsFilter semantics)."""
+        containers = self._containers()
+        if containers is None:
+            return []
+        if id:
+            try:
+                items = [containers.get(id)]
+            except NotFound:
+                return []
+        else:
+            items = containers.list()
+        pod_cache: dict[str, Any] = {}
+        if pod_id:
+            pod = self._pod_of(pod_id)
+            if pod is None:
+                return []
+            items = [c for c in items if c.pod_id == pod.id]
+        if labels:
+            items = [c for c in items if all(c.labels.get(k) == v for k, v in labels.items())]
+        samples = []
+        for c in sorted(items, key=lambda c: c.created_at):
+            if c.pod_id not in pod_cache:
+                pod_cache[c.pod_id] = self._pod_of(c.pod_id)
+            samples.append(self._sample_container(c, pod_cache[c.pod_id]))
+        return samples
+
+    def _container_cgroup(self, c: Any) -> tuple[dict[str, Path], str]:
+        """(controller -> dir, cgroup path) of container ``c``."""
+        driver = getattr(self.runtime, "cgroups", None)
+        if driver is not None:
+            return driver.cgroup_dirs(c.id, c.cgroup_parent), driver.container_path(c.id, c.cgroup_parent)
+        path = c.cgroups_path or f"{(c.cgroup_parent or '/calyx').rstrip('/')}/calyx-{c.id}"
+        return v1_dirs(path), path
+
+    def _sample_container(self, c: Any, pod: Any) -> ContainerSample:
+        cgroup: CgroupSample | None = None
+        cgroup_path = ""
+        rate = None
+        if c.state in SAMPLED_STATES:
+            try:
+                dirs, cgroup_path = self._container_cgroup(c)
+                cgroup = read_cgroup(dirs)
+            except OSError as exc:
+                log.debug("cgroup unreadable", extra={"container_id": c.id, "error": str(exc)})
+            if cgroup is not None and cgroup.cpu is None and cgroup.memory is None:
+                cgroup = None  # the container exited between the state check and the read
+            if cgroup is not None and cgroup.cpu is not None:
+                rate = self.rates.update(c.id, cgroup.timestamp_ns, cgroup.cpu.usage_ns)
+        upper = Path(c.dir) / "upper"
+        fs = None
+        with contextlib.suppress(OSError):  # not made yet, or removed meanwhile
+            fs = self.fs_cache.get(str(upper))
+        metadata = getattr(pod, "metadata", None)
+        prom = PromLabels(
+            container=c.name,
+            pod=getattr(metadata, "name", ""),
+            namespace=getattr(metadata, "namespace", ""),
+            id=cgroup_path,
+            image=c.image,
+            name=c.id,
+        )
+        return ContainerSample(
+            id=c.id,
+            pod_id=c.pod_id,
+            name=c.name,
+            attempt=c.attempt,
+            state=c.state,
+            labels=dict(c.labels),
+            annotations=dict(c.annotations),
+            created_at_ns=c.created_at,
+            started_at_ns=c.started_at,
+            prom=prom,
+            cgroup=cgroup,
+            fs=fs,
+            fs_mountpoint=_mountpoint(str(upper.parent.parent)),
+            cpu_nano_cores=rate,
+        )
+
+    # --- pods ---------------------------------------------------------------------------------------
+
+    def pod(self, pod_id: str) -> PodSample:
+        pods = self._pods()
+        if pods is None:
+            raise NotFound(f"pod sandbox {pod_id!r} not found", pod_id)
+        pod = pods.get(pod_id)
+        return self._sample_pod(pod, self.containers(pod_id=pod.id))
+
+    def pods(self, id: str = "", labels: Mapping[str, str] | None = None) -> list[PodSample]:
+        pods = self._pods()
+        if pods is None:
+            return []
+        if id:
+            try:
+                items = [pods.get(id)]
+            except NotFound:
+                return []
+        else:
+            items = pods.list()
+        if labels:
+            items = [p for p in items if all(p.labels.get(k) == v for k, v in labels.items())]
+        by_pod: dict[str, list[ContainerSample]] = {}
+        wanted = {p.id for p in items}
+        for sample in self.containers():
+            if sample.pod_id in wanted:
+                by_pod.setdefault(sample.pod_id, []).append(sample)
+        samples = [
+            self._sample_pod(p, by_pod.get(p.id, [])) for p in sorted(items, key=lambda p: p.created_at)
+        ]
+        if not id and not labels:
+            self.forget_gone(samples)  # a full listing: what it lacks is gone
+        return samples
+
+    def _pod_cgroup(self, pod: Any) -> tuple[dict[str, Path], str] | None:
+        if not pod.cgroup_parent:
+            return None  # the shared default parent holds every such pod: no per-pod cgroup to read
+        driver = getattr(self.runtime, "cgroups", None)
+        if driver is None:
+            return v1_dirs(pod.cgroup_parent), pod.cgroup_parent
+        path = driver.parent_path(pod.cgroup_parent)
+        dirs = driver.hierarchy.dirs(path)
+        if "unified" in dirs:
+            dirs = {"unified": dirs["unified"]}
+        return dirs, path
+
+    def _sample_pod(self, pod: Any, containers: Iterable[ContainerSample]) -> PodSample:
+        members = tuple(containers)
+        cgroup: CgroupSample | None = None
+        cgroup_path = ""
+        ready = pod.state == "READY"
+        running = [m.cgroup for m in members if m.cgroup is not None]
+        if ready or running:
+            located = None
+            try:
+                located = self._pod_cgroup(pod)
+            except Exception as exc:  # a parent the driver refuses: report what the containers give
+                log.debug("pod cgroup unknown", extra={"pod_id": pod.id, "error": str(exc)})
+            if located is not None:
+                dirs, cgroup_path = located
+                try:
+                    cgroup = read_cgroup(dirs)
+                except OSError as exc:
+                    log.debug("pod cgroup unreadable", extra={"pod_id": pod.id, "error": str(exc)})
+                if cgroup is not None and cgroup.cpu is None and cgroup.memory is None:
+                    cgroup = None
+            if cgroup is None and running:
+                cgroup = sum_samples(running)
+            elif cgroup is not None:
+                # Processes of the pod are those of its containers (the parent also holds monitors).
+                processes = sum(s.processes or 0 for s in running)
+                cgroup = _with_processes(cgroup, processes)
+        rate = None
+        if cgroup is not None and cgroup.cpu is not None:
+            rate = self.rates.update("pod:" + pod.id, cgroup.timestamp_ns, cgroup.cpu.usage_ns)
+        network: NetworkSample | None = None
+        if ready and pod.netns_path:
+            try:
+                network = read_netns(pod.netns_path)
+            except OSError as exc:
+                log.debug("pod netns unreadable", extra={"pod_id": pod.id, "error": str(exc)})
+        return PodSample(
+            id=pod.id,
+            name=pod.metadata.name,
+            uid=pod.metadata.uid,
+            namespace=pod.metadata.namespace,
+            attempt=pod.metadata.attempt,
+            state=pod.state,
+            labels=dict(pod.labels),
+            annotations=dict(pod.annotations),
+            created_at_ns=pod.created_at,
+            prom=PromLabels(
+                container="",
+                pod=pod.metadata.name,
+                namespace=pod.metadata.namespace,
+                id=cgroup_path,
+                image="",
+                name=pod.id,
+            ),
+            cgroup=cgroup,
+            network=network,
+            cpu_nano_cores=rate,
+            containers=members,
+        )
+
+    # --- bookkeeping --------------------------------------------------------------------------------
+
+    def forget_gone(self, pods: Iterable[PodSample]) -> None:
+        """After a full scrape: drop rate baselines and cached walks of what no longer exists."""
+        keys: set[str] = set()
+        uppers: set[str] = set()
+        for pod in pods:
+            keys.add("pod:" + pod.id)
+            for c in pod.containers:
+                keys.add(c.id)
+                if c.fs is not None:
+                    uppers.add(c.fs.path)
+        self.rates.forget(keys)
+        self.fs_cache.forget(uppers)
+
+    def all_pods(self) -> list[PodSample]:
+        """Every pod with its containers (one read of each), for an exporter scrape."""
+        start = time.monotonic()
+        samples = self.pods()
+        log.debug(
+            "sampled",
+            extra={"pods": len(samples), "duration_ms": (time.monotonic() - start) * 1000},
+        )
+        return samples
+
+
+def _with_processes(sample: CgroupSample, processes: int) -> CgroupSample:
+    return dataclasses.replace(sample, processes=processes)
+
+
+@functools.lru_cache(maxsize=64)
+def _mountpoint(path: str) -> str:
+    """The mount point of the filesystem holding ``path`` (CRI's FilesystemIdentifier)."""
+    try:
+        current = os.path.realpath(path)
+        device = os.stat(current).st_dev
+    except OSError:
+        return path
+    while current != "/":
+        parent = os.path.dirname(current)
+        try:
+            if os.stat(parent).st_dev != device:
+                return current
+        except OSError:
+            return current
+        current = parent
+    return "/"
+
+
+def register(runtime: Runtime) -> None:
+    runtime.register("stats", StatsService(runtime))
