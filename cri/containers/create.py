@@ -176,7 +176,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         extra={
             "container_id": container_id,
             "pod_id": pod.id,
-            "name": name,
+            "container_name": name,
             "duration_ms": (time.monotonic() - start) * 1000,
         },
     )
