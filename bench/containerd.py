@@ -10,7 +10,6 @@ Stopped by PID; whatever it leaves (shims, mounts, cgroups, the bridge) is remov
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -186,5 +185,4 @@ oom_score = 0
         left = host.remove_cgroups(self.cgroup_root.strip("/"))
         host.delete_link(self.bridge)
         host.remove_iptables_rules("cxbench-ctd")
-        shutil.rmtree(self.base, ignore_errors=True)
         return left

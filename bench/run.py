@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="sample Calyx with py-spy meanwhile; rank its hot functions"
     )
+    parser.add_argument("--keep", action="store_true", help="keep the run's temp dir (daemon logs) after")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
 
@@ -204,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             images.stop()
     finally:
-        env.remove_base(base)
+        if args.keep:
+            print(f"kept {base} (logs of the runtimes)")
+        else:
+            env.remove_base(base)
     meta: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "size": size.name,
