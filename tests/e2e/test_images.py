@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from cri.api import api_pb2 as pb
+from cri.errors import NotFound as NotFoundError
 from critest.images import Push, busybox_image, calyx_images, critest_images, push_all
 from critest.oci import Entry, make_layer
 from tests.daemon import Daemon
@@ -563,3 +564,124 @@ def test_pinned_images_from_config(daemon_factory, image_registry) -> None:
     assert status(d, a).image.pinned is True
     assert status(d, b).image.pinned is False
     assert {i.id: i.pinned for i in listed(d)} == {a: True, b: False}
+
+
+# --- layers as overlayfs lower dirs, recovery, tags moving, in-use refusal ---------------------------
+
+
+def test_layer_dirs_stack_as_overlayfs_lower_dirs(plain: Daemon, image_registry, short_tmp: Path) -> None:
+    import subprocess
+
+    image_id = pull(plain, image_registry.ref("calyx-test/multilayer"))
+    dirs = layer_dirs(plain, image_id)
+    target, upper, work = short_tmp / "merged", short_tmp / "upper", short_tmp / "work"
+    for p in (target, upper, work):
+        p.mkdir()
+    lower = ":".join(str(p) for p in reversed(dirs))
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)], check=True, timeout=30)
+    try:
+        assert (target / "bin/busybox").exists()
+        assert not (target / "data/a").exists()  # whited out by the top layer
+        assert (target / "data/b").read_text() == "b\n"
+        assert sorted(os.listdir(target / "data/dir")) == ["new"]  # opaque: "old" is hidden
+        assert os.readlink(target / "data/link") == "b"
+    finally:
+        subprocess.run(["umount", str(target)], check=True, timeout=30)
+
+
+def test_start_drops_images_whose_content_is_gone_and_half_unpacked_dirs(
+    plain: Daemon, image_registry
+) -> None:
+    keep = pull(plain, image_registry.ref("calyx-test/busybox"))
+    lose = pull(plain, image_registry.ref("calyx-test/multilayer"))
+    plain.stop()
+    import shutil
+
+    shutil.rmtree(layer_dirs_offline(plain, lose)[-1])
+    (images_root(plain) / "layers/tmp-0123456789abcdef-deadbeef").mkdir()
+    (images_root(plain) / "ingest/feedface.partial").write_bytes(b"x")
+    plain.start()
+    assert [i.id for i in listed(plain)] == [keep]
+    assert leftovers(plain)["ingest"] == []
+    assert len(leftovers(plain)["layers"]) == 1
+
+
+def layer_dirs_offline(d: Daemon, image_id: str) -> list[Path]:
+    """Layer dirs of an image read from the store file while the daemon is stopped."""
+    from cri.images.model import ImageRecord
+    from cri.store import Store
+
+    store = Store(d.root / "calyx.db")
+    try:
+        record = ImageRecord.from_dict(store.get("image", image_id) or {})
+    finally:
+        store.close()
+    return [images_root(d) / "layers" / c.split(":", 1)[1] for c in record.chain_ids]
+
+
+def test_a_tag_moves_to_the_image_pulled_last(daemon_factory, scratch_registry) -> None:
+    d = daemon_factory(insecure(scratch_registry.host))
+    ref = scratch_registry.ref("calyx-test/unique:moving")
+    push_all(scratch_registry.host, [unique_image("moving")])
+    first = pull(d, ref)
+    push_all(scratch_registry.host, [unique_image("moving")])
+    second = pull(d, ref)
+    assert first != second
+    assert list(status(d, first).image.repo_tags) == []
+    assert list(status(d, second).image.repo_tags) == [ref]
+    assert status(d, ref).image.id == second
+
+
+def test_pull_progress_is_logged(plain: Daemon, image_registry) -> None:
+    pull(plain, image_registry.ref("calyx-test/multilayer"))
+    lines = [line for line in plain.log().splitlines() if "pull complete" in line]
+    assert lines and "layers=3" in lines[-1] and "bytes_total=" in lines[-1]
+    assert any("layer unpacked" in line and "chain_id=" in line for line in plain.log().splitlines())
+
+
+def test_remove_refuses_an_image_a_container_uses(image_registry, short_tmp: Path) -> None:
+    """In process: the images subsystem asks ``runtime.containers.uses_image`` (the agreed interface)."""
+    from cri.config import load
+    from cri.errors import FailedPrecondition
+    from cri.images import ImageManager
+    from cri.runtime import Runtime
+    from cri.store import Store
+
+    config = load(
+        None,
+        None,
+        [f'state.root="{short_tmp}/lib"', f'images.registries."{image_registry.host}".insecure=true'],
+    )
+    runtime = Runtime(config, Store(short_tmp / "lib/calyx.db"))
+    images = ImageManager(runtime)
+    runtime.register("images", images)
+
+    class Containers:
+        in_use: set[str] = set()
+
+        def uses_image(self, image_id: str) -> bool:
+            return image_id in self.in_use
+
+        def recover(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    runtime.register("containers", Containers())
+    runtime.recover()
+    try:
+        image_id = images.pull(image_registry.ref("calyx-test/busybox"))
+        Containers.in_use.add(image_id)
+        with pytest.raises(FailedPrecondition, match="in use"):
+            images.remove(image_id)
+        with pytest.raises(FailedPrecondition, match="in use"):
+            images.remove(image_registry.ref("calyx-test/busybox"))  # its last tag
+        assert images.resolve(image_id).layer_dirs[0].joinpath("bin/busybox").exists()
+        Containers.in_use.clear()
+        images.remove(image_id)
+        with pytest.raises(NotFoundError):
+            images.resolve(image_id)
+    finally:
+        runtime.close()

@@ -1,0 +1,48 @@
+"""The test-image builder's CLI pushes every image critest and our tests name into a real registry."""
+
+# ruff: noqa: F811 - the registry fixtures are imported by name
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import httpx
+
+from critest.images import DYNAMIC_BUSYBOX, calyx_images, critest_images
+from tests.image_fixtures import registry_base, scratch_registry  # noqa: F401 - fixtures
+
+
+def test_cli_pushes_every_image_with_its_tags(scratch_registry) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "critest.images", "push", "--registry", scratch_registry.host],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    lines = out.splitlines()
+    expected = [(p.repo, t) for p in calyx_images() + critest_images() for t in p.tags]
+    assert len(lines) == len(expected)
+    for repo, tag in expected:
+        tags = httpx.get(f"http://{scratch_registry.host}/v2/{repo}/tags/list", timeout=10).json()["tags"]
+        assert tag in tags, (repo, tag)
+    # critest's "different tags, same image" and "different images" sets.
+    same = {line.split()[1] for line in lines if "/test-image-tags:" in line}
+    different = {line.split()[1] for line in lines if "/test-image-1:" in line or "/test-image-2:" in line}
+    assert len(same) == 1 and len(different) == 2
+
+
+def test_critest_busybox_uses_the_dynamic_build_when_available() -> None:
+    push = next(p for p in critest_images() if p.repo.endswith("e2e-test-images/busybox"))
+    assert push.image is not None
+    layer = push.image.layers[0].blob.data
+    import gzip
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(layer))) as tar:
+        names = tar.getnames()
+    assert "bin/sh" in names and "bin/busybox" in names
+    if DYNAMIC_BUSYBOX.exists():
+        assert any(n.startswith("lib/x86_64-linux-gnu/libc.so") for n in names)
