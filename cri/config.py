@@ -95,7 +95,12 @@ class NetworkConfig:
 
 @dataclass
 class Registry:
-    mirrors: list[str] = opt_factory(list, "Mirror endpoints tried in order before the registry itself.")
+    mirrors: list[str] = opt_factory(
+        list,
+        "Mirror endpoints tried in order before the registry itself: host[:port][/path prefix] (HTTPS unless"
+        " that host is insecure) or a full http(s):// URL. The repository path is kept: a mirror of"
+        " registry.k8s.io serves registry.k8s.io/pause as <mirror>/pause.",
+    )
     insecure: bool = opt(False, "Speak plain HTTP to this registry.")
     username: str = opt("", "User name for basic or token auth.")
     password: str = opt("", "Password for basic or token auth.")
