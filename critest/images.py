@@ -213,6 +213,7 @@ def critest_images() -> list[Push]:
             make_image([dynamic_base_layer()], {"Env": [PATH_ENV], "Cmd": ["sh"]}),
         ),
         Push("pause", ["3.10", "3.9"], busybox_image({"Entrypoint": ["sleep", "2147483647"], "Cmd": []})),
+        Push("library/busybox", ["latest", "1.36"], busybox_image()),  # docker.io/library/busybox
     ]
     for n in (1, 2, 3):
         pushes.append(
@@ -236,6 +237,14 @@ def push_all(registry: str, pushes: list[Push], auth: tuple[str, str] | None = N
     return digests
 
 
+def mirror_config(registry: str) -> str:
+    """A Calyx config drop-in that makes ``registry`` the mirror of every registry critest names."""
+    lines = [f'[images.registries."{registry}"]', "insecure = true", ""]
+    for upstream in ("gcr.io", "registry.k8s.io", "docker.io"):
+        lines += [f'[images.registries."{upstream}"]', f'mirrors = ["http://{registry}"]', ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m critest.images")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,7 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--registry", required=True, help="host:port of a plain-HTTP registry")
     push.add_argument("--only", choices=["calyx", "critest"], help="push only one set")
     push.add_argument("--big", action="store_true", help="also push calyx-test/big (a 50 MB layer)")
+    mirrors = sub.add_parser("mirror-config", help="print a calyx.d drop-in serving upstream names from it")
+    mirrors.add_argument("--registry", required=True, help="host:port of the plain-HTTP registry")
     args = parser.parse_args(argv)
+    if args.command == "mirror-config":
+        print(mirror_config(args.registry), end="")
+        return 0
     pushes: list[Push] = []
     if args.only in (None, "calyx"):
         pushes += calyx_images()

@@ -37,6 +37,9 @@ class LayerStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        # Layers hold setuid binaries and device nodes: no host user may reach them. Overlayfs reads
+        # lower dirs with the mounter's credentials, so containers are unaffected.
+        os.chmod(root, 0o700)
         self._flights: Flights[Path] = Flights()
 
     def path(self, chain_id: str) -> Path:

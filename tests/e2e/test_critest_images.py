@@ -10,7 +10,7 @@ import sys
 import httpx
 
 from critest.images import DYNAMIC_BUSYBOX, calyx_images, critest_images
-from tests.image_fixtures import registry_base, scratch_registry  # noqa: F401 - fixtures
+from tests.image_fixtures import image_registry, registry_base, scratch_registry  # noqa: F401 - fixtures
 
 
 def test_cli_pushes_every_image_with_its_tags(scratch_registry) -> None:
@@ -46,3 +46,27 @@ def test_critest_busybox_uses_the_dynamic_build_when_available() -> None:
     assert "bin/sh" in names and "bin/busybox" in names
     if DYNAMIC_BUSYBOX.exists():
         assert any(n.startswith("lib/x86_64-linux-gnu/libc.so") for n in names)
+
+
+def test_mirror_config_serves_upstream_names_from_the_local_registry(daemon_factory, image_registry) -> None:
+    from cri.api import api_pb2 as pb
+
+    dropin = subprocess.run(
+        [sys.executable, "-m", "critest.images", "mirror-config", "--registry", image_registry.host],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    d = daemon_factory(start=False)
+    (d.base / "calyx.d").mkdir()
+    (d.base / "calyx.d/50-mirrors.toml").write_text(dropin)
+    d.start()
+    for name in ["gcr.io/k8s-staging-cri-tools/test-image-user-uid", "busybox", "registry.k8s.io/pause:3.10"]:
+        d.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=name)), timeout=120)
+    tags = {t for i in d.images.ListImages(pb.ListImagesRequest()).images for t in i.repo_tags}
+    assert tags == {
+        "gcr.io/k8s-staging-cri-tools/test-image-user-uid:latest",
+        "docker.io/library/busybox:latest",
+        "registry.k8s.io/pause:3.10",
+    }
