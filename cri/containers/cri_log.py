@@ -10,7 +10,10 @@ from pathlib import Path
 
 
 def read_streams(path: Path, limit: int) -> tuple[bytes, bytes]:
-    """stdout and stderr recorded in ``path``, each cut at ``limit`` bytes (the rest is read and dropped)."""
+    """stdout and stderr recorded in ``path``, together at most ``limit`` bytes (the rest is dropped).
+
+    The cap is on both together so that a reply carrying them stays within one gRPC message.
+    """
     out = bytearray()
     err = bytearray()
     try:
@@ -29,7 +32,7 @@ def read_streams(path: Path, limit: int) -> tuple[bytes, bytes]:
             if tag == b"F":
                 text += b"\n"
             target = out if stream == b"stdout" else err
-            room = limit - len(target)
+            room = limit - len(out) - len(err)
             if room > 0:
                 target += text[:room]
     return bytes(out), bytes(err)

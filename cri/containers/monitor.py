@@ -29,7 +29,8 @@ from cri.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Inte
 log = logging.getLogger("cri.containers.monitor")
 
 RUNC_TIMEOUT = 60.0
-MAX_EXEC_OUTPUT = 16 * 1024 * 1024
+# kubelet and our server refuse messages over 16 MiB: keep ExecSync's output (both streams) below it.
+MAX_EXEC_OUTPUT = 16 * 1024 * 1024 - 64 * 1024
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,226 @@
+"""Containers through the CRI API: lifecycle, status, list, logs, stop/kill, exec, resources, restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import grpc
+
+from cri.api import api_pb2 as pb
+from cri.api import api_pb2_grpc as pb_grpc
+from cri.containers.monitor import MAX_EXEC_OUTPUT
+from tests import container_fixtures
+from tests.container_fixtures import CGROUP_ROOT, Cx
+from tests.image_fixtures import image_registry, registry_base  # noqa: F401
+
+cx = container_fixtures.cx
+
+
+def test_run_to_completion_status_logs_and_list(cx: Cx) -> None:
+    pod = cx.pod()
+    image = cx.image()
+    config = cx.config(
+        "hello",
+        ["sh", "-c", "echo hello; echo oops >&2; exit 0"],
+        image=image,
+        labels={"app": "hello"},
+        annotations={"note": "x=y"},
+    )
+    cid = cx.create(pod, config)
+    assert len(cid) == 64
+    st = cx.status(cid).status
+    assert st.state == pb.CONTAINER_CREATED and st.created_at > 0 and st.started_at == 0
+    cx.start(cid)
+    st = cx.wait_exit(cid)
+    assert (st.exit_code, st.reason) == (0, "Completed")
+    assert st.finished_at >= st.started_at > st.created_at
+    assert st.metadata.name == "hello" and st.image.image == image
+    assert st.image_ref.startswith(
+        f"{cx.registry.host}/calyx-test/busybox@sha256:"
+    ) or st.image_ref.startswith("sha256:")
+    assert st.image_id.startswith("sha256:")
+    assert dict(st.labels) == {"app": "hello"} and dict(st.annotations) == {"note": "x=y"}
+    assert st.log_path == str(cx.logs / "hello.log")
+    records = (cx.logs / "hello.log").read_text().splitlines()
+    assert [r.split(" ", 1)[1] for r in records] == ["stdout F hello", "stderr F oops"]
+    # RFC 3339 with nanoseconds and an offset
+    assert records[0].split(" ")[0][19] == "." and "T" in records[0].split(" ")[0]
+
+    other = cx.run(pod, "sleeper", ["sleep", "1000"], labels={"app": "other"})
+    rt = cx.rt
+
+    def ids(**flt: object) -> set[str]:
+        req = pb.ListContainersRequest(filter=pb.ContainerFilter(**flt))  # type: ignore[arg-type]
+        return {c.id for c in rt.ListContainers(req).containers}
+
+    assert ids() == {cid, other}
+    assert ids(state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING)) == {other}
+    assert ids(state=pb.ContainerStateValue(state=pb.CONTAINER_EXITED)) == {cid}
+    assert ids(label_selector={"app": "hello"}) == {cid}
+    assert ids(id=other[:12]) == {other}
+    assert ids(pod_sandbox_id=pod[0]) == {cid, other}
+    assert ids(pod_sandbox_id="f" * 64) == set()
+    streamed = {c.id for r in rt.StreamContainers(pb.StreamContainersRequest()) for c in r.containers}
+    assert streamed == {cid, other}
+
+    info = json.loads(cx.status(other, verbose=True).info["info"])
+    assert info["pid"] > 0 and os.path.exists(f"/proc/{info['pid']}")
+    assert info["runtimeSpec"]["process"]["args"] == ["sleep", "1000"]
+    # a unique prefix names the container
+    assert cx.status(other[:8]).status.id == other
+
+
+def test_create_errors_are_clear_and_leave_no_trace(cx: Cx) -> None:
+    pod = cx.pod()
+    cid = cx.create(pod, cx.config("dup", ["true"]))
+    code = cx.code(cx.create, pod, cx.config("dup", ["true"]))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    again = cx.config("dup", ["true"])
+    again.metadata.attempt = 1
+    cx.create(pod, again)
+    assert cx.code(cx.create, ("f" * 64, pod[1]), cx.config("x", ["true"])) == grpc.StatusCode.NOT_FOUND
+    bad_image = cx.config("noimage", ["true"], image="sha256:" + "0" * 64)
+    assert cx.code(cx.create, pod, bad_image) == grpc.StatusCode.NOT_FOUND
+    group_only = cx.config("grouponly", ["true"])
+    group_only.linux.security_context.run_as_group.value = 5
+    assert cx.code(cx.create, pod, group_only) == grpc.StatusCode.INVALID_ARGUMENT
+    listed = cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert len(listed) == 2
+    assert cx.code(cx.status, "f" * 64) == grpc.StatusCode.NOT_FOUND
+    # the failed creates left no container dir behind
+    dirs = os.listdir(cx.daemon.root / "containers")
+    assert sorted(dirs) == sorted(c.id for c in listed)
+    assert cid in dirs
+
+
+def test_stop_timeout_zero_kills_at_once_and_stop_signal_is_used(cx: Cx) -> None:
+    pod = cx.pod()
+    stubborn = cx.run(pod, "stubborn", ["sh", "-c", "while true; do sleep 1; done"])
+    cx.stop(stubborn, 0)
+    st = cx.status(stubborn).status
+    assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 137, "Error")
+    cx.stop(stubborn, 0)  # idempotent
+
+    polite = cx.run(
+        pod,
+        "polite",
+        ["sh", "-c", "trap 'exit 0' QUIT; touch /tmp/ready; while true; do sleep 0.1; done"],
+        stop_signal=pb.SIGQUIT,
+    )
+    while cx.exec(polite, "test", "-e", "/tmp/ready").exit_code != 0:
+        time.sleep(0.05)
+    cx.stop(polite, 60)
+    st = cx.status(polite).status
+    assert (st.exit_code, st.reason, st.stop_signal) == (0, "Completed", pb.SIGQUIT)
+
+    # SIGTERM ignored (busybox sh as PID 1): SIGKILL after the timeout
+    ignoring = cx.run(pod, "ignoring", ["sh", "-c", "while true; do sleep 1; done"])
+    cx.stop(ignoring, 1)
+    assert cx.status(ignoring).status.exit_code == 137
+
+    # remove kills a running container, and is idempotent
+    running = cx.run(pod, "running", ["sleep", "1000"])
+    pid = json.loads(cx.status(running, verbose=True).info["info"])["pid"]
+    cx.remove(running)
+    cx.remove(running)
+    assert not container_fixtures.process_runs(pid, "sleep")
+    assert cx.code(cx.status, running) == grpc.StatusCode.NOT_FOUND
+    assert cx.code(cx.start, stubborn) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_exec_sync_output_exit_code_timeout_and_truncation(cx: Cx) -> None:
+    pod = cx.pod()
+    cid = cx.run(pod, "sleeper", ["sleep", "1000"])
+    result = cx.exec(cid, "sh", "-c", "echo out; echo err >&2; exit 5")
+    assert (result.exit_code, result.stdout, result.stderr) == (5, b"out\n", b"err\n")
+    code = cx.code(cx.exec, cid, "sleep", "60", timeout=1)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    # kubelet's client accepts 16 MiB messages; so does this one
+    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+    with grpc.insecure_channel(f"unix:{cx.daemon.socket}", options=options) as channel:
+        big = pb_grpc.RuntimeServiceStub(channel).ExecSync(
+            pb.ExecSyncRequest(cmd=["sh", "-c", "head -c 20000000 /dev/zero | tr '\\0' x"], container_id=cid),
+            timeout=120,
+        )
+    assert big.exit_code == 0
+    assert len(big.stdout) == MAX_EXEC_OUTPUT and set(big.stdout) == {ord("x")}
+    stopped = cx.run(pod, "done", ["true"])
+    cx.wait_exit(stopped)
+    assert cx.code(cx.exec, stopped, "true") == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_update_resources_shows_in_cgroup_files(cx: Cx) -> None:
+    pod_id, pod_config = cx.pod()
+    resources = pb.LinuxContainerResources(memory_limit_in_bytes=64 * 1024 * 1024, cpu_shares=512)
+    cid = cx.run(
+        (pod_id, pod_config), "limited", ["sleep", "1000"], linux=pb.LinuxContainerConfig(resources=resources)
+    )
+    parent = pod_config.linux.cgroup_parent
+    cgroup = f"{parent}/calyx-{cid}"
+    assert f"memory:{cgroup}" in cx.output(cid, "cat", "/proc/self/cgroup").replace(":memory:", "memory:")
+    memory = CGROUP_ROOT / "memory" / cgroup.lstrip("/")
+    assert int((memory / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
+    assert int((CGROUP_ROOT / "cpu" / cgroup.lstrip("/") / "cpu.shares").read_text()) == 512
+    new = pb.LinuxContainerResources(memory_limit_in_bytes=96 * 1024 * 1024, cpu_shares=256)
+    cx.rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(container_id=cid, linux=new))
+    assert int((memory / "memory.limit_in_bytes").read_text()) == 96 * 1024 * 1024
+    inside = cx.output(cid, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert int(inside) == 96 * 1024 * 1024
+    st = cx.status(cid).status
+    assert st.resources.linux.memory_limit_in_bytes == 96 * 1024 * 1024
+    cx.stop(cid)
+    cx.remove(cid)
+    assert not memory.exists()
+
+
+def test_oom_kill_reports_137_and_oomkilled(cx: Cx) -> None:
+    pod = cx.pod()
+    resources = pb.LinuxContainerResources(memory_limit_in_bytes=32 * 1024 * 1024)
+    cid = cx.run(pod, "hog", ["tail", "/dev/zero"], linux=pb.LinuxContainerConfig(resources=resources))
+    st = cx.wait_exit(cid)
+    assert (st.exit_code, st.reason) == (137, "OOMKilled")
+
+
+def test_reopen_container_log_after_rotation(cx: Cx) -> None:
+    pod = cx.pod()
+    cid = cx.run(pod, "ticker", ["sh", "-c", "while true; do echo tick; sleep 0.1; done"])
+    log = cx.logs / "ticker.log"
+    while not log.exists() or "tick" not in log.read_text():
+        time.sleep(0.05)
+    rotated = cx.logs / "ticker.log.1"
+    log.rename(rotated)
+    cx.rt.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+    deadline = time.monotonic() + 20
+    while not log.exists() or "stdout F tick" not in log.read_text():
+        assert time.monotonic() < deadline, "conmon did not reopen the log"
+        time.sleep(0.05)
+    cx.stop(cid)
+    code = cx.code(cx.rt.ReopenContainerLog, pb.ReopenContainerLogRequest(container_id=cid))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_daemon_kill9_restart_adopts_containers_and_reports_exits_made_while_down(cx: Cx) -> None:
+    pod = cx.pod()
+    keep = cx.run(pod, "keep", ["sleep", "1000"])
+    ends = cx.run(pod, "ends", ["sh", "-c", "until [ -e /tmp/go ]; do sleep 0.05; done; exit 7"])
+    keep_pid = json.loads(cx.status(keep, verbose=True).info["info"])["pid"]
+    cx.daemon.kill9()
+    # the container exits while no daemon runs
+    rootfs = cx.daemon.root / "containers" / ends / "rootfs"
+    (rootfs / "tmp" / "go").touch()
+    exit_file = cx.daemon.run_root / "exits" / ends
+    deadline = time.monotonic() + 20
+    while not exit_file.exists():
+        assert time.monotonic() < deadline, "the container did not exit"
+        time.sleep(0.05)
+    cx.daemon.start()
+    st = cx.status(keep).status
+    assert st.state == pb.CONTAINER_RUNNING
+    assert json.loads(cx.status(keep, verbose=True).info["info"])["pid"] == keep_pid
+    st = cx.status(ends).status
+    assert (st.state, st.exit_code, st.reason) == (pb.CONTAINER_EXITED, 7, "Error")
+    cx.stop(keep, 0)
+    assert cx.status(keep).status.exit_code == 137
+    assert cx.output(cx.run(pod, "after", ["sleep", "1000"]), "echo", "alive") == "alive\n"
