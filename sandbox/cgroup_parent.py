@@ -21,7 +21,7 @@ def validate_parent(driver: str, parent: str) -> None:
     if not parent:
         return
     if driver == "systemd":
-        if "/" in parent or not _SLICE.match(parent):
+        if "/" in parent or not _SLICE.fullmatch(parent):
             raise InvalidArgument(
                 f"cgroup_parent {parent!r} is not a systemd slice name such as "
                 "'kubepods-besteffort-pod<uid>.slice' (the cgroup driver is systemd)"
@@ -33,5 +33,5 @@ def validate_parent(driver: str, parent: str) -> None:
             "'/kubepods/besteffort/pod<uid>' (the cgroup driver is cgroupfs)"
         )
     for part in parent.strip("/").split("/"):
-        if part and (part in (".", "..") or not _CGROUPFS_COMPONENT.match(part)):
+        if part and (part in (".", "..") or not _CGROUPFS_COMPONENT.fullmatch(part)):
             raise InvalidArgument(f"cgroup_parent {parent!r} has an invalid component {part!r}")

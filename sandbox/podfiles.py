@@ -44,7 +44,7 @@ def paths(pod_dir: Path) -> PodFiles:
 
 
 def validate_hostname(hostname: str) -> None:
-    if len(hostname) > 64 or not _HOSTNAME.match(hostname):
+    if len(hostname) > 64 or not _HOSTNAME.fullmatch(hostname):
         raise InvalidArgument(
             f"hostname {hostname!r} is not a valid host name (RFC 1123, at most 64 characters)"
         )
@@ -58,7 +58,7 @@ def validate_dns(dns: DNS) -> None:
             raise InvalidArgument(f"DNS server {server!r} is not an IP address") from None
     for kind, values in (("search domain", dns.searches), ("DNS option", dns.options)):
         for value in values:
-            if not _TOKEN.match(value):
+            if not _TOKEN.fullmatch(value):
                 raise InvalidArgument(f"{kind} {value!r} is empty or contains whitespace, '#' or ';'")
 
 

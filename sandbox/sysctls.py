@@ -39,9 +39,9 @@ def namespace_of(name: str) -> str | None:
 def validate(sysctls: dict[str, str], own_net: bool, own_ipc: bool) -> None:
     """Refuse anything that is not a namespaced sysctl of a namespace the pod owns."""
     for name, value in sysctls.items():
-        if not _NAME.match(name) or ".." in name:
+        if not _NAME.fullmatch(name) or ".." in name:
             raise InvalidArgument(f"sysctl name {name!r} is not valid")
-        if not _VALUE.match(value):
+        if not _VALUE.fullmatch(value):
             raise InvalidArgument(
                 f"sysctl {name}: value {value!r} may only hold letters, digits, spaces and _.:,/- "
                 "(no second assignment)"

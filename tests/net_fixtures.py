@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def _drop_chains(predicate: Callable[[str], bool]) -> None:
     for table in ("nat", "filter"):
         rules = sh("iptables", "-w", "10", "-t", table, "-S", check=False).stdout.splitlines()
         for rule in rules:
-            parts = rule.split()
+            parts = shlex.split(rule)
             if parts[:1] == ["-A"] and "-j" in parts and predicate(parts[parts.index("-j") + 1]):
                 sh("iptables", "-w", "10", "-t", table, "-D", *parts[1:], check=False)
         for rule in rules:
@@ -74,6 +75,7 @@ class Net:
     bridge: str
     subnet: str
     cni_dir: Path | None = None
+    ipam_dir: Path | None = None  # host-local's lease files of a CNI test network
 
     def records(self, kind: str) -> dict[str, Any]:
         """The daemon's stored records of ``kind`` (read-only, straight from its SQLite file)."""
@@ -159,7 +161,13 @@ def cni_net(daemon_factory: Callable[..., Daemon], short_tmp: Path) -> Iterator[
     made: list[Net] = []
     stack = contextlib.ExitStack()
 
-    def make(version: str = "1.0.0", plugins: list[dict[str, Any]] | None = None, start: bool = True) -> Net:
+    def make(
+        version: str = "1.0.0",
+        plugins: list[dict[str, Any]] | None = None,
+        start: bool = True,
+        bin_dirs: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Net:
         n = _unique_n()
         bridge, subnet = f"cxc{n}", f"10.249.{n}.0/24"
         stack.enter_context(_host_restored(bridge))
@@ -169,8 +177,9 @@ def cni_net(daemon_factory: Callable[..., Daemon], short_tmp: Path) -> Iterator[
         if plugins is not None:
             conflist["plugins"] = plugins
         (conf_dir / "10-test.conflist").write_text(json.dumps(conflist))
-        table = {"network": {"cni_conf_dir": str(conf_dir), "cni_bin_dirs": [CNI_BIN], "bridge": f"cxp{n}"}}
-        net = Net(daemon_factory(table, start=start), bridge, subnet, conf_dir)
+        network = {"cni_conf_dir": str(conf_dir), "cni_bin_dirs": bin_dirs or [CNI_BIN], "bridge": f"cxp{n}"}
+        net = Net(daemon_factory({"network": network}, start=start, env=env), bridge, subnet, conf_dir)
+        net.ipam_dir = short_tmp / f"ipam{n}" / conflist["name"]
         made.append(net)
         return net
 
@@ -178,6 +187,17 @@ def cni_net(daemon_factory: Callable[..., Daemon], short_tmp: Path) -> Iterator[
         yield make
         for net in made:
             _remove_all_pods(net.daemon)
+    _drop_idle_portmap_chains()
+
+
+def _drop_idle_portmap_chains() -> None:
+    """The portmap plugin leaves its top-level chains behind; remove them once no mapping uses them."""
+    rules = sh(
+        "iptables", "-w", "10", "-t", "nat", "-S", "CNI-HOSTPORT-DNAT", check=False
+    ).stdout.splitlines()
+    if any(rule.startswith("-A CNI-HOSTPORT-DNAT") for rule in rules):
+        return  # someone's pod still has hostPorts through portmap
+    _drop_chains(lambda chain: chain.startswith("CNI-HOSTPORT-"))
 
 
 def _remove_all_pods(daemon: Daemon) -> None:
@@ -287,3 +307,52 @@ while True:
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
+
+
+def host_address() -> str:
+    """The host's own primary IPv4 address (traffic to it never leaves the host)."""
+    for line in sh("ip", "-4", "-o", "addr", "show", "scope", "global").stdout.splitlines():
+        parts = line.split()
+        address = parts[3].split("/")[0]
+        if parts[1].startswith(("eth", "en")) and not address.startswith(("10.249.", "10.250.")):
+            return address
+    raise RuntimeError("the host has no global IPv4 address on an ethernet interface")
+
+
+def exchange(address: str, port: int, protocol: str = "tcp") -> str:
+    """Send to a hostPort and return the answer of the pod's Listener."""
+    import socket
+
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.settimeout(10)
+        sock.connect((address, port))
+        if protocol == "tcp":
+            return sock.recv(100).decode()
+        sock.send(b"ping")
+        return sock.recv(100).decode()
+
+
+def free_port(protocol: str = "tcp") -> int:
+    import socket
+
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("0.0.0.0", 0))
+        return int(sock.getsockname()[1])
+
+
+RECORD_PLUGIN = """#!/usr/bin/python3
+# A CNI plugin for tests: records its environment and config, passes the previous result on.
+import json, os, sys
+conf = json.load(sys.stdin)
+command = os.environ.get("CNI_COMMAND", "")
+if command == "VERSION":
+    print(json.dumps({"cniVersion": "1.0.0", "supportedVersions": ["0.4.0", "1.0.0"]}))
+    sys.exit(0)
+env = {k: v for k, v in os.environ.items() if k.startswith("CNI_")}
+with open(os.path.join(os.path.dirname(sys.argv[0]), "record-" + command + ".json"), "w") as out:
+    json.dump({"env": env, "conf": conf}, out)
+if command == "ADD":
+    print(json.dumps(conf.get("prevResult") or {"cniVersion": conf["cniVersion"]}))
+"""

@@ -1,0 +1,296 @@
+"""Pod networking for real: the built-in bridge network and CNI (Debian's bridge, host-local, portmap
+plugins), checked from inside the pods' network namespaces and from the host.
+
+Traffic stays on the host: between pod netns on a test bridge, and from the host to its own addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri.api import api_pb2 as pb
+from tests.net_fixtures import (
+    CNI_BIN,
+    RECORD_PLUGIN,
+    Listener,
+    Net,
+    exchange,
+    free_port,
+    host_address,
+    in_netns,
+    info,
+    iptables_save,
+    pod_config,
+    pod_traces,
+    run_pod,
+    sh,
+    status,
+    stop_remove,
+)
+
+
+def _netns(net: Net, pod_id: str) -> str:
+    return info(net.daemon, pod_id)["namespaces"]["network"]
+
+
+def _network_ready(net: Net) -> pb.RuntimeCondition:
+    conditions = net.daemon.runtime.Status(pb.StatusRequest()).status.conditions
+    return next(c for c in conditions if c.type == "NetworkReady")
+
+
+def _assert_pod_interface(net: Net, pod_id: str) -> str:
+    """eth0 is up with the reported address in the test subnet, and the default route is via the gateway."""
+    ip = status(net.daemon, pod_id).status.network.ip
+    subnet = ipaddress.ip_network(net.subnet)
+    assert ipaddress.ip_address(ip) in subnet
+    pin = _netns(net, pod_id)
+    addr = in_netns(pin, "ip", "-4", "-o", "addr", "show", "dev", "eth0").stdout
+    assert f"inet {ip}/{subnet.prefixlen}" in addr
+    assert "UP" in in_netns(pin, "ip", "link", "show", "dev", "eth0").stdout
+    route = in_netns(pin, "ip", "-4", "route", "show", "default").stdout
+    assert f"default via {subnet.network_address + 1} dev eth0" in route
+    return ip
+
+
+def _ports_on_bridge(bridge: str) -> list[str]:
+    return sh("ip", "-o", "link", "show", "master", bridge, check=False).stdout.splitlines()
+
+
+# --- built-in network ------------------------------------------------------------------------------
+
+
+def test_builtin_network_is_ready_and_gives_the_pod_eth0_address_route_and_lease(builtin_net) -> None:
+    net = builtin_net()
+    assert _network_ready(net).status is True
+    pod_id = run_pod(net.daemon, pod_config())
+    ip = _assert_pod_interface(net, pod_id)
+    assert net.leases == {ip: {"pod_id": pod_id, "subnet": net.subnet, "bridge": net.bridge}}
+    assert f"cxv{pod_id[:12]}" in "".join(_ports_on_bridge(net.bridge))
+    assert Path(f"/proc/sys/net/ipv4/conf/{net.bridge}/route_localnet").read_text().strip() == "1"
+    masquerade = f"-A CALYX-PR-{net.bridge} -s {net.subnet} ! -d {net.subnet} -j MASQUERADE"
+    assert masquerade in iptables_save()
+
+
+def test_builtin_pods_reach_each_other_and_the_gateway(builtin_net) -> None:
+    net = builtin_net()
+    a = run_pod(net.daemon, pod_config())
+    b = run_pod(net.daemon, pod_config())
+    ip_a, ip_b = (status(net.daemon, p).status.network.ip for p in (a, b))
+    assert ip_a != ip_b
+    assert in_netns(_netns(net, a), "ping", "-c1", "-W5", ip_b).returncode == 0
+    assert in_netns(_netns(net, b), "ping", "-c1", "-W5", ip_a).returncode == 0
+    gateway = str(ipaddress.ip_network(net.subnet).network_address + 1)
+    assert in_netns(_netns(net, a), "ping", "-c1", "-W5", gateway).returncode == 0
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_builtin_host_port_reaches_the_pod_from_loopback_and_the_host_address(builtin_net, protocol) -> None:
+    net = builtin_net()
+    host_port, pod_port = free_port(protocol), 8000 + os.getpid() % 1000
+    mapping = pb.PortMapping(
+        protocol=pb.TCP if protocol == "tcp" else pb.UDP, container_port=pod_port, host_port=host_port
+    )
+    pod_id = run_pod(net.daemon, pod_config(port_mappings=[mapping]))
+    listener = Listener(_netns(net, pod_id), pod_port, protocol)
+    try:
+        gateway = str(ipaddress.ip_network(net.subnet).network_address + 1)
+        assert exchange("127.0.0.1", host_port, protocol) == f"pong {gateway}"  # masqueraded from loopback
+        me = host_address()
+        assert exchange(me, host_port, protocol) == f"pong {me}"
+    finally:
+        listener.close()
+    stop_remove(net.daemon, pod_id)
+    assert f"--dport {host_port}" not in iptables_save()
+
+
+def test_builtin_network_uses_the_pod_cidr_from_update_runtime_config(builtin_net) -> None:
+    net = builtin_net()
+    n = int(net.bridge[3:])
+    cidr = f"10.248.{n}.0/24"
+    net.daemon.runtime.UpdateRuntimeConfig(
+        pb.UpdateRuntimeConfigRequest(
+            runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr=cidr))
+        )
+    )
+    pod_id = run_pod(net.daemon, pod_config())
+    ip = status(net.daemon, pod_id).status.network.ip
+    assert ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
+    route = in_netns(_netns(net, pod_id), "ip", "-4", "route", "show", "default").stdout
+    assert f"via 10.248.{n}.1" in route
+    stop_remove(net.daemon, pod_id)
+    assert pod_traces(net.daemon, pod_id) == []
+
+
+def test_builtin_stop_and_remove_leave_nothing_behind(builtin_net) -> None:
+    net = builtin_net()
+    mapping = pb.PortMapping(container_port=80, host_port=free_port())
+    pods = [run_pod(net.daemon, pod_config(port_mappings=[mapping] if i == 0 else [])) for i in range(2)]
+    ips = [status(net.daemon, p).status.network.ip for p in pods]
+    stop_remove(net.daemon, pods[0])
+    assert pod_traces(net.daemon, pods[0]) == []
+    assert list(net.leases) == [ips[1]]
+    assert f"CALYX-HP-{net.bridge}" in iptables_save()  # the network stays for the other pod
+    stop_remove(net.daemon, pods[1])
+    assert pod_traces(net.daemon, pods[1]) == []
+    assert net.leases == {}
+    assert _ports_on_bridge(net.bridge) == []
+    assert net.bridge not in iptables_save()  # the network's chains went with its last pod
+    addresses = sh("ip", "-o", "addr").stdout
+    assert not any(ip in addresses for ip in ips)
+
+
+def test_builtin_address_is_reused_after_release_and_never_shared(builtin_net) -> None:
+    net = builtin_net()
+    a = run_pod(net.daemon, pod_config())
+    b = run_pod(net.daemon, pod_config())
+    ip_a = status(net.daemon, a).status.network.ip
+    stop_remove(net.daemon, a)
+    c = run_pod(net.daemon, pod_config())
+    assert status(net.daemon, c).status.network.ip == ip_a
+    assert status(net.daemon, b).status.network.ip != ip_a
+
+
+# --- CNI ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "0.4.0"])
+def test_cni_pod_gets_eth0_address_route_and_reports_its_ip(cni_net, version: str) -> None:
+    net = cni_net(version=version)
+    assert _network_ready(net).status is True
+    pod_id = run_pod(net.daemon, pod_config())
+    ip = _assert_pod_interface(net, pod_id)
+    assert (net.ipam_dir / ip).read_text().split()[0] == pod_id  # host-local's lease names the pod
+    details = info(net.daemon, pod_id)["network"]
+    assert details["kind"] == "cni" and details["result"]["ips"][0]["address"].startswith(ip)
+
+
+def test_cni_pods_reach_each_other(cni_net) -> None:
+    net = cni_net()
+    a = run_pod(net.daemon, pod_config())
+    b = run_pod(net.daemon, pod_config())
+    ip_b = status(net.daemon, b).status.network.ip
+    ip_a = status(net.daemon, a).status.network.ip
+    assert in_netns(_netns(net, a), "ping", "-c1", "-W5", ip_b).returncode == 0
+    assert in_netns(_netns(net, b), "ping", "-c1", "-W5", ip_a).returncode == 0
+
+
+def test_cni_host_port_through_portmap_reaches_the_pod(cni_net) -> None:
+    net = cni_net()
+    host_port, pod_port = free_port(), 9000 + os.getpid() % 1000
+    mapping = pb.PortMapping(container_port=pod_port, host_port=host_port)
+    pod_id = run_pod(net.daemon, pod_config(port_mappings=[mapping]))
+    listener = Listener(_netns(net, pod_id), pod_port)
+    try:
+        me = host_address()
+        assert exchange(me, host_port) == f"pong {me}"
+        assert exchange("127.0.0.1", host_port).startswith("pong ")
+    finally:
+        listener.close()
+    stop_remove(net.daemon, pod_id)
+    assert f"--dport {host_port}" not in iptables_save()
+
+
+def test_cni_plugins_get_cni_args_and_port_mapping_capability(cni_net, short_tmp: Path) -> None:
+    bin_dir = short_tmp / "cnibin"
+    bin_dir.mkdir()
+    plugin = bin_dir / "cx-record"
+    plugin.write_text(RECORD_PLUGIN)
+    plugin.chmod(0o755)
+    net = cni_net(bin_dirs=[str(bin_dir), CNI_BIN], plugins=[])
+    conflist_file = net.cni_dir / "10-test.conflist"
+    conflist = json.loads(conflist_file.read_text())
+    conflist["plugins"] = [
+        {"type": "cx-record", "capabilities": {"portMappings": True, "bandwidth": True}, "custom": "x"}
+    ]
+    conflist_file.write_text(json.dumps(conflist))
+    mapping = pb.PortMapping(protocol=pb.UDP, container_port=53, host_port=5353, host_ip="127.0.0.1")
+    config = pod_config(port_mappings=[mapping])
+    pod_id = run_pod(net.daemon, config)
+    record = json.loads((bin_dir / "record-ADD.json").read_text())
+    env = record["env"]
+    assert env["CNI_CONTAINERID"] == pod_id
+    assert env["CNI_NETNS"] == _netns(net, pod_id)
+    assert env["CNI_IFNAME"] == "eth0"
+    args = dict(kv.split("=", 1) for kv in env["CNI_ARGS"].split(";"))
+    assert args["K8S_POD_NAMESPACE"] == "calyx-test"
+    assert args["K8S_POD_NAME"] == config.metadata.name
+    assert args["K8S_POD_INFRA_CONTAINER_ID"] == pod_id
+    assert args["IgnoreUnknown"] == "1"
+    conf = record["conf"]
+    assert conf["name"] == conflist["name"] and conf["cniVersion"] == "1.0.0" and conf["custom"] == "x"
+    assert conf["runtimeConfig"] == {
+        "portMappings": [{"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"}]
+    }
+    stop_remove(net.daemon, pod_id)
+    deleted = json.loads((bin_dir / "record-DEL.json").read_text())
+    assert deleted["env"]["CNI_CONTAINERID"] == pod_id
+    assert "prevResult" in deleted["conf"]
+
+
+def test_cni_config_with_a_missing_plugin_is_network_not_ready(cni_net) -> None:
+    net = cni_net(plugins=[{"type": "cx-no-such-plugin"}])
+    condition = _network_ready(net)
+    assert condition.status is False
+    assert condition.reason == "NetworkPluginNotReady"
+    assert "cx-no-such-plugin" in condition.message
+    with pytest.raises(grpc.RpcError) as err:
+        run_pod(net.daemon, pod_config())
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cx-no-such-plugin" in err.value.details()
+    assert net.records("pod") == {}
+    assert not any((net.daemon.run_root / "ns").glob("*/*"))
+
+
+def test_cni_plugin_error_is_quoted_in_the_rpc_and_the_pod_is_undone(cni_net, short_tmp: Path) -> None:
+    net = cni_net()
+    conflist_file = net.cni_dir / "10-test.conflist"
+    conflist = json.loads(conflist_file.read_text())
+    conflist["plugins"][0]["ipam"]["ranges"] = [[{"subnet": "10.249.0.0/40"}]]
+    conflist_file.write_text(json.dumps(conflist))
+    with pytest.raises(grpc.RpcError) as err:
+        run_pod(net.daemon, pod_config())
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "CNI plugin bridge ADD" in err.value.details()
+    assert "10.249.0.0/40" in err.value.details()  # the plugin's own message
+    (pod_id,) = re.findall(r"pod_id=([0-9a-f]{64})", net.daemon.log())[:1]
+    assert net.records("pod") == {}
+    assert pod_traces(net.daemon, pod_id) == []
+
+
+def test_cni_del_after_restart_uses_the_cached_config_and_result(cni_net) -> None:
+    net = cni_net()
+    pod_id = run_pod(
+        net.daemon, pod_config(port_mappings=[pb.PortMapping(container_port=80, host_port=free_port())])
+    )
+    ip = status(net.daemon, pod_id).status.network.ip
+    assert (net.ipam_dir / ip).exists()
+    net.daemon.restart()
+    (net.cni_dir / "10-test.conflist").unlink()  # the config is gone; DEL must still work
+    assert status(net.daemon, pod_id).status.network.ip == ip
+    stop_remove(net.daemon, pod_id)
+    assert not (net.ipam_dir / ip).exists()
+    assert _ports_on_bridge(net.bridge) == []
+    assert pod_traces(net.daemon, pod_id) == []
+    assert pod_id not in iptables_save()
+
+
+def test_cni_kill9_after_add_is_deleted_at_restart(cni_net) -> None:
+    net = cni_net(env={"CALYX_FAILPOINTS": "pod.after_network=kill"})
+    with pytest.raises(grpc.RpcError):
+        run_pod(net.daemon, pod_config())
+    (pod_id,) = net.records("pod")
+    leases = [p for p in net.ipam_dir.iterdir() if p.name[0].isdigit()]
+    assert len(leases) == 1  # ADD happened before the kill
+    net.daemon.env.pop("CALYX_FAILPOINTS")
+    net.daemon.start()
+    assert net.records("pod") == {}
+    assert [p for p in net.ipam_dir.iterdir() if p.name[0].isdigit()] == []
+    assert _ports_on_bridge(net.bridge) == []
+    assert pod_traces(net.daemon, pod_id) == []
