@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cri.pods.model import KIND, NOTREADY, Pod
 from cri.pods.service import PodService
-from cri.pods.teardown import detach_network, quietly, release_namespaces, remove_dir
+from cri.pods.teardown import detach_network, pod_ref, quietly, release_namespaces, remove_dir
 from sandbox import namespaces, pidns
 
 log = logging.getLogger("cri.pods")
@@ -26,6 +26,15 @@ def _intact(pod: Pod) -> bool:
     if any(not namespaces.is_pinned(Path(p)) for p in pins):
         return False
     return not (pod.pid_ns_path and not pidns.is_alive(Path(pod.pid_ns_path)))
+
+
+def _check_network(svc: PodService, pod: Pod) -> None:
+    """CNI CHECK of a pod that survived the restart; a failure is reported, the pod is left as it is
+    (kubelet decides whether to recreate it)."""
+    try:
+        svc.networks.check(pod.network, pod_ref(pod))
+    except Exception as exc:
+        log.warning("pod network check failed", extra={"pod_id": pod.id, "error": str(exc)})
 
 
 def recover_pods(svc: PodService) -> None:
@@ -52,6 +61,7 @@ def recover_pods(svc: PodService) -> None:
         svc.save(pod)
         if pod.ready:
             ready.add(pod_id)
+            _check_network(svc, pod)
     for kind, ids in namespaces.leftover_pins(svc.run_root).items():
         for pod_id in ids:
             if pod_id not in ready:

@@ -294,3 +294,71 @@ def test_cni_kill9_after_add_is_deleted_at_restart(cni_net) -> None:
     assert [p for p in net.ipam_dir.iterdir() if p.name[0].isdigit()] == []
     assert _ports_on_bridge(net.bridge) == []
     assert pod_traces(net.daemon, pod_id) == []
+
+
+def test_cni_config_that_is_not_json_is_network_not_ready(cni_net) -> None:
+    net = cni_net()
+    (net.cni_dir / "00-broken.conflist").write_text("{not json")
+    condition = _network_ready(net)
+    assert condition.status is False
+    assert "00-broken.conflist" in condition.message
+    with pytest.raises(grpc.RpcError) as err:
+        run_pod(net.daemon, pod_config())
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_builtin_sctp_host_port_gets_its_dnat_rule(builtin_net) -> None:
+    """SCTP traffic cannot be tried here (the kernel has no SCTP sockets); the forwarding rule can."""
+    net = builtin_net()
+    port = free_port()
+    mapping = pb.PortMapping(protocol=pb.SCTP, container_port=3868, host_port=port)
+    pod_id = run_pod(net.daemon, pod_config(port_mappings=[mapping]))
+    ip = status(net.daemon, pod_id).status.network.ip
+    assert f"-p sctp -m sctp --dport {port} -j DNAT --to-destination {ip}:3868" in iptables_save()
+    stop_remove(net.daemon, pod_id)
+    assert f"--dport {port}" not in iptables_save()
+
+
+@pytest.mark.parametrize("kind", ["builtin", "cni"])
+def test_concurrent_runs_get_distinct_addresses_and_concurrent_removal_leaves_nothing(
+    builtin_net, cni_net, kind: str
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    net = builtin_net() if kind == "builtin" else cni_net()
+    with ThreadPoolExecutor(6) as pool:
+        pods = list(pool.map(lambda _: run_pod(net.daemon, pod_config()), range(6)))
+    ips = {status(net.daemon, p).status.network.ip for p in pods}
+    assert len(ips) == 6
+    assert all(ipaddress.ip_address(ip) in ipaddress.ip_network(net.subnet) for ip in ips)
+    first, *others = pods
+    for other in others[:2]:
+        peer = status(net.daemon, other).status.network.ip
+        assert in_netns(_netns(net, first), "ping", "-c1", "-W5", peer).returncode == 0
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda p: stop_remove(net.daemon, p), pods))
+    assert all(pod_traces(net.daemon, p) == [] for p in pods)
+    assert _ports_on_bridge(net.bridge) == []
+    assert net.leases == {}
+
+
+def test_pod_whose_namespaces_vanished_is_not_ready_after_restart(builtin_net) -> None:
+    """As after a reboot, which empties /run: the pod turns NOTREADY and its network is released."""
+    net = builtin_net()
+    pod_id = run_pod(
+        net.daemon, pod_config(port_mappings=[pb.PortMapping(container_port=80, host_port=free_port())])
+    )
+    net.daemon.stop()
+    for kind in ("net", "ipc", "uts"):
+        pin = net.daemon.run_root / "ns" / kind / pod_id
+        sh("umount", str(pin))
+        pin.unlink()
+    net.daemon.start()
+    st = status(net.daemon, pod_id).status
+    assert st.state == pb.SANDBOX_NOTREADY
+    assert st.network.ip == ""
+    assert net.leases == {}
+    assert pod_id[:16] not in iptables_save()
+    assert net.bridge not in iptables_save()
+    stop_remove(net.daemon, pod_id)
+    assert pod_traces(net.daemon, pod_id) == []

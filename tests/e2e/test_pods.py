@@ -353,3 +353,39 @@ def test_failure_late_in_run_undoes_every_step(builtin_net) -> None:
     assert not any((net.daemon.run_root / "ns").glob("*/*"))
     assert net.leases == {}
     assert f"-{net.bridge}" not in sh("iptables-save").stdout  # the network's chains went with its only pod
+
+
+def test_log_directory_is_created_and_overhead_and_resources_are_recorded(
+    builtin_net, short_tmp: Path
+) -> None:
+    net = builtin_net()
+    logs = short_tmp / "logs" / "calyx-test_web_uid"
+    linux = pb.LinuxPodSandboxConfig(
+        overhead=pb.LinuxContainerResources(cpu_shares=64, memory_limit_in_bytes=1 << 20),
+        resources=pb.LinuxContainerResources(cpu_quota=50000, cpu_period=100000),
+    )
+    pod_id = run_pod(net.daemon, pod_config(log_directory=str(logs), linux=linux))
+    assert logs.is_dir()
+    config = info(net.daemon, pod_id)["config"]
+    assert config["log_directory"] == str(logs)
+    assert config["linux"]["overhead"] == {"cpu_shares": "64", "memory_limit_in_bytes": "1048576"}
+    assert config["linux"]["resources"]["cpu_quota"] == "50000"
+    err = _code(run_pod, net.daemon, pod_config(log_directory="relative/dir"))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_pid_holder_killed_while_the_daemon_was_down_makes_the_pod_not_ready(builtin_net) -> None:
+    net = builtin_net()
+    linux = pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(pid=pb.POD))
+    )
+    pod_id = run_pod(net.daemon, pod_config(linux=linux))
+    holder = info(net.daemon, pod_id)["pidHolder"]
+    net.daemon.stop()
+    os.kill(holder, 9)
+    net.daemon.start()
+    assert status(net.daemon, pod_id).status.state == pb.SANDBOX_NOTREADY
+    assert not (net.daemon.run_root / "ns" / "net" / pod_id).exists()
+    assert net.leases == {}
+    stop_remove(net.daemon, pod_id)
+    assert pod_traces(net.daemon, pod_id) == []
