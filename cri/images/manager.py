@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
@@ -276,24 +275,3 @@ class ImageManager:
 
 def _merge(old: list[str], new: list[str]) -> list[str]:
     return old + [x for x in new if x not in old]
-
-
-def dir_usage(path: Path) -> tuple[int, int]:
-    """(bytes, inodes) under ``path``, not following links nor crossing into other filesystems."""
-    total, inodes = 0, 0
-    try:
-        dev = path.stat().st_dev
-    except FileNotFoundError:
-        return 0, 0
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            try:
-                st = os.lstat(os.path.join(root, name))
-            except FileNotFoundError:
-                continue
-            if st.st_dev != dev:
-                continue
-            total += st.st_blocks * 512
-            inodes += 1
-        dirs[:] = [d for d in dirs if os.lstat(os.path.join(root, d)).st_dev == dev]
-    return total, inodes

@@ -15,11 +15,14 @@ import grpc
 from cri.api import api_pb2 as pb
 from cri.errors import InvalidArgument, Unavailable
 from cri.images.auth import Credentials
-from cri.images.manager import ImageManager, dir_usage
+from cri.images.manager import ImageManager
 from cri.images.model import Image
 from cri.runtime import Runtime
+from metrics.fsusage import FsUsageCache
 
 STREAM_BATCH = 100
+# Writable layers change all the time and a walk costs time per file: kubelet's polls share a result.
+WRITABLE_USAGE = FsUsageCache(ttl_seconds=5.0)
 
 
 def user_fields(user: str) -> dict[str, Any]:
@@ -124,7 +127,11 @@ class ImageRPCs:
             c_mount, c_used, c_inodes = usage()
         else:
             c_mount = self.runtime.config.root / "containers"
-            c_used, c_inodes = dir_usage(c_mount)
+            try:
+                walked = WRITABLE_USAGE.get(str(c_mount))
+                c_used, c_inodes = walked.used_bytes, walked.inodes_used
+            except FileNotFoundError:
+                c_used, c_inodes = 0, 0
 
         def fs(path: Any, used: int, inodes: int) -> pb.FilesystemUsage:
             return pb.FilesystemUsage(

@@ -552,8 +552,18 @@ def test_image_fs_info_counts_image_content(plain: Daemon, image_registry) -> No
     assert full.used_bytes.value > 2_000_000  # ~1 MB compressed blob + ~2 MB unpacked busybox
     assert full.inodes_used.value > 250
     assert full.timestamp > 0
-    (containers,) = plain.images.ImageFsInfo(pb.ImageFsInfoRequest()).container_filesystems
-    assert containers.fs_id.mountpoint
+    writable = plain.root / "containers/c0ffee/upper"
+    writable.mkdir(parents=True)
+    (writable / "data").write_bytes(os.urandom(200_000))
+    try:
+        (containers,) = plain.images.ImageFsInfo(pb.ImageFsInfoRequest()).container_filesystems
+        assert containers.fs_id.mountpoint == str(plain.root / "containers")
+        assert containers.used_bytes.value >= 200_000
+        assert containers.inodes_used.value >= 4
+    finally:
+        import shutil
+
+        shutil.rmtree(plain.root / "containers/c0ffee")
 
 
 def test_pinned_images_from_config(daemon_factory, image_registry) -> None:
