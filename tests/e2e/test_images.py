@@ -543,6 +543,9 @@ def test_remove_keeps_layers_other_images_share(plain: Daemon, image_registry) -
 
 
 def test_image_fs_info_counts_image_content(plain: Daemon, image_registry) -> None:
+    writable = plain.root / "containers/c0ffee/upper"  # before the first call: results are cached
+    writable.mkdir(parents=True)
+    (writable / "data").write_bytes(os.urandom(200_000))
     empty = plain.images.ImageFsInfo(pb.ImageFsInfoRequest())
     (fs,) = empty.image_filesystems
     assert fs.fs_id.mountpoint == str(images_root(plain))
@@ -552,9 +555,6 @@ def test_image_fs_info_counts_image_content(plain: Daemon, image_registry) -> No
     assert full.used_bytes.value > 2_000_000  # ~1 MB compressed blob + ~2 MB unpacked busybox
     assert full.inodes_used.value > 250
     assert full.timestamp > 0
-    writable = plain.root / "containers/c0ffee/upper"
-    writable.mkdir(parents=True)
-    (writable / "data").write_bytes(os.urandom(200_000))
     try:
         (containers,) = plain.images.ImageFsInfo(pb.ImageFsInfoRequest()).container_filesystems
         assert containers.fs_id.mountpoint == str(plain.root / "containers")
