@@ -47,7 +47,7 @@ class PodService:
         with self._index_lock:
             if pod_id in self._index:
                 return pod_id
-            matches = [i for i in self._index if pod_id and i.startswith(pod_id)] if len(pod_id) >= 1 else []
+            matches = [i for i in self._index if pod_id and i.startswith(pod_id)]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

@@ -114,8 +114,15 @@ class BridgeRules:
         for m in mappings:
             protocol = m.get("protocol", "tcp")
             rule = ["-p", protocol]
-            if m.get("host_ip"):
-                rule += ["-d", m["host_ip"]]
+            host_ip = m.get("host_ip") or ""
+            if ":" in host_ip:
+                log.warning(
+                    "IPv6 hostPort skipped: the built-in network is IPv4 only",
+                    extra={"pod_id": pod_id, "host_ip": host_ip, "host_port": m["host_port"]},
+                )
+                continue
+            if host_ip and host_ip != "0.0.0.0":
+                rule += ["-d", host_ip]
             rule += [
                 "--dport",
                 str(m["host_port"]),

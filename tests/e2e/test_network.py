@@ -362,3 +362,17 @@ def test_pod_whose_namespaces_vanished_is_not_ready_after_restart(builtin_net) -
     assert net.bridge not in iptables_save()
     stop_remove(net.daemon, pod_id)
     assert pod_traces(net.daemon, pod_id) == []
+
+
+def test_builtin_host_port_bound_to_a_host_ip_answers_only_there(builtin_net) -> None:
+    net = builtin_net()
+    host_port, pod_port = free_port(), 7000 + os.getpid() % 1000
+    mapping = pb.PortMapping(container_port=pod_port, host_port=host_port, host_ip="127.0.0.1")
+    pod_id = run_pod(net.daemon, pod_config(port_mappings=[mapping]))
+    listener = Listener(_netns(net, pod_id), pod_port)
+    try:
+        assert exchange("127.0.0.1", host_port).startswith("pong ")
+        with pytest.raises(ConnectionRefusedError):  # not forwarded: nothing listens on the host itself
+            exchange(host_address(), host_port)
+    finally:
+        listener.close()
