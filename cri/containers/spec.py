@@ -342,7 +342,12 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     ambient = [caps.normalize(c) for c in sc.capabilities.add_ambient_capabilities]
     process: dict[str, Any] = {
         "terminal": config.tty,
-        "user": {"uid": user.uid, "gid": user.gid, "additionalGids": user.additional_gids},
+        # The primary gid is listed too, as containerd does: getgroups() then shows it like a login would.
+        "user": {
+            "uid": user.uid,
+            "gid": user.gid,
+            "additionalGids": list(dict.fromkeys([user.gid, *user.additional_gids])),
+        },
         "args": process_args(config, inputs.image_config),
         "env": process_env(config, inputs.image_config, inputs.pod.hostname),
         "cwd": _working_dir(inputs),
@@ -356,8 +361,6 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         "noNewPrivileges": sc.no_new_privs,
         "oomScoreAdj": clamp_oom_score_adj(config.linux.resources.oom_score_adj),
     }
-    if user.uid == 0 and not user.additional_gids:
-        del process["user"]["additionalGids"]
 
     mounts = mnt.base_mounts(readonly_sys=not privileged)
     taken = {m.container_path for m in config.mounts}
