@@ -474,3 +474,28 @@ def test_a_real_prometheus_scrapes_calyx(workloads: Workloads, short_tmp: Path) 
         assert [p["value"][1] for p in pods] == ["1"]
     finally:
         prometheus.stop()
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_metrics_endpoint_is_off_when_disabled_and_a_busy_port_does_not_stop_the_daemon(
+    daemon_factory,
+) -> None:
+    port = free_port()
+    off = daemon_factory({"metrics": {"enabled": False, "port": port}})
+    assert not _listening(port)
+    off.stop()
+    on = daemon_factory({"metrics": {"enabled": True, "port": port}})
+    text = scrape(port)
+    assert "calyx_grpc_requests_total" in text and "calyx_pods" in text
+    # A second daemon wanting the same port serves CRI anyway and says why it has no metrics.
+    second = daemon_factory({"metrics": {"enabled": True, "port": port}})
+    second.runtime.Version(pb.VersionRequest(), timeout=10)
+    assert "cannot serve metrics" in second.log()
+    on.stop()
+    assert not _listening(port)  # the endpoint goes away with its daemon
