@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from cri.instruments import IMAGE_PULL_BYTES
 
 log = logging.getLogger("cri.images.content")
 
@@ -82,6 +83,7 @@ class ContentStore:
                         raise DeadlineExceeded(f"blob {digest}: deadline passed after {written} bytes")
                     hasher.update(chunk)
                     out.write(chunk)
+                    IMAGE_PULL_BYTES.inc(len(chunk))
                     if progress is not None:
                         progress(len(chunk))
                 if size is not None and written != size:

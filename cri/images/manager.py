@@ -23,6 +23,7 @@ from cri.images.layers import LayerStore
 from cri.images.model import Image, ImageRecord
 from cri.images.pull import Puller
 from cri.images.reference import ID_RE, Reference, parse
+from cri.instruments import IMAGE_PULL_DURATION
 from cri.runtime import Runtime
 
 log = logging.getLogger("cri.images")
@@ -183,9 +184,11 @@ class ImageManager:
             with self._lock:
                 self._leases.remove(lease)
                 self._collect_garbage()  # a failed pull leaves nothing behind
+            IMAGE_PULL_DURATION.labels("error").observe(time.monotonic() - start)
             raise
         with self._lock:
             self._leases.remove(lease)
+        IMAGE_PULL_DURATION.labels("ok").observe(time.monotonic() - start)
         log.info(
             "image pulled",
             extra={
