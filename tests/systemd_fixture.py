@@ -37,6 +37,8 @@ from typing import Any
 
 import pytest
 
+from tests.daemon import CALYX, Daemon
+
 REPO = Path(__file__).resolve().parent.parent
 PID1_SCRIPT = Path(__file__).resolve().parent / "systemd_pid1.sh"
 DEBIAN_UNITS = Path("/lib/systemd/system")
@@ -208,11 +210,13 @@ class NamespacedSystemd:
             )
         return done
 
-    def popen(self, command: Sequence[str], **kw: Any) -> subprocess.Popen[Any]:
-        """Start ``command`` inside (e.g. a calyx daemon); it dies with the namespaces at stop()."""
-        return subprocess.Popen(
-            self.argv(command, kw.pop("cwd", REPO)), env=self.env(kw.pop("env", None)), **kw
-        )
+    def popen(self, command: Sequence[str], **kw: Any) -> InnerProcess:
+        """Start ``command`` inside (e.g. a calyx daemon); it dies with the namespaces at stop().
+
+        The result is a Popen of the nsenter whose signals (terminate, kill, send_signal) go to the
+        command itself; ``wait`` returns when the command has exited.
+        """
+        return InnerProcess(self.argv(command, kw.pop("cwd", REPO)), env=self.env(kw.pop("env", None)), **kw)
 
     def python(
         self, code: str, timeout: float = 60.0, check: bool = True
@@ -244,6 +248,58 @@ class NamespacedSystemd:
         shutil.rmtree(self.workdir, ignore_errors=True)
         if leftovers:
             raise RuntimeError(f"cgroups of the test systemd could not be removed: {leftovers}")
+
+
+class InnerProcess(subprocess.Popen):  # type: ignore[type-arg]
+    """nsenter forks the command into the PID namespace and only waits for it: it forwards no signal.
+    This Popen sends signals to the command (nsenter's child, by its host PID) instead."""
+
+    def inner_pid(self, timeout: float = 10.0) -> int:
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                pids = children.read_text().split()
+            except FileNotFoundError:
+                pids = []
+            if pids:
+                return int(pids[0])
+            if self.poll() is not None:
+                return 0
+            time.sleep(0.01)
+        raise TimeoutError(f"nsenter {self.pid} started no command")
+
+    def send_signal(self, sig: int) -> None:
+        pid = self.inner_pid() if self.poll() is None else 0
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
+class SystemdDaemon(Daemon):
+    """A calyx daemon running inside the test systemd (e.g. with cgroup.driver = systemd)."""
+
+    def __init__(self, systemd: NamespacedSystemd, base: Path, config: dict[str, Any] | None = None) -> None:
+        super().__init__(base, config)
+        self.systemd = systemd
+
+    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> SystemdDaemon:
+        with open(self.log_file, "ab") as log:
+            self.proc = self.systemd.popen(
+                [
+                    *CALYX,
+                    "serve",
+                    "--config",
+                    str(self.config_file),
+                    "--config-dir",
+                    str(self.base / "calyx.d"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        if wait_ready:
+            self.wait_ready(timeout)
+        return self
 
 
 def _alive(pid: int) -> bool:

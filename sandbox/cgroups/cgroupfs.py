@@ -112,6 +112,9 @@ class CgroupfsDriver(CgroupDriver):
         for path in (self.container_path(container_id, parent), self.monitor_path(container_id, parent)):
             for directory in self.hierarchy.unique_dirs(path, named=True):
                 _remove_tree(directory)
+        if not parent:
+            # No pod owns the default parent (runc made it): it goes with its last container.
+            self.remove_parent("")
 
     # --- resources -------------------------------------------------------------------------------------
 

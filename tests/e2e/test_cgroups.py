@@ -7,6 +7,7 @@ the cgroups and units it made.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -17,12 +18,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from cri.api import api_pb2 as pb
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
 from sandbox.cgroups.hierarchy import detect
-from tests.systemd_fixture import NamespacedSystemd, namespaced_systemd  # noqa: F401
+from tests.daemon import Daemon
+from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
+from tests.systemd_fixture import NamespacedSystemd, SystemdDaemon, namespaced_systemd  # noqa: F401
 
 BUSYBOX = Path("/bin/busybox")
 V1 = detect().mode.value == "v1"
@@ -385,6 +390,25 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
         assert (cpu / "cpu.shares").read_text().strip() == "768"
         assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "40000"
         assert (namespaced_systemd.host_dir("cpuset", scope) / "cpuset.cpus").read_text().strip() == "0"
+
+        # runc kill --all reads the devices cgroup, out of which systemd (v1) has moved the process:
+        # kill_all reads name=systemd instead, and the container's init goes.
+        killed = inside(
+            namespaced_systemd,
+            f"""
+            import time
+            pids = driver.pids({cid!r}, {parent!r})
+            count = driver.kill_all({cid!r}, {parent!r})
+            for _ in range(500):
+                if not driver.pids({cid!r}, {parent!r}):
+                    break
+                time.sleep(0.01)
+            out([pids, count, driver.pids({cid!r}, {parent!r})])
+            """,
+        )
+        assert len(killed[0]) == 1 and killed[1] == 1 and killed[2] == []
+        state = namespaced_systemd.run(["runc", "--systemd-cgroup", "--root", str(root), "state", cid]).stdout
+        assert json.loads(state)["status"] == "stopped"
     finally:
         namespaced_systemd.run(runc_argv(root, "delete", "-f", cid, systemd=True), check=False)
         removed = inside(
@@ -417,3 +441,96 @@ def test_systemd_driver_refuses_a_cgroupfs_parent_before_any_dbus_call(
     )
     assert len(result) == 2
     assert "'/kubepods/besteffort/pod1'" in result[0]
+
+
+# --- the daemon with the systemd driver -------------------------------------------------------------
+
+
+def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
+    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    image_registry: LoopbackRegistry,  # noqa: F811
+    short_tmp: Path,
+) -> None:
+    """CRI end to end: pod slice created, container scope and conmon scope, limits, update, cleanup."""
+    config: dict[str, Any] = {"images": {"registries": {image_registry.host: {"insecure": True}}}}
+    ref = image_registry.ref("calyx-test/busybox:latest")
+    # The test systemd has a network namespace of its own, without the registry: pull from the host
+    # first, into the state the daemon inside then uses.
+    puller = Daemon(short_tmp, config).start()
+    try:
+        puller.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
+    finally:
+        puller.stop()
+    daemon = SystemdDaemon(namespaced_systemd, short_tmp, {**config, "cgroup": {"driver": "systemd"}}).start()
+    rt = daemon.runtime
+    parent, path = pod_slice()
+    logs = short_tmp / "podlogs"
+    logs.mkdir()
+    pod_id = ""
+    try:
+        linux = host_network_linux()
+        linux.cgroup_parent = parent
+        pod = pod_config(log_directory=str(logs), linux=linux)
+        pod_id = run_pod(daemon, pod)
+        assert namespaced_systemd.host_dir("memory", path).is_dir()
+
+        resources = pb.LinuxContainerResources(
+            cpu_shares=300, cpu_quota=20_000, cpu_period=100_000, memory_limit_in_bytes=80 << 20
+        )
+        cid = rt.CreateContainer(
+            pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id,
+                sandbox_config=pod,
+                config=pb.ContainerConfig(
+                    metadata=pb.ContainerMetadata(name="limited"),
+                    image=pb.ImageSpec(image=ref),
+                    command=["sleep", "3600"],
+                    log_path="limited.log",
+                    linux=pb.LinuxContainerConfig(
+                        resources=resources,
+                        # kubelet's default: a PID namespace of its own (see test_kill_all_...).
+                        security_context=pb.LinuxContainerSecurityContext(
+                            namespace_options=pb.NamespaceOption(pid=pb.CONTAINER)
+                        ),
+                    ),
+                ),
+            ),
+            timeout=120,
+        ).container_id
+        rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        scope = f"{path}/calyx-{cid}.scope"
+        memory = namespaced_systemd.host_dir("memory", scope)
+        cpu = namespaced_systemd.host_dir("cpu", scope)
+        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(80 << 20)
+        assert (cpu / "cpu.shares").read_text().strip() == "300"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "20000"
+        seen = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["cat", "/proc/self/cgroup"], timeout=30))
+        assert seen.exit_code == 0, seen.stderr
+        monitor = namespaced_systemd.host_dir("systemd", f"{path}/calyx-conmon-{cid}.scope")
+        assert (monitor / "cgroup.procs").read_text().split(), "conmon is not in its own scope"
+
+        rt.UpdateContainerResources(
+            pb.UpdateContainerResourcesRequest(
+                container_id=cid,
+                linux=pb.LinuxContainerResources(
+                    cpu_shares=600, cpu_quota=30_000, cpu_period=100_000, memory_limit_in_bytes=100 << 20
+                ),
+            ),
+            timeout=60,
+        )
+        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(100 << 20)
+        assert (cpu / "cpu.shares").read_text().strip() == "600"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "30000"
+
+        rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=120)
+        rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=120)
+        assert not memory.exists()
+        stop_remove(daemon, pod_id)
+        pod_id = ""
+        for hierarchy in ("memory", "cpu", "cpuset", "pids", "systemd"):
+            assert not namespaced_systemd.host_dir(hierarchy, path).exists(), hierarchy
+    finally:
+        if pod_id:
+            with contextlib.suppress(grpc.RpcError):
+                stop_remove(daemon, pod_id)
+        daemon.stop()
