@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cri import failpoints
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, rootfs
 from cri.containers import spec as oci
 from cri.containers.model import CREATED, CREATING, Container, encode_config
-from cri.containers.monitor import signal_number
+from cri.containers.monitor import signal_number, wait_monitor_gone
 from cri.containers.procinfo import start_time
 from cri.errors import FailedPrecondition, InvalidArgument
 
@@ -118,6 +119,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         undo.callback(shutil.rmtree, bundle, True)
         rootfs.mount_overlay(list(image.layer_dirs), bundle, container.rootfs)
         undo.callback(rootfs.unmount, container.rootfs)
+        failpoints.hit("container.after_rootfs", container_id=container_id)
 
         built = oci.build(
             oci.SpecInputs(
@@ -151,6 +153,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
 
         start = time.monotonic()
         undo.callback(monitor.forget, container_id)
+        undo.callback(wait_monitor_gone, container_id, bundle)
         undo.callback(monitor.delete, container_id)
         launched = monitor.create(
             container_id,
@@ -161,6 +164,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
             stdin_once=config.stdin_once,
             tty=config.tty,
         )
+        failpoints.hit("container.after_conmon", container_id=container_id)
         container.pid = launched.pid
         container.pid_start = start_time(launched.pid)
         container.conmon_pid = launched.conmon_pid

@@ -24,7 +24,7 @@ from cri.containers import cgroups_compat, rootfs
 from cri.containers import create as create_mod
 from cri.containers import status as status_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, RUNNING, Container
-from cri.containers.monitor import ExecResult, Monitor, signal_number
+from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from cri.runtime import Runtime
@@ -279,6 +279,7 @@ class ContainerManager:
         with contextlib.suppress(OSError):
             cgroups_compat.remove_container(self.runtime, c.id, c.cgroup_parent)
         rootfs.unmount(c.rootfs)
+        wait_monitor_gone(c.id, c.bundle, c.conmon_pid)
         shutil.rmtree(c.path, ignore_errors=True)
         mon.forget(c.id)
         self.store.delete(KIND, c.id)

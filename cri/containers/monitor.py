@@ -394,3 +394,26 @@ def signal_number(name: str) -> int:
         return int(signal.Signals[text])
     except KeyError:
         raise FailedPrecondition(f"unknown stop signal {name!r}") from None
+
+
+def wait_monitor_gone(container_id: str, bundle: Path, pid: int = 0, timeout: float = 5.0) -> None:
+    """conmon writes the exit file and then exits: let it finish before its files are removed.
+
+    Without a recorded PID (a crash mid-create) it comes from the bundle's conmon.pid; either is trusted
+    only while /proc/<pid>/cmdline names this container.
+    """
+    if pid <= 0:
+        pid = _read_int(bundle / "conmon.pid")
+        if pid <= 0:
+            return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return
+        if container_id.encode() not in cmdline or stat[stat.rfind(")") + 2 :].startswith("Z"):
+            return
+        time.sleep(0.02)
+    log.warning("container monitor still running", extra={"container_id": container_id, "pid": pid})

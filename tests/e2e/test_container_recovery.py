@@ -1,0 +1,105 @@
+"""A create that fails or dies half-way leaves nothing behind: no record, mount, runc state or conmon."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri.api import api_pb2 as pb
+from tests.container_fixtures import Cx
+from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.net_fixtures import Net
+
+
+def make_cx(factory: Callable[..., Net], registry: LoopbackRegistry, base: Path, env: dict[str, str]) -> Cx:
+    net = factory(env=env, config={"images": {"registries": {registry.host: {"insecure": True}}}})
+    logs = base / "podlogs"
+    logs.mkdir(exist_ok=True)
+    return Cx(net, registry, logs)
+
+
+def traces(cx: Cx) -> dict[str, object]:
+    """Everything a container could leave behind, for this daemon's state dirs."""
+    runc = subprocess.run(
+        ["runc", "--root", str(cx.daemon.run_root / "runc"), "list", "-q"], capture_output=True, text=True
+    ).stdout.split()
+    mounts = [
+        line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(cx.daemon.root) in line
+    ]
+    conmons = subprocess.run(
+        ["pgrep", "-f", f"conmon.*{cx.daemon.root}"], capture_output=True, text=True
+    ).stdout.split()
+    containers_dir = cx.daemon.root / "containers"
+    dirs = sorted(p.name for p in containers_dir.iterdir()) if containers_dir.exists() else []
+    listed = [c.id for c in cx.rt.ListContainers(pb.ListContainersRequest()).containers]
+    return {"runc": runc, "mounts": mounts, "conmon": conmons, "dirs": dirs, "listed": listed}
+
+
+CLEAN = {"runc": [], "mounts": [], "conmon": [], "dirs": [], "listed": []}
+
+
+@pytest.mark.parametrize("failpoint", ["container.after_rootfs", "container.after_conmon"])
+def test_daemon_killed_mid_create_is_cleaned_on_restart(
+    builtin_net: Callable[..., Net],
+    image_registry: LoopbackRegistry,  # noqa: F811
+    short_tmp: Path,
+    failpoint: str,
+) -> None:
+    cx = make_cx(builtin_net, image_registry, short_tmp, {"CALYX_FAILPOINTS": f"{failpoint}=kill"})
+    try:
+        pod = cx.pod()
+        config = cx.config("victim", ["sleep", "1000"])
+        with pytest.raises(grpc.RpcError) as err:
+            cx.create(pod, config)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert cx.daemon.proc is not None and cx.daemon.proc.wait(10) == -9
+        cx.daemon.env.pop("CALYX_FAILPOINTS")
+        cx.daemon.start()
+        assert traces(cx) == CLEAN
+        # the name is free again
+        cx.start(cx.create(pod, config))
+    finally:
+        cx.cleanup()
+
+
+def test_create_failing_half_way_undoes_its_steps(
+    builtin_net: Callable[..., Net],
+    image_registry: LoopbackRegistry,  # noqa: F811
+    short_tmp: Path,
+) -> None:
+    cx = make_cx(builtin_net, image_registry, short_tmp, {"CALYX_FAILPOINTS": "container.after_conmon=error"})
+    try:
+        pod = cx.pod()
+        config = cx.config("victim", ["sleep", "1000"])
+        with pytest.raises(grpc.RpcError) as err:
+            cx.create(pod, config)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert traces(cx) == CLEAN
+        assert list((cx.daemon.run_root / "exits").iterdir()) == []
+    finally:
+        cx.cleanup()
+
+
+def test_remove_of_a_created_container_and_stop_after_restart(
+    builtin_net: Callable[..., Net],
+    image_registry: LoopbackRegistry,  # noqa: F811
+    short_tmp: Path,
+) -> None:
+    cx = make_cx(builtin_net, image_registry, short_tmp, {})
+    try:
+        pod = cx.pod()
+        created = cx.create(pod, cx.config("created", ["sleep", "1000"]))
+        running = cx.run(pod, "running", ["sleep", "1000"])
+        cx.daemon.restart()
+        assert cx.status(created).status.state == pb.CONTAINER_CREATED
+        cx.remove(created)
+        cx.stop(running, 1)
+        assert cx.status(running).status.exit_code == 137
+        cx.remove(running)
+        assert traces(cx) == CLEAN
+    finally:
+        cx.cleanup()
