@@ -133,6 +133,34 @@ def test_cgroupfs_remove_parent_keeps_a_busy_parent(cgroupfs_parent: tuple[Cgrou
     assert driver.remove_parent(parent) is True
 
 
+def test_cgroupfs_pids_and_kill_all_reach_every_process_of_the_container(
+    cgroupfs_parent: tuple[CgroupfsDriver, str],
+) -> None:
+    driver, parent = cgroupfs_parent
+    cid = secrets.token_hex(32)
+    driver.prepare_parent(parent)
+    driver.prepare_parent(driver.container_path(cid, parent))  # what runc would make
+    sleepers = [subprocess.Popen(["sleep", "300"]) for _ in range(2)]
+    try:
+        for sleeper in sleepers:
+            for directory in driver.hierarchy.unique_dirs(driver.container_path(cid, parent)):
+                (directory / "cgroup.procs").write_text(str(sleeper.pid))
+        assert sorted(driver.pids(cid, parent)) == sorted(s.pid for s in sleepers)
+        assert driver.kill_all(cid, parent) == 2
+        assert [s.wait(10) for s in sleepers] == [-9, -9]
+        assert driver.pids(cid, parent) == []
+    finally:
+        for sleeper in sleepers:
+            if sleeper.poll() is None:
+                sleeper.kill()
+                sleeper.wait(10)
+    freezer = driver.cgroup_dirs(cid, parent).get("freezer")
+    if freezer is not None:
+        assert (freezer / "freezer.state").read_text().strip() == "THAWED"
+    driver.remove_container(cid, parent)
+    assert driver.remove_parent(parent) is True
+
+
 def test_cgroupfs_runc_container_gets_limits_and_update_changes_them(
     cgroupfs_parent: tuple[CgroupfsDriver, str], bundle: Path
 ) -> None:
