@@ -489,7 +489,9 @@ def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
         puller.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
     finally:
         puller.stop()
-    daemon = SystemdDaemon(namespaced_systemd, short_tmp, {**config, "cgroup": {"driver": "systemd"}}).start()
+    daemon = SystemdDaemon(
+        namespaced_systemd, short_tmp, {**config, "cgroup": {"driver": "systemd", "pids_limit": 77}}
+    ).start()
     rt = daemon.runtime
     parent, path = pod_slice()
     logs = short_tmp / "podlogs"
@@ -532,8 +534,11 @@ def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
         assert (memory / "memory.limit_in_bytes").read_text().strip() == str(80 << 20)
         assert (cpu / "cpu.shares").read_text().strip() == "300"
         assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "20000"
+        assert (namespaced_systemd.host_dir("pids", scope) / "pids.max").read_text().strip() == "77"
         seen = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["cat", "/proc/self/cgroup"], timeout=30))
         assert seen.exit_code == 0, seen.stderr
+        lines = seen.stdout.decode().split()
+        assert lines and all(line.endswith(f"{path}/calyx-{cid}.scope") for line in lines), lines
         monitor = namespaced_systemd.host_dir("systemd", f"{path}/calyx-conmon-{cid}.scope")
         assert (monitor / "cgroup.procs").read_text().split(), "conmon is not in its own scope"
 
