@@ -23,7 +23,8 @@ import pytest
 
 from cri.api import api_pb2 as pb
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
-from sandbox.cgroups.hierarchy import detect
+from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
+from sandbox.cgroups.resources import host_page_sizes
 from tests.daemon import Daemon
 from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
@@ -159,6 +160,71 @@ def test_cgroupfs_pids_and_kill_all_reach_every_process_of_the_container(
         assert (freezer / "freezer.state").read_text().strip() == "THAWED"
     driver.remove_container(cid, parent)
     assert driver.remove_parent(parent) is True
+
+
+def _bytes(size: str) -> int:
+    return int(size[:-2]) << {"KB": 10, "MB": 20, "GB": 30}[size[-2:]]
+
+
+@pytest.fixture
+def v2_on_the_cgroup2_mount() -> Iterator[Hierarchy]:
+    """The host's cgroup2 mount as a v2 hierarchy, with the controllers v1 leaves to it (hugetlb here).
+
+    On a hybrid host this is the only way to drive the v2 code paths against a real kernel. Enabling a
+    controller at the root is undone at the end unless it was on before (or someone else still uses it).
+    """
+    unified = detect().unified
+    if unified is None or not unified.controllers:
+        pytest.skip("no cgroup2 mount with a usable controller on this host")
+    root_control = unified.mountpoint / "cgroup.subtree_control"
+    before = set(root_control.read_text().split())
+    yield Hierarchy(Mode.V2, {}, unified)
+    for controller in sorted(unified.controllers - before):
+        with contextlib.suppress(OSError):
+            root_control.write_text(f"-{controller}")
+
+
+def test_cgroupfs_v2_paths_on_the_cgroup2_mount(v2_on_the_cgroup2_mount: Hierarchy) -> None:
+    """v2 for real: subtree_control delegation, hugetlb.<size>.max, cgroup.procs, cgroup.freeze."""
+    v2 = v2_on_the_cgroup2_mount
+    driver = CgroupfsDriver(hierarchy=v2)
+    top = f"/calyx-e2e-v2-{secrets.token_hex(4)}"
+    parent, cid = f"{top}/pod", secrets.token_hex(32)
+    root = v2.unified.mountpoint if v2.unified else Path("/")
+    sleeper = subprocess.Popen(["sleep", "300"])
+    try:
+        driver.prepare_parent(parent)
+        driver.prepare_parent(driver.container_path(cid, parent))
+        for controller in v2.controllers:
+            assert controller in (root / top.strip("/") / "cgroup.subtree_control").read_text().split()
+        leaf = driver.cgroup_dirs(cid, parent)["unified"]
+        assert driver.cgroup_dirs(cid, parent) == {"unified": leaf}
+        (leaf / "cgroup.procs").write_text(str(sleeper.pid))
+        assert driver.pids(cid, parent) == [sleeper.pid]
+        if "hugetlb" in v2.controllers:
+            # the kernel rounds a limit down to whole pages: ask for two pages of the smallest size
+            size, page = min(((s, _bytes(s)) for s in host_page_sizes()), key=lambda item: item[1])
+            limits = [pb.HugepageLimit(page_size=size, limit=2 * page)]
+            oci = driver.oci_resources(pb.LinuxContainerResources(hugepage_limits=limits))
+            assert oci["hugepageLimits"] == [{"pageSize": size, "limit": 2 * page}]
+            driver.update(cid, parent, pb.LinuxContainerResources(hugepage_limits=limits))
+            assert (leaf / f"hugetlb.{size}.max").read_text().strip() == str(2 * page)
+        assert driver.kill_all(cid, parent) == 1
+        assert sleeper.wait(10) == -9
+        assert (leaf / "cgroup.freeze").read_text().strip() == "0"
+        driver.remove_container(cid, parent)
+        assert driver.remove_parent(parent) is True
+        assert not (root / parent.strip("/")).exists()
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait(10)
+        top_dir = root / top.strip("/")
+        if top_dir.exists():
+            for sub, dirs, _ in os.walk(top_dir, topdown=False):
+                for name in dirs:
+                    os.rmdir(Path(sub) / name)
+            os.rmdir(top_dir)
 
 
 def test_cgroupfs_runc_container_gets_limits_and_update_changes_them(
