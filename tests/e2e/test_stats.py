@@ -73,7 +73,7 @@ def scrape(port: int) -> str:
         return response.read().decode()
 
 
-_SAMPLE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
+_SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -84,7 +84,7 @@ def series(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], fl
         match = _SAMPLE.match(line)
         if not match or match.group(1) != name:
             continue
-        have = dict(_LABEL.findall(match.group(2)))
+        have = dict(_LABEL.findall(match.group(2) or ""))
         if all(have.get(k) == v for k, v in labels.items()):
             found.append((have, float(match.group(3))))
     return found
@@ -364,6 +364,7 @@ def test_pod_sandbox_metrics_match_their_descriptors(workloads: Workloads) -> No
 
 def test_metrics_endpoint_serves_cadvisor_series_and_calyx_counters(workloads: Workloads) -> None:
     rx_before = _pod_stats(workloads).linux.network.default_interface.rx_bytes.value
+    _stats(workloads, workloads.burn_id)  # at least one ContainerStats call counted
     _send_to_pod(workloads, 50, 500)
     text = scrape(workloads.metrics_port)
     common = {"pod": workloads.pod_name, "namespace": "calyx-test"}
