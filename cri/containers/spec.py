@@ -102,7 +102,9 @@ def process_env(config: pb.ContainerConfig, image_config: dict[str, Any], hostna
         key, _, value = str(item).partition("=")
         merged[key] = value
     for kv in config.envs:
-        merged[kv.key] = kv.value
+        # CRI 1.36 carries values as bytes (they need not be UTF-8); the OCI spec is JSON text.
+        value = kv.value
+        merged[kv.key] = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
     if "PATH" not in merged:
         merged["PATH"] = DEFAULT_PATH.partition("=")[2]
     if hostname and "HOSTNAME" not in merged:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import grpc
 
@@ -224,3 +225,41 @@ def test_daemon_kill9_restart_adopts_containers_and_reports_exits_made_while_dow
     cx.stop(keep, 0)
     assert cx.status(keep).status.exit_code == 137
     assert cx.output(cx.run(pod, "after", ["sleep", "1000"]), "echo", "alive") == "alive\n"
+
+
+def test_command_args_env_cwd_and_oom_score_adj(cx: Cx) -> None:
+    pod = cx.pod()
+    web = cx.image("calyx-test/web:latest")  # Cmd: httpd -f -p 80 -h /www
+    # args alone replace the image's Cmd (no Entrypoint here: they are the command)
+    cid = cx.run(pod, "args", [], image=web, args=["sleep", "1000"])
+    assert cx.output(cid, "cat", "/proc/1/cmdline").split("\0")[:2] == ["sleep", "1000"]
+    env = [pb.KeyValue(key="PATH", value=b"/bin"), pb.KeyValue(key="MINE", value=b"a=b")]
+    envs = cx.run(pod, "env", ["sleep", "1000"], envs=env, working_dir="/made/by/calyx")
+    lines = cx.output(envs, "cat", "/proc/1/environ").split("\0")
+    assert "PATH=/bin" in lines and "MINE=a=b" in lines and sum(x.startswith("PATH=") for x in lines) == 1
+    assert cx.output(envs, "pwd").strip() == "/made/by/calyx"
+    # oom_score_adj: honoured upwards, clamped (never below the daemon's own) downwards
+    high = pb.LinuxContainerResources(oom_score_adj=500)
+    up = cx.run(pod, "up", ["sleep", "1000"], linux=pb.LinuxContainerConfig(resources=high))
+    assert cx.output(up, "cat", "/proc/1/oom_score_adj").strip() == "500"
+    low = pb.LinuxContainerResources(oom_score_adj=-998)
+    down = cx.run(pod, "down", ["sleep", "1000"], linux=pb.LinuxContainerConfig(resources=low))
+    own = int(Path("/proc/self/oom_score_adj").read_text())  # the daemon runs with the test's value
+    assert int(cx.output(down, "cat", "/proc/1/oom_score_adj")) == max(own, -998)
+    # AppArmor is not on this host: accepted and ignored
+    apparmor = pb.LinuxContainerSecurityContext(apparmor=pb.SecurityProfile(profile_type=0))
+    aa = cx.run(pod, "aa", ["sleep", "1000"], linux=pb.LinuxContainerConfig(security_context=apparmor))
+    assert cx.status(aa).status.state == pb.CONTAINER_RUNNING
+
+
+def test_tty_container_and_image_in_use(cx: Cx) -> None:
+    pod = cx.pod()
+    image = cx.image("calyx-test/user-uid:latest")
+    cid = cx.run(pod, "tty", ["sleep", "1000"], image=image, tty=True, stdin=True)
+    assert cx.output(cid, "readlink", "/proc/1/fd/0") == "/dev/pts/0\n"
+    image_id = cx.status(cid).status.image_id
+    remove = pb.RemoveImageRequest(image=pb.ImageSpec(image=image_id))
+    assert cx.code(cx.daemon.images.RemoveImage, remove) == grpc.StatusCode.FAILED_PRECONDITION
+    cx.stop(cid)
+    cx.remove(cid)
+    cx.daemon.images.RemoveImage(remove)

@@ -1,0 +1,109 @@
+"""The OCI spec builder's rules that need no runc: command, env, users, capabilities, seccomp, OOM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cri.api import api_pb2 as pb
+from cri.containers import capabilities as caps
+from cri.containers.seccomp_default import default_profile
+from cri.containers.spec import clamp_oom_score_adj, current_oom_score_adj, process_args, process_env
+from cri.containers.users import resolve_user
+from cri.errors import InvalidArgument
+
+
+def cfg(**kw: object) -> pb.ContainerConfig:
+    return pb.ContainerConfig(**kw)  # type: ignore[arg-type]
+
+
+IMAGE = {"Entrypoint": ["/entry"], "Cmd": ["default", "args"], "Env": ["PATH=/img", "A=1", "B=2"]}
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "expected"),
+    [
+        ([], [], ["/entry", "default", "args"]),
+        ([], ["mine"], ["/entry", "mine"]),
+        (["/cmd"], [], ["/cmd"]),
+        (["/cmd"], ["x", "y"], ["/cmd", "x", "y"]),
+    ],
+)
+def test_command_and_args_follow_kubelet(command: list[str], args: list[str], expected: list[str]) -> None:
+    assert process_args(cfg(command=command, args=args), IMAGE) == expected
+
+
+def test_no_command_anywhere_is_invalid() -> None:
+    with pytest.raises(InvalidArgument):
+        process_args(cfg(), {"Cmd": None})
+
+
+def test_env_image_first_cri_wins_path_and_hostname_defaults() -> None:
+    env = process_env(
+        cfg(envs=[pb.KeyValue(key="A", value=b"x"), pb.KeyValue(key="C", value=b"\xff")]), IMAGE, "h"
+    )
+    assert env == ["PATH=/img", "A=x", "B=2", "C=\ufffd", "HOSTNAME=h"]
+    assert process_env(cfg(), {}, "")[0].startswith("PATH=/usr/local/sbin:")
+
+
+def test_capability_arithmetic() -> None:
+    assert caps.compute([], [], False) == [
+        c for c in caps.DEFAULT_CAPABILITIES if c in caps.host_capabilities()
+    ]
+    assert "CAP_NET_ADMIN" in caps.compute(["net_admin"], [], False)
+    assert "CAP_CHOWN" not in caps.compute([], ["CHOWN"], False)
+    assert caps.compute(["NET_ADMIN"], ["ALL"], False) == ["CAP_NET_ADMIN"]
+    assert set(caps.compute(["ALL"], [], False)) == set(caps.host_capabilities())
+    with pytest.raises(InvalidArgument):
+        caps.compute(["NOT_A_CAP"], [], False)
+
+
+def test_default_seccomp_denies_namespaces_and_keys_unless_capable() -> None:
+    plain = default_profile(caps.DEFAULT_CAPABILITIES)
+    assert plain["defaultAction"] == "SCMP_ACT_ERRNO"
+    allowed = set(plain["syscalls"][0]["names"])
+    for name in ("read", "write", "execve", "clone", "socket", "chroot"):
+        assert name in allowed or any(name in r["names"] for r in plain["syscalls"])
+    for name in (
+        "mount",
+        "unshare",
+        "setns",
+        "keyctl",
+        "add_key",
+        "kexec_load",
+        "init_module",
+        "bpf",
+        "reboot",
+    ):
+        assert name not in allowed
+    admin = default_profile([*caps.DEFAULT_CAPABILITIES, "CAP_SYS_ADMIN"])
+    assert {"mount", "unshare", "setns"} <= set(admin["syscalls"][0]["names"])
+
+
+def test_oom_score_adj_is_never_below_ours() -> None:
+    own = current_oom_score_adj()
+    assert clamp_oom_score_adj(-1000) == own
+    assert clamp_oom_score_adj(999) == 999
+    assert clamp_oom_score_adj(5000) == 1000
+
+
+def test_users_from_passwd_and_group(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\nbob:x:10:20::/:/bin/sh\n")
+    (tmp_path / "etc" / "group").write_text("g20:x:20:\nextra:x:30:bob\nother:x:40:alice\n")
+    bob = resolve_user(tmp_path, "bob", None, "", None, [], False)
+    assert (bob.uid, bob.gid, bob.additional_gids) == (10, 20, [30])
+    strict = resolve_user(tmp_path, "bob", None, "", None, [7], True)
+    assert strict.additional_gids == [7]
+    by_uid = resolve_user(tmp_path, "", 10, "", 99, [], False)
+    assert (by_uid.uid, by_uid.gid) == (10, 99)
+    numeric = resolve_user(tmp_path, "1000:extra", None, "", None, [], False)
+    assert (numeric.uid, numeric.gid) == (1000, 30)
+    with pytest.raises(InvalidArgument):
+        resolve_user(tmp_path, "", None, "nobody", None, [], False)
+    # /etc/passwd as a symlink that points outside the rootfs resolves inside it
+    (tmp_path / "etc" / "passwd").unlink()
+    (tmp_path / "real").write_text("carol:x:5:5::/:/bin/sh\n")
+    (tmp_path / "etc" / "passwd").symlink_to("/real")
+    assert resolve_user(tmp_path, "carol", None, "", None, [], False).uid == 5
