@@ -425,6 +425,26 @@ def test_systemd_monitor_scope(
     assert not namespaced_systemd.host_dir("systemd", path).exists()
 
 
+def test_systemd_driver_reconnects_when_the_bus_restarts(
+    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+) -> None:
+    first, first_path = pod_slice()
+    second, second_path = pod_slice()
+    states = inside(
+        namespaced_systemd,
+        f"""
+        driver.prepare_parent({first!r})
+        subprocess.run(["systemctl", "restart", "dbus.service"], check=True, timeout=60)
+        driver.prepare_parent({second!r})  # on the connection opened after the restart
+        out([driver.manager.unit_property(p, UNIT, "ActiveState") for p in ({first!r}, {second!r})]
+            + [driver.remove_parent({first!r}), driver.remove_parent({second!r})])
+        """,
+    )
+    assert states == ["active", "active", True, True]
+    assert not namespaced_systemd.host_dir("memory", first_path).exists()
+    assert not namespaced_systemd.host_dir("memory", second_path).exists()
+
+
 def test_runc_systemd_cgroup_scope_in_a_pod_slice(
     namespaced_systemd: NamespacedSystemd,  # noqa: F811
     bundle: Path,
