@@ -13,6 +13,7 @@ import json
 import logging
 import platform
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ LAYER_TYPES = {
 # Endpoint failures after which the next endpoint is worth a try.
 TRY_NEXT = (NotFound, Unavailable, Unauthorized, DigestMismatch)
 PROGRESS_EVERY_S = 2.0
+PARALLEL_DOWNLOADS = 3
 
 
 def host_arch() -> str:
@@ -178,10 +180,8 @@ class Puller:
             raise FailedPrecondition(
                 f"{ref}: the config lists {len(diff_ids)} layers, the manifest {len(layer_descs)}"
             )
-        for desc in layer_descs:
-            self._fetch(client, desc, deadline, lease, progress)
-            progress.layers_done += 1
-            blobs.append(desc["digest"])
+        self._fetch_layers(client, layer_descs, deadline, lease, progress)
+        blobs.extend(desc["digest"] for desc in layer_descs)
         chains = chain_ids(diff_ids)
         lease.update(chains)
         layers = []
@@ -204,6 +204,31 @@ class Puller:
             size=int(config_desc.get("size", 0)) + sum(int(d["size"]) for d in layer_descs),
             pulled_at=time.time_ns(),
         )
+
+    def _fetch_layers(
+        self,
+        client: reg.RegistryClient,
+        descs: list[dict[str, Any]],
+        deadline: float | None,
+        lease: set[str],
+        progress: Progress,
+    ) -> None:
+        """Download layers a few at a time (latency, not bandwidth, dominates pulls of many small
+        layers). Leaving the pool waits for every download started, so nothing writes after a failure."""
+
+        def one(desc: dict[str, Any]) -> None:
+            self._fetch(client, desc, deadline, lease, progress)
+            progress.layers_done += 1
+
+        with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS, thread_name_prefix="pull") as pool:
+            futures = [pool.submit(one, desc) for desc in descs]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
     def _fetch(
         self,
