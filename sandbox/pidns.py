@@ -99,6 +99,19 @@ def holder_pids(pin: Path) -> list[int]:
     return pids
 
 
+def init_pid(pin: Path) -> int | None:
+    """The host PID of the namespace's PID 1 (catatonit), or None when it is gone."""
+    for pid in holder_pids(pin):
+        try:
+            status = Path("/proc", str(pid), "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("NSpid:") and line.split()[-1] == "1":
+                return pid
+    return None
+
+
 def _parent_of(pid: int) -> int | None:
     try:
         stat = Path("/proc", str(pid), "stat").read_text()

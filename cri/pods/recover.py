@@ -62,6 +62,10 @@ def recover_pods(svc: PodService) -> None:
         if pod.ready:
             ready.add(pod_id)
             _check_network(svc, pod)
+            if pod.pid_ns_path:
+                holder = pidns.init_pid(Path(pod.pid_ns_path))
+                if holder is not None:
+                    svc.watch.add(pod.id, holder)
     for kind, ids in namespaces.leftover_pins(svc.run_root).items():
         for pod_id in ids:
             if pod_id not in ready:

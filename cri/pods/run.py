@@ -101,8 +101,9 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
         kinds = [k for k, on in (("net", spec.own_net), ("ipc", spec.own_ipc), ("uts", spec.own_net)) if on]
         namespaces.create(svc.run_root, pod_id, kinds, spec.hostname)
         failpoints.hit("pod.after_netns", pod_id=pod_id)
+        holder: int | None = None
         if spec.shared_pid:
-            pidns.start_holder(svc.run_root, pod_id)
+            holder = pidns.init_pid(pidns.start_holder(svc.run_root, pod_id))
         sysctls.apply(
             spec.sysctls,
             Path(pod.netns_path) if pod.netns_path else None,
@@ -130,4 +131,6 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
         pod = dataclasses.replace(pod, state=READY, complete=True)
         svc.save(pod)
         undo.pop_all()
+    if holder is not None:
+        svc.watch.add(pod_id, holder)
     return pod

@@ -8,6 +8,7 @@ and remove of one pod happen in order while different pods proceed in parallel.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,11 @@ from typing import Any
 from cri.api import api_pb2 as pb
 from cri.errors import AlreadyExists, NotFound
 from cri.pods.model import KIND, Pod
+from cri.pods.watch import HolderWatch
 from cri.runtime import Runtime
 from sandbox.network import PodNetworks
+
+log = logging.getLogger("cri.pods")
 
 
 class PodService:
@@ -30,6 +34,7 @@ class PodService:
         self._names: dict[tuple[str, str, str, int], str] = {}
         self._index_lock = threading.RLock()
         self._pod_locks: dict[str, threading.RLock] = {}
+        self.watch = HolderWatch(self._holder_exited)
 
     # --- paths --------------------------------------------------------------------------------------
 
@@ -130,7 +135,25 @@ class PodService:
         recover_pods(self)
 
     def close(self) -> None:
-        pass
+        self.watch.close()
+
+    def _holder_exited(self, pod_id: str) -> None:
+        """A pod's PID holder died: the pod is dead, stop it so that kubelet sees NOTREADY and recreates it.
+
+        Our own stop kills holders too; it holds the pod lock while doing so and leaves the pod NOTREADY,
+        so checking the state under the lock tells the two apart.
+        """
+        from cri.pods.stop import stop_pod
+
+        with self.locked(pod_id):
+            try:
+                pod = self.get(pod_id)
+            except NotFound:
+                return
+            if not pod.ready:
+                return
+            log.warning("the pod's PID namespace holder exited; stopping the pod", extra={"pod_id": pod_id})
+            stop_pod(self, pod_id)
 
     # --- what other subsystems use ------------------------------------------------------------------
 

@@ -251,6 +251,8 @@ def test_shared_pid_namespace_is_held_by_catatonit_until_stop(builtin_net) -> No
         or Path(f"/proc/{holder}/comm").read_text().strip() != "catatonit"
     )
     assert not Path(pin).exists()
+    stop_remove(net.daemon, pod_id)
+    assert "holder exited" not in net.daemon.log()  # our own stop is not mistaken for a death
 
 
 def test_container_pid_mode_has_no_holder(builtin_net) -> None:
@@ -389,3 +391,26 @@ def test_pid_holder_killed_while_the_daemon_was_down_makes_the_pod_not_ready(bui
     assert net.leases == {}
     stop_remove(net.daemon, pod_id)
     assert pod_traces(net.daemon, pod_id) == []
+
+
+def test_pid_holder_dying_while_the_daemon_runs_stops_the_pod(builtin_net) -> None:
+    """Watched through a pidfd: also for holders started before a daemon restart."""
+    import time
+
+    net = builtin_net()
+    linux = pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(pid=pb.POD))
+    )
+    pods = [run_pod(net.daemon, pod_config(linux=linux)) for _ in range(2)]
+    for round, pod_id in enumerate(pods):
+        if round == 1:
+            net.daemon.restart()  # the second holder is watched by the restarted daemon (from recovery)
+        os.kill(info(net.daemon, pod_id)["pidHolder"], 9)
+        deadline = time.monotonic() + 30  # waiting for the event, not asserting a duration
+        while status(net.daemon, pod_id).status.state != pb.SANDBOX_NOTREADY and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status(net.daemon, pod_id).status.state == pb.SANDBOX_NOTREADY
+        assert not (net.daemon.run_root / "ns" / "net" / pod_id).exists()
+        assert not (net.daemon.run_root / "ns" / "pid" / pod_id).exists()
+    assert net.leases == {}
+    assert net.daemon.log().count("holder exited") == 2
