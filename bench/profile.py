@@ -59,10 +59,15 @@ def frame_name(frame: str) -> tuple[str, bool]:
     return f"{short}:{match['func']}", ours
 
 
-def summarize(raw: Path, top: int = 15) -> str:
-    """The functions of Calyx's code in most request samples (inclusive), and the leaf frames."""
+RPC_FRAME = re.compile(r"RPCs\.(\w+) \(")
+
+
+def summarize(raw: Path, top: int = 15, rpc: str | None = None) -> str:
+    """The functions of Calyx's code in most request samples (inclusive), and the leaf frames;
+    with ``rpc``, only the samples of that RPC."""
     inclusive: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
+    by_rpc: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -70,16 +75,39 @@ def summarize(raw: Path, top: int = 15) -> str:
             continue
         if not any(marker in stack for marker in REQUEST_FRAMES):
             continue
+        method = RPC_FRAME.search(stack)
+        name = method[1] if method else "(other)"
+        if rpc is not None and name != rpc:
+            continue
         frames = [frame_name(f) for f in stack.split(";")]
         count = int(count_text)
+        by_rpc[name] += count
         total += count
         for name in {name for name, ours in frames if ours}:
             inclusive[name] += count
         leaves[frames[-1][0]] += count
     if not total:
         return "no samples of requests being served"
-    lines = [f"{total} samples of requests being served (wall clock, waits included)", "", "inclusive:"]
+    lines = [f"{total} samples of requests being served (wall clock, waits included)", "", "by RPC:"]
+    lines += [f"  {100 * c / total:5.1f}%  {name}" for name, c in by_rpc.most_common(top)]
+    lines += ["", "inclusive:"]
     lines += [f"  {100 * c / total:5.1f}%  {name}" for name, c in inclusive.most_common(top)]
     lines += ["", "leaf frames (where the time is actually spent):"]
     lines += [f"  {100 * c / total:5.1f}%  {name}" for name, c in leaves.most_common(top)]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description="rank a py-spy raw profile")
+    parser.add_argument("raw", type=Path)
+    parser.add_argument("--rpc", help="only the samples of this RPC (e.g. ListContainers)")
+    parser.add_argument("--top", type=int, default=15)
+    args = parser.parse_args(argv)
+    print(summarize(args.raw, args.top, args.rpc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
