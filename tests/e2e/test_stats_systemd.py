@@ -1,0 +1,131 @@
+"""Stats under the systemd cgroup driver: a daemon inside the test systemd (tests/systemd_fixture.py), a
+pod slice, a container scope with CPU and memory limits, read through the CRI stats and metrics RPCs."""
+
+# ruff: noqa: F811 - fixtures are imported by name
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from cri.api import api_pb2 as pb
+from tests.daemon import Daemon
+from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
+from tests.systemd_fixture import NamespacedSystemd, SystemdDaemon, namespaced_systemd  # noqa: F401
+
+MiB = 1024 * 1024
+
+
+def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_container_in_a_systemd_scope_reports_usage_limits_and_throttling(
+    namespaced_systemd: NamespacedSystemd,
+    image_registry: LoopbackRegistry,
+    short_tmp: Path,
+) -> None:
+    config: dict[str, Any] = {"images": {"registries": {image_registry.host: {"insecure": True}}}}
+    ref = image_registry.ref("calyx-test/busybox:latest")
+    # The test systemd's network namespace has no route to the registry: pull from the host first.
+    puller = Daemon(short_tmp, config).start()
+    try:
+        puller.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
+    finally:
+        puller.stop()
+    daemon = SystemdDaemon(namespaced_systemd, short_tmp, {**config, "cgroup": {"driver": "systemd"}}).start()
+    rt = daemon.runtime
+    uid = secrets.token_hex(6)
+    parent = f"kubepods-burstable-pod{uid}.slice"
+    path = f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice"
+    logs = short_tmp / "podlogs"
+    logs.mkdir()
+    pod_id = ""
+    try:
+        linux = host_network_linux()
+        linux.cgroup_parent = parent
+        pod = pod_config(log_directory=str(logs), linux=linux)
+        pod_id = run_pod(daemon, pod)
+        resources = pb.LinuxContainerResources(
+            cpu_quota=20_000, cpu_period=100_000, memory_limit_in_bytes=80 * MiB
+        )
+        cid = rt.CreateContainer(
+            pb.CreateContainerRequest(
+                pod_sandbox_id=pod_id,
+                sandbox_config=pod,
+                config=pb.ContainerConfig(
+                    metadata=pb.ContainerMetadata(name="throttled"),
+                    image=pb.ImageSpec(image=ref),
+                    command=["sh", "-c", "while :; do :; done"],
+                    log_path="throttled.log",
+                    linux=pb.LinuxContainerConfig(
+                        resources=resources,
+                        # kubelet's default: a PID namespace of its own (as test_cgroups.py does).
+                        security_context=pb.LinuxContainerSecurityContext(
+                            namespace_options=pb.NamespaceOption(pid=pb.CONTAINER)
+                        ),
+                    ),
+                ),
+            ),
+            timeout=120,
+        ).container_id
+        rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+
+        def metrics() -> dict[str, pb.Metric]:
+            (pod_metrics,) = rt.ListPodSandboxMetrics(
+                pb.ListPodSandboxMetricsRequest(), timeout=30
+            ).pod_metrics
+            (container,) = pod_metrics.container_metrics
+            assert container.container_id == cid
+            return {m.name: m for m in container.metrics}
+
+        # A spinning shell with a fifth of a CPU is throttled in most periods.
+        found = wait_for(
+            lambda: (m := metrics())["container_cpu_cfs_throttled_periods_total"].value.value > 0 and m,
+            "throttled periods",
+        )
+        assert found["container_spec_cpu_quota"].value.value == 20_000
+        assert found["container_spec_cpu_period"].value.value == 100_000
+        assert found["container_spec_memory_limit_bytes"].value.value == 80 * MiB
+        assert found["container_cpu_cfs_periods_total"].value.value >= (
+            found["container_cpu_cfs_throttled_periods_total"].value.value
+        )
+        labels = list(found["container_memory_usage_bytes"].label_values)
+        assert labels[:4] == ["throttled", pod.metadata.name, "calyx-test", f"{path}/calyx-{cid}.scope"]
+        assert labels[5] == cid
+
+        stats = rt.ContainerStats(pb.ContainerStatsRequest(container_id=cid), timeout=30).stats
+        memory = stats.memory
+        assert memory.available_bytes.value == 80 * MiB - memory.working_set_bytes.value
+        assert stats.cpu.usage_core_nano_seconds.value > 0
+
+        pod_stats = rt.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id), timeout=30).stats
+        # The pod slice holds the container's scope (and its monitor's): at least the container's usage.
+        assert pod_stats.linux.cpu.usage_core_nano_seconds.value >= stats.cpu.usage_core_nano_seconds.value
+        assert pod_stats.linux.memory.usage_bytes.value >= memory.usage_bytes.value
+        assert pod_stats.linux.process.process_count.value == 1
+        assert not pod_stats.linux.HasField("network")  # a host-network pod has no interfaces of its own
+        rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=120)
+        exited = rt.ContainerStats(pb.ContainerStatsRequest(container_id=cid), timeout=30).stats
+        assert exited.attributes.id == cid
+        assert not exited.HasField("cpu") and not exited.HasField("memory")  # no cgroup left to read
+        rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=120)
+        stop_remove(daemon, pod_id)
+        pod_id = ""
+    finally:
+        if pod_id:
+            with contextlib.suppress(grpc.RpcError):
+                stop_remove(daemon, pod_id)
+        daemon.stop()
