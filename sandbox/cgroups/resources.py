@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cri.api import api_pb2 as pb
-from cri.errors import InvalidArgument
+from cri.errors import FailedPrecondition, InvalidArgument
 from sandbox.cgroups.hierarchy import Hierarchy, Mode
 
 log = logging.getLogger("sandbox.cgroups")
@@ -233,7 +233,13 @@ def apply_files(oci: dict[str, Any], hierarchy: Hierarchy, cgroup_path: str) -> 
                 raise InvalidArgument(f"cgroup controller {controller!r} ({name}) is not available here")
             try:
                 (directory / name).write_text(value)
+            except FileNotFoundError:
+                raise
             except OSError as exc:
+                if exc.errno == errno.EBUSY:  # e.g. a memory limit below what the cgroup uses now
+                    raise FailedPrecondition(
+                        f"cgroup {cgroup_path}: the kernel refused {name}={value}: {exc.strerror}"
+                    ) from None
                 if exc.errno != errno.EINVAL:
                     raise
                 failed.append((controller, name, value))

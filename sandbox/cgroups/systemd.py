@@ -24,6 +24,7 @@ log = logging.getLogger("sandbox.cgroups")
 
 UNIT = "org.freedesktop.systemd1.Unit"
 INFINITY = (1 << 64) - 1  # systemd's "no limit" for uint64 properties
+SLICE_DESCRIPTION = "calyx pod slice"  # marks the slices Calyx made, the only ones it stops
 
 
 class SystemdDriver(CgroupDriver):
@@ -85,15 +86,14 @@ class SystemdDriver(CgroupDriver):
             if props:
                 self.manager.set_unit_properties(unit, props, runtime=True)
             return
-        description = ("Description", ("s", f"calyx pod slice {unit}"))
+        description = ("Description", ("s", f"{SLICE_DESCRIPTION} {unit}"))
         try:
             self.manager.start_transient_unit(unit, [description, *props])
         except SystemdError as exc:
             if exc.name != UNIT_EXISTS:
                 raise
             # Known to systemd (a unit file, or loaded as some scope's parent) but not running: start it.
-            if props:
-                self.manager.set_unit_properties(unit, props, runtime=True)
+            self.manager.set_unit_properties(unit, [description, *props], runtime=True)
             self.manager.start_unit(unit)
         log.info("pod slice started", extra={"cgroup_parent": unit})
 
@@ -101,8 +101,10 @@ class SystemdDriver(CgroupDriver):
         unit = self.parent_or_default(parent)
         if self.manager.unit_path(unit) is None:
             return True
-        if not self.manager.unit_property(unit, UNIT, "Transient"):
-            return True  # a slice from a unit file (system.slice...) belongs to the host, never stopped
+        description = str(self.manager.unit_property(unit, UNIT, "Description") or "")
+        if not description.startswith(SLICE_DESCRIPTION):
+            # kubelet's own pod slices, and slices from unit files (system.slice...), are not ours
+            return True
         path = self.parent_path(unit)
         if any(d.exists() and is_populated(d) for d in self.hierarchy.unique_dirs(path, named=True)):
             log.info("pod slice not empty, kept", extra={"cgroup_parent": unit})

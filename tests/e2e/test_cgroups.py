@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import grpc
 import pytest
 
 from cri.api import api_pb2 as pb
+from cri.errors import FailedPrecondition
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.resources import host_page_sizes
@@ -227,6 +229,40 @@ def test_cgroupfs_v2_paths_on_the_cgroup2_mount(v2_on_the_cgroup2_mount: Hierarc
             os.rmdir(top_dir)
 
 
+HOG = (
+    "import time; b = bytearray(40 << 20); b[::4096] = b'x' * len(b[::4096]); "
+    "print('touched', flush=True); time.sleep(300)"
+)  # 40 MiB of touched memory
+
+
+def test_cgroupfs_update_below_usage_is_failed_precondition(
+    cgroupfs_parent: tuple[CgroupfsDriver, str],
+) -> None:
+    """The kernel refuses a memory limit below what the cgroup uses (no swap to push it to)."""
+    driver, parent = cgroupfs_parent
+    cid = secrets.token_hex(32)
+    driver.prepare_parent(parent)
+    driver.prepare_parent(driver.container_path(cid, parent))
+    hog = subprocess.Popen(
+        [sys.executable, "-c", HOG],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        for directory in driver.hierarchy.unique_dirs(driver.container_path(cid, parent)):
+            (directory / "cgroup.procs").write_text(str(hog.pid))
+        assert hog.stdout is not None and hog.stdout.readline().strip() == b"touched"
+        if Path("/proc/swaps").read_text().count("\n") > 1:
+            pytest.skip("with swap the kernel pushes the memory out instead of refusing")
+        with pytest.raises(FailedPrecondition, match=r"memory\.(limit_in_bytes|max)"):
+            driver.update(cid, parent, pb.LinuxContainerResources(memory_limit_in_bytes=4 << 20))
+        assert hog.poll() is None  # refused, not OOM-killed
+    finally:
+        hog.kill()
+        hog.wait(10)
+    driver.remove_container(cid, parent)
+    assert driver.remove_parent(parent) is True
+
+
 def test_cgroupfs_runc_container_gets_limits_and_update_changes_them(
     cgroupfs_parent: tuple[CgroupfsDriver, str], bundle: Path
 ) -> None:
@@ -423,6 +459,24 @@ def test_systemd_monitor_scope(
         )
     assert removed is True
     assert not namespaced_systemd.host_dir("systemd", path).exists()
+
+
+def test_systemd_driver_leaves_slices_it_did_not_make(namespaced_systemd: NamespacedSystemd) -> None:  # noqa: F811
+    """kubelet makes its pod slices itself: Calyx uses them and never stops them."""
+    parent, path = pod_slice()
+    result = inside(
+        namespaced_systemd,
+        f"""
+        driver.manager.start_transient_unit({parent!r}, [("Description", ("s", "kubelet's pod slice"))])
+        driver.prepare_parent({parent!r})
+        kept = [driver.remove_parent({parent!r})]
+        kept.append(driver.manager.unit_property({parent!r}, UNIT, "ActiveState"))
+        driver.manager.stop_unit({parent!r})
+        out(kept + [driver.manager.unit_property({parent!r}, UNIT, "ActiveState")])
+        """,
+    )
+    assert result == [True, "active", None]
+    assert not namespaced_systemd.host_dir("memory", path).exists()
 
 
 def test_systemd_driver_reconnects_when_the_bus_restarts(
