@@ -33,6 +33,7 @@ log = logging.getLogger("cri.containers")
 
 KILL_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.02
+EXIT_POLL_SECONDS = 0.25
 
 
 class ContainerManager:
@@ -46,6 +47,8 @@ class ContainerManager:
         self._names: dict[tuple[str, str, int], str] = {}
         self._lock = threading.RLock()
         self._locks: dict[str, threading.RLock] = {}
+        self._closing = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     # --- plumbing ---------------------------------------------------------------------------------
 
@@ -388,9 +391,26 @@ class ContainerManager:
             self.index(c)
             self.refresh(c)
             log.info("container recovered", extra={"container_id": cid, "state": c.state})
+        self._watcher = threading.Thread(target=self._watch_exits, name="container-exits", daemon=True)
+        self._watcher.start()
+
+    def _watch_exits(self) -> None:
+        """Notice exits soon (for events and status) by watching conmon's exit files appear."""
+        while not self._closing.wait(EXIT_POLL_SECONDS):
+            with self._lock:
+                live = [c for c in self._containers.values() if c.state in (CREATED, RUNNING)]
+            for c in live:
+                try:
+                    if self._monitor_of(c).exit_file(c.id).exists():
+                        self.refresh(c)
+                except Exception:
+                    log.exception("exit check failed", extra={"container_id": c.id})
 
     def close(self) -> None:
-        """Containers keep running under their monitors."""
+        """Stop watching; containers keep running under their monitors."""
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
 
 
 def _ms(start: float) -> float:

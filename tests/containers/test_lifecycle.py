@@ -100,3 +100,13 @@ def test_oom_kill_is_reported(harness: Harness) -> None:
     wait_state(harness, cid, EXITED, timeout=60)
     c = harness.containers.get(cid)
     assert (c.exit_code, c.reason) == (137, "OOMKilled")
+
+
+def test_exit_is_recorded_without_anyone_asking(harness: Harness) -> None:
+    pod = harness.pod()
+    cid = harness.run(pod, "quick", ["sh", "-c", "exit 4"])
+    deadline = time.monotonic() + 20
+    while (harness.runtime.store.get("container", cid) or {}).get("state") != EXITED:
+        assert time.monotonic() < deadline, "the exit watcher did not record the exit"
+        time.sleep(0.05)
+    assert harness.runtime.store.get("container", cid)["exit_code"] == 4

@@ -263,3 +263,33 @@ def test_tty_container_and_image_in_use(cx: Cx) -> None:
     cx.stop(cid)
     cx.remove(cid)
     cx.daemon.images.RemoveImage(remove)
+
+
+def test_pod_stop_and_remove_take_their_containers_and_events_tell(cx: Cx) -> None:
+    events = cx.rt.GetContainerEvents(pb.GetEventsRequest(), timeout=120)
+    pod = cx.pod()
+    cid = cx.run(pod, "member", ["sleep", "1000"])
+    pid = json.loads(cx.status(cid, verbose=True).info["info"])["pid"]
+    cx.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod[0]), timeout=120)
+    st = cx.status(cid).status
+    assert (st.state, st.exit_code) == (pb.CONTAINER_EXITED, 137)
+    assert not container_fixtures.process_runs(pid, "sleep")
+    late = cx.config("late", ["sleep", "1000"])
+    assert cx.code(cx.create, pod, late) == grpc.StatusCode.FAILED_PRECONDITION
+    cx.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod[0]), timeout=120)
+    assert cx.code(cx.status, cid) == grpc.StatusCode.NOT_FOUND
+    assert not (cx.daemon.root / "containers" / cid).exists()
+    seen = []
+    for event in events:
+        if event.container_id == cid:
+            seen.append(event.container_event_type)
+            assert event.containers_statuses[0].id == cid
+        if pb.CONTAINER_DELETED_EVENT in seen:
+            break
+    events.cancel()
+    assert seen == [
+        pb.CONTAINER_CREATED_EVENT,
+        pb.CONTAINER_STARTED_EVENT,
+        pb.CONTAINER_STOPPED_EVENT,
+        pb.CONTAINER_DELETED_EVENT,
+    ]
