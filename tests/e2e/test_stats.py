@@ -503,3 +503,43 @@ def test_metrics_endpoint_is_off_when_disabled_and_a_busy_port_does_not_stop_the
     assert "cannot serve metrics" in second.log()
     on.stop()
     assert not _listening(port)  # the endpoint goes away with its daemon
+
+
+def test_pod_without_cgroup_parent_sums_its_containers_and_a_stopped_pod_has_no_readings(
+    workloads: Workloads, image_registry: LoopbackRegistry
+) -> None:
+    d = workloads.daemon
+    pod = pod_config(log_directory=str(d.base / "logs2"))  # no cgroup_parent: the shared default parent
+    pod_id = run_pod(d, pod)
+    try:
+        image = image_registry.ref("calyx-test/busybox:1.35")
+        cid = _container(d, pod_id, pod, image, "idle", "sleep 3600; true")
+        stats = _pod_stats_of(d, pod_id)
+        (container,) = stats.linux.containers
+        assert container.attributes.id == cid
+        # Summed from the one container's sample of the same call: equal, not merely close.
+        assert stats.linux.cpu.usage_core_nano_seconds.value == container.cpu.usage_core_nano_seconds.value
+        assert stats.linux.memory.working_set_bytes.value == container.memory.working_set_bytes.value
+        assert stats.linux.process.process_count.value >= 1
+        assert stats.linux.network.default_interface.name == "eth0"
+        d.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+        stopped = _pod_stats_of(d, pod_id)
+        assert stopped.attributes.id == pod_id
+        for part in ("cpu", "memory", "network", "process"):
+            assert not stopped.linux.HasField(part), part
+        (exited,) = stopped.linux.containers
+        assert exited.attributes.id == cid and not exited.HasField("cpu")
+        text = scrape(workloads.metrics_port)
+        assert series(text, "calyx_pods", state="NOTREADY")[0][1] == 1
+        assert series(text, "calyx_containers", state="EXITED")[0][1] == 1
+        assert not series(text, "container_memory_usage_bytes", container="idle")  # running ones only
+        # Pod metrics are for ready pods only.
+        listed = d.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), timeout=30).pod_metrics
+        assert [p.pod_sandbox_id for p in listed] == [workloads.pod_id]
+    finally:
+        d.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+        d.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+
+
+def _pod_stats_of(d: Daemon, pod_id: str) -> pb.PodSandboxStats:
+    return d.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id), timeout=30).stats
