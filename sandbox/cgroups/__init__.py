@@ -1,6 +1,14 @@
 """cgroup drivers: ``runtime.cgroups`` is the one chosen by config ``cgroup.driver`` (as kubelet's).
 
-See driver.CgroupDriver for the interface; cgroupfs.py and systemd.py for the two drivers.
+See driver.CgroupDriver for the interface; cgroupfs.py and systemd.py for the two drivers. In short,
+for a pod parent P and a container id C ("" as P means the driver's default parent):
+
+- pods: ``validate_parent(P)``, ``prepare_parent(P)`` at RunPodSandbox, ``remove_parent(P)`` at removal.
+- containers: spec ``linux.cgroupsPath = container_cgroups_path(P, C)`` (systemd ``P:calyx:C``, runc
+  then needs ``--systemd-cgroup``; cgroupfs ``P/calyx-C``) and ``linux.resources = oci_resources(r)``;
+  ``place_monitor(C, P, conmon_pid)`` after launch; ``update(C, P, r)`` for UpdateContainerResources;
+  ``kill_all(C, P, sig)``/``pids(C, P)`` for every process of the container; ``remove_container(C, P)``
+  after ``runc delete``; ``cgroup_dirs(C, P)`` for stats.
 """
 
 from __future__ import annotations
