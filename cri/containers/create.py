@@ -23,6 +23,7 @@ from cri.containers import spec as oci
 from cri.containers.model import CREATED, CREATING, Container, encode_config
 from cri.containers.monitor import signal_number, wait_monitor_gone
 from cri.containers.procinfo import start_time
+from cri.containers.users import make_inside
 from cri.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ def _check_config(config: pb.ContainerConfig) -> None:
 def _log_path(pod: Any, config: pb.ContainerConfig) -> str:
     if not config.log_path:
         return ""
+    if ".." in Path(config.log_path).parts:
+        raise InvalidArgument(f"log_path {config.log_path!r} must stay inside the pod's log directory")
     if os.path.isabs(config.log_path) or not pod.log_directory:
         return config.log_path
     return os.path.join(pod.log_directory, config.log_path)
@@ -132,6 +135,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
                 cgroups_path=container.cgroups_path,
                 resources=cgroups_compat.oci_resources(runtime, config.linux.resources),
                 target_pid_ns=target_pid_ns,
+                cgroup_namespace=_cgroup_v2(runtime),
                 extra_annotations={
                     "io.kubernetes.cri.container-type": "container",
                     "io.kubernetes.cri.container-name": name,
@@ -188,15 +192,13 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
 
 
 def _ensure_mount_point(root: Path, mount: dict[str, Any]) -> None:
-    dest = root / str(mount["destination"]).lstrip("/")
-    if dest.exists() or dest.is_symlink():
-        return
     source = str(mount.get("source", ""))
-    try:
-        if mount.get("type") == "bind" and os.path.isfile(source):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.touch()
-        else:
-            dest.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        pass
+    is_file = mount.get("type") == "bind" and os.path.isfile(source)
+    with contextlib.suppress(OSError, InvalidArgument):
+        make_inside(root, str(mount["destination"]), file=is_file)
+
+
+def _cgroup_v2(runtime: Any) -> bool:
+    driver = getattr(runtime, "cgroups", None)
+    mode = getattr(getattr(driver, "hierarchy", None), "mode", None)
+    return getattr(mode, "value", "") == "v2"

@@ -18,7 +18,7 @@ from cri.api import api_pb2 as pb
 from cri.containers import capabilities as caps
 from cri.containers import mounts as mnt
 from cri.containers.seccomp_default import default_profile
-from cri.containers.users import ProcessUser, resolve_user
+from cri.containers.users import ProcessUser, make_inside, resolve_user
 from cri.errors import InvalidArgument
 
 log = logging.getLogger("cri.containers.spec")
@@ -70,6 +70,8 @@ class SpecInputs:
     resources: dict[str, Any]
     # /proc/<pid>/ns/pid of the target container when namespace_options.pid is TARGET.
     target_pid_ns: str | None = None
+    # A private cgroup namespace (cgroup v2 hosts, as containerd does there).
+    cgroup_namespace: bool = False
     extra_annotations: dict[str, str] = field(default_factory=dict)
 
 
@@ -137,6 +139,8 @@ def _namespaces(inputs: SpecInputs) -> list[dict[str, str]]:
             nss.append({"type": kind, "path": path})
         elif kind == "uts" and pod.namespace_options.get("network") != "NODE":
             nss.append({"type": kind})
+    if inputs.cgroup_namespace:
+        nss.append({"type": "cgroup"})
     pid_mode = sc.namespace_options.pid
     if pid_mode == pb.NODE:
         pass
@@ -309,10 +313,15 @@ def _working_dir(inputs: SpecInputs) -> str:
     cwd = inputs.config.working_dir or str(inputs.image_config.get("WorkingDir") or "") or "/"
     if not cwd.startswith("/"):
         raise InvalidArgument(f"working dir {cwd!r} must be absolute")
-    target = inputs.rootfs / cwd.lstrip("/")
-    if not target.exists() and not target.is_symlink():
-        target.mkdir(parents=True, exist_ok=True)
+    make_inside(inputs.rootfs, cwd)
     return cwd
+
+
+def _image_volumes(inputs: SpecInputs) -> None:
+    """The image's declared Volumes become plain dirs of the rootfs (nothing is mounted on them)."""
+    for path in inputs.image_config.get("Volumes") or {}:
+        if str(path).startswith("/"):
+            make_inside(inputs.rootfs, str(path))
 
 
 def pod_privileged(pod: PodView) -> bool:
@@ -338,6 +347,7 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         )
 
     user = _user(inputs)
+    _image_volumes(inputs)
     capabilities = caps.compute(
         list(sc.capabilities.add_capabilities), list(sc.capabilities.drop_capabilities), privileged
     )

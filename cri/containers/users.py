@@ -23,7 +23,7 @@ class ProcessUser:
 
 def _read_rootfs_file(rootfs: Path, rel: str) -> list[list[str]]:
     """Colon-separated records of ``rel`` inside ``rootfs``; symlinks may not leave the rootfs."""
-    path = _resolve_inside(rootfs, rel)
+    path = resolve_inside(rootfs, rel)
     if path is None or not path.is_file():
         return []
     try:
@@ -37,8 +37,12 @@ def _read_rootfs_file(rootfs: Path, rel: str) -> list[list[str]]:
     return rows
 
 
-def _resolve_inside(rootfs: Path, rel: str) -> Path | None:
-    """``rel`` resolved with symlinks interpreted relative to ``rootfs`` (as chroot would)."""
+def resolve_inside(rootfs: Path, rel: str) -> Path | None:
+    """``rel`` resolved with symlinks interpreted relative to ``rootfs`` (as chroot would).
+
+    Absolute links restart at ``rootfs`` and ``..`` stops there, so the result never leaves it; None
+    for a symlink loop.
+    """
     current = rootfs
     parts = [p for p in rel.split("/") if p and p != "."]
     hops = 0
@@ -183,3 +187,26 @@ def _image_user(rootfs: Path, spec: str) -> tuple[int, int | None, str]:
                 raise InvalidArgument(f"image group {group!r} is not in the image's /etc/group")
         gid = g
     return uid, gid, username
+
+
+def make_inside(rootfs: Path, rel: str, file: bool = False) -> None:
+    """mkdir -p (or touch, for ``file``) ``rel`` in the image without following a link out of it.
+
+    Image content is untrusted: a plain mkdir on the host would follow ``/data -> /etc`` to the host's
+    /etc. Each existing component is resolved inside ``rootfs`` first; only missing ones are made.
+    """
+    parts = [p for p in rel.split("/") if p and p != "."]
+    current = rootfs
+    for index, part in enumerate(parts):
+        resolved = resolve_inside(rootfs, str((current / part).relative_to(rootfs)))
+        if resolved is None:
+            raise InvalidArgument(f"{rel!r} in the image is a symlink loop")
+        if not resolved.exists():
+            last = index == len(parts) - 1
+            # Only the tail is missing (the existing prefix is resolved, link-free): parents are safe.
+            if last and file:
+                resolved.parent.mkdir(parents=True, exist_ok=True)
+                resolved.touch()
+            else:
+                resolved.mkdir(parents=True, exist_ok=True)
+        current = resolved

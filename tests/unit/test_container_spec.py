@@ -10,7 +10,7 @@ from cri.api import api_pb2 as pb
 from cri.containers import capabilities as caps
 from cri.containers.seccomp_default import default_profile
 from cri.containers.spec import clamp_oom_score_adj, current_oom_score_adj, process_args, process_env
-from cri.containers.users import resolve_user
+from cri.containers.users import make_inside, resolve_user
 from cri.errors import InvalidArgument
 
 
@@ -107,3 +107,17 @@ def test_users_from_passwd_and_group(tmp_path: Path) -> None:
     (tmp_path / "real").write_text("carol:x:5:5::/:/bin/sh\n")
     (tmp_path / "etc" / "passwd").symlink_to("/real")
     assert resolve_user(tmp_path, "carol", None, "", None, [], False).uid == 5
+
+
+def test_dirs_made_in_the_image_never_follow_links_out_of_it(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    outside = tmp_path / "outside"
+    rootfs.mkdir()
+    outside.mkdir()
+    (rootfs / "abs").symlink_to(outside)  # absolute: means <rootfs><outside> inside the image
+    (rootfs / "rel").symlink_to("../../outside")  # relative: .. stops at the image's root
+    make_inside(rootfs, "/abs/sub")
+    make_inside(rootfs, "/rel/deeper/file", file=True)
+    assert list(outside.iterdir()) == []
+    assert (rootfs / str(outside).lstrip("/") / "sub").is_dir()
+    assert (rootfs / "outside" / "deeper" / "file").is_file()
