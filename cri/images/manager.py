@@ -8,6 +8,7 @@ image goes and at start, which is also when interrupted downloads and unpacks ar
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -200,23 +201,25 @@ class ImageManager:
         return record.id
 
     def _record(self, new: ImageRecord) -> None:
-        """Make ``new`` visible; a tag it takes is moved off the image that had it."""
+        """Make ``new`` visible; a tag it takes is moved off the image that had it. Memory changes
+        only once the store has committed, so a failed write leaves both as they were."""
+        changed: dict[str, ImageRecord] = {}
+        for other in self._records.values():
+            if other.id != new.id and any(t in new.repo_tags for t in other.repo_tags):
+                changed[other.id] = dataclasses.replace(
+                    other, repo_tags=[t for t in other.repo_tags if t not in new.repo_tags]
+                )
+        existing = self._records.get(new.id)
+        if existing is not None:
+            new.repo_tags = _merge(existing.repo_tags, new.repo_tags)
+            new.repo_digests = _merge(existing.repo_digests, new.repo_digests)
+            new.blobs = _merge(existing.blobs, new.blobs)
+            new.pulled_at = existing.pulled_at
+        changed[new.id] = new
         with self.store.transaction() as tx:
-            for other in list(self._records.values()):
-                if other.id == new.id:
-                    continue
-                moved = [t for t in other.repo_tags if t in new.repo_tags]
-                if moved:
-                    other.repo_tags = [t for t in other.repo_tags if t not in moved]
-                    tx.put(KIND, other.id, other.to_dict())
-            existing = self._records.get(new.id)
-            if existing is not None:
-                new.repo_tags = _merge(existing.repo_tags, new.repo_tags)
-                new.repo_digests = _merge(existing.repo_digests, new.repo_digests)
-                new.blobs = _merge(existing.blobs, new.blobs)
-                new.pulled_at = existing.pulled_at
-            tx.put(KIND, new.id, new.to_dict())
-        self._records[new.id] = new
+            for record in changed.values():
+                tx.put(KIND, record.id, record.to_dict())
+        self._records.update(changed)
 
     # --- remove -------------------------------------------------------------------------------------
 
@@ -235,8 +238,11 @@ class ImageManager:
                 except InvalidArgument:
                     by_tag = False
             if by_tag and len(record.repo_tags) > 1:
-                record.repo_tags = [t for t in record.repo_tags if t != parse(text).tagged]
-                self.store.put(KIND, record.id, record.to_dict())
+                untagged = dataclasses.replace(
+                    record, repo_tags=[t for t in record.repo_tags if t != parse(text).tagged]
+                )
+                self.store.put(KIND, record.id, untagged.to_dict())
+                self._records[record.id] = untagged
                 log.info("image untagged", extra={"image_id": record.id, "tag": text})
                 return
             containers = getattr(self.runtime, "containers", None)
