@@ -103,49 +103,86 @@ class BridgeRules:
         for table, chain in (("nat", self.hostports), ("nat", self.postrouting), ("filter", self.forward)):
             _drop_chain(table, chain)
 
+    def _pod_jump(self, pod_id: str) -> list[str]:
+        return ["-m", "comment", "--comment", f"calyx pod {pod_id}", "-j", pod_chain(pod_id)]
+
     def add_pod(self, pod_id: str, ip: str, port_mappings: list[dict[str, Any]]) -> None:
-        """DNAT the pod's hostPorts to it; SCTP only where the kernel supports it (else a warning)."""
-        mappings = [m for m in port_mappings if m.get("host_port")]
-        if not mappings:
+        """DNAT the pod's hostPorts to it, in one iptables-restore transaction (the chain and its jump
+        appear together or not at all). SCTP only where the kernel takes the rule (else a warning)."""
+        rules = [r for r in (_dnat_rule(pod_id, ip, m) for m in port_mappings if m.get("host_port")) if r]
+        if not rules:
             return
         chain = pod_chain(pod_id)
-        _ensure_chain("nat", chain)
-        _ipt("nat", "-F", chain)
-        for m in mappings:
-            protocol = m.get("protocol", "tcp")
-            rule = ["-p", protocol]
-            host_ip = m.get("host_ip") or ""
-            if ":" in host_ip:
-                log.warning(
-                    "IPv6 hostPort skipped: the built-in network is IPv4 only",
-                    extra={"pod_id": pod_id, "host_ip": host_ip, "host_port": m["host_port"]},
+        try:
+            _restore_nat(
+                [
+                    f":{chain} - [0:0]",
+                    *(f"-A {chain} {r}" for r in rules),
+                    f"-A {self.hostports} {_quoted(self._pod_jump(pod_id))}",
+                ]
+            )
+        except CommandFailed:
+            if not any("-p sctp" in r for r in rules):
+                raise
+            log.warning("sctp hostPorts not supported by this kernel; skipped", extra={"pod_id": pod_id})
+            rules = [r for r in rules if "-p sctp" not in r]
+            if rules:
+                _restore_nat(
+                    [
+                        f":{chain} - [0:0]",
+                        *(f"-A {chain} {r}" for r in rules),
+                        f"-A {self.hostports} {_quoted(self._pod_jump(pod_id))}",
+                    ]
                 )
-                continue
-            if host_ip and host_ip != "0.0.0.0":
-                rule += ["-d", host_ip]
-            rule += [
-                "--dport",
-                str(m["host_port"]),
-                "-j",
-                "DNAT",
-                "--to-destination",
-                f"{ip}:{m['container_port']}",
-            ]
-            try:
-                _ipt("nat", "-A", chain, *rule)
-            except CommandFailed:
-                if protocol != "sctp":
-                    raise
-                log.warning(
-                    "sctp hostPort not supported by this kernel",
-                    extra={"pod_id": pod_id, "host_port": m["host_port"]},
-                )
-        _ensure("nat", self.hostports, ["-m", "comment", "--comment", f"calyx pod {pod_id}", "-j", chain])
 
     def remove_pod(self, pod_id: str) -> None:
+        """One transaction when everything is there (the usual case), else rule by rule, idempotently."""
         chain = pod_chain(pod_id)
-        if _chain_exists("nat", self.hostports):
-            _delete_rule(
-                "nat", self.hostports, ["-m", "comment", "--comment", f"calyx pod {pod_id}", "-j", chain]
+        try:
+            _restore_nat(
+                [f"-D {self.hostports} {_quoted(self._pod_jump(pod_id))}", f"-F {chain}", f"-X {chain}"]
             )
+            return
+        except CommandFailed:
+            pass
+        if _chain_exists("nat", self.hostports):
+            _delete_rule("nat", self.hostports, self._pod_jump(pod_id))
         _drop_chain("nat", chain)
+
+
+def _quoted(args: list[str]) -> str:
+    """Arguments as one iptables-restore line (it understands double quotes, not shell quoting)."""
+    for arg in args:
+        if '"' in arg or "\n" in arg:
+            raise ValueError(f"iptables argument {arg!r} cannot be quoted")
+    return " ".join(f'"{a}"' if " " in a else a for a in args)
+
+
+def _restore_nat(lines: list[str]) -> None:
+    text = "*nat\n" + "\n".join(lines) + "\nCOMMIT\n"
+    proc.run(["iptables-restore", "-w", "10", "--noflush"], TIMEOUT_S, input=text.encode())
+
+
+def _dnat_rule(pod_id: str, ip: str, m: dict[str, Any]) -> str | None:
+    host_ip = m.get("host_ip") or ""
+    if ":" in host_ip:
+        log.warning(
+            "IPv6 hostPort skipped: the built-in network is IPv4 only",
+            extra={"pod_id": pod_id, "host_ip": host_ip, "host_port": m["host_port"]},
+        )
+        return None
+    protocol = m.get("protocol", "tcp")
+    if protocol not in PROTOCOLS:
+        return None
+    rule = ["-p", protocol]
+    if host_ip and host_ip != "0.0.0.0":
+        rule += ["-d", host_ip]
+    rule += [
+        "--dport",
+        str(int(m["host_port"])),
+        "-j",
+        "DNAT",
+        "--to-destination",
+        f"{ip}:{int(m['container_port'])}",
+    ]
+    return _quoted(rule)

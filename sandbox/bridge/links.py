@@ -2,19 +2,23 @@
 
 The pod end is created in the host with a temporary name, moved into the pod's pinned netns and renamed
 ``eth0`` there. Names derive from the pod id, so teardown and recovery find them without stored state.
-Inside the netns pyroute2 is opened with ``flags=0``: it never creates a namespace that is missing.
+Inside the netns pyroute2 speaks over a netlink socket opened there by a thread that joined the pinned
+namespace (metrics.network.netlink_socket_in): it never creates a namespace that is missing, and costs a
+millisecond where ``IPRoute(netns=...)`` forks a helper.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import socket
 from pathlib import Path
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cri.errors import Internal
+from metrics.network import netlink_socket_in
 
 POD_IFNAME = "eth0"
 
@@ -87,7 +91,23 @@ def attach_pod(
             raise Internal(f"veth pair {host_name}/{temp_name} was not created", pod_id)
         ipr.link("set", index=peer_index, net_ns_fd=str(netns))
         ipr.link("set", index=host_index, master=bridge_index, state="up")
-    with IPRoute(netns=str(netns), flags=0) as ns:
+    sock = netlink_socket_in(str(netns))  # never creates a namespace; ~1 ms against ~30 for netns=
+    try:
+        _configure_pod_end(sock, netns, pod_id, temp_name, address, gateway)
+    finally:
+        sock.close()
+    return host_name
+
+
+def _configure_pod_end(
+    sock: socket.socket,
+    netns: Path,
+    pod_id: str,
+    temp_name: str,
+    address: ipaddress.IPv4Interface,
+    gateway: ipaddress.IPv4Address,
+) -> None:
+    with IPRoute(use_socket=sock) as ns:
         index = _index(ns, temp_name)
         if index is None:
             raise Internal(f"{temp_name} did not arrive in the pod netns {netns}", pod_id)
@@ -98,7 +118,6 @@ def attach_pod(
         if lo is not None:
             ns.link("set", index=lo, state="up")
         ns.route("add", dst="0.0.0.0/0", gateway=str(gateway))
-    return host_name
 
 
 def detach_pod(pod_id: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -249,3 +250,41 @@ def test_ipam_leases_are_unique_persisted_and_released(short_tmp: Path) -> None:
     assert ipam.release("pod3") == ["10.9.0.5"]
     assert ipam.allocate(subnet, "pod9", "br").ip == ipaddress.IPv4Address("10.9.0.5")
     store.close()
+
+
+# --- iptables rules of the built-in network --------------------------------------------------------------
+
+
+def test_bridge_rules_are_removed_even_when_half_of_them_is_already_gone() -> None:
+    from sandbox.bridge.iptables import BridgeRules, pod_chain
+    from tests.net_fixtures import _drop_chains, iptables_save, sh
+
+    bridge = f"cxu{os.getpid() % 100000}"
+    rules = BridgeRules(bridge)
+    pod_id = "ab" * 32
+    try:
+        rules.ensure_network(ipaddress.IPv4Network("10.247.1.0/24"))
+        rules.ensure_network(ipaddress.IPv4Network("10.247.1.0/24"))  # idempotent
+        mappings = [
+            {"host_port": 31001, "container_port": 80, "protocol": "tcp", "host_ip": ""},
+            {"host_port": 31002, "container_port": 53, "protocol": "udp", "host_ip": "127.0.0.1"},
+            {"host_port": 31003, "container_port": 1, "protocol": "tcp", "host_ip": "fd00::1"},  # skipped
+            {"host_port": 0, "container_port": 2, "protocol": "tcp", "host_ip": ""},  # no host port
+        ]
+        rules.add_pod(pod_id, "10.247.1.5", mappings)
+        saved = iptables_save()
+        assert "-p tcp -m tcp --dport 31001 -j DNAT --to-destination 10.247.1.5:80" in saved
+        assert "-d 127.0.0.1/32 -p udp -m udp --dport 31002 -j DNAT --to-destination 10.247.1.5:53" in saved
+        assert "31003" not in saved
+        assert saved.count(f"-A CALYX-HP-{bridge} ") == 1
+        # someone deleted the jump: the one-transaction removal fails, the rule-by-rule one still works
+        sh("iptables", "-w", "-t", "nat", "-D", f"CALYX-HP-{bridge}", "-m", "comment", "--comment",
+           f"calyx pod {pod_id}", "-j", pod_chain(pod_id))  # fmt: skip
+        rules.remove_pod(pod_id)
+        rules.remove_pod(pod_id)
+        assert pod_chain(pod_id) not in iptables_save()
+        rules.remove_network()
+        rules.remove_network()
+        assert bridge not in iptables_save()
+    finally:
+        _drop_chains(lambda chain: chain.endswith(bridge) or chain == pod_chain(pod_id))
