@@ -159,6 +159,24 @@ class Systemd:
             raise JobFailed(f"systemd could not stop {unit}: job result {result}", unit)
         return True
 
+    def kill_unit(self, unit: str, signal_number: int, whom: str = "all") -> bool:
+        """KillUnit: signal the unit's processes at once (no stop timeout); False if not loaded."""
+        try:
+            self._locked(
+                lambda conn: self._reply(
+                    conn,
+                    new_method_call(SYSTEMD, "KillUnit", "ssi", (unit, whom, signal_number)),
+                    "KillUnit",
+                    unit,
+                    self.timeout,
+                )
+            )
+        except SystemdError as exc:
+            if exc.name == NO_SUCH_UNIT:
+                return False
+            raise
+        return True
+
     def set_unit_properties(self, unit: str, properties: list[Property], runtime: bool = True) -> None:
         """SetUnitProperties; ``runtime`` keeps the change out of /etc (it lives until the unit goes)."""
         self._locked(

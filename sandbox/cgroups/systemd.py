@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from typing import Any
 
 from sandbox.cgroups.dbus import UNIT_EXISTS, Property, Systemd, SystemdError
@@ -137,6 +138,9 @@ class SystemdDriver(CgroupDriver):
             (self.monitor_cgroup(container_id, parent), self.monitor_path(container_id, parent)),
         ):
             if self.manager.unit_path(unit) is not None:
+                # SIGKILL first: a stop alone waits out TimeoutStopSec for processes that ignore
+                # SIGTERM (a shell as PID 1 does), holding the D-Bus connection all that time.
+                self.manager.kill_unit(unit, signal.SIGKILL)
                 self.manager.stop_unit(unit)
             self._remove_unmanaged_dirs(path)
 

@@ -386,7 +386,7 @@ def test_systemd_scope_with_a_process_gets_limits_and_updates(
         driver.prepare_parent({parent!r})
         oci = driver.oci_resources(pb.LinuxContainerResources(
             cpu_shares=256, cpu_quota=30000, cpu_period=100000, memory_limit_in_bytes=64 << 20))
-        child = detached(["sleep", "3600"])
+        child = detached(["sh", "-c", "trap '' TERM; exec sleep 3600"])  # deaf to SIGTERM
         props = [("Slice", ("s", {parent!r})), ("PIDs", ("au", [child.pid])), ("Delegate", ("b", True))]
         driver.manager.start_transient_unit(driver.container_unit({cid!r}), props + driver.properties(oci))
         out(child.pid)
