@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 
+from cri import failpoints
 from cri.errors import NotFound
 from cri.pods.model import NOTREADY
 from cri.pods.service import PodService
@@ -37,6 +38,7 @@ def stop_pod(svc: PodService, pod_id: str) -> None:
         if not pod.ready:
             return
         detach_network(svc.networks, pod)
+        failpoints.hit("pod.stop_after_network", pod_id=pod.id)
         release_namespaces(svc.run_root, pod)
         svc.save(dataclasses.replace(pod, state=NOTREADY, ips=[]))
     log.info(

@@ -12,6 +12,7 @@ import pytest
 from cri.api import api_pb2 as pb
 from tests.net_fixtures import (
     Net,
+    free_port,
     host_network_linux,
     info,
     pod_config,
@@ -414,3 +415,23 @@ def test_pid_holder_dying_while_the_daemon_runs_stops_the_pod(builtin_net) -> No
         assert not (net.daemon.run_root / "ns" / "pid" / pod_id).exists()
     assert net.leases == {}
     assert net.daemon.log().count("holder exited") == 2
+
+
+@pytest.mark.parametrize("network", ["builtin", "cni"])
+def test_kill9_during_stop_is_finished_by_the_retried_stop(builtin_net, cni_net, network: str) -> None:
+    env = {"CALYX_FAILPOINTS": "pod.stop_after_network=kill"}
+    net = builtin_net(env=env) if network == "builtin" else cni_net(env=env)
+    pod_id = run_pod(
+        net.daemon, pod_config(port_mappings=[pb.PortMapping(container_port=80, host_port=free_port())])
+    )
+    err = _code(net.daemon.runtime.StopPodSandbox, pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    net.daemon.env.pop("CALYX_FAILPOINTS")
+    net.daemon.start()
+    stop_remove(net.daemon, pod_id)  # kubelet retries the stop, then removes
+    assert pod_traces(net.daemon, pod_id) == []
+    assert net.records("pod") == {}
+    assert net.leases == {}
+    assert _list(net) == []
+    if net.ipam_dir is not None:  # host-local's leases of the CNI network
+        assert [p.name for p in net.ipam_dir.iterdir() if p.name[0].isdigit()] == []
