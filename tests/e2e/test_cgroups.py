@@ -707,3 +707,20 @@ def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
             with contextlib.suppress(grpc.RpcError):
                 stop_remove(daemon, pod_id)
         daemon.stop()
+
+
+def test_systemd_driver_without_a_bus_refuses_pods_cleanly(daemon_factory: Any, short_tmp: Path) -> None:
+    """No system bus: the daemon still serves; a pod that needs a slice is UNAVAILABLE, nothing is left."""
+    daemon = daemon_factory(
+        {"cgroup": {"driver": "systemd"}},
+        env={"DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={short_tmp}/no-bus"},
+    )
+    parent, _path = pod_slice()
+    linux = host_network_linux()
+    linux.cgroup_parent = parent
+    with pytest.raises(grpc.RpcError) as err:
+        run_pod(daemon, pod_config(linux=linux))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "D-Bus" in (err.value.details() or "")
+    assert list(daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items) == []
+    assert "systemd not reachable over D-Bus" in daemon.log()
