@@ -8,7 +8,9 @@ Unknown keys and wrong types are refused with the file, the key and the reason.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import re
 import tomllib
 import types
 import typing
@@ -92,6 +94,21 @@ class NetworkConfig:
     bridge: str = opt("calyx0", "Bridge of the built-in network (used when no CNI config exists).")
     subnet: str = opt("10.88.0.0/16", "IPv4 subnet of the built-in network, unless kubelet sets a pod CIDR.")
 
+    def validate(self) -> None:
+        """The bridge must be a valid interface name and the subnet an IPv4 network with room for pods."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", self.bridge):
+            raise ConfigError(
+                "config", "network.bridge", f"{self.bridge!r} is not an interface name (1-15 of A-Za-z0-9_.-)"
+            )
+        try:
+            subnet = ipaddress.ip_network(self.subnet, strict=False)
+        except ValueError:
+            raise ConfigError("config", "network.subnet", f"{self.subnet!r} is not a network") from None
+        if subnet.version != 4 or subnet.prefixlen > 30:
+            raise ConfigError(
+                "config", "network.subnet", f"{self.subnet!r} must be an IPv4 network of /30 or larger"
+            )
+
 
 @dataclass
 class Registry:
@@ -161,6 +178,7 @@ class Config:
                 "runtime.default_handler",
                 f"{self.runtime.default_handler!r} is not in runtime.handlers",
             )
+        self.network.validate()
 
     @property
     def root(self) -> Path:

@@ -288,3 +288,22 @@ def test_bridge_rules_are_removed_even_when_half_of_them_is_already_gone() -> No
         assert bridge not in iptables_save()
     finally:
         _drop_chains(lambda chain: chain.endswith(bridge) or chain == pod_chain(pod_id))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("bridge", "a-bridge-name-too-long"),
+        ("bridge", "br 0"),
+        ("subnet", "10.0.0.0/31"),
+        ("subnet", "fd00::/64"),
+        ("subnet", "nonsense"),
+    ],
+)
+def test_network_config_refuses_unusable_bridge_and_subnet(key: str, value: str) -> None:
+    from cri.config import Config, ConfigError
+
+    config = Config()
+    setattr(config.network, key, value)
+    with pytest.raises(ConfigError, match=f"network.{key}"):
+        config.validate()
