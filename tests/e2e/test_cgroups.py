@@ -479,6 +479,28 @@ def test_systemd_driver_leaves_slices_it_did_not_make(namespaced_systemd: Namesp
     assert not namespaced_systemd.host_dir("memory", path).exists()
 
 
+def test_systemd_driver_is_safe_to_share_between_threads(namespaced_systemd: NamespacedSystemd) -> None:  # noqa: F811
+    """gRPC threads share one driver and its D-Bus connection: each gets its own job result."""
+    slices = [pod_slice() for _ in range(8)]
+    names = [name for name, _ in slices]
+    result = inside(
+        namespaced_systemd,
+        f"""
+        from concurrent.futures import ThreadPoolExecutor
+        names = {names!r}
+        def cycle(name):
+            driver.prepare_parent(name)
+            state = lambda: driver.manager.unit_property(name, UNIT, "ActiveState")
+            return [state(), driver.remove_parent(name), state()]
+        with ThreadPoolExecutor(8) as pool:
+            out(list(pool.map(cycle, names)))
+        """,
+    )
+    assert result == [["active", True, None]] * len(slices)
+    for _name, path in slices:
+        assert not namespaced_systemd.host_dir("memory", path).exists()
+
+
 def test_systemd_driver_reconnects_when_the_bus_restarts(
     namespaced_systemd: NamespacedSystemd,  # noqa: F811
 ) -> None:
