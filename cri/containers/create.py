@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from cri import failpoints
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, rootfs
+from cri.containers import cgroups_compat, rootfs, shm
 from cri.containers import spec as oci
 from cri.containers.model import CREATED, CREATING, Container, encode_config
 from cri.containers.monitor import signal_number, wait_monitor_gone
@@ -136,6 +136,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
                 resources=cgroups_compat.oci_resources(runtime, config.linux.resources),
                 target_pid_ns=target_pid_ns,
                 cgroup_namespace=_cgroup_v2(runtime),
+                shm_source=shm.source_for(runtime.config.run_root, pod),
                 extra_annotations={
                     "io.kubernetes.cri.container-type": "container",
                     "io.kubernetes.cri.container-name": name,

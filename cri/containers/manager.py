@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, rootfs
+from cri.containers import cgroups_compat, rootfs, shm
 from cri.containers import create as create_mod
 from cri.containers import status as status_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, RUNNING, Container
@@ -374,6 +374,7 @@ class ContainerManager:
     def remove_pod_containers(self, pod_id: str) -> None:
         for c in self.of_pod(pod_id):
             self.remove(c.id)
+        shm.release(self.run_dir, pod_id)
 
     # --- subsystem --------------------------------------------------------------------------------
 
@@ -391,6 +392,7 @@ class ContainerManager:
             self.index(c)
             self.refresh(c)
             log.info("container recovered", extra={"container_id": cid, "state": c.state})
+        shm.release_orphans(self.run_dir, getattr(self.runtime, "pods", None))
         self._watcher = threading.Thread(target=self._watch_exits, name="container-exits", daemon=True)
         self._watcher.start()
 

@@ -24,6 +24,10 @@ def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None
         raise Internal(f"mount {fstype} on {target} failed: {os.strerror(err)} (options {data})")
 
 
+def mount_fs(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
+    _mount(source, str(target), fstype, flags, data)
+
+
 def is_mounted(target: Path) -> bool:
     wanted = os.path.realpath(target)
     for line in Path("/proc/self/mountinfo").read_text().splitlines():

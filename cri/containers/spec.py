@@ -72,6 +72,8 @@ class SpecInputs:
     target_pid_ns: str | None = None
     # A private cgroup namespace (cgroup v2 hosts, as containerd does there).
     cgroup_namespace: bool = False
+    # Host dir bound on /dev/shm (the pod's shared tmpfs, or the host's); None: a tmpfs of its own.
+    shm_source: str | None = None
     extra_annotations: dict[str, str] = field(default_factory=dict)
 
 
@@ -377,6 +379,12 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     mounts = mnt.base_mounts(readonly_sys=not privileged)
     taken = {m.container_path for m in config.mounts}
     mounts = [m for m in mounts if m["destination"] not in taken]
+    if inputs.shm_source and "/dev/shm" not in taken:
+        mounts = [m for m in mounts if m["destination"] != "/dev/shm"]
+        options = ["rbind", "rprivate", "nosuid", "nodev", "noexec", "rw"]
+        mounts.append(
+            {"destination": "/dev/shm", "type": "bind", "source": inputs.shm_source, "options": options}
+        )
     mounts.extend(_pod_file_mounts(inputs, taken, sc.readonly_rootfs))
     rootfs_propagation = ""
     for cri_mount in sorted(config.mounts, key=lambda m: m.container_path.rstrip("/").count("/")):

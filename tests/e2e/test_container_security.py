@@ -223,6 +223,9 @@ def test_pod_namespaces_files_and_pid_modes(cx: Cx) -> None:
     assert cx.output(a, "readlink", "/proc/self/ns/mnt") != cx.output(b, "readlink", "/proc/self/ns/mnt")
     # the shared PID namespace: each sees the other's sleep
     assert cx.output(a, "sh", "-c", "ps -o comm | grep -c sleep").strip() == "2"
+    # one /dev/shm for the pod (its IPC namespace is shared)
+    cx.output(a, "sh", "-c", "echo shared > /dev/shm/note")
+    assert cx.output(b, "cat", "/dev/shm/note") == "shared\n"
     hostname = cx.output(a, "hostname").strip()
     assert hostname == cx.output(b, "cat", "/etc/hostname").strip()
     pod_info = json.loads(
@@ -231,6 +234,12 @@ def test_pod_namespaces_files_and_pid_modes(cx: Cx) -> None:
     assert pod_info  # the pod's own files are what the containers see:
     assert "/etc/resolv.conf" in cx.output(a, "cat", "/proc/self/mountinfo")
     assert "localhost" in cx.output(a, "cat", "/etc/hosts")
+
+    shm_dir = cx.daemon.run_root / "shm" / pod[0]
+    assert shm_dir.is_dir()
+    cx.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod[0]), timeout=120)
+    cx.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod[0]), timeout=120)
+    assert not shm_dir.exists() and str(shm_dir) not in Path("/proc/self/mountinfo").read_text()
 
     host_pod = cx.pod()
     own = cx.run(host_pod, "own", ["sleep", "1000"])
