@@ -36,10 +36,10 @@ def read_cpu(cpuacct: Path | None, cpu: Path | None) -> tuple[CpuReading | None,
     quota = period = shares = None
     throttle: dict[str, int] = {}
     if cpu is not None:
-        quota = read_int(cpu / "cpu.cfs_quota_us")
-        period = read_int(cpu / "cpu.cfs_period_us")
-        shares = read_int(cpu / "cpu.shares")
-        throttle = read_keyed(cpu / "cpu.stat") or {}
+        quota = read_int(f"{cpu}/cpu.cfs_quota_us")
+        period = read_int(f"{cpu}/cpu.cfs_period_us")
+        shares = read_int(f"{cpu}/cpu.shares")
+        throttle = read_keyed(f"{cpu}/cpu.stat") or {}
     limits = LimitsReading(
         cpu_quota_us=quota if quota is not None and quota > 0 else None,
         cpu_period_us=period,
@@ -47,10 +47,10 @@ def read_cpu(cpuacct: Path | None, cpu: Path | None) -> tuple[CpuReading | None,
     )
     if cpuacct is None:
         return None, limits
-    usage = read_int(cpuacct / "cpuacct.usage")
+    usage = read_int(f"{cpuacct}/cpuacct.usage")
     if usage is None:
         return None, limits
-    ticks = read_keyed(cpuacct / "cpuacct.stat") or {}
+    ticks = read_keyed(f"{cpuacct}/cpuacct.stat") or {}
     user = ticks.get("user")
     system = ticks.get("system")
     reading = CpuReading(
@@ -65,14 +65,14 @@ def read_cpu(cpuacct: Path | None, cpu: Path | None) -> tuple[CpuReading | None,
 
 
 def read_memory(memory: Path) -> MemoryReading | None:
-    usage = read_int(memory / "memory.usage_in_bytes")
-    stat = read_keyed(memory / "memory.stat")
+    usage = read_int(f"{memory}/memory.usage_in_bytes")
+    stat = read_keyed(f"{memory}/memory.stat")
     if usage is None or stat is None:
         return None
     inactive_file = stat.get("total_inactive_file", 0)
-    oom = read_keyed(memory / "memory.oom_control") or {}
-    mem_limit = limit(read_int(memory / "memory.limit_in_bytes"))
-    memsw_limit = limit(read_int(memory / "memory.memsw.limit_in_bytes"))
+    oom = read_keyed(f"{memory}/memory.oom_control") or {}
+    mem_limit = limit(read_int(f"{memory}/memory.limit_in_bytes"))
+    memsw_limit = limit(read_int(f"{memory}/memory.memsw.limit_in_bytes"))
     swap_limit = None
     if memsw_limit is not None and mem_limit is not None:
         swap_limit = max(memsw_limit - mem_limit, 0)
@@ -83,7 +83,7 @@ def read_memory(memory: Path) -> MemoryReading | None:
         cache_bytes=stat.get("total_cache"),
         mapped_file_bytes=stat.get("total_mapped_file"),
         swap_bytes=stat.get("total_swap"),
-        failcnt=read_int(memory / "memory.failcnt"),
+        failcnt=read_int(f"{memory}/memory.failcnt"),
         page_faults=stat.get("total_pgfault"),
         major_page_faults=stat.get("total_pgmajfault"),
         oom_events=oom.get("oom_kill"),
@@ -93,8 +93,8 @@ def read_memory(memory: Path) -> MemoryReading | None:
 
 
 def read_io(blkio: Path) -> IoReading | None:
-    served = read_text(blkio / "blkio.throttle.io_service_bytes_recursive")
-    ops = read_text(blkio / "blkio.throttle.io_serviced_recursive")
+    served = read_text(f"{blkio}/blkio.throttle.io_service_bytes_recursive")
+    ops = read_text(f"{blkio}/blkio.throttle.io_serviced_recursive")
     if served is None:
         return None
     totals = {"Read": 0, "Write": 0}
@@ -117,8 +117,8 @@ def read(dirs: Mapping[str, Path]) -> CgroupSample:
     processes = pids_limit = None
     pids_dir = dirs.get("pids")
     if pids_dir is not None:
-        processes = read_int(pids_dir / "pids.current")
-        pids_limit = read_int(pids_dir / "pids.max")
+        processes = read_int(f"{pids_dir}/pids.current")
+        pids_limit = read_int(f"{pids_dir}/pids.max")
     if processes is None:
         any_dir = memory_dir or next(iter(dirs.values()), None)
         processes = count_lines(any_dir / "cgroup.procs") if any_dir is not None else None

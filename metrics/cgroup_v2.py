@@ -25,16 +25,16 @@ def weight_to_shares(weight: int) -> int:
 
 def read_cpu(path: Path) -> tuple[CpuReading | None, LimitsReading]:
     quota = period = shares = None
-    cpu_max = read_text(path / "cpu.max")
+    cpu_max = read_text(f"{path}/cpu.max")
     if cpu_max is not None:
         first, _, second = cpu_max.strip().partition(" ")
         quota = None if first == "max" else int(first)
         period = int(second) if second else None
-    weight = read_int(path / "cpu.weight")
+    weight = read_int(f"{path}/cpu.weight")
     if weight is not None:
         shares = weight_to_shares(weight)
     limits = LimitsReading(cpu_quota_us=quota, cpu_period_us=period, cpu_shares=shares)
-    stat = read_keyed(path / "cpu.stat")
+    stat = read_keyed(f"{path}/cpu.stat")
     if stat is None or "usage_usec" not in stat:
         return None, limits
     throttled = stat.get("throttled_usec")
@@ -50,30 +50,30 @@ def read_cpu(path: Path) -> tuple[CpuReading | None, LimitsReading]:
 
 
 def read_memory(path: Path) -> MemoryReading | None:
-    usage = read_int(path / "memory.current")
-    stat = read_keyed(path / "memory.stat")
+    usage = read_int(f"{path}/memory.current")
+    stat = read_keyed(f"{path}/memory.stat")
     if usage is None or stat is None:
         return None
-    events = read_keyed(path / "memory.events") or {}
-    mem_limit = limit(read_int(path / "memory.max"))
+    events = read_keyed(f"{path}/memory.events") or {}
+    mem_limit = limit(read_int(f"{path}/memory.max"))
     return MemoryReading(
         usage_bytes=usage,
         working_set_bytes=max(usage - stat.get("inactive_file", 0), 0),
         rss_bytes=stat.get("anon"),
         cache_bytes=stat.get("file"),
         mapped_file_bytes=stat.get("file_mapped"),
-        swap_bytes=read_int(path / "memory.swap.current"),
+        swap_bytes=read_int(f"{path}/memory.swap.current"),
         failcnt=events.get("max"),
         page_faults=stat.get("pgfault"),
         major_page_faults=stat.get("pgmajfault"),
         oom_events=events.get("oom_kill"),
         limit_bytes=mem_limit,
-        swap_limit_bytes=limit(read_int(path / "memory.swap.max")),
+        swap_limit_bytes=limit(read_int(f"{path}/memory.swap.max")),
     )
 
 
 def read_io(path: Path) -> IoReading | None:
-    text = read_text(path / "io.stat")
+    text = read_text(f"{path}/io.stat")
     if text is None:
         return None
     totals = {"rbytes": 0, "wbytes": 0, "rios": 0, "wios": 0}
@@ -86,10 +86,10 @@ def read(path: Path) -> CgroupSample:
     """One sample of the v2 cgroup at ``path``."""
     timestamp = time.time_ns()
     cpu, limits = read_cpu(path)
-    processes = read_int(path / "pids.current")
+    processes = read_int(f"{path}/pids.current")
     if processes is None:
-        processes = count_lines(path / "cgroup.procs")
-    pids_limit = read_int(path / "pids.max")
+        processes = count_lines(f"{path}/cgroup.procs")
+    pids_limit = read_int(f"{path}/pids.max")
     if pids_limit is not None:
         limits = LimitsReading(limits.cpu_quota_us, limits.cpu_period_us, limits.cpu_shares, pids_limit)
     return CgroupSample(

@@ -14,7 +14,7 @@ from pathlib import Path
 UNLIMITED = 1 << 62
 
 
-def read_text(path: Path) -> str | None:
+def read_text(path: str | Path) -> str | None:
     """The whole file, or None when it (or its cgroup) no longer exists."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -38,7 +38,7 @@ def read_text(path: Path) -> str | None:
     return b"".join(chunks).decode("ascii", "replace")
 
 
-def read_int(path: Path) -> int | None:
+def read_int(path: str | Path) -> int | None:
     """A file holding one integer; "max" (v2's unlimited) and a missing file give None."""
     text = read_text(path)
     if text is None:
@@ -49,7 +49,7 @@ def read_int(path: Path) -> int | None:
     return int(text)
 
 
-def read_keyed(path: Path) -> dict[str, int] | None:
+def read_keyed(path: str | Path) -> dict[str, int] | None:
     """A flat keyed file ("key value" per line: memory.stat, cpu.stat, memory.events...)."""
     text = read_text(path)
     if text is None:
@@ -77,7 +77,7 @@ def limit(value: int | None) -> int | None:
     return value
 
 
-def count_lines(path: Path) -> int | None:
+def count_lines(path: str | Path) -> int | None:
     text = read_text(path)
     if text is None:
         return None

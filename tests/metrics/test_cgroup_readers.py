@@ -55,13 +55,14 @@ def test_v1_limits_and_failcnt(workloads, v1_cgroup):
     cgroup = v1_cgroup(
         memory__limit_in_bytes=str(256 * MiB),
         cpu__cfs_period_us="100000",
-        cpu__cfs_quota_us="50000",
+        cpu__cfs_quota_us="10000",
         pids__max="64",
     )
     cgroup.add(work.pid)
-    work.run("burn 0.3")  # with a quota of half a CPU, some periods get throttled
+    # A tenth of a CPU: a process always runnable uses up its 10 ms early in a period and waits.
+    work.run("burn 0.2")
     sample = read_cgroup(cgroup.dirs)
-    assert sample.limits.cpu_quota_us == 50000
+    assert sample.limits.cpu_quota_us == 10000
     assert sample.limits.cpu_period_us == 100000
     assert sample.limits.pids_limit == 64
     assert sample.memory is not None and sample.memory.limit_bytes == 256 * MiB
