@@ -501,6 +501,47 @@ def test_systemd_driver_is_safe_to_share_between_threads(namespaced_systemd: Nam
         assert not namespaced_systemd.host_dir("memory", path).exists()
 
 
+def test_systemd_accepts_the_v2_unit_properties(namespaced_systemd: NamespacedSystemd) -> None:  # noqa: F811
+    """The property names and D-Bus types the driver uses on a v2 host, checked against the real systemd
+    (it stores them on this v1 host too, where it cannot apply them)."""
+    parent, _path = pod_slice()
+    cid = secrets.token_hex(32)
+    props = inside(
+        namespaced_systemd,
+        f"""
+        from pathlib import Path
+        from sandbox.cgroups.hierarchy import Hierarchy, Mode, Mount
+        unified = Mount(Path("/sys/fs/cgroup/unified"), "/", frozenset())
+        v2 = SystemdDriver(hierarchy=Hierarchy(Mode.V2, {{}}, unified))
+        oci = {{"cpu": {{"shares": 1024, "quota": 50000, "period": 100000, "cpus": "0-1", "mems": "0"}},
+               "memory": {{"limit": 64 << 20, "swap": 96 << 20}}, "pids": {{"limit": 99}}}}
+        unit = v2.container_unit({cid!r})
+        child = detached(["sleep", "3600"])
+        driver.prepare_parent({parent!r})
+        driver.manager.start_transient_unit(
+            unit, [("Slice", ("s", {parent!r})), ("PIDs", ("au", [child.pid]))] + v2.properties(oci))
+        scope = "org.freedesktop.systemd1.Scope"
+        names = ["CPUWeight", "CPUQuotaPerSecUSec", "CPUQuotaPeriodUSec", "MemoryMax", "MemorySwapMax",
+                 "TasksMax", "AllowedCPUs", "AllowedMemoryNodes"]
+        seen = {{n: driver.manager.unit_property(unit, scope, n) for n in names}}
+        seen = {{n: list(v.rstrip(b"\\0")) if isinstance(v, bytes) else v for n, v in seen.items()}}
+        driver.remove_container({cid!r}, {parent!r})
+        driver.remove_parent({parent!r})
+        out(seen)
+        """,
+    )
+    assert props == {
+        "CPUWeight": 39,
+        "CPUQuotaPerSecUSec": 500_000,
+        "CPUQuotaPeriodUSec": 100_000,
+        "MemoryMax": 64 << 20,
+        "MemorySwapMax": 32 << 20,
+        "TasksMax": 99,
+        "AllowedCPUs": [0b11],
+        "AllowedMemoryNodes": [0b1],
+    }
+
+
 def test_systemd_driver_reconnects_when_the_bus_restarts(
     namespaced_systemd: NamespacedSystemd,  # noqa: F811
 ) -> None:
