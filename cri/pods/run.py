@@ -79,7 +79,7 @@ def _initial(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
         ips=[],
         linux=spec.linux,
         config=spec.config,
-        network=svc.networks.plan() if spec.own_net else {},
+        network={**svc.networks.plan(), "port_mappings": spec.port_mappings} if spec.own_net else {},
         complete=False,
     )
 
@@ -121,7 +121,7 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
 
         if spec.own_net:
             undo.callback(lambda: quietly("detach network", pod_id, detach_network, svc.networks, current[0]))
-            record, ips = svc.networks.setup(pod.network, pod_ref(pod, spec.port_mappings))
+            record, ips = svc.networks.setup(pod.network, pod_ref(pod))
             record = {**record, "port_mappings": spec.port_mappings}
             pod = current[0] = dataclasses.replace(pod, network=record, ips=ips)
             svc.store.put(KIND, pod_id, pod.to_record())
