@@ -23,6 +23,7 @@ test module or a conftest.py)::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import itertools
 import os
 import shutil
@@ -59,6 +60,7 @@ WHITELIST = (
 # Targets that default dependencies point at; empty stand-ins so that nothing else gets pulled in.
 EMPTY_TARGETS = ("sysinit", "basic", "sockets", "timers", "paths", "slices", "local-fs")
 BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
+PR_SET_PDEATHSIG = 1
 _counter = itertools.count()
 
 
@@ -115,6 +117,7 @@ class NamespacedSystemd:
 
     def start(self, timeout: float = 30.0) -> NamespacedSystemd:
         controllers, self._outer = self._plan_cgroups()
+        _remove_stale(list(self._outer.values()))
         for directory in self._outer.values():
             _remove_tree(directory)  # a crashed run of the same name
             directory.mkdir(parents=True)
@@ -134,7 +137,7 @@ class NamespacedSystemd:
                 ["unshare", "--pid", "--mount", "--uts", "--ipc", "--net", "--fork", "--kill-child",
                  str(PID1_SCRIPT), "enter"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )  # fmt: skip
         finally:
             log.close()
@@ -300,6 +303,22 @@ class SystemdDaemon(Daemon):
         if wait_ready:
             self.wait_ready(timeout)
         return self
+
+
+def _die_with_parent() -> None:
+    """In the unshare child: SIGKILL when the test process dies, however it dies (unshare's
+    --kill-child then takes systemd and its whole PID namespace along)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _remove_stale(ours: list[Path]) -> None:
+    """Empty cgroup trees of test systemds whose test process died (named calyx-sd-<pid>-<n>)."""
+    for directory in ours:
+        for sibling in directory.parent.glob("calyx-sd-*-*"):
+            owner = sibling.name.split("-")[2]
+            if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
+                _remove_tree(sibling)
 
 
 def _alive(pid: int) -> bool:

@@ -12,9 +12,11 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -787,3 +789,37 @@ def test_systemd_driver_without_a_bus_refuses_pods_cleanly(daemon_factory: Any, 
     assert "D-Bus" in (err.value.details() or "")
     assert list(daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items) == []
     assert "systemd not reachable over D-Bus" in daemon.log()
+
+
+def test_the_test_systemd_dies_with_its_test_process_and_its_cgroups_are_reclaimed() -> None:
+    """A test run killed with -9 must not leave a systemd behind; the next run removes its cgroups."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", SYSTEMD_OWNER],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+    )
+    assert owner.stdout is not None
+    pid1, dirs = owner.stdout.readline().split(" ", 1)
+    owner.kill()
+    owner.wait(10)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid1}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    outlived = Path(f"/proc/{pid1}").exists()
+    if outlived:  # ours: started by the owner process this test ran
+        os.kill(int(pid1), signal.SIGKILL)
+    assert not outlived, "the test systemd outlived its test process"
+    leftovers = [Path(d) for d in json.loads(dirs)]
+    assert leftovers and all(d.is_dir() for d in leftovers)  # empty now, removed by the next start
+    NamespacedSystemd().start().stop()
+    assert not any(d.exists() for d in leftovers)
+
+
+SYSTEMD_OWNER = """
+import json, time
+from tests.systemd_fixture import NamespacedSystemd
+sd = NamespacedSystemd().start()
+print(sd.pid1, json.dumps([str(d) for d in sd._cgdirs]), flush=True)
+time.sleep(600)
+"""
