@@ -116,6 +116,8 @@ class NamespacedSystemd:
         return units
 
     def start(self, timeout: float = 30.0) -> NamespacedSystemd:
+        """Boot. Call it from a thread that lives as long as the systemd should: the systemd is
+        killed when that thread ends (so that a killed test run leaves nothing running)."""
         controllers, self._outer = self._plan_cgroups()
         _remove_stale(list(self._outer.values()))
         for directory in self._outer.values():
