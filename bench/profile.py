@@ -18,7 +18,7 @@ from pathlib import Path
 OUR_CODE = re.compile(r"(^|/)(cri|sandbox|metrics)/[^/]")
 # Stacks serving a request: a gRPC call, or an HTTP GET (the Prometheus exporter). The rest are
 # threads waiting for work (the main thread, servers' accept loops), left out of the ranking.
-REQUEST_FRAMES = ("_call_behavior (", "do_GET (")
+REQUEST_FRAMES = ("_call_behavior (", "do_GET (", "prometheus_app (")
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^()]+?)(?::(?P<line>\d+))?\)$")
 
 
@@ -76,7 +76,7 @@ def summarize(raw: Path, top: int = 15, rpc: str | None = None) -> str:
         if not any(marker in stack for marker in REQUEST_FRAMES):
             continue
         method = RPC_FRAME.search(stack)
-        name = method[1] if method else "(other)"
+        name = method[1] if method else ("metrics" if "prometheus_app (" in stack else "(other)")
         if rpc is not None and name != rpc:
             continue
         frames = [frame_name(f) for f in stack.split(";")]
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description="rank a py-spy raw profile")
     parser.add_argument("raw", type=Path)
-    parser.add_argument("--rpc", help="only the samples of this RPC (e.g. ListContainers)")
+    parser.add_argument("--rpc", help="only the samples of this RPC (e.g. ListContainers, or metrics)")
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args(argv)
     print(summarize(args.raw, args.top, args.rpc))
