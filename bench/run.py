@@ -22,7 +22,7 @@ from typing import Any
 from bench import calyx, containerd, env, floor, procs, profile, report
 from bench.benchmarks import GROUPS, Bench, Target
 from bench.client import Client, RPCError
-from bench.sizes import SIZES, Size
+from bench.sizes import SIZES, Size, benchmark_names
 from bench.stats import Result
 
 log = logging.getLogger("bench")
@@ -81,6 +81,11 @@ def measure(target: Target, size: Size, args: argparse.Namespace) -> dict[str, R
     return results
 
 
+def failed(size: Size, reason: str) -> dict[str, Result]:
+    """Every result of a runtime that could not be measured at all, saying why."""
+    return {name: Result(name, "", status=reason) for name in benchmark_names(size)}
+
+
 def run_calyx(
     args: argparse.Namespace, size: Size, images: env.Images, base: Path, tag: str
 ) -> dict[str, Result]:
@@ -109,7 +114,10 @@ def run_calyx(
     if daemon.dropped:
         log.info("calyx: options this build lacks (left out): %s", ", ".join(daemon.dropped))
     try:
-        daemon.start()
+        try:
+            daemon.start()
+        except (RuntimeError, TimeoutError) as exc:
+            return failed(size, f"error: calyx did not start: {' '.join(str(exc).split())[:400]}")
         client = Client(daemon.endpoint)
         try:
             target = Target(
@@ -144,7 +152,10 @@ def run_containerd(
         base / "ctd", images.registry.host, images.pause, f"cxb{tag}d", subnet(232), f"/cxbench-{tag}-d"
     )
     try:
-        ref.start()
+        try:
+            ref.start()
+        except (RuntimeError, OSError) as exc:
+            return f"reference failed to start: {exc}"
         client = Client(ref.endpoint)
         try:
             client.wait_ready(60)
