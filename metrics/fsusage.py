@@ -78,6 +78,6 @@ class FsUsageCache:
     def forget(self, keep: set[str]) -> None:
         """Drop results of paths not in ``keep`` (removed containers)."""
         with self._guard:
-            for path in [p for p in self._results if p not in keep]:
+            for path in [p for p in list(self._results) if p not in keep]:  # list(): writers run
                 self._results.pop(path, None)
                 self._locks.pop(path, None)

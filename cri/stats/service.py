@@ -40,6 +40,7 @@ class StatsService:
         self.runtime = runtime
         self.rates = CpuRates()
         self.fs_cache = FsUsageCache(runtime.config.metrics.fs_usage_cache_seconds)
+        self._cgroup_dirs: dict[tuple[str, str], tuple[dict[str, Path], str]] = {}
         self.exporter: Any = None
 
     # --- subsystem ----------------------------------------------------------------------------------
@@ -126,12 +127,19 @@ class StatsService:
         return samples
 
     def _container_cgroup(self, c: Any) -> tuple[dict[str, Path], str]:
-        """(controller -> dir, cgroup path) of container ``c``."""
+        """(controller -> dir, cgroup path) of container ``c``; fixed for its life, so computed once."""
+        key = (c.id, c.cgroup_parent)
+        known = self._cgroup_dirs.get(key)
+        if known is not None:
+            return known
         driver = getattr(self.runtime, "cgroups", None)
         if driver is not None:
-            return driver.cgroup_dirs(c.id, c.cgroup_parent), driver.container_path(c.id, c.cgroup_parent)
-        path = c.cgroups_path or f"{(c.cgroup_parent or '/calyx').rstrip('/')}/calyx-{c.id}"
-        return v1_dirs(path), path
+            found = driver.cgroup_dirs(c.id, c.cgroup_parent), driver.container_path(c.id, c.cgroup_parent)
+        else:
+            path = c.cgroups_path or f"{(c.cgroup_parent or '/calyx').rstrip('/')}/calyx-{c.id}"
+            found = v1_dirs(path), path
+        self._cgroup_dirs[key] = found
+        return found
 
     def _sample_container(self, c: Any, pod: Any) -> ContainerSample:
         cgroup: CgroupSample | None = None
@@ -296,6 +304,9 @@ class StatsService:
                     uppers.add(c.fs.path)
         self.rates.forget(keys)
         self.fs_cache.forget(uppers)
+        for key in list(self._cgroup_dirs):  # list() copies atomically; other threads may be adding
+            if key[0] not in keys:
+                self._cgroup_dirs.pop(key, None)
 
     def all_pods(self) -> list[PodSample]:
         """Every pod with its containers (one read of each), for an exporter scrape."""
