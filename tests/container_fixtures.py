@@ -135,12 +135,17 @@ class Cx:
                 self.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
             except grpc.RpcError:
                 pass
+        leftovers = []
         for parent in self.parents:
             for d in sorted(cgroup_dirs_named(parent), key=lambda p: -len(p.parts)):
                 for sub in sorted(d.rglob("*"), key=lambda p: -len(p.parts)):
                     if sub.is_dir():
+                        leftovers.append(sub)
                         sub.rmdir()
+                leftovers.append(d)
                 d.rmdir()
+        # removing the pods must have removed their cgroups (pod parent, containers, monitors)
+        assert leftovers == [], f"cgroups left behind: {leftovers}"
 
 
 @pytest.fixture
