@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cri import events, images, pods, stats
+from cri import events, images, pods, stats, streaming
 from cri.containers.manager import register as register_containers
 from cri.runtime import Runtime
 from sandbox import cgroups
@@ -20,5 +20,6 @@ SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [
     cgroups.register,
     pods.register,
     register_containers,
+    streaming.register,
     stats.register,  # keep last: it observes the others
 ]

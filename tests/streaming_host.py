@@ -21,9 +21,14 @@ class HostBackend:
         self.netns: dict[str, str | None] = {}
         self.spawned: list[ExecProcess] = []
 
-    def exec_process(self, request: ExecRequest) -> ExecProcess:
+    def exec_process(self, request: ExecRequest, size: tuple[int, int] | None = None) -> ExecProcess:
         proc = ExecProcess(
-            request.cmd, tty=request.tty, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr
+            request.cmd,
+            tty=request.tty,
+            stdin=request.stdin,
+            stdout=request.stdout,
+            stderr=request.stderr,
+            size=size,
         )
         self.spawned.append(proc)
         return proc

@@ -21,13 +21,20 @@ from cri.server.interceptor import Interceptor
 from cri.server.pods import PodRPCs
 from cri.server.runtime_info import RuntimeInfoRPCs
 from cri.server.stats import StatsRPCs
+from cri.server.streaming import StreamingRPCs
 
 # kubelet's own limit for CRI messages is 16 MiB; allow the same both ways.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class RuntimeService(
-    RuntimeInfoRPCs, EventRPCs, PodRPCs, ContainerRPCs, StatsRPCs, api_pb2_grpc.RuntimeServiceServicer
+    RuntimeInfoRPCs,
+    EventRPCs,
+    PodRPCs,
+    ContainerRPCs,
+    StatsRPCs,
+    StreamingRPCs,
+    api_pb2_grpc.RuntimeServiceServicer,
 ):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import termios
+import tty as tty_mod
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -100,8 +101,11 @@ class ExecProcess:
         pid_file: Path | None = None,
         env: dict[str, str] | None = None,
         size: tuple[int, int] | None = None,
+        cleanup: Sequence[Path] = (),
+        raw: bool = False,
     ) -> None:
         self.argv = list(argv)
+        self.cleanup = list(cleanup)  # files to remove when the session ends (runc's process spec)
         self.tty = tty
         self.pid_file = pid_file
         self.stdin_fd: int | None = None
@@ -115,6 +119,10 @@ class ExecProcess:
             if tty:
                 master, slave = pty.openpty()
                 os.set_inheritable(master, False)
+                if raw:
+                    # For a relay (runc): the terminal that matters is the container's. runc makes
+                    # ours raw too, but only once it runs; input arriving before would echo twice.
+                    tty_mod.setraw(slave)
                 to_close.append(slave)
                 if size:
                     set_winsize(master, *size)
@@ -248,6 +256,7 @@ class ExecProcess:
         if self.pidfd >= 0:
             os.close(self.pidfd)
             self.pidfd = -1
-        if self.pid_file is not None:
-            with contextlib.suppress(OSError):
-                self.pid_file.unlink()
+        for path in [self.pid_file, *self.cleanup]:
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()

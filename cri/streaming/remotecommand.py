@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,8 +22,8 @@ from cri.streaming.process import ExecProcess, read_fd, write_fd
 
 log = logging.getLogger("cri.streaming.remotecommand")
 
-STDOUT_PIPE = 1  # conmon's attach socket: the first byte of every packet names the pipe
-STDERR_PIPE = 2
+STDOUT_PIPE = 2  # conmon's attach socket: the first byte of every packet names the pipe (1 is stdin)
+STDERR_PIPE = 3
 ATTACH_PACKET = 32 * 1024 + 1
 
 
@@ -90,28 +91,50 @@ def encode_status(status: Status, json_status: bool) -> bytes:
 # --- resize events -------------------------------------------------------------------------------------
 
 
-async def resize_events(source: Source, apply: Callable[[int, int], None]) -> None:
-    """Decode the resize channel's concatenated JSON objects ``{"Width":..,"Height":..}``."""
-    decoder = json.JSONDecoder()
-    buf = ""
-    while True:
-        chunk = await source.read()
-        if not chunk:
-            return
-        buf += chunk.decode(errors="replace")
+class ResizeDecoder:
+    """The resize channel's concatenated JSON objects ``{"Width":..,"Height":..}``, one size at a time."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._decoder = json.JSONDecoder()
+        self._buf = ""
+
+    async def next(self) -> tuple[int, int] | None:
+        """The next valid (width, height); None once the channel ends."""
         while True:
-            buf = buf.lstrip()
-            if not buf:
-                break
-            try:
-                obj, end = decoder.raw_decode(buf)
-            except json.JSONDecodeError:
-                break  # incomplete: wait for more
-            buf = buf[end:]
-            if isinstance(obj, dict):
-                width, height = int(obj.get("Width", 0) or 0), int(obj.get("Height", 0) or 0)
-                if width > 0 and height > 0:
-                    apply(width, height)
+            self._buf = self._buf.lstrip()
+            if self._buf:
+                try:
+                    obj, end = self._decoder.raw_decode(self._buf)
+                except json.JSONDecodeError:
+                    obj, end = None, -1
+                if end >= 0:
+                    self._buf = self._buf[end:]
+                    if isinstance(obj, dict):
+                        width, height = int(obj.get("Width", 0) or 0), int(obj.get("Height", 0) or 0)
+                        if width > 0 and height > 0:
+                            return width, height
+                    continue
+            chunk = await self.source.read()
+            if not chunk:
+                return None
+            self._buf += chunk.decode(errors="replace")
+
+
+async def resize_events(decoder: ResizeDecoder, apply: Callable[[int, int], None]) -> None:
+    while (size := await decoder.next()) is not None:
+        apply(*size)
+
+
+FIRST_RESIZE_WAIT = 1.0  # clients send the terminal's size right after the streams open
+
+
+async def first_size(decoder: ResizeDecoder) -> tuple[int, int] | None:
+    """The client's initial terminal size, so the exec starts with it (no window of a 0x0 terminal)."""
+    try:
+        return await asyncio.wait_for(decoder.next(), FIRST_RESIZE_WAIT)
+    except TimeoutError:
+        return None
 
 
 # --- exec ----------------------------------------------------------------------------------------------
@@ -146,10 +169,14 @@ async def _pump_in(source: Source, proc: ExecProcess) -> None:
         proc.close_stdin()
 
 
-async def run_exec(spawn: Callable[[], ExecProcess], cmd: list[str], ch: Channels) -> Status:
+async def run_exec(
+    spawn: Callable[[tuple[int, int] | None], ExecProcess], cmd: list[str], ch: Channels
+) -> Status:
     """Run the process to its end (or the client's departure) and return the status to report."""
+    decoder = ResizeDecoder(ch.resize) if ch.resize is not None else None
+    size = await first_size(decoder) if decoder is not None and ch.tty else None
     try:
-        proc = spawn()
+        proc = spawn(size)
     except Exception as exc:
         log.warning("exec failed to start", extra={"error": str(exc)})
         return status_error(f"error executing command in container: {exc}")
@@ -163,8 +190,8 @@ async def run_exec(spawn: Callable[[], ExecProcess], cmd: list[str], ch: Channel
         tasks.extend(outputs)
         if ch.stdin is not None and proc.stdin_fd is not None:
             tasks.append(asyncio.create_task(_pump_in(ch.stdin, proc)))
-        if ch.resize is not None:
-            tasks.append(asyncio.create_task(resize_events(ch.resize, proc.resize)))
+        if decoder is not None:
+            tasks.append(asyncio.create_task(resize_events(decoder, proc.resize)))
         exited = asyncio.create_task(proc.wait())
         gone = asyncio.create_task(ch.gone.wait())
         done, _ = await asyncio.wait([exited, gone], return_when=asyncio.FIRST_COMPLETED)
@@ -205,11 +232,19 @@ async def run_attach(target: AttachTarget, ch: Channels) -> Status:
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.setblocking(False)
+    dir_fd = -1
+    path = target.socket_path
+    if len(path.encode()) > 100:  # sun_path holds 108 bytes: go through the directory's fd
+        dir_fd = os.open(os.path.dirname(path), os.O_PATH | os.O_CLOEXEC)
+        path = f"/proc/self/fd/{dir_fd}/{os.path.basename(path)}"
     try:
-        await loop.sock_connect(sock, target.socket_path)
+        await loop.sock_connect(sock, path)
     except OSError as exc:
         sock.close()
         return status_error(f"cannot attach to the container: {exc.strerror}")
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
     tasks: list[asyncio.Task[None]] = []
 
     async def from_conmon() -> None:
@@ -238,7 +273,7 @@ async def run_attach(target: AttachTarget, ch: Channels) -> Status:
         if ch.stdin is not None:
             tasks.append(asyncio.create_task(to_conmon(ch.stdin)))
         if ch.resize is not None:
-            tasks.append(asyncio.create_task(resize_events(ch.resize, target.resize)))
+            tasks.append(asyncio.create_task(resize_events(ResizeDecoder(ch.resize), target.resize)))
         gone = asyncio.create_task(ch.gone.wait())
         await asyncio.wait([output, gone], return_when=asyncio.FIRST_COMPLETED)
         gone.cancel()

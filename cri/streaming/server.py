@@ -80,8 +80,9 @@ class PortForwardRequest:
 class Backend(Protocol):
     """What the server needs from the runtime; ``cri.streaming.backend`` implements it for containers."""
 
-    def exec_process(self, request: ExecRequest) -> ExecProcess:
-        """Spawn the exec (e.g. ``runc exec``) with the stdio the request asks for."""
+    def exec_process(self, request: ExecRequest, size: tuple[int, int] | None) -> ExecProcess:
+        """Spawn the exec (e.g. ``runc exec``) with the stdio the request asks for; ``size`` is the
+        terminal's initial (width, height) when known."""
 
     def attach_target(self, request: AttachRequest) -> rc.AttachTarget:
         """The container's attach socket and resize function."""
@@ -293,7 +294,9 @@ class StreamingServer:
 
     def _runner(self, kind: str, request: Any) -> Callable[[rc.Channels], Awaitable[rc.Status]]:
         if kind == "exec":
-            return lambda ch: rc.run_exec(lambda: self.backend.exec_process(request), request.cmd, ch)
+            return lambda ch: rc.run_exec(
+                lambda size: self.backend.exec_process(request, size), request.cmd, ch
+            )
 
         async def attach(ch: rc.Channels) -> rc.Status:
             try:

@@ -1,0 +1,81 @@
+"""CRI Exec, Attach and PortForward: validate, then hand out a single-use streaming URL.
+
+Nothing runs here: the process starts when the client connects to the URL (cri/streaming/).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from cri.api import api_pb2 as pb
+from cri.errors import FailedPrecondition, InvalidArgument, Unavailable
+from cri.runtime import Runtime
+from cri.streaming.server import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
+
+
+class StreamingRPCs:
+    runtime: Runtime
+
+    def _streaming(self) -> StreamingServer:
+        server = getattr(self.runtime, "streaming", None)
+        if server is None:
+            raise Unavailable("this calyx has no streaming server")
+        return server  # type: ignore[no-any-return]
+
+    def _running(self, container_id: str) -> Any:
+        if not container_id:
+            raise InvalidArgument("container_id is required")
+        containers = getattr(self.runtime, "containers", None)
+        if containers is None:
+            raise Unavailable("this calyx has no containers subsystem")
+        container = containers.get(container_id)
+        if container.state != "RUNNING":
+            raise FailedPrecondition(f"container {container.id} is not running", container.id)
+        return container
+
+    @staticmethod
+    def _check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:
+        if tty and stderr:
+            raise InvalidArgument("tty and stderr cannot both be true: a terminal has one output stream")
+        if not (stdin or stdout or stderr):
+            raise InvalidArgument("one of stdin, stdout or stderr must be set")
+
+    def Exec(self, request: pb.ExecRequest, context: grpc.ServicerContext) -> pb.ExecResponse:
+        if not request.cmd:
+            raise InvalidArgument("cmd is required", request.container_id or None)
+        self._check_stdio(request.tty, request.stdin, request.stdout, request.stderr)
+        container = self._running(request.container_id)
+        url = self._streaming().url_for(
+            "exec",
+            ExecRequest(
+                container.id, list(request.cmd), request.tty, request.stdin, request.stdout, request.stderr
+            ),
+        )
+        return pb.ExecResponse(url=url)
+
+    def Attach(self, request: pb.AttachRequest, context: grpc.ServicerContext) -> pb.AttachResponse:
+        self._check_stdio(request.tty, request.stdin, request.stdout, request.stderr)
+        container = self._running(request.container_id)
+        url = self._streaming().url_for(
+            "attach", AttachRequest(container.id, request.tty, request.stdin, request.stdout, request.stderr)
+        )
+        return pb.AttachResponse(url=url)
+
+    def PortForward(
+        self, request: pb.PortForwardRequest, context: grpc.ServicerContext
+    ) -> pb.PortForwardResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is required")
+        for port in request.port:
+            if not 0 < port < 65536:
+                raise InvalidArgument(f"port {port} is not between 1 and 65535", request.pod_sandbox_id)
+        pods = getattr(self.runtime, "pods", None)
+        if pods is None:
+            raise Unavailable("this calyx has no pods subsystem")
+        pod = pods.get(request.pod_sandbox_id)
+        if pod.state != "READY":
+            raise FailedPrecondition(f"pod {pod.id} is not ready", pod.id)
+        url = self._streaming().url_for("portforward", PortForwardRequest(pod.id, list(request.port)))
+        return pb.PortForwardResponse(url=url)

@@ -1,0 +1,104 @@
+"""The streaming server's view of the runtime: exec through ``runc exec``, attach through conmon,
+port-forward into the pod's network namespace.
+
+Exec: ``runtime.containers.exec_argv`` gives the ``runc --root <root> exec --process <spec> <id>``
+argv (the container's own process spec with the new args, so env, user, cwd, capabilities and
+seccomp are the container's). runc runs in the foreground with our pipes or pty as its stdio, relays
+the container's terminal and exits with the command's code; ``--pid-file`` tells where the process
+is so a departed client's process can be killed (killing runc alone would orphan it).
+
+Attach: conmon serves the container's stdio on ``<bundle>/attach`` (SOCK_SEQPACKET; each packet from
+conmon starts with 2 for stdout or 3 for stderr; what we send is stdin) and takes resize requests on
+the bundle's ``ctl`` fifo as ``1 <height> <width>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cri.errors import FailedPrecondition, Unavailable
+from cri.runtime import Runtime
+from cri.streaming.process import ExecProcess
+from cri.streaming.remotecommand import AttachTarget
+from cri.streaming.server import AttachRequest, ExecRequest
+
+RESIZE_EVENT = 1  # conmon's ctl message type for a terminal resize
+
+
+def _running_container(runtime: Runtime, container_id: str) -> Any:
+    containers = getattr(runtime, "containers", None)
+    if containers is None:
+        raise Unavailable("this calyx has no containers subsystem")
+    container = containers.get(container_id)
+    if container.state != "RUNNING":
+        raise FailedPrecondition(f"container {container.id} is not running", container.id)
+    return container
+
+
+def resize_via_ctl(bundle: Path, width: int, height: int) -> None:
+    """Ask conmon to resize the container's terminal; a conmon that is gone is not an error."""
+    try:
+        fd = os.open(bundle / "ctl", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENXIO, errno.ENOENT):
+            return
+        raise
+    with contextlib.suppress(OSError):
+        os.write(fd, f"{RESIZE_EVENT} {height} {width}\n".encode())
+    os.close(fd)
+
+
+class ContainerBackend:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def exec_process(self, request: ExecRequest, size: tuple[int, int] | None = None) -> ExecProcess:
+        containers = getattr(self.runtime, "containers", None)
+        if containers is None:
+            raise Unavailable("this calyx has no containers subsystem")
+        argv, spec_file = containers.exec_argv(request.container_id, request.cmd, request.tty)
+        spec_path = Path(spec_file)
+        if size is not None and request.tty:
+            # runc sizes the container's terminal before the command starts; later resizes go
+            # through our pty and runc's SIGWINCH relay.
+            process = json.loads(spec_path.read_text())
+            process["consoleSize"] = {"width": size[0], "height": size[1]}
+            spec_path.write_text(json.dumps(process))
+        pid_file = spec_path.with_suffix(".pid")
+        argv = [*argv[:-1], "--pid-file", str(pid_file), argv[-1]]
+        try:
+            return ExecProcess(
+                argv,
+                tty=request.tty,
+                stdin=request.stdin,
+                stdout=request.stdout,
+                stderr=request.stderr,
+                pid_file=pid_file,
+                size=size,
+                cleanup=[spec_path],
+                raw=True,
+            )
+        except BaseException:
+            spec_path.unlink(missing_ok=True)
+            raise
+
+    def attach_target(self, request: AttachRequest) -> AttachTarget:
+        container = _running_container(self.runtime, request.container_id)
+        bundle = Path(container.bundle)
+        return AttachTarget(
+            socket_path=str(bundle / "attach"),
+            resize=lambda width, height: resize_via_ctl(bundle, width, height),
+            tty=request.tty,
+        )
+
+    def pod_netns(self, pod_id: str) -> str | None:
+        pods = getattr(self.runtime, "pods", None)
+        if pods is None:
+            raise Unavailable("this calyx has no pods subsystem")
+        path = pods.get(pod_id).netns_path
+        return str(path) if path else None

@@ -1,0 +1,268 @@
+"""Exec, attach and port-forward through a real daemon, real containers (runc under conmon) in real
+pods, pulled from the loopback test registry. SPDY via tests/spdy_client.py (written from the spec),
+WebSocket via the ``websockets`` client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from websockets.sync.client import connect
+
+from cri.api import api_pb2 as pb
+from tests.daemon import Daemon
+from tests.image_fixtures import image_registry, registry_base  # noqa: F401 - fixtures
+from tests.net_fixtures import pod_config, run_pod
+from tests.spdy_client import SpdyClient
+
+V4 = "v4.channel.k8s.io"
+
+
+@dataclass
+class Env:
+    daemon: Daemon
+    pod_id: str
+    registry: str
+
+    def container(self, command: list[str], image: str = "calyx-test/busybox:latest", **kw) -> str:
+        ref = f"{self.registry}/{image}"
+        self.daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
+        config = pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name=f"c{time.monotonic_ns()}"),
+            image=pb.ImageSpec(image=ref),
+            command=command,
+            log_path=f"c{time.monotonic_ns()}.log",
+            **kw,
+        )
+        pod = self.daemon.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=self.pod_id))
+        cid = self.daemon.runtime.CreateContainer(
+            pb.CreateContainerRequest(pod_sandbox_id=self.pod_id, config=config, sandbox_config=pod_config()),
+            timeout=120,
+        ).container_id
+        del pod
+        self.daemon.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        return cid
+
+    def exec_url(self, cid: str, cmd: list[str], **kw) -> str:
+        kw.setdefault("stdout", True)
+        request = pb.ExecRequest(container_id=cid, cmd=cmd, **kw)
+        return self.daemon.runtime.Exec(request).url
+
+    def daemon_rss_kib(self) -> int:
+        assert self.daemon.proc is not None
+        with open(f"/proc/{self.daemon.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def env(builtin_net, image_registry, short_tmp) -> Env:  # noqa: F811
+    net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})
+    config = pod_config(log_directory=str(short_tmp / "logs"))
+    return Env(net.daemon, run_pod(net.daemon, config), image_registry.host)
+
+
+def spdy(url: str, types: tuple[str, ...], protocol: str = V4, **kw) -> tuple[SpdyClient, dict]:
+    client = SpdyClient(url, [protocol], **kw)
+    assert client.status == 101, client.body
+    return client, {t: client.open_stream({"streamType": t}) for t in types}
+
+
+def wait_for(predicate: Callable[[], bool], what: str, limit: float = 60.0) -> None:
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.05)
+
+
+def test_exec_spdy_output_stdin_and_exit_codes(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    url = env.exec_url(cid, ["sh", "-c", "echo out; echo err >&2; exit 7"], stderr=True)
+    client, s = spdy(url, ("error", "stdout", "stderr"))
+    assert s["stdout"].read_all() == b"out\n"
+    assert s["stderr"].read_all() == b"err\n"
+    status = json.loads(s["error"].read_all())
+    assert status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "7"}]
+    client.close()
+
+    url = env.exec_url(cid, ["sh", "-c", "cat; hostname >/dev/null"], stdin=True)
+    client, s = spdy(url, ("error", "stdin", "stdout"))
+    s["stdin"].write(b"through runc\n")
+    s["stdin"].close()
+    assert s["stdout"].read_all() == b"through runc\n"
+    assert json.loads(s["error"].read_all()) == {"metadata": {}, "status": "Success"}
+    client.close()
+
+
+def test_exec_runs_inside_the_container(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    client, s = spdy(env.exec_url(cid, ["readlink", "/proc/self/ns/mnt"]), ("error", "stdout"))
+    inside = s["stdout"].read_all().decode().strip()
+    assert inside.startswith("mnt:[") and inside != os.readlink("/proc/self/ns/mnt")
+    client.close()
+
+
+def test_exec_tty_starts_with_the_clients_size_and_follows_resizes(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    script = "stty size; read go; i=0; while [ $i -lt 100 ]; do stty size; i=$((i+1)); sleep 0.1; done"
+    url = env.exec_url(cid, ["sh", "-c", script], tty=True, stdin=True)
+    client, s = spdy(url, ("error", "stdin", "stdout", "resize"))
+    s["resize"].write(json.dumps({"Width": 111, "Height": 33}).encode())
+    first = s["stdout"].read()
+    assert first.startswith(b"33 111"), first  # the size the exec started with
+    s["resize"].write(json.dumps({"Width": 50, "Height": 20}).encode())
+    s["stdin"].write(b"go\r")
+    assert b"20 50" in s["stdout"].read_all()
+    assert json.loads(s["error"].read_all())["status"] == "Success"
+    client.close()
+
+
+def test_exec_websocket_v5_and_v4(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    url = env.exec_url(cid, ["sh", "-c", "cat; exit 3"], stdin=True).replace("http://", "ws://")
+    with connect(url, subprotocols=["v5.channel.k8s.io"]) as ws:
+        ws.send(b"\x00via websocket\n")
+        ws.send(b"\xff\x00")
+        messages = []
+        try:
+            while True:
+                messages.append(ws.recv(timeout=30))
+        except Exception:
+            pass
+    out = b"".join(m[1:] for m in messages if m[0] == 1)
+    assert out == b"via websocket\n"
+    status = json.loads(b"".join(m[1:] for m in messages if m[0] == 3))
+    assert status["details"]["causes"][0]["message"] == "3"
+
+
+def test_large_exec_output_does_not_grow_the_daemon(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    before = env.daemon_rss_kib()
+    url = env.exec_url(cid, ["head", "-c", "100000000", "/dev/zero"])
+    client, s = spdy(url, ("error", "stdout"), flow_control=False)
+    assert s["stdout"].drain_count() == 100_000_000
+    assert json.loads(s["error"].read_all())["status"] == "Success"
+    client.close()
+    grown = env.daemon_rss_kib() - before
+    assert grown < 30 * 1024, f"daemon RSS grew by {grown} KiB moving 100 MB"
+
+
+def test_client_disconnect_kills_the_exec_process(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    seconds = str(100000 + int.from_bytes(os.urandom(3), "big"))  # a command line no one else runs
+    url = env.exec_url(cid, ["sh", "-c", f"echo ready; exec sleep {seconds}"])
+    client, s = spdy(url, ("error", "stdout"))
+    assert s["stdout"].read() == b"ready\n"
+    wanted = f"sleep\0{seconds}\0".encode()
+
+    def sleepers() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read() == wanted:
+                        found.append(int(pid))
+            except OSError:
+                pass
+        return found
+
+    assert sleepers()
+    client.close()
+    wait_for(lambda: not sleepers(), "exec'd process killed after the client left")
+
+
+def test_attach_to_the_containers_stdio(env: Env) -> None:
+    cid = env.container(
+        ["sh", "-c", "while read l; do echo got:$l; echo err:$l >&2; done"], stdin=True, stdin_once=True
+    )
+    url = env.daemon.runtime.Attach(
+        pb.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True)
+    ).url
+    client, s = spdy(url, ("error", "stdin", "stdout", "stderr"))
+    s["stdin"].write(b"hello\n")
+    assert s["stdout"].read() == b"got:hello\n"
+    assert s["stderr"].read() == b"err:hello\n"
+    s["stdin"].close()  # stdin_once: the container's stdin closes, the loop ends, the container exits
+    assert s["stdout"].read_all() == b""
+    assert json.loads(s["error"].read_all())["status"] == "Success"
+    client.close()
+
+
+def test_portforward_to_an_http_server_in_the_pod(env: Env) -> None:
+    env.container(
+        ["sh", "-c", "mkdir /srv && echo hello-from-pod > /srv/index.html && exec httpd -f -p 80 -h /srv"],
+        image="calyx-test/web:latest",
+    )
+    url = env.daemon.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=env.pod_id, port=[80])).url
+
+    def fetch() -> bytes:
+        client = SpdyClient(
+            env.daemon.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=env.pod_id, port=[80])).url,
+            ["portforward.k8s.io"],
+        )
+        h = {"port": "80", "requestID": "0"}
+        client.open_stream({**h, "streamType": "error"})
+        data = client.open_stream({**h, "streamType": "data"})
+        data.write(b"GET /index.html HTTP/1.0\r\n\r\n")
+        data.close()
+        reply = data.read_all()
+        client.close()
+        return reply
+
+    replies: list[bytes] = []
+    wait_for(lambda: replies.append(fetch()) or replies[-1].endswith(b"hello-from-pod\n"), "httpd answers")
+    assert b" 200 " in replies[-1].split(b"\r\n", 1)[0]
+    # the same over WebSocket, kubelet-proxy style
+    with connect(url.replace("http://", "ws://"), subprotocols=[V4]) as ws:
+        port = struct.pack("<H", 80)
+        assert {ws.recv(timeout=10), ws.recv(timeout=10)} == {b"\x00" + port, b"\x01" + port}
+        ws.send(b"\x00GET /index.html HTTP/1.0\r\n\r\n")
+        data = b""
+        try:
+            while True:
+                m = ws.recv(timeout=30)
+                if m[0] == 0:
+                    data += m[1:]
+        except Exception:
+            pass
+    assert b" 200 " in data.split(b"\r\n", 1)[0] and data.endswith(b"hello-from-pod\n")
+
+
+def test_tokens_are_single_use_and_expire(env: Env, daemon_factory) -> None:
+    cid = env.container(["sleep", "3600"])
+    url = env.exec_url(cid, ["true"])
+    client, s = spdy(url, ("error", "stdout"))
+    assert json.loads(s["error"].read_all())["status"] == "Success"
+    client.close()
+    assert SpdyClient(url, [V4]).status == 404
+    assert SpdyClient(url.rsplit("/", 1)[0] + "/bogus", [V4]).status == 404
+
+
+def test_rpc_validation(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    cases = [
+        pb.ExecRequest(container_id=cid, cmd=["true"], tty=True, stdout=True, stderr=True),
+        pb.ExecRequest(container_id=cid, cmd=["true"]),
+        pb.ExecRequest(container_id=cid, cmd=[], stdout=True),
+    ]
+    for request in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            env.daemon.runtime.Exec(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        env.daemon.runtime.Exec(pb.ExecRequest(container_id="f" * 64, cmd=["true"], stdout=True))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        env.daemon.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id="f" * 64, port=[80]))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
