@@ -200,6 +200,26 @@ def test_mounts_readonly_symlink_missing_dir_and_rslave_propagation(cx: Cx, shor
         assert [m.container_path for m in st.mounts] == ["/ro", "/rw", "/new", "/prop"]
         cx.stop(cid)
         cx.remove(cid)
+        # read-only, and recursively read-only: a mount below the host path is read-only only with rro
+        nested = data / "nested"
+        nested.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "cxnested", str(nested)], check=True)
+        try:
+            ro_mounts = [
+                pb.Mount(container_path="/plain", host_path=str(data), readonly=True),
+                pb.Mount(container_path="/rro", host_path=str(data), readonly=True, recursive_read_only=True),
+            ]
+            ro = cx.run(pod, "ro", ["sleep", "1000"], mounts=ro_mounts)
+            assert cx.exec(ro, "touch", "/plain/x").exit_code != 0
+            assert cx.exec(ro, "touch", "/plain/nested/x").exit_code == 0
+            assert cx.exec(ro, "touch", "/rro/nested/y").exit_code != 0
+            bad = pb.Mount(container_path="/bad", host_path=str(data), recursive_read_only=True)
+            code = cx.code(cx.create, pod, cx.config("bad", ["true"], mounts=[bad]))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            cx.stop(ro)
+            cx.remove(ro)
+        finally:
+            subprocess.run(["umount", str(nested)], check=False)
         # private host path refused for propagation
         private = pb.Mount(container_path="/p", host_path=str(data), propagation=pb.PROPAGATION_BIDIRECTIONAL)
         code = cx.code(cx.create, pod, cx.config("private", ["true"], mounts=[private]))
