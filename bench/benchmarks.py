@@ -30,6 +30,7 @@ GROUPS = [
     "daemon_rss_idle",
     "pull",
     "pod_lifecycle",
+    "shared_pid_pods",
     "container_lifecycle",
     "whole_path",
     "exec_sync",
@@ -121,6 +122,14 @@ class Bench:
             self.prepull()
         self.guarded([("run_pod_sandbox", "ms"), ("pod_teardown_empty", "ms")], self.pod_lifecycle)
         self.guarded(
+            [
+                ("run_pod_sandbox_shared_pid", "ms"),
+                ("helper_rss_per_pod_shared_pid", "MB"),
+                ("helper_pss_per_pod_shared_pid", "MB"),
+            ],
+            self.shared_pid_pods,
+        )
+        self.guarded(
             [("container_create_start", "ms"), ("container_stop_remove", "ms")], self.container_lifecycle
         )
         self.guarded([("pod_with_container", "ms"), ("pod_teardown", "ms")], self.whole_path)
@@ -198,6 +207,16 @@ class Bench:
             ms, pod = timed(self.work.run_pod)
             run.samples.append(ms)
             teardown.samples.append(timed(self.work.remove_pod, pod)[0])
+
+    def shared_pid_pods(self) -> None:
+        """Pods sharing one PID namespace (NamespaceMode POD): their start and the process that holds
+        the namespace (Calyx: catatonit; containerd: the pause container)."""
+        run = self.results["run_pod_sandbox_shared_pid"]
+        before = procs.snapshot()
+        for _ in range(self.size.reps):
+            ms, _pod = timed(self.work.run_pod, True)
+            run.samples.append(ms)
+        self.record_helpers("pod", procs.new_since(before), self.size.reps, suffix="_shared_pid")
 
     def container_lifecycle(self) -> None:
         create, remove = self.results["container_create_start"], self.results["container_stop_remove"]
@@ -302,13 +321,14 @@ class Bench:
                 rss.samples.append(empty_pods_rss / 1024)
                 rss.extra["containers"] = 0
 
-    def record_helpers(self, per: str, new: list[procs.Proc], count: int) -> None:
+    def record_helpers(self, per: str, new: list[procs.Proc], count: int, suffix: str = "") -> None:
         """Memory of the processes that appeared while ``count`` pods (or containers) were made,
         less the workloads themselves."""
         mine = procs.owned(new, self.t.markers, self.t.cgroup_root)
         helpers = [p for p in mine if p.cmdline != tuple(WORKLOAD) and p.pid != self.t.pid]
         mem = procs.memory_of(helpers)
-        rss, pss = self.results[f"helper_rss_per_{per}"], self.results[f"helper_pss_per_{per}"]
+        rss = self.results[f"helper_rss_per_{per}{suffix}"]
+        pss = self.results[f"helper_pss_per_{per}{suffix}"]
         rss.samples.append(mem.rss_kb / 1024 / max(count, 1))
         pss.samples.append(mem.pss_kb / 1024 / max(count, 1))
         rss.extra["processes"] = mem.by_comm

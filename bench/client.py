@@ -84,7 +84,7 @@ class Workload:
         self.cgroup_root = cgroup_root
         self.pods: dict[str, pb.PodSandboxConfig] = {}
 
-    def pod_config(self) -> pb.PodSandboxConfig:
+    def pod_config(self, shared_pid: bool = False) -> pb.PodSandboxConfig:
         uid = secrets.token_hex(8)
         log_dir = self.log_root / uid
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,9 @@ class Workload:
                 cgroup_parent=f"{self.cgroup_root}/pod{uid}",
                 security_context=pb.LinuxSandboxSecurityContext(
                     namespace_options=pb.NamespaceOption(
-                        network=pb.NamespaceMode.POD, pid=pb.NamespaceMode.CONTAINER, ipc=pb.NamespaceMode.POD
+                        network=pb.NamespaceMode.POD,
+                        pid=pb.NamespaceMode.POD if shared_pid else pb.NamespaceMode.CONTAINER,
+                        ipc=pb.NamespaceMode.POD,
                     )
                 ),
             ),
@@ -113,8 +115,8 @@ class Workload:
             labels={"calyx.bench": "1"},
         )
 
-    def run_pod(self) -> str:
-        config = self.pod_config()
+    def run_pod(self, shared_pid: bool = False) -> str:
+        config = self.pod_config(shared_pid)
         pod_id = self.client.rt("RunPodSandbox", pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
         self.pods[pod_id] = config
         return str(pod_id)
