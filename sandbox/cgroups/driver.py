@@ -8,6 +8,7 @@ are created differ between the drivers, so the rest lives here.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -175,6 +176,41 @@ class CgroupDriver(ABC):
             if freezer is not None:
                 _set_frozen(freezer, False)
 
+    def repair_placement(self, container_id: str, parent: str) -> list[str]:
+        """Move the container's processes back into its own cgroup in every v1 hierarchy where they
+        sit in an ancestor instead; returns the controllers repaired.
+
+        Call it after ``runc create``. Measured here (runc 1.1.5 --systemd-cgroup, systemd 252, v1):
+        the container's init ends up in the pod slice's devices cgroup ("a *:* rwm") instead of its
+        scope's, so runc's device allow-list does not confine it and ``runc kill --all`` finds nobody.
+        Once moved back, the placement survives SetUnitProperties and daemon-reload.
+        """
+        if self.hierarchy.mode is Mode.V2:
+            return []
+        path = self.container_path(check_id(container_id), parent)
+        dirs = self.hierarchy.dirs(path)
+        repaired: set[str] = set()
+        for pid in self.pids(container_id, parent):
+            try:
+                current = _cgroup_paths(pid)
+            except FileNotFoundError:
+                continue
+            for controller, directory in dirs.items():
+                where = current.get(controller)
+                if where is None or where == path or not path.startswith(where.rstrip("/") + "/"):
+                    continue
+                if not directory.is_dir():
+                    continue
+                with contextlib.suppress(ProcessLookupError):
+                    (directory / "cgroup.procs").write_text(str(pid))
+                    repaired.add(controller)
+        if repaired:
+            log.info(
+                "container processes moved back into their cgroup",
+                extra={"container_id": container_id, "controllers": ",".join(sorted(repaired))},
+            )
+        return sorted(repaired)
+
     def _freezer(self, cgroup_path: str) -> Path | None:
         dirs = self.hierarchy.dirs(cgroup_path)
         if self.hierarchy.mode is Mode.V2:
@@ -223,3 +259,13 @@ def _set_frozen(state_file: Path, frozen: bool) -> None:
                 time.sleep(0.005)
     except FileNotFoundError:
         pass
+
+
+def _cgroup_paths(pid: int) -> dict[str, str]:
+    """controller -> cgroup path of ``pid`` (from /proc/<pid>/cgroup; co-mounted names split)."""
+    paths: dict[str, str] = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _id, names, where = line.split(":", 2)
+        for name in names.split(",") if names else ["unified"]:
+            paths[name] = where
+    return paths

@@ -823,3 +823,54 @@ sd = NamespacedSystemd().start()
 print(sd.pid1, json.dumps([str(d) for d in sd._cgdirs]), flush=True)
 time.sleep(600)
 """
+
+
+def test_repair_placement_confines_a_runc_systemd_container_and_runc_kill_all_works(
+    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    bundle: Path,
+) -> None:
+    """After repair_placement every v1 controller of the container's init is its scope (runc leaves
+    devices at the pod slice here), so runc's device list confines it and ``runc kill --all`` works."""
+    parent, path = pod_slice()
+    cid = secrets.token_hex(32)
+    scope = f"{path}/calyx-{cid}.scope"
+    inside(namespaced_systemd, f"driver.prepare_parent({parent!r}); out(True)")
+    write_spec(bundle, f"{parent}:calyx:{cid}", {})
+    root = bundle / "runc-root"
+    root.mkdir()
+    runc = ["runc", "--systemd-cgroup", "--root", str(root)]
+    try:
+        namespaced_systemd.run(runc_argv(root, "create", "--bundle", str(bundle), cid, systemd=True))
+        placed = inside(
+            namespaced_systemd,
+            f"""
+            repaired = driver.repair_placement({cid!r}, {parent!r})
+            (pid,) = driver.pids({cid!r}, {parent!r})
+            lines = open(f"/proc/{{pid}}/cgroup").read().splitlines()
+            out([repaired, lines, driver.repair_placement({cid!r}, {parent!r})])
+            """,
+        )
+        repaired, lines, again = placed
+        assert again == []  # nothing left to repair
+        assert all(line.endswith(scope) for line in lines), (repaired, lines)
+        devices = (namespaced_systemd.host_dir("devices", scope) / "devices.list").read_text()
+        assert "a *:* rwm" not in devices  # the container's own allow-list applies
+        namespaced_systemd.run([*runc, "start", cid])
+        namespaced_systemd.run([*runc, "kill", "--all", cid, "KILL"])
+        for _ in range(500):
+            state = json.loads(namespaced_systemd.run([*runc, "state", cid]).stdout)["status"]
+            if state == "stopped":
+                break
+            time.sleep(0.01)
+        assert state == "stopped"
+    finally:
+        namespaced_systemd.run(runc_argv(root, "delete", "-f", cid, systemd=True), check=False)
+        removed = inside(
+            namespaced_systemd,
+            f"""
+            driver.remove_container({cid!r}, {parent!r})
+            out(driver.remove_parent({parent!r}))
+            """,
+        )
+    assert removed is True
+    assert not namespaced_systemd.host_dir("devices", path).exists()
