@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ from websockets.sync.client import connect
 from cri.api import api_pb2 as pb
 from tests.daemon import Daemon
 from tests.image_fixtures import image_registry, registry_base  # noqa: F401 - fixtures
-from tests.net_fixtures import pod_config, run_pod
+from tests.net_fixtures import host_network_linux, pod_config, run_pod
+from tests.registry import free_port
 from tests.spdy_client import SpdyClient
 
 V4 = "v4.channel.k8s.io"
@@ -50,6 +53,20 @@ class Env:
         self.daemon.runtime.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
         return cid
 
+    def fetch_via_portforward(self, port: int, path: str = "/index.html") -> bytes:
+        url = self.daemon.runtime.PortForward(
+            pb.PortForwardRequest(pod_sandbox_id=self.pod_id, port=[port])
+        ).url
+        client = SpdyClient(url, ["portforward.k8s.io"])
+        h = {"port": str(port), "requestID": "0"}
+        client.open_stream({**h, "streamType": "error"})
+        data = client.open_stream({**h, "streamType": "data"})
+        data.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        data.close()
+        reply = data.read_all()
+        client.close()
+        return reply
+
     def exec_url(self, cid: str, cmd: list[str], **kw) -> str:
         kw.setdefault("stdout", True)
         request = pb.ExecRequest(container_id=cid, cmd=cmd, **kw)
@@ -68,6 +85,13 @@ class Env:
 def env(builtin_net, image_registry, short_tmp) -> Env:  # noqa: F811
     net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})
     config = pod_config(log_directory=str(short_tmp / "logs"))
+    return Env(net.daemon, run_pod(net.daemon, config), image_registry.host)
+
+
+@pytest.fixture
+def host_env(builtin_net, image_registry, short_tmp) -> Env:  # noqa: F811
+    net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})
+    config = pod_config(log_directory=str(short_tmp / "logs"), linux=host_network_linux())
     return Env(net.daemon, run_pod(net.daemon, config), image_registry.host)
 
 
@@ -266,3 +290,68 @@ def test_rpc_validation(env: Env) -> None:
     with pytest.raises(grpc.RpcError) as err:
         env.daemon.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id="f" * 64, port=[80]))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_portforward_for_a_host_network_pod_reaches_the_hosts_localhost(host_env: Env) -> None:
+    port = free_port()
+    host_env.container(
+        [
+            "sh",
+            "-c",
+            f"mkdir /srv && echo host-net > /srv/index.html && exec httpd -f -p 127.0.0.1:{port} -h /srv",
+        ],
+        image="calyx-test/web:latest",
+    )
+    replies: list[bytes] = []
+    wait_for(
+        lambda: replies.append(host_env.fetch_via_portforward(port)) or replies[-1].endswith(b"host-net\n"),
+        "httpd on the host network answers",
+    )
+
+
+def test_attach_with_a_terminal_and_resize(env: Env) -> None:
+    cid = env.container(["sh"], stdin=True, tty=True)
+    url = env.daemon.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True, tty=True)).url
+    client, s = spdy(url, ("error", "stdin", "stdout", "resize"))
+    s["resize"].write(json.dumps({"Width": 97, "Height": 31}).encode())
+    seen = b""
+
+    def size_shown() -> bool:
+        nonlocal seen
+        s["stdin"].write(b"stty size\r")
+        try:
+            while b"31 97" not in seen:
+                chunk = s["stdout"].read(2)
+                if chunk is None:
+                    return False
+                seen += chunk
+        except Exception:
+            return False
+        return True
+
+    wait_for(size_shown, "the container's terminal has the client's size")
+    s["stdin"].write(b"exit\r")
+    assert json.loads(s["error"].read_all())["status"] == "Success"
+    client.close()
+
+
+def test_exec_in_a_stopped_container_is_failed_precondition(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    env.daemon.runtime.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=60)
+    with pytest.raises(grpc.RpcError) as err:
+        env.daemon.runtime.Exec(pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.skipif(shutil.which("crictl") is None, reason="crictl is not installed on this machine")
+def test_crictl_exec_and_port_forward(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    endpoint = f"unix://{env.daemon.socket}"
+    out = subprocess.run(
+        ["crictl", "--runtime-endpoint", endpoint, "exec", cid, "sh", "-c", "echo via-crictl; exit 3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout == "via-crictl\n"
+    assert out.returncode == 3

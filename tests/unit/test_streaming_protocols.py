@@ -399,3 +399,34 @@ def test_portforward_connects_inside_the_pods_network_namespace(server, short_tm
     finally:
         subprocess.run(["umount", str(pin)], check=False)
         pin.unlink()
+
+
+def test_tls_serves_https_urls(short_tmp) -> None:
+    cert, key = short_tmp / "cert.pem", short_tmp / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    with host_server(tls_cert=str(cert), tls_key=str(key)) as (srv, _):
+        url = exec_url(srv, ["echo", "over tls"], stderr=False)
+        assert url.startswith("https://127.0.0.1:")
+        client, s = spdy_exec(url, types=("error", "stdout"))
+        assert s["stdout"].read_all() == b"over tls\n"
+        assert json.loads(s["error"].read_all())["status"] == "Success"
+        client.close()
