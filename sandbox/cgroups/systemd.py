@@ -122,6 +122,14 @@ class SystemdDriver(CgroupDriver):
             rmdir_if_exists(directory)
 
     def place_monitor(self, container_id: str, parent: str, pid: int) -> None:
+        """Put conmon into its own scope. Called right after ``runc create``, so it also repairs the
+        container's own placement (see CgroupDriver.repair_placement) before the container starts."""
+        try:
+            self.repair_placement(container_id, parent)
+        except OSError as exc:  # the container still runs; its device list may not confine it
+            log.warning(
+                "container placement not repaired", extra={"container_id": container_id, "error": str(exc)}
+            )
         unit = self.monitor_cgroup(container_id, parent)
         props: list[Property] = [
             ("Slice", ("s", self.parent_or_default(parent))),

@@ -679,10 +679,12 @@ def test_systemd_driver_refuses_a_cgroupfs_parent_before_any_dbus_call(
 # --- the daemon with the systemd driver -------------------------------------------------------------
 
 
+@pytest.mark.parametrize("pid_mode", [pb.CONTAINER, pb.POD], ids=["own-pidns", "pod-pidns"])
 def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
     namespaced_systemd: NamespacedSystemd,  # noqa: F811
     image_registry: LoopbackRegistry,  # noqa: F811
     short_tmp: Path,
+    pid_mode: int,
 ) -> None:
     """CRI end to end: pod slice created, container scope and conmon scope, limits, update, cleanup."""
     config: dict[str, Any] = {"images": {"registries": {image_registry.host: {"insecure": True}}}}
@@ -723,9 +725,9 @@ def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
                     log_path="limited.log",
                     linux=pb.LinuxContainerConfig(
                         resources=resources,
-                        # kubelet's default: a PID namespace of its own (see test_kill_all_...).
+                        # POD: stop kills with runc kill --all, which needs repair_placement here
                         security_context=pb.LinuxContainerSecurityContext(
-                            namespace_options=pb.NamespaceOption(pid=pb.CONTAINER)
+                            namespace_options=pb.NamespaceOption(pid=pid_mode)
                         ),
                     ),
                 ),
