@@ -184,9 +184,12 @@ def write(
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     m = meta["machine"]
+    loads = "; ".join(f"{r} {a:g} -> {b:g}" for r, (a, b) in meta.get("load_1m", {}).items())
     md = [
         f"Benchmark run {meta['date']} (size {meta['size']}), {m['nproc']} CPUs, "
         f"{m['memory_mb']} MB RAM, kernel {m['kernel']}; {versions}.",
+        "",
+        f"Load average (1 min) before -> after each runtime: {loads or 'not recorded'}.",
         "",
         table(results, markdown=True),
         "",

@@ -27,6 +27,10 @@ from bench.stats import Result
 
 log = logging.getLogger("bench")
 
+# 1-minute load average before and after each runtime's benchmarks: the machine may be shared, and a
+# reader of the results should know how busy it was.
+LOADS: dict[str, list[float]] = {}
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
@@ -54,6 +58,7 @@ def subnet(octet: int) -> str:
 def measure(target: Target, size: Size, args: argparse.Namespace) -> dict[str, Result]:
     log.info("%s: benchmarking (size %s)", target.name, size.name)
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     bench = Bench(target, size)
     if args.only:
         bench.only = {g.strip() for g in args.only.split(",") if g.strip()}
@@ -77,6 +82,7 @@ def measure(target: Target, size: Size, args: argparse.Namespace) -> dict[str, R
                     "py-spy wrote no profile: %s",
                     recorder.proc.stderr.read().decode()[-500:] if recorder.proc.stderr else "",
                 )
+    LOADS[target.name] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     log.info("%s: done in %.0f s", target.name, time.monotonic() - started)
     return results
 
@@ -232,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             "containerd": containerd.version() if containerd.installed() else "not installed",
         },
         "notes": notes,
+        "load_1m": LOADS,
     }
     json_path, md_path, text = report.write(args.out, results, size, meta)
     print(text)
