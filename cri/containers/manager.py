@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cri import failpoints
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, rootfs, shm
 from cri.containers import create as create_mod
@@ -204,8 +205,10 @@ class ContainerManager:
             if c.state != CREATED:
                 raise FailedPrecondition(f"container {c.id} is {c.state.lower()}, not created", c.id)
             mon = self._monitor_of(c)
+            failpoints.hit("container.before_start", container_id=c.id)
             try:
                 mon.start(c.id)
+                failpoints.hit("container.after_start", container_id=c.id)
             except Exception as exc:
                 c.state = EXITED
                 c.exit_code = 128
@@ -222,6 +225,15 @@ class ContainerManager:
         log.info("container started", extra={"container_id": c.id})
         self.emit(c, pb.CONTAINER_STARTED_EVENT)
         self.refresh(c)
+
+    def _adopt_started(self, c: Container) -> None:
+        """A crash between ``runc start`` and recording it leaves a CREATED record of a running container."""
+        state = self._monitor_of(c).state(c.id)
+        if state and state.get("status") == "running":
+            c.state = RUNNING
+            c.started_at = c.started_at or time.time_ns()
+            self.persist(c)
+            log.info("container found started", extra={"container_id": c.id})
 
     def _wait_exit(self, c: Container, timeout: float) -> bool:
         mon = self._monitor_of(c)
@@ -391,6 +403,8 @@ class ContainerManager:
                 continue
             self.index(c)
             self.refresh(c)
+            if c.state == CREATED:
+                self._adopt_started(c)
             log.info("container recovered", extra={"container_id": cid, "state": c.state})
         shm.release_orphans(self.run_dir, getattr(self.runtime, "pods", None))
         self._watcher = threading.Thread(target=self._watch_exits, name="container-exits", daemon=True)

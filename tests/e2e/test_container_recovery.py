@@ -103,3 +103,25 @@ def test_remove_of_a_created_container_and_stop_after_restart(
         assert traces(cx) == CLEAN
     finally:
         cx.cleanup()
+
+
+def test_daemon_killed_right_after_runc_start_finds_the_container_running(
+    builtin_net: Callable[..., Net],
+    image_registry: LoopbackRegistry,  # noqa: F811
+    short_tmp: Path,
+) -> None:
+    cx = make_cx(builtin_net, image_registry, short_tmp, {"CALYX_FAILPOINTS": "container.after_start=kill"})
+    try:
+        pod = cx.pod()
+        cid = cx.create(pod, cx.config("started", ["sleep", "1000"]))
+        with pytest.raises(grpc.RpcError):
+            cx.start(cid)
+        cx.daemon.env.pop("CALYX_FAILPOINTS")
+        cx.daemon.start()
+        st = cx.status(cid).status
+        assert st.state == pb.CONTAINER_RUNNING and st.started_at > 0
+        assert cx.output(cid, "echo", "ok") == "ok\n"
+        cx.stop(cid, 0)
+        assert cx.status(cid).status.exit_code == 137
+    finally:
+        cx.cleanup()
