@@ -32,7 +32,11 @@ class RuntimeCollector:
 
     def collect(self) -> Iterator[Metric]:
         start = time.monotonic()
-        pods: list[PodSample] = self.stats.all_pods()
+        try:
+            pods: list[PodSample] = self.stats.all_pods()
+        except Exception:  # keep serving Calyx's own metrics; the log says what broke
+            log.exception("sampling for a scrape failed")
+            pods = []
         yield from families(pods)
         yield from states(self.stats.runtime)
         self.last_scrape_seconds = time.monotonic() - start

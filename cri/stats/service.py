@@ -149,8 +149,8 @@ class StatsService:
             try:
                 dirs, cgroup_path = self._container_cgroup(c)
                 cgroup = read_cgroup(dirs)
-            except OSError as exc:
-                log.debug("cgroup unreadable", extra={"container_id": c.id, "error": str(exc)})
+            except Exception as exc:  # one unreadable container must not fail a whole listing
+                log.warning("cgroup unreadable", extra={"container_id": c.id, "error": repr(exc)})
             if cgroup is not None and cgroup.cpu is None and cgroup.memory is None:
                 cgroup = None  # the container exited between the state check and the read
             if cgroup is not None and cgroup.cpu is not None:
@@ -247,8 +247,8 @@ class StatsService:
                 dirs, cgroup_path = located
                 try:
                     cgroup = read_cgroup(dirs)
-                except OSError as exc:
-                    log.debug("pod cgroup unreadable", extra={"pod_id": pod.id, "error": str(exc)})
+                except Exception as exc:
+                    log.warning("pod cgroup unreadable", extra={"pod_id": pod.id, "error": repr(exc)})
                 if cgroup is not None and cgroup.cpu is None and cgroup.memory is None:
                     cgroup = None
             if cgroup is None and running:
@@ -264,8 +264,10 @@ class StatsService:
         if ready and pod.netns_path:
             try:
                 network = read_netns(pod.netns_path)
-            except OSError as exc:
-                log.debug("pod netns unreadable", extra={"pod_id": pod.id, "error": str(exc)})
+            except FileNotFoundError:
+                pass  # the pod is being stopped: its pin went away after the state check
+            except Exception as exc:
+                log.warning("pod netns unreadable", extra={"pod_id": pod.id, "error": repr(exc)})
         return PodSample(
             id=pod.id,
             name=pod.metadata.name,
