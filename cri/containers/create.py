@@ -98,7 +98,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         handler=handler_name,
         runtime_path=monitor.runtime_path,
         runtime_root=str(monitor.runtime_root),
-        image=config.image.image,
+        image=_image_name(config.image.image, image),
         image_ref=(image.repo_digests[0] if image.repo_digests else image.id),
         image_id=image.id,
         user_specified_image=config.image.user_specified_image,
@@ -203,3 +203,12 @@ def _cgroup_v2(runtime: Any) -> bool:
     driver = getattr(runtime, "cgroups", None)
     mode = getattr(getattr(driver, "hierarchy", None), "mode", None)
     return getattr(mode, "value", "") == "v2"
+
+
+def _image_name(requested: str, image: Any) -> str:
+    """The name status reports: kubelet asks by image id; like containerd, answer with a repo tag then."""
+    bare = requested.removeprefix("sha256:")
+    by_id = len(bare) >= 12 and all(ch in "0123456789abcdef" for ch in bare) and image.id.endswith(bare)
+    if by_id and image.repo_tags:
+        return str(image.repo_tags[0])
+    return requested

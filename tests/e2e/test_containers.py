@@ -64,7 +64,11 @@ def test_run_to_completion_status_logs_and_list(cx: Cx) -> None:
     assert ids(pod_sandbox_id=pod[0]) == {cid, other}
     assert ids(pod_sandbox_id="f" * 64) == set()
     streamed = {c.id for r in rt.StreamContainers(pb.StreamContainersRequest()) for c in r.containers}
-    assert streamed == {cid, other}
+    assert streamed == ids()
+
+    # kubelet creates by image id; status then names the image by a repo tag
+    by_id = cx.create(pod, cx.config("byid", ["true"], image=st.image_id))
+    assert cx.status(by_id).status.image.image == image
 
     info = json.loads(cx.status(other, verbose=True).info["info"])
     assert info["pid"] > 0 and os.path.exists(f"/proc/{info['pid']}")
