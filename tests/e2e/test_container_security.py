@@ -286,3 +286,27 @@ def test_devices_are_created_and_allowed(cx: Cx) -> None:
     cid = cx.run(pod, "dev", ["sleep", "1000"], devices=devices)
     assert cx.exec(cid, "sh", "-c", "test -c /dev/mynull && echo x > /dev/mynull").exit_code == 0
     assert cx.exec(cid, "sh", "-c", "mknod /dev/kmsg2 c 1 11 && cat /dev/kmsg2").exit_code != 0
+
+
+def test_bidirectional_propagation_shows_container_mounts_on_the_host(cx: Cx, short_tmp: Path) -> None:
+    shared = short_tmp / "both"
+    shared.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "cxboth", str(shared)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        linux = host_network_linux()
+        linux.security_context.privileged = True
+        pod = cx.pod(linux=linux)
+        mount = pb.Mount(
+            container_path="/both", host_path=str(shared), propagation=pb.PROPAGATION_BIDIRECTIONAL
+        )
+        cid = cx.run(pod, "both", ["sleep", "1000"], mounts=[mount], linux=sc(privileged=True))
+        cx.output(
+            cid, "sh", "-c", "mkdir /both/inner && mount -t tmpfs inner /both/inner && echo x > /both/inner/f"
+        )
+        assert (shared / "inner" / "f").read_text() == "x\n"
+        cx.output(cid, "umount", "/both/inner")
+        spec = json.loads(cx.status(cid, verbose=True).info["info"])["runtimeSpec"]
+        assert spec["linux"]["rootfsPropagation"] == "rshared"
+    finally:
+        subprocess.run(["umount", "-R", str(shared)], check=False)
