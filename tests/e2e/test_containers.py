@@ -297,3 +297,29 @@ def test_pod_stop_and_remove_take_their_containers_and_events_tell(cx: Cx) -> No
         pb.CONTAINER_STOPPED_EVENT,
         pb.CONTAINER_DELETED_EVENT,
     ]
+
+
+def test_parallel_creates_one_name_wins_and_others_all_run(cx: Cx) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pod = cx.pod()
+    image = cx.image()
+
+    def attempt(name: str) -> str:
+        try:
+            return cx.start(cx.create(pod, cx.config(name, ["sleep", "1000"], image=image)))
+        except grpc.RpcError as err:
+            return err.code().name
+
+    with ThreadPoolExecutor(8) as pool:
+        same = list(pool.map(attempt, ["same"] * 4))
+        different = list(pool.map(attempt, [f"c{i}" for i in range(6)]))
+    assert sorted(len(r) == 64 for r in same) == [False, False, False, True]
+    assert sorted(r for r in same if len(r) != 64) == ["ALREADY_EXISTS"] * 3
+    assert all(len(r) == 64 for r in different)
+    running = cx.rt.ListContainers(
+        pb.ListContainersRequest(
+            filter=pb.ContainerFilter(state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING))
+        )
+    ).containers
+    assert len(running) == 7
