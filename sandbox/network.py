@@ -52,8 +52,7 @@ class PodNetworks:
         if missing:
             raise FailedPrecondition(
                 f"pod network not ready: CNI plugins {', '.join(missing)} of network {netlist.name!r} "
-                f"not found "
-                f"in {', '.join(self.cni.bin_dirs)}"
+                f"not found in {', '.join(self.cni.bin_dirs)}"
             )
         return {"kind": "cni", "network": netlist.to_record(), "result": None}
 
