@@ -103,7 +103,12 @@ class Bench:
         finally:
             errors = self.work.cleanup()
             if errors:
-                log.warning("%s: cleanup: %s", self.t.name, "; ".join(errors))
+                log.warning(
+                    "%s: %d pods not removed through CRI (host-level cleanup follows); first: %s",
+                    self.t.name,
+                    len(errors),
+                    errors[0][:300],
+                )
         if reason:
             for name, _ in names:
                 result = self.results[name]

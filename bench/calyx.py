@@ -99,8 +99,10 @@ class Calyx:
 
     def stop(self) -> list[str]:
         self.daemon.stop()
-        # Containers outlive the daemon by design; the run's own are in its cgroup root.
+        # Containers and their monitors outlive the daemon by design. After a clean run there are
+        # none; after a failed one, the run's own are in its cgroup root or name its dirs.
         left = host.remove_cgroups(self.cgroup_root.strip("/"))
+        host.kill_pids(host.processes_mentioning(str(self.base)), grace=2.0)
         host.unmount_under(self.base)
         host.delete_link(self.bridge)
         host.remove_iptables_rules("cxbench-calyx")
