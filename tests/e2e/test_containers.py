@@ -323,3 +323,16 @@ def test_parallel_creates_one_name_wins_and_others_all_run(cx: Cx) -> None:
         )
     ).containers
     assert len(running) == 7
+
+
+def test_long_lines_are_split_into_partial_records(cx: Cx) -> None:
+    pod = cx.pod()
+    cid = cx.run(pod, "long", ["sh", "-c", "head -c 20000 /dev/zero | tr '\\0' a; echo; echo -n tail"])
+    cx.wait_exit(cid)
+    records = [r.split(" ", 3) for r in (cx.logs / "long.log").read_text().splitlines()]
+    tags = [r[2] for r in records]
+    # the last output has no newline: conmon leaves it a partial record
+    assert tags[-2:] == ["F", "P"] and "P" in tags[:-2] and set(tags[:-2]) <= {"P", "F"}
+    first_line = "".join(r[3] for r in records[: tags.index("F") + 1])
+    assert first_line == "a" * 20000
+    assert records[-1][3] == "tail"
