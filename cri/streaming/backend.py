@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from cri.runtime import Runtime
 from cri.streaming.process import ExecProcess
 from cri.streaming.remotecommand import AttachTarget
 from cri.streaming.server import AttachRequest, ExecRequest
+
+log = logging.getLogger("cri.streaming.backend")
 
 RESIZE_EVENT = 1  # conmon's ctl message type for a terminal resize
 
@@ -102,3 +106,45 @@ class ContainerBackend:
             raise Unavailable("this calyx has no pods subsystem")
         path = pods.get(pod_id).netns_path
         return str(path) if path else None
+
+    def reap_orphans(self) -> None:
+        """At start: kill exec processes a previous daemon left when it died mid-session.
+
+        Each session leaves ``<container>/exec/<id>.pid`` (runc's pid file) and ``<id>.json`` (the
+        process spec) until it ends. No session survives a restart, so any such pair is an orphan; its
+        process is killed if it is still running inside that container (same mount namespace as the
+        container's init), then the files go.
+        """
+        containers = getattr(self.runtime, "containers", None)
+        if containers is None:
+            return
+        for container in containers.list():
+            exec_dir = Path(container.path) / "exec"
+            if not exec_dir.is_dir():
+                continue
+            for pid_file in exec_dir.glob("*.pid"):
+                if container.state == "RUNNING" and container.pid:
+                    _kill_in_container(pid_file, container.pid, container.id)
+                pid_file.unlink(missing_ok=True)
+                pid_file.with_suffix(".json").unlink(missing_ok=True)
+            for spec in exec_dir.glob("*.json"):
+                spec.unlink(missing_ok=True)
+
+
+def _kill_in_container(pid_file: Path, init_pid: int, container_id: str) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+        fd = os.pidfd_open(pid)
+    except (OSError, ValueError):
+        return
+    try:
+        if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink(f"/proc/{init_pid}/ns/mnt"):
+            return  # the PID was reused by something else
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        log.info(
+            "killed an exec process left by a previous run", extra={"container_id": container_id, "pid": pid}
+        )
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -210,6 +210,17 @@ class ExecProcess:
         os.close(self.stdin_fd)
         self.stdin_fd = None
 
+    async def terminate(self, pid_file_wait: float = 2.0) -> None:
+        """Kill, first giving runc a moment to write the pid file if the session ends very early
+        (killing runc before it does would leave the container process running)."""
+        if self.pid_file is not None:
+            deadline = asyncio.get_running_loop().time() + pid_file_wait
+            while self._container_pid() is None and self._alive():
+                if asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+        self.kill()
+
     def kill(self) -> None:
         """Kill the process in the container (through the pid file) and our direct child."""
         if self.returncode is not None:

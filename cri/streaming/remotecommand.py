@@ -181,37 +181,40 @@ async def run_exec(
         log.warning("exec failed to start", extra={"error": str(exc)})
         return status_error(f"error executing command in container: {exc}")
     tasks: list[asyncio.Task[None]] = []
+    outputs: list[asyncio.Task[None]] = []
+    exited = asyncio.create_task(proc.wait())
+    gone = asyncio.create_task(ch.gone.wait())
     try:
-        outputs: list[asyncio.Task[None]] = []
         if proc.stdout_fd is not None and ch.stdout is not None:
             outputs.append(asyncio.create_task(_pump_out(proc.stdout_fd, ch.stdout)))
         if proc.stderr_fd is not None and ch.stderr is not None:
             outputs.append(asyncio.create_task(_pump_out(proc.stderr_fd, ch.stderr)))
-        tasks.extend(outputs)
         if ch.stdin is not None and proc.stdin_fd is not None:
             tasks.append(asyncio.create_task(_pump_in(ch.stdin, proc)))
         if decoder is not None:
             tasks.append(asyncio.create_task(resize_events(decoder, proc.resize)))
-        exited = asyncio.create_task(proc.wait())
-        gone = asyncio.create_task(ch.gone.wait())
-        done, _ = await asyncio.wait([exited, gone], return_when=asyncio.FIRST_COMPLETED)
-        if exited not in done:
+        await asyncio.wait([exited, gone], return_when=asyncio.FIRST_COMPLETED)
+        if not exited.done():
             log.info("client went away, killing exec process", extra={"pid": proc.pid})
-            proc.kill()
-            code = await exited
+            await proc.terminate()
+            await exited
             return status_error("client disconnected")
-        gone.cancel()
         code = exited.result()
         if outputs:
-            await asyncio.wait(outputs)
-        if code == 0:
-            return status_success()
-        return status_exit_code(code, cmd)
+            # The output ends at EOF; a client that leaves meanwhile ends it too.
+            drained: asyncio.Future[Any] = asyncio.gather(*outputs)
+            await asyncio.wait([drained, gone], return_when=asyncio.FIRST_COMPLETED)
+        return status_success() if code == 0 else status_exit_code(code, cmd)
     finally:
-        for task in tasks:
+        gone.cancel()
+        for task in tasks + outputs:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        proc.kill()
+        await asyncio.gather(gone, *tasks, *outputs, return_exceptions=True)
+        if not exited.done():
+            await asyncio.shield(proc.terminate())
+            await asyncio.wait([exited], timeout=10)
+        if not exited.done():
+            exited.cancel()
         proc.close()
 
 

@@ -202,6 +202,9 @@ class StreamingServer:
 
     # Subsystem protocol: the server starts while the runtime recovers, so URLs work once ready.
     def recover(self) -> None:
+        reap = getattr(self.backend, "reap_orphans", None)
+        if reap is not None:
+            reap()
         self.start()
 
     @property

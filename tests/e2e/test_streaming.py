@@ -355,3 +355,33 @@ def test_crictl_exec_and_port_forward(env: Env) -> None:
     )
     assert out.stdout == "via-crictl\n"
     assert out.returncode == 3
+
+
+def test_exec_process_left_by_a_killed_daemon_is_killed_at_restart(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    seconds = str(100000 + int.from_bytes(os.urandom(3), "big"))
+    url = env.exec_url(cid, ["sh", "-c", f"echo ready; exec sleep {seconds}"])
+    client, s = spdy(url, ("error", "stdout"))
+    assert s["stdout"].read() == b"ready\n"
+    wanted = f"sleep\0{seconds}\0".encode()
+
+    def sleepers() -> list[int]:
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read() == wanted:
+                        found.append(int(pid))
+            except OSError:
+                pass
+        return found
+
+    env.daemon.kill9()
+    client.close()
+    assert sleepers(), "the exec'd process outlives the killed daemon"
+    env.daemon.start()
+    wait_for(lambda: not sleepers(), "orphaned exec process killed by the restarted daemon")
+    # and the container itself is untouched
+    client, s = spdy(env.exec_url(cid, ["echo", "still here"]), ("error", "stdout"))
+    assert s["stdout"].read_all() == b"still here\n"
+    client.close()
