@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +111,13 @@ class CgroupfsDriver(CgroupDriver):
             (directory / "cgroup.procs").write_text(str(pid))
 
     def remove_container(self, container_id: str, parent: str) -> None:
+        """Remove the container's and its monitor's cgroups; what still runs in them (a conmon on its
+        way out, leftovers of a crash) is SIGKILLed first, as the systemd driver's stop does."""
         for path in (self.container_path(container_id, parent), self.monitor_path(container_id, parent)):
-            for directory in self.hierarchy.unique_dirs(path, named=True):
+            dirs = self.hierarchy.unique_dirs(path, named=True)
+            if _kill_procs(dirs):
+                _wait_empty(dirs)
+            for directory in dirs:
                 _remove_tree(directory)
         if not parent:
             # No pod owns the default parent (runc made it): it goes with its last container.
@@ -133,3 +140,28 @@ def _remove_tree(directory: Path) -> None:
             rmdir_if_exists(Path(root) / name)
     if not rmdir_if_exists(directory):
         log.warning("cgroup still busy, kept", extra={"cgroup": str(directory)})
+
+
+def _kill_procs(dirs: list[Path]) -> bool:
+    """SIGKILL every process in these cgroup trees; True if there was any."""
+    found = False
+    for directory in dirs:
+        for root, _subdirs, _files in os.walk(directory):
+            try:
+                pids = (Path(root) / "cgroup.procs").read_text().split()
+            except FileNotFoundError:
+                continue
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+                    found = True
+    return found
+
+
+def _wait_empty(dirs: list[Path], seconds: float = 5.0) -> None:
+    """Killed processes leave their cgroups a moment later (bounded wait; rmdir then tells)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(
+        (d / "cgroup.procs").exists() and (d / "cgroup.procs").read_text().strip() for d in dirs
+    ):
+        time.sleep(0.01)

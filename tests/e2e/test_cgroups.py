@@ -131,10 +131,12 @@ def test_cgroupfs_remove_parent_keeps_a_busy_parent(cgroupfs_parent: tuple[Cgrou
         assert f":memory:{monitor}\n" in cgroups
         assert driver.remove_parent(parent) is False
         assert driver.hierarchy.dirs(parent)["memory"].is_dir()
+        driver.remove_container("f" * 64, parent)  # kills a monitor still in its cgroup
+        assert sleeper.wait(10) == -9
     finally:
-        sleeper.kill()
-        sleeper.wait(10)
-    driver.remove_container("f" * 64, parent)
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait(10)
     assert driver.remove_parent(parent) is True
 
 
