@@ -329,7 +329,7 @@ class Bench:
     def record_helpers(self, per: str, new: list[procs.Proc], count: int, suffix: str = "") -> None:
         """Memory of the processes that appeared while ``count`` pods (or containers) were made,
         less the workloads themselves."""
-        mine = procs.owned(new, self.t.markers, self.t.cgroup_root)
+        mine = procs.owned(new, self.t.markers, self.t.cgroup_root, self.t.pid)
         helpers = [p for p in mine if p.cmdline != tuple(WORKLOAD) and p.pid != self.t.pid]
         mem = procs.memory_of(helpers)
         rss = self.results[f"helper_rss_per_{per}{suffix}"]

@@ -65,10 +65,14 @@ def bench_image(config: dict[str, object] | None = None, extra: list[Layer] | No
     return make_image([busybox_layer(), *(extra or [])], {"Env": [PATH_ENV], "Cmd": ["sh"], **(config or {})})
 
 
-def start_registry(base: Path, big_mb: int) -> Images:
+def start_registry(base: Path, big_mb: int, port: int = 0) -> Images:
+    """The registry on 127.0.0.1:``port`` (0: a free one) with the benchmark's images pushed."""
     storage = base / "registry"
     storage.mkdir(parents=True)
-    registry = Registry(base, storage).start()
+    registry = Registry(base, storage)
+    if port:
+        registry.port, registry.host = port, f"127.0.0.1:{port}"
+    registry.start()
     try:
         big_layers = big_image(big_mb).image
         assert big_layers is not None

@@ -80,10 +80,11 @@ def cgroup_paths(pid: int) -> list[str]:
         return []
 
 
-def owned(new: list[Proc], markers: list[str], cgroup_root: str) -> list[Proc]:
+def owned(new: list[Proc], markers: list[str], cgroup_root: str, parent: int | None = None) -> list[Proc]:
     """The processes of ``new`` that belong to one runtime's run: their command line names one of
     ``markers`` (its private dirs or socket), or they sit in the run's cgroup root, or their parent
-    does (catatonit under unshare). Other helpers' tests run on the same machine meanwhile."""
+    does (catatonit under unshare), or ``parent`` (the daemon) does. Other tests may run on the same
+    machine meanwhile: their processes must not be counted."""
     mine: dict[int, Proc] = {}
     for p in new:
         line = " ".join(p.cmdline)
@@ -95,7 +96,7 @@ def owned(new: list[Proc], markers: list[str], cgroup_root: str) -> list[Proc]:
     while grew:
         grew = False
         for p in new:
-            if p.pid not in mine and p.ppid in mine:
+            if p.pid not in mine and (p.ppid in mine or (parent is not None and p.ppid == parent)):
                 mine[p.pid] = p
                 grew = True
     return list(mine.values())

@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoint", help="CRI endpoint (unix:///path); default: start a Calyx of our own")
     parser.add_argument("--metrics-url", help="Prometheus endpoint of --endpoint (default: none)")
+    parser.add_argument(
+        "--registry-port",
+        type=int,
+        default=0,
+        help="port of the loopback registry (default: a free one); an --endpoint must allow plain HTTP to it",
+    )
     parser.add_argument("--reference", choices=["containerd", "none"], default="none")
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--no-floor", action="store_true", help="skip the runc floor")
@@ -111,7 +117,9 @@ def run_calyx(
                 images.big_bytes,
                 base / "calyx-logs",
                 cgroup_root,
-                markers=[path],
+                # The socket's dir is the run root in the default layout (/run/calyx): monitors and
+                # namespace holders name it in their command lines.
+                markers=[str(Path(path).parent)],
             )
             return measure(target, size, args)
         finally:
@@ -204,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: dict[str, str] = {}
     try:
         log.info("registry: pushing test images (big layer %d MB)", size.pull_mb)
-        images = env.start_registry(base / "reg", size.pull_mb)
+        images = env.start_registry(base / "reg", size.pull_mb, args.registry_port)
         try:
             results[report.CALYX] = run_calyx(args, size, images, base, tag)
             if args.reference == "containerd":
