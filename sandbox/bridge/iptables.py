@@ -3,8 +3,9 @@
 Per bridge (names carry the bridge name so several networks on one host stay apart):
   nat  CALYX-HP-<br>   hostPort dispatch, jumped to from PREROUTING and OUTPUT for local destinations
                        (OUTPUT makes hostPorts work from the host itself, 127.0.0.1 included)
-  nat  CALYX-PR-<br>   masquerade: pod traffic leaving the subnet, and loopback-sourced traffic DNATed
-                       into the bridge (needs route_localnet on the bridge)
+  nat  CALYX-PR-<br>   masquerade: pod traffic leaving the subnet, loopback-sourced traffic DNATed
+                       into the bridge (needs route_localnet on the bridge), and pods reaching
+                       hostPorts through a host address (hairpin)
   filter CALYX-FW-<br> accept forwarding to and from the bridge
 Per pod: nat CALYX-H-<id16> with the pod's DNAT rules, jumped to from CALYX-HP-<br>.
 The network chains go when the last pod of the bridge is gone; a pod's chain goes at its stop.
@@ -91,6 +92,10 @@ class BridgeRules:
         net = str(subnet)
         _ensure("nat", self.postrouting, ["-s", net, "!", "-d", net, "-j", "MASQUERADE"])
         _ensure("nat", self.postrouting, ["-s", "127.0.0.0/8", "-o", self.bridge, "-j", "MASQUERADE"])
+        # A pod reaching a hostPort (its own or another pod's) through a host address: without this the
+        # answer would go straight back over the bridge, bypassing the host's reverse NAT.
+        hairpin = ["-s", net, "-o", self.bridge, "-m", "conntrack", "--ctstate", "DNAT", "-j", "MASQUERADE"]
+        _ensure("nat", self.postrouting, hairpin)
         _ensure("filter", self.forward, ["-i", self.bridge, "-j", "ACCEPT"])
         _ensure("filter", self.forward, ["-o", self.bridge, "-j", "ACCEPT"])
         for table, chain, rule in self._jumps():

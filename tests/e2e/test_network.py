@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import grpc
@@ -374,5 +375,27 @@ def test_builtin_host_port_bound_to_a_host_ip_answers_only_there(builtin_net) ->
         assert exchange("127.0.0.1", host_port).startswith("pong ")
         with pytest.raises(ConnectionRefusedError):  # not forwarded: nothing listens on the host itself
             exchange(host_address(), host_port)
+    finally:
+        listener.close()
+
+
+def test_builtin_host_port_reached_from_pods_through_the_host_address(builtin_net) -> None:
+    """Hairpin: another pod and the serving pod itself reach the hostPort via the host's address."""
+    net = builtin_net()
+    host_port, pod_port = free_port(), 6000 + os.getpid() % 1000
+    server = run_pod(
+        net.daemon, pod_config(port_mappings=[pb.PortMapping(container_port=pod_port, host_port=host_port)])
+    )
+    other = run_pod(net.daemon, pod_config())
+    listener = Listener(_netns(net, server), pod_port)
+    gateway = str(ipaddress.ip_network(net.subnet).network_address + 1)
+    probe = (
+        f"import socket; s = socket.create_connection(('{host_address()}', {host_port}), 10); "
+        "print(s.recv(100).decode())"
+    )
+    try:
+        for pod_id in (other, server):
+            answer = in_netns(_netns(net, pod_id), sys.executable, "-c", probe).stdout.strip()
+            assert answer == f"pong {gateway}"  # masqueraded, so the answer comes back through the host
     finally:
         listener.close()
