@@ -12,7 +12,8 @@ runtime_pkgs=(python3 python3-venv runc conmon catatonit containernetworking-plu
 # What the test suite needs besides: the test registry and its auth tools, the busybox the test images
 # are built from, D-Bus and systemd for the systemd cgroup driver's tests, Prometheus for the exporter's.
 # busybox-static and busybox conflict: the static one is installed, the dynamic one only unpacked (below).
-dev_pkgs=(docker-registry apache2-utils busybox-static openssl dbus systemd prometheus uidmap iputils-ping)
+dev_pkgs=(docker-registry apache2-utils busybox-static openssl dbus systemd prometheus uidmap iputils-ping
+          golang-go golang-github-docker-spdystream-dev)  # the last two: a spdystream client (streaming tests)
 
 pkgs=("${runtime_pkgs[@]}")
 [ "$mode" = --dev ] && pkgs+=("${dev_pkgs[@]}")

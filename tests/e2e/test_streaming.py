@@ -24,6 +24,7 @@ from tests.image_fixtures import image_registry, registry_base  # noqa: F401 - f
 from tests.net_fixtures import host_network_linux, pod_config, run_pod
 from tests.registry import free_port
 from tests.spdy_client import SpdyClient
+from tests.spdystream_client import run_spdyexec, spdyexec  # noqa: F401 - fixture
 
 V4 = "v4.channel.k8s.io"
 
@@ -385,3 +386,15 @@ def test_exec_process_left_by_a_killed_daemon_is_killed_at_restart(env: Env) -> 
     client, s = spdy(env.exec_url(cid, ["echo", "still here"]), ("error", "stdout"))
     assert s["stdout"].read_all() == b"still here\n"
     client.close()
+
+
+def test_exec_with_the_spdystream_client_kubectl_uses(env: Env, spdyexec) -> None:  # noqa: F811
+    cid = env.container(["sleep", "3600"])
+    url = env.exec_url(
+        cid, ["sh", "-c", "cat; echo err >&2; head -c 5000000 /dev/zero; exit 9"], stdin=True, stderr=True
+    )
+    proc, status = run_spdyexec(spdyexec, url, "error,stdin,stdout,stderr", stdin=b"kubectl-like\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == b"kubectl-like\n" + b"\0" * 5_000_000
+    assert proc.stderr == b"err\n"
+    assert json.loads(status)["details"]["causes"] == [{"reason": "ExitCode", "message": "9"}]
