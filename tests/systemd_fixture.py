@@ -69,7 +69,7 @@ class NamespacedSystemd:
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name or f"calyx-sd-{os.getpid()}-{next(_counter)}"
-        self.workdir = Path(tempfile.mkdtemp(prefix="calyx-sd-", dir="/tmp"))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir="/tmp"))
         self.pid1 = 0
         self._unshare: subprocess.Popen[bytes] | None = None
         self._cgdirs: list[Path] = []
@@ -315,12 +315,20 @@ def _die_with_parent() -> None:
 
 
 def _remove_stale(ours: list[Path]) -> None:
-    """Empty cgroup trees of test systemds whose test process died (named calyx-sd-<pid>-<n>)."""
+    """Empty cgroup trees and work dirs of test systemds whose test process died (both named
+    calyx-sd-<pid>-<n>...)."""
     for directory in ours:
         for sibling in directory.parent.glob("calyx-sd-*-*"):
-            owner = sibling.name.split("-")[2]
-            if owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner)):
+            if _dead_owner(sibling.name):
                 _remove_tree(sibling)
+    for workdir in Path("/tmp").glob("calyx-sd-*-*-*"):
+        if _dead_owner(workdir.name):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _dead_owner(name: str) -> bool:
+    owner = name.split("-")[2]
+    return owner.isdigit() and int(owner) != os.getpid() and not _alive(int(owner))
 
 
 def _alive(pid: int) -> bool:

@@ -818,6 +818,7 @@ def test_the_test_systemd_dies_with_its_test_process_and_its_cgroups_are_reclaim
     assert leftovers and all(d.is_dir() for d in leftovers)  # empty now, removed by the next start
     NamespacedSystemd().start().stop()
     assert not any(d.exists() for d in leftovers)
+    assert not list(Path("/tmp").glob(f"{leftovers[0].name}-*"))  # its work dir too
 
 
 SYSTEMD_OWNER = """
