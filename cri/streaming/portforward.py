@@ -165,6 +165,9 @@ class SpdyPortForward:
                 await data.close()
             with contextlib.suppress(Exception):
                 await error.close()
+            if self.session is not None:
+                self.session.forget(data)
+                self.session.forget(error)
 
     async def close(self) -> None:
         for pair in self.pairs.values():

@@ -262,9 +262,9 @@ class SpdySession:
     async def _on_data(self, frame: spdy.DataFrame) -> None:
         stream = self.streams.get(frame.stream_id)
         if stream is None or stream.remote_closed:
-            if frame.stream_id not in self.streams:
+            if stream is None and frame.stream_id > self._last_peer_stream:
                 self._write(spdy.rst_stream(frame.stream_id, spdy.INVALID_STREAM))
-            else:
+            elif frame.data:  # a bare FIN for a stream we are done with needs no answer
                 self._write(spdy.rst_stream(frame.stream_id, spdy.STREAM_ALREADY_CLOSED))
             # Data we drop still counts against the session window: give it back.
             self._give_back(0, len(frame.data))
@@ -327,6 +327,11 @@ class SpdySession:
         except ConnectionError:
             self._lost()
             raise StreamClosed("connection lost") from None
+
+    def forget(self, stream: SpdyStream) -> None:
+        """Drop a finished stream (port-forward opens two per connection over a long session)."""
+        self.streams.pop(stream.id, None)
+        self._unacked.pop(stream.id, None)
 
     def reply(self, stream: SpdyStream, headers: spdy.Headers | None = None) -> None:
         """Accept a stream: SYN_REPLY (with FIN when the client sent a unidirectional stream)."""

@@ -398,3 +398,37 @@ def test_exec_with_the_spdystream_client_kubectl_uses(env: Env, spdyexec) -> Non
     assert proc.stdout == b"kubectl-like\n" + b"\0" * 5_000_000
     assert proc.stderr == b"err\n"
     assert json.loads(status)["details"]["causes"] == [{"reason": "ExitCode", "message": "9"}]
+
+
+def test_attach_over_websocket(env: Env) -> None:
+    cid = env.container(["sh", "-c", "while read l; do echo ws:$l; done"], stdin=True, stdin_once=True)
+    url = env.daemon.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True)).url
+    with connect(url.replace("http://", "ws://"), subprotocols=["v5.channel.k8s.io"]) as ws:
+        assert ws.recv(timeout=10) == b"\x01"
+        ws.send(b"\x00hello\n")
+        assert ws.recv(timeout=30) == b"\x01ws:hello\n"
+        ws.send(b"\xff\x00")  # close stdin: the loop ends, the container exits, the session ends
+        rest = []
+        try:
+            while True:
+                rest.append(ws.recv(timeout=30))
+        except Exception:
+            pass
+    assert json.loads(b"".join(m[1:] for m in rest if m[0] == 3))["status"] == "Success"
+
+
+def test_concurrent_execs_in_one_container(env: Env) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cid = env.container(["sleep", "3600"])
+
+    def one(i: int) -> bytes:
+        client, s = spdy(env.exec_url(cid, ["sh", "-c", f"sleep 1; echo {i}"]), ("error", "stdout"))
+        out = s["stdout"].read_all()
+        assert json.loads(s["error"].read_all())["status"] == "Success"
+        client.close()
+        return out
+
+    with ThreadPoolExecutor(16) as pool:
+        outputs = list(pool.map(one, range(16)))
+    assert outputs == [f"{i}\n".encode() for i in range(16)]
