@@ -20,9 +20,9 @@ from cri import failpoints
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, rootfs, shm
 from cri.containers import spec as oci
-from cri.containers.model import CREATED, CREATING, Container, encode_config
+from cri.containers.model import CREATED, CREATING, RUNNING, Container, encode_config
 from cri.containers.monitor import signal_number, wait_monitor_gone
-from cri.containers.procinfo import start_time
+from cri.containers.procinfo import alive, start_time
 from cri.containers.users import make_inside
 from cri.errors import FailedPrecondition, InvalidArgument
 
@@ -60,6 +60,7 @@ def _stop_signal(config: pb.ContainerConfig, image_config: dict[str, Any]) -> st
 
 
 def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -> str:
+    start = time.monotonic()
     runtime = manager.runtime
     _check_config(config)
     pods = getattr(runtime, "pods", None)
@@ -77,9 +78,10 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
     target_pid_ns = None
     if sc.namespace_options.pid == pb.TARGET:
         target = manager.get(sc.namespace_options.target_id)
-        target_pid_ns = f"/proc/{target.pid}/ns/pid"
-        if target.pod_id != pod.id or not os.path.exists(target_pid_ns):
+        # The PID must still be the target's own process (start time checked), not a reused one.
+        if target.pod_id != pod.id or target.state != RUNNING or not alive(target.pid, target.pid_start):
             raise FailedPrecondition("pid namespace target must be a running container of the same pod")
+        target_pid_ns = f"/proc/{target.pid}/ns/pid"
 
     handler_name = getattr(pod, "runtime_handler", "") or runtime.config.runtime.default_handler
     monitor = manager.monitor(handler_name)
@@ -156,7 +158,6 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
             Path(container.log_path).parent.mkdir(parents=True, exist_ok=True)
         cgroups_compat.prepare_parent(runtime, parent)
 
-        start = time.monotonic()
         undo.callback(monitor.forget, container_id)
         undo.callback(wait_monitor_gone, container_id, bundle)
         undo.callback(monitor.delete, container_id)

@@ -19,11 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cri import failpoints
+from cri import failpoints, lifecycle
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, rootfs, shm
 from cri.containers import create as create_mod
-from cri.containers import status as status_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive
@@ -115,13 +114,7 @@ class ContainerManager:
 
     def emit(self, c: Container, event_type: int) -> None:
         """Tell GetContainerEvents subscribers (when the events subsystem exists)."""
-        events = getattr(self.runtime, "events", None)
-        if events is None:
-            return
-        try:
-            events.emit(c.id, event_type, None, [status_mod.to_status(c)])
-        except Exception:
-            log.exception("event not published", extra={"container_id": c.id})
+        lifecycle.publish_container(self.runtime, c, event_type)
 
     def _lock_of(self, container_id: str) -> threading.RLock:
         with self._lock:
@@ -176,6 +169,7 @@ class ContainerManager:
                     c.reason = "Error"
                     c.message = "the container and its monitor are gone; the exit code is unknown"
                     self.persist(c)
+                    self.emit(c, pb.CONTAINER_STOPPED_EVENT)
 
     def _mark_exited(self, c: Container, code: int, when_ns: int) -> None:
         mon = self._monitor_of(c)
@@ -196,7 +190,8 @@ class ContainerManager:
 
     def create(self, pod_id: str, config: pb.ContainerConfig) -> str:
         container_id = create_mod.create(self, pod_id, config)
-        self.emit(self._containers[container_id], pb.CONTAINER_CREATED_EVENT)
+        with self._lock_of(container_id):  # before the exit watcher can report it STOPPED
+            self.emit(self._containers[container_id], pb.CONTAINER_CREATED_EVENT)
         return container_id
 
     def start(self, container_id: str) -> None:
@@ -216,14 +211,15 @@ class ContainerManager:
                 c.reason = "StartError"
                 c.message = str(exc)[-1000:]
                 self.persist(c)
+                self.emit(c, pb.CONTAINER_STOPPED_EVENT)
                 with contextlib.suppress(Exception):
                     mon.delete(c.id)
                 raise
             c.state = RUNNING
             c.started_at = time.time_ns()
             self.persist(c)
-        log.info("container started", extra={"container_id": c.id})
-        self.emit(c, pb.CONTAINER_STARTED_EVENT)
+            log.info("container started", extra={"container_id": c.id})
+            self.emit(c, pb.CONTAINER_STARTED_EVENT)  # under the lock: STOPPED cannot overtake it
         self.refresh(c)
 
     def _adopt_started(self, c: Container) -> None:
@@ -417,7 +413,11 @@ class ContainerManager:
                 live = [c for c in self._containers.values() if c.state in (CREATED, RUNNING)]
             for c in live:
                 try:
-                    if self._monitor_of(c).exit_file(c.id).exists():
+                    # conmon writes the exit file; a conmon killed meanwhile writes none, and then the
+                    # container's own end is noticed once neither it nor its monitor runs.
+                    if self._monitor_of(c).exit_file(c.id).exists() or not alive(
+                        c.conmon_pid, c.conmon_start
+                    ):
                         self.refresh(c)
                 except Exception:
                     log.exception("exit check failed", extra={"container_id": c.id})
