@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import shlex
 import sqlite3
@@ -44,12 +45,42 @@ def iptables_save() -> str:
     return sh("iptables-save").stdout
 
 
-def _unique_n() -> int:
-    for _ in range(200):
+CLAIMS = Path("/tmp/calyx-test-nets")
+
+
+def _claim_n() -> int:
+    """A network number no other test (of any process) uses now: claimed with an O_EXCL file holding
+    our PID; a claim whose process is gone is stale and taken over."""
+    CLAIMS.mkdir(exist_ok=True)
+    for _ in range(500):
         n = random.randint(2, 250)
-        if not link_exists(f"cxp{n}") and not link_exists(f"cxc{n}"):
-            return n
-    raise RuntimeError("no free test bridge number")
+        claim = CLAIMS / str(n)
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = int(claim.read_text() or "0")
+            except (OSError, ValueError):
+                continue
+            if owner and Path(f"/proc/{owner}").exists():
+                continue
+            claim.unlink(missing_ok=True)  # stale: its test process died
+            continue
+        with os.fdopen(fd, "w") as out:
+            out.write(str(os.getpid()))
+        if link_exists(f"cxp{n}") or link_exists(f"cxc{n}"):
+            continue  # left by someone else; keep the claim so nobody else picks it meanwhile
+        return n
+    raise RuntimeError("no free test network number")
+
+
+def _release_n(n: int) -> None:
+    (CLAIMS / str(n)).unlink(missing_ok=True)
+
+
+def _unique_n() -> int:
+    """A claimed network number for callers that do not release it (it turns stale with the process)."""
+    return _claim_n()
 
 
 def _drop_chains(predicate: Callable[[str], bool]) -> None:
@@ -110,7 +141,8 @@ def builtin_net(daemon_factory: Callable[..., Daemon]) -> Iterator[Callable[...,
     stack = contextlib.ExitStack()
 
     def make(env: dict[str, str] | None = None, config: dict[str, Any] | None = None) -> Net:
-        n = _unique_n()
+        n = _claim_n()
+        stack.callback(_release_n, n)
         bridge, subnet = f"cxp{n}", f"10.250.{n}.0/24"
         stack.enter_context(_host_restored(bridge))
         conf_dir = Path(f"/tmp/cx-nocni-{bridge}")
@@ -168,7 +200,8 @@ def cni_net(daemon_factory: Callable[..., Daemon], short_tmp: Path) -> Iterator[
         bin_dirs: list[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> Net:
-        n = _unique_n()
+        n = _claim_n()
+        stack.callback(_release_n, n)
         bridge, subnet = f"cxc{n}", f"10.249.{n}.0/24"
         stack.enter_context(_host_restored(bridge))
         conf_dir = short_tmp / f"cni{n}"
