@@ -9,6 +9,8 @@ import logging
 import time
 from pathlib import Path
 
+from cri import lifecycle
+from cri.api import api_pb2 as pb
 from cri.errors import NotFound
 from cri.pods.service import PodService
 from cri.pods.stop import stop_pod
@@ -38,6 +40,7 @@ def remove_pod(svc: PodService, pod_id: str) -> None:
             cgroups.remove_parent(pod.cgroup_parent)
         remove_dir(Path(pod.pod_dir))
         svc.forget(pod)
+        lifecycle.publish_pod(svc.runtime, pod, pb.CONTAINER_DELETED_EVENT)
     log.info(
         "pod sandbox removed", extra={"pod_id": full_id, "duration_ms": (time.monotonic() - start) * 1000}
     )

@@ -14,7 +14,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from cri import failpoints
+from cri import failpoints, lifecycle
 from cri.api import api_pb2 as pb
 from cri.pods.model import KIND, NOTREADY, READY, Pod
 from cri.pods.service import PodService
@@ -33,6 +33,8 @@ def run_pod(svc: PodService, request: pb.RunPodSandboxRequest) -> Pod:
     try:
         with svc.locked(pod_id):
             pod = _make(svc, spec, pod_id)
+            lifecycle.publish_pod(svc.runtime, pod, pb.CONTAINER_CREATED_EVENT)
+            lifecycle.publish_pod(svc.runtime, pod, pb.CONTAINER_STARTED_EVENT)
     except BaseException:
         svc.release_name(spec.metadata.key, pod_id)
         raise

@@ -11,7 +11,8 @@ import dataclasses
 import logging
 import time
 
-from cri import failpoints
+from cri import failpoints, lifecycle
+from cri.api import api_pb2 as pb
 from cri.errors import NotFound
 from cri.pods.model import NOTREADY
 from cri.pods.service import PodService
@@ -40,7 +41,9 @@ def stop_pod(svc: PodService, pod_id: str) -> None:
         detach_network(svc.networks, pod)
         failpoints.hit("pod.stop_after_network", pod_id=pod.id)
         release_namespaces(svc.run_root, pod)
-        svc.save(dataclasses.replace(pod, state=NOTREADY, ips=[]))
+        stopped = dataclasses.replace(pod, state=NOTREADY, ips=[])
+        svc.save(stopped)
+        lifecycle.publish_pod(svc.runtime, stopped, pb.CONTAINER_STOPPED_EVENT)
     log.info(
         "pod sandbox stopped", extra={"pod_id": full_id, "duration_ms": (time.monotonic() - start) * 1000}
     )

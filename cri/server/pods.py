@@ -9,52 +9,20 @@ from typing import Any
 import grpc
 
 from cri.api import api_pb2 as pb
-from cri.pods.model import READY, Pod
+from cri.pods.model import Pod
 from cri.pods.query import filtered, verbose_info
+from cri.pods.status import pod_status, sandbox_state
 from cri.runtime import Runtime
 
 STREAM_BATCH = 256  # pods per StreamPodSandboxes message, well below the 16 MiB message limit
-_MODES = {"POD": pb.POD, "CONTAINER": pb.CONTAINER, "NODE": pb.NODE, "TARGET": pb.TARGET}
-
-
-def _state(pod: Pod) -> pb.PodSandboxState:
-    return pb.SANDBOX_READY if pod.state == READY else pb.SANDBOX_NOTREADY
 
 
 def pod_sandbox(pod: Pod) -> pb.PodSandbox:
     return pb.PodSandbox(
         id=pod.id,
         metadata=pod.metadata.to_pb(),
-        state=_state(pod),
+        state=sandbox_state(pod),
         created_at=pod.created_at,
-        labels=pod.labels,
-        annotations=pod.annotations,
-        runtime_handler=pod.runtime_handler,
-    )
-
-
-def pod_status(pod: Pod) -> pb.PodSandboxStatus:
-    options = pod.namespace_options
-    network = pb.PodSandboxNetworkStatus()
-    if pod.ips:
-        network.ip = pod.ips[0]
-        network.additional_ips.extend(pb.PodIP(ip=ip) for ip in pod.ips[1:])
-    return pb.PodSandboxStatus(
-        id=pod.id,
-        metadata=pod.metadata.to_pb(),
-        state=_state(pod),
-        created_at=pod.created_at,
-        network=network,
-        linux=pb.LinuxPodSandboxStatus(
-            namespaces=pb.Namespace(
-                options=pb.NamespaceOption(
-                    network=_MODES[options["network"]],
-                    pid=_MODES[options["pid"]],
-                    ipc=_MODES[options["ipc"]],
-                    target_id=options.get("target_id", ""),
-                )
-            )
-        ),
         labels=pod.labels,
         annotations=pod.annotations,
         runtime_handler=pod.runtime_handler,
