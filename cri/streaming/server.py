@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import h11
 
 from cri.config import StreamingConfig
+from cri.errors import CalyxError, NotFound
 from cri.streaming import remotecommand as rc
 from cri.streaming.netns import connect_localhost
 from cri.streaming.portforward import SpdyPortForward, websocket_portforward
@@ -403,7 +404,7 @@ class StreamingServer:
         head: Head,
         request: PortForwardRequest,
     ) -> None:
-        netns = self.backend.pod_netns(request.pod_id)
+        netns = self._pod_netns(request.pod_id)
         await self._spdy_upgrade(writer, head, SPDY_PORTFORWARD)
         forwarder = SpdyPortForward(
             request.pod_id, lambda port: connect_localhost(netns, port), STREAM_CREATION_TIMEOUT
@@ -415,6 +416,15 @@ class StreamingServer:
         finally:
             await forwarder.close()
             writer.close()
+
+    def _pod_netns(self, pod_id: str) -> str | None:
+        """Checked before the upgrade, so a pod removed since the URL was issued is a plain HTTP error."""
+        try:
+            return self.backend.pod_netns(pod_id)
+        except NotFound as exc:
+            raise HTTPError(404, "Not Found", str(exc)) from None
+        except CalyxError as exc:
+            raise HTTPError(500, "Internal Server Error", str(exc)) from None
 
     # --- WebSocket -------------------------------------------------------------------------------------
 
@@ -476,7 +486,7 @@ class StreamingServer:
                 raise HTTPError(400, "Bad Request", "query parameter port must be a number") from None
         if not ports or not all(0 < p < 65536 for p in ports):
             raise HTTPError(400, "Bad Request", "at least one port between 1 and 65535 is required")
-        netns = self.backend.pod_netns(request.pod_id)
+        netns = self._pod_netns(request.pod_id)
         try:
             session = await WsSession.accept(
                 reader, writer, head.raw, WS_PORTFORWARD, 2 * len(ports), self.config.idle_timeout_seconds

@@ -430,3 +430,10 @@ def test_tls_serves_https_urls(short_tmp) -> None:
         assert s["stdout"].read_all() == b"over tls\n"
         assert json.loads(s["error"].read_all())["status"] == "Success"
         client.close()
+
+
+def test_portforward_to_a_pod_gone_since_the_url_was_issued_is_404(server) -> None:
+    srv, _ = server
+    client = SpdyClient(srv.url_for("portforward", PortForwardRequest("gonepod")), ["portforward.k8s.io"])
+    assert client.status == 404
+    assert b"no such pod" in client.body
