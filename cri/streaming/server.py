@@ -283,18 +283,25 @@ class StreamingServer:
         upgrade = head.upgrade()
         if upgrade not in ("websocket", "spdy/3.1"):
             raise HTTPError(400, "Bad Request", "unable to upgrade: missing upgrade headers in request")
-        log.info("streaming session", extra={"kind": kind, "protocol": upgrade})
-        if kind == "portforward":
+        target = getattr(request, "container_id", None) or getattr(request, "pod_id", "")
+        ids = {"container_id": target} if kind != "portforward" else {"pod_id": target}
+        log.info("streaming session started", extra={"kind": kind, "protocol": upgrade, **ids})
+        started = asyncio.get_running_loop().time()
+        try:
+            if kind == "portforward":
+                if upgrade == "websocket":
+                    await self._ws_portforward(reader, writer, head, request)
+                else:
+                    await self._spdy_portforward(reader, writer, head, request)
+                return
+            runner = self._runner(kind, request)
             if upgrade == "websocket":
-                await self._ws_portforward(reader, writer, head, request)
+                await self._ws_remotecommand(reader, writer, head, request, runner)
             else:
-                await self._spdy_portforward(reader, writer, head, request)
-            return
-        runner = self._runner(kind, request)
-        if upgrade == "websocket":
-            await self._ws_remotecommand(reader, writer, head, request, runner)
-        else:
-            await self._spdy_remotecommand(reader, writer, head, request, runner)
+                await self._spdy_remotecommand(reader, writer, head, request, runner)
+        finally:
+            duration_ms = (asyncio.get_running_loop().time() - started) * 1000
+            log.info("streaming session ended", extra={"kind": kind, **ids, "duration_ms": duration_ms})
 
     def _runner(self, kind: str, request: Any) -> Callable[[rc.Channels], Awaitable[rc.Status]]:
         if kind == "exec":

@@ -437,3 +437,26 @@ def test_portforward_to_a_pod_gone_since_the_url_was_issued_is_404(server) -> No
     client = SpdyClient(srv.url_for("portforward", PortForwardRequest("gonepod")), ["portforward.k8s.io"])
     assert client.status == 404
     assert b"no such pod" in client.body
+
+
+def test_websocket_idle_sessions_are_closed() -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    with host_server(idle_timeout_seconds=1.0) as (srv, backend):
+        with connect(ws_url(exec_url(srv, ["sleep", "1000"])), subprotocols=[V4]) as ws:
+            assert ws.recv(timeout=10) == b"\x01"
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=30)
+        wait_for(lambda: backend.spawned[0].returncode is not None, "idle exec process killed")
+
+
+def test_websocket_base64_portforward(server, http_port) -> None:
+    srv, backend = server
+    backend.netns["hostpod"] = None
+    url = ws_url(srv.url_for("portforward", PortForwardRequest("hostpod", [http_port])))
+    with connect(url, subprotocols=["v4.base64.channel.k8s.io"]) as ws:
+        port_b64 = base64.b64encode(struct.pack("<H", http_port)).decode()
+        assert {ws.recv(timeout=10), ws.recv(timeout=10)} == {"0" + port_b64, "1" + port_b64}
+        ws.send("0" + base64.b64encode(b"GET /b64 HTTP/1.0\r\n\r\n").decode())
+        data = b"".join(base64.b64decode(m[1:]) for m in collect(ws) if m[0] == "0")
+    assert data.startswith(b"HTTP/1.0 200") and data.endswith(b"hello from /b64")
