@@ -129,6 +129,11 @@ class PodService:
 
         remove_pod(self, pod_id)
 
+    def update_resources(self, request: pb.UpdatePodSandboxResourcesRequest) -> None:
+        from cri.pods.resources import update_pod_resources
+
+        update_pod_resources(self, request)
+
     def recover(self) -> None:
         from cri.pods.recover import recover_pods
 

@@ -59,6 +59,13 @@ class PodRPCs:
         flt = request.filter if request.HasField("filter") else None
         return pb.ListPodSandboxResponse(items=[pod_sandbox(p) for p in filtered(self._pods, flt)])
 
+    def UpdatePodSandboxResources(
+        self, request: pb.UpdatePodSandboxResourcesRequest, context: grpc.ServicerContext
+    ) -> Any:
+        """kubelet has resized the pod cgroup; the pod records the new values (see cri/pods/resources.py)."""
+        self._pods.update_resources(request)
+        return pb.UpdatePodSandboxResourcesResponse()
+
     def StreamPodSandboxes(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         """ListPodSandbox as a stream of batches (kubelet's variant for nodes with many pods)."""
         flt = request.filter if request.HasField("filter") else None

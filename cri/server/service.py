@@ -14,6 +14,7 @@ import grpc
 
 from cri.api import api_pb2_grpc
 from cri.runtime import Runtime
+from cri.server.checkpoint import CheckpointRPCs
 from cri.server.containers import ContainerRPCs
 from cri.server.events import EventRPCs
 from cri.server.images import ImageRPCs
@@ -34,6 +35,7 @@ class RuntimeService(
     ContainerRPCs,
     StatsRPCs,
     StreamingRPCs,
+    CheckpointRPCs,
     api_pb2_grpc.RuntimeServiceServicer,
 ):
     def __init__(self, runtime: Runtime) -> None:

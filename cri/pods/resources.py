@@ -1,0 +1,35 @@
+"""UpdatePodSandboxResources: record the pod-level resources kubelet has applied.
+
+kubelet owns the pod-level cgroup (it made ``cgroup_parent`` and resizes it itself during an in-place
+pod resize); this call tells the runtime the new pod-level overhead and resources afterwards
+(containerd and CRI-O hand them to NRI plugins). Calyx has no such plugins, so it records them in the
+pod (``linux.overhead``/``linux.resources``, what the pod's containers and verbose status read) and
+does not write the pod cgroup, which would race kubelet's own writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from cri.api import api_pb2 as pb
+from cri.errors import FailedPrecondition
+from cri.pods.model import message_dict
+from cri.pods.service import PodService
+
+log = logging.getLogger("cri.pods")
+
+
+def update_pod_resources(svc: PodService, request: pb.UpdatePodSandboxResourcesRequest) -> None:
+    full_id = svc.resolve_id(request.pod_sandbox_id)  # NotFound for an unknown pod
+    with svc.locked(full_id):
+        pod = svc.get(full_id)
+        if not pod.ready:
+            raise FailedPrecondition(f"pod sandbox {full_id} is not ready", full_id)
+        linux = dict(pod.linux)
+        if request.HasField("overhead"):
+            linux["overhead"] = message_dict(request.overhead)
+        if request.HasField("resources"):
+            linux["resources"] = message_dict(request.resources)
+        svc.save(dataclasses.replace(pod, linux=linux))
+    log.info("pod sandbox resources recorded", extra={"pod_id": full_id})
