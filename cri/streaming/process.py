@@ -25,7 +25,7 @@ from pathlib import Path
 
 log = logging.getLogger("cri.streaming.process")
 
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 256 * 1024
 
 
 def set_nonblocking(fd: int) -> None:

@@ -23,7 +23,7 @@ from cri.streaming import spdy
 
 log = logging.getLogger("cri.streaming.spdy")
 
-MAX_DATA_FRAME = 32 * 1024
+MAX_DATA_FRAME = 128 * 1024
 RECV_BUFFER_LIMIT = 1024 * 1024  # per stream: past this, stop reading the socket until consumed
 
 
