@@ -183,6 +183,18 @@ def test_large_exec_output_does_not_grow_the_daemon(env: Env) -> None:
     assert grown < 30 * 1024, f"daemon RSS grew by {grown} KiB moving 100 MB"
 
 
+def processes_with_cmdline(wanted: bytes) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read() == wanted:
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
 def test_client_disconnect_kills_the_exec_process(env: Env) -> None:
     cid = env.container(["sleep", "3600"])
     seconds = str(100000 + int.from_bytes(os.urandom(3), "big"))  # a command line no one else runs
@@ -432,3 +444,18 @@ def test_concurrent_execs_in_one_container(env: Env) -> None:
     with ThreadPoolExecutor(16) as pool:
         outputs = list(pool.map(one, range(16)))
     assert outputs == [f"{i}\n".encode() for i in range(16)]
+
+
+def test_daemon_shutdown_ends_sessions_and_kills_their_processes(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    seconds = str(100000 + int.from_bytes(os.urandom(3), "big"))
+    client, s = spdy(
+        env.exec_url(cid, ["sh", "-c", f"echo ready; exec sleep {seconds}"]), ("error", "stdout")
+    )
+    assert s["stdout"].read() == b"ready\n"
+    wanted = f"sleep\0{seconds}\0".encode()
+    assert processes_with_cmdline(wanted)
+    assert env.daemon.stop() == 0
+    assert client.closed.wait(30)
+    wait_for(lambda: not processes_with_cmdline(wanted), "exec process killed at shutdown")
+    client.close()
