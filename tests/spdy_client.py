@@ -97,10 +97,15 @@ class ClientStream:
         self.chunks: queue.Queue[bytes | None] = queue.Queue()
         self.reset_status: int | None = None
         self.received = 0
+        self.send_window = 65536
 
     def write(self, data: bytes) -> None:
-        for i in range(0, len(data), 16384):
-            self.client.send(data_frame(self.id, data[i : i + 16384]))
+        """Send, honouring the server's windows when this client does flow control."""
+        view = memoryview(data)
+        while view:
+            n = self.client.reserve(self, min(len(view), 16384))
+            self.client.send(data_frame(self.id, bytes(view[:n])))
+            view = view[n:]
 
     def close(self) -> None:
         self.client.send(data_frame(self.id, b"", fin=True))
@@ -174,6 +179,8 @@ class SpdyClient:
         self.closed = threading.Event()
         self.pings: queue.Queue[int] = queue.Queue()
         self.window_updates_received = 0
+        self.session_window = 65536
+        self.windows = threading.Condition()
         self.max_frame_seen = 0
         if self.status == 101:
             if flow_control:
@@ -201,6 +208,19 @@ class SpdyClient:
             payload = struct.pack(">IIBB", stream_id, 0, 0, 0) + block
             self.sock.sendall(control_frame(SYN_STREAM, 1 if fin else 0, payload))
         return stream
+
+    def reserve(self, stream: ClientStream, wanted: int, timeout: float = 60.0) -> int:
+        if not self.flow_control:
+            return wanted
+        with self.windows:
+            ok = self.windows.wait_for(
+                lambda: self.closed.is_set() or min(stream.send_window, self.session_window) > 0, timeout
+            )
+            assert ok, "the server never opened its window"
+            n = max(1, min(wanted, stream.send_window, self.session_window))
+            stream.send_window -= n
+            self.session_window -= n
+            return n
 
     def ping(self, ping_id: int = 1) -> None:
         self.send(control_frame(PING, 0, struct.pack(">I", ping_id)))
@@ -272,3 +292,10 @@ class SpdyClient:
             self.pings.put(struct.unpack(">I", payload)[0])
         elif kind == WINDOW_UPDATE:
             self.window_updates_received += 1
+            sid, delta = struct.unpack(">II", payload)
+            with self.windows:
+                if sid == 0:
+                    self.session_window += delta
+                elif sid in self.streams:
+                    self.streams[sid].send_window += delta
+                self.windows.notify_all()

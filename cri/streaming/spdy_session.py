@@ -24,7 +24,12 @@ from cri.streaming import spdy
 log = logging.getLogger("cri.streaming.spdy")
 
 MAX_DATA_FRAME = 128 * 1024
-RECV_BUFFER_LIMIT = 1024 * 1024  # per stream: past this, stop reading the socket until consumed
+# Per stream: past this much unconsumed input, stop reading the socket until it is consumed. Only for
+# peers without flow control (spdystream): a peer that honours our windows never has more than 64 KiB
+# in flight per stream, and pausing the socket would also hold back the WINDOW_UPDATEs our own sending
+# may be waiting for (a deadlock when the process is blocked on its output).
+RECV_BUFFER_LIMIT = 1024 * 1024
+FLOW_CONTROLLED_LIMIT = 16 * 1024 * 1024  # a peer past this ignores its windows: pause it anyway
 
 
 class StreamClosed(Exception):
@@ -269,7 +274,8 @@ class SpdySession:
             # Data we drop still counts against the session window: give it back.
             self._give_back(0, len(frame.data))
             return
-        while not stream._space.is_set() and not self.closed.is_set():
+        limit = FLOW_CONTROLLED_LIMIT if self._flow_control else RECV_BUFFER_LIMIT
+        while stream._buffered >= limit and not stream._space.is_set() and not self.closed.is_set():
             await stream._space.wait()
         stream._deliver(frame.data, bool(frame.flags & spdy.FLAG_FIN))
 

@@ -460,3 +460,18 @@ def test_websocket_base64_portforward(server, http_port) -> None:
         ws.send("0" + base64.b64encode(b"GET /b64 HTTP/1.0\r\n\r\n").decode())
         data = b"".join(base64.b64decode(m[1:]) for m in collect(ws) if m[0] == "0")
     assert data.startswith(b"HTTP/1.0 200") and data.endswith(b"hello from /b64")
+
+
+def test_flow_controlled_client_piping_megabytes_through_cat_does_not_deadlock(server) -> None:
+    srv, _ = server
+    url = exec_url(srv, ["cat"], stdin=True, stderr=False)
+    client, s = spdy_exec(url, types=("error", "stdin", "stdout"), window=32768)
+    payload = os.urandom(4_000_000)
+    writer = threading.Thread(target=lambda: (s["stdin"].write(payload), s["stdin"].close()))
+    writer.start()
+    received = s["stdout"].read_all(timeout=60)
+    writer.join(60)
+    assert received == payload
+    assert client.window_updates_received > 0  # the server returned the stdin it consumed
+    assert json.loads(s["error"].read_all())["status"] == "Success"
+    client.close()
