@@ -11,7 +11,7 @@ from typing import Any
 
 from cri.pods.model import Pod
 from sandbox import namespaces, pidns
-from sandbox.cni import PodRef
+from sandbox.cni import PodRef, bandwidth
 
 log = logging.getLogger("cri.pods")
 
@@ -25,6 +25,7 @@ def pod_ref(pod: Pod, port_mappings: list[dict[str, Any]] | None = None) -> PodR
         uid=pod.metadata.uid,
         netns=pod.netns_path or "",
         port_mappings=list(mappings),
+        bandwidth=bandwidth.from_annotations(pod.annotations),
     )
 
 

@@ -12,6 +12,7 @@ from cri.config import Config
 from cri.errors import InvalidArgument, Unimplemented
 from cri.pods.model import PodMetadata, message_dict
 from sandbox import cgroup_parent, podfiles, sysctls
+from sandbox.cni import bandwidth
 
 PROTOCOLS = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
 
@@ -121,6 +122,10 @@ def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: Any) -> 
     podfiles.validate_dns(dns)
     if cfg.log_directory and not cfg.log_directory.startswith("/"):
         raise InvalidArgument(f"log_directory {cfg.log_directory!r} must be an absolute path")
+    try:
+        bandwidth.from_annotations(dict(cfg.annotations))
+    except ValueError as exc:
+        raise InvalidArgument(f"pod bandwidth annotation: {exc}") from None
     requested_sysctls = dict(cfg.linux.sysctls)
     sysctls.validate(requested_sysctls, own_net=own_net, own_ipc=options["ipc"] != "NODE")
     parent = cfg.linux.cgroup_parent

@@ -33,6 +33,7 @@ class PodRef:
     uid: str
     netns: str
     port_mappings: list[dict[str, Any]] = field(default_factory=list)
+    bandwidth: dict[str, Any] = field(default_factory=dict)  # see sandbox/cni/bandwidth.py
 
     @property
     def cni_args(self) -> str:
@@ -48,7 +49,8 @@ class PodRef:
 
     @property
     def capability_args(self) -> dict[str, Any]:
-        """``portMappings`` in the form the portmap plugin reads (hostPort 0 means no mapping)."""
+        """``portMappings`` in the form the portmap plugin reads (hostPort 0 means no mapping), and
+        ``bandwidth`` when the pod asks for traffic shaping."""
         mappings = [
             {
                 "hostPort": m["host_port"],
@@ -59,7 +61,10 @@ class PodRef:
             for m in self.port_mappings
             if m.get("host_port")
         ]
-        return {"portMappings": mappings} if mappings else {}
+        args: dict[str, Any] = {"portMappings": mappings} if mappings else {}
+        if self.bandwidth:
+            args["bandwidth"] = self.bandwidth
+        return args
 
 
 def result_ips(result: dict[str, Any] | None) -> list[str]:

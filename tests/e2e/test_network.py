@@ -399,3 +399,20 @@ def test_builtin_host_port_reached_from_pods_through_the_host_address(builtin_ne
             assert answer == f"pong {gateway}"  # masqueraded, so the answer comes back through the host
     finally:
         listener.close()
+
+
+def test_cni_bandwidth_annotations_shape_the_pods_traffic(cni_net) -> None:
+    """kubelet's bandwidth annotations reach Debian's bandwidth plugin, which installs tc shapers."""
+    net = cni_net()
+    conflist_file = net.cni_dir / "10-test.conflist"
+    conflist = json.loads(conflist_file.read_text())
+    conflist["plugins"].append({"type": "bandwidth", "capabilities": {"bandwidth": True}})
+    conflist_file.write_text(json.dumps(conflist))
+    annotations = {"kubernetes.io/ingress-bandwidth": "11M", "kubernetes.io/egress-bandwidth": "23M"}
+    pod_id = run_pod(net.daemon, pod_config(annotations=annotations))
+    qdiscs = sh("tc", "qdisc", "show").stdout
+    assert "rate 11Mbit" in qdiscs and "rate 23Mbit" in qdiscs
+    stop_remove(net.daemon, pod_id)
+    qdiscs = sh("tc", "qdisc", "show").stdout
+    assert "rate 11Mbit" not in qdiscs and "rate 23Mbit" not in qdiscs
+    assert pod_traces(net.daemon, pod_id) == []

@@ -307,3 +307,34 @@ def test_network_config_refuses_unusable_bridge_and_subnet(key: str, value: str)
     setattr(config.network, key, value)
     with pytest.raises(ConfigError, match=f"network.{key}"):
         config.validate()
+
+
+@pytest.mark.parametrize(
+    ("text", "bits"),
+    [
+        ("10M", 10_000_000),
+        ("1.5M", 1_500_000),
+        ("512Ki", 524_288),
+        ("1G", 10**9),
+        ("250k", 250_000),
+        ("8000", 8000),
+    ],
+)
+def test_bandwidth_quantities(text: str, bits: int) -> None:
+    from sandbox.cni import bandwidth
+
+    assert bandwidth.parse_rate(text) == bits
+
+
+def test_bandwidth_capability_from_annotations() -> None:
+    from sandbox.cni import bandwidth
+
+    assert bandwidth.from_annotations({}) == {}
+    assert bandwidth.from_annotations({"kubernetes.io/ingress-bandwidth": "10M", "other": "x"}) == {
+        "ingressRate": 10_000_000,
+        "ingressBurst": 2**31 - 1,
+    }
+    pod = PodRef(
+        "id", "n", "ns", "u", "/n", [], bandwidth.from_annotations({"kubernetes.io/egress-bandwidth": "1M"})
+    )
+    assert pod.capability_args == {"bandwidth": {"egressRate": 1_000_000, "egressBurst": 2**31 - 1}}

@@ -122,3 +122,11 @@ def test_bad_requests_are_refused_naming_the_field(change, error: type, words: s
 def test_userns_node_is_accepted() -> None:
     spec = validate(_request(linux=_ns(userns_options=pb.UserNamespace(mode=pb.NODE))), Config(), None)
     assert spec.namespace_options["userns"]["mode"] == "NODE"
+
+
+@pytest.mark.parametrize("value", ["fast", "10X", "-1M", "0", "100G"])
+def test_bad_bandwidth_annotations_are_refused(value: str) -> None:
+    request = _request()
+    request.config.annotations["kubernetes.io/egress-bandwidth"] = value
+    with pytest.raises(InvalidArgument, match="bandwidth"):
+        validate(request, Config(), None)
