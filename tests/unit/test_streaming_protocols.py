@@ -306,7 +306,10 @@ class _Hello(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_port() -> Iterator[int]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)
+    class Server(http.server.ThreadingHTTPServer):
+        request_queue_size = 128  # the parallel test opens 20 connections at once
+
+    httpd = Server(("127.0.0.1", 0), _Hello)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd.server_address[1]
@@ -475,3 +478,32 @@ def test_flow_controlled_client_piping_megabytes_through_cat_does_not_deadlock(s
     assert client.window_updates_received > 0  # the server returned the stdin it consumed
     assert json.loads(s["error"].read_all())["status"] == "Success"
     client.close()
+
+
+def test_spdy_portforward_parallel_connections_over_one_session(server, http_port) -> None:
+    srv, backend = server
+    backend.netns["hostpod"] = None
+    client = SpdyClient(srv.url_for("portforward", PortForwardRequest("hostpod")), ["portforward.k8s.io"])
+    pairs = []
+    for request_id in range(20):
+        headers = {"port": str(http_port), "requestID": str(request_id)}
+        error = client.open_stream({**headers, "streamType": "error"})
+        data = client.open_stream({**headers, "streamType": "data"})
+        pairs.append((request_id, error, data))
+    for request_id, _, data in pairs:
+        data.write(f"GET /p{request_id} HTTP/1.0\r\n\r\n".encode())
+        data.close()
+    for request_id, error, data in pairs:
+        reply = data.read_all()
+        assert reply.endswith(f"hello from /p{request_id}".encode()), (reply, error.read_all())
+        assert error.read_all() == b""
+    client.close()
+
+
+def test_ipv6_address_gives_bracketed_urls() -> None:
+    with host_server(address="::1") as (srv, _):
+        url = exec_url(srv, ["echo", "v6"], stderr=False)
+        assert url.startswith("http://[::1]:")
+        client, s = spdy_exec(url, types=("error", "stdout"))
+        assert s["stdout"].read_all() == b"v6\n"
+        client.close()
