@@ -19,6 +19,10 @@ OUR_CODE = re.compile(r"(^|/)(cri|sandbox|metrics)/[^/]")
 # Stacks serving a request: a gRPC call, or an HTTP GET (the Prometheus exporter). The rest are
 # threads waiting for work (the main thread, servers' accept loops), left out of the ranking.
 REQUEST_FRAMES = ("_call_behavior (", "do_GET (", "prometheus_app (")
+# Work a request hands to a thread pool (layer downloads) runs in pool workers outside the request's
+# stack; the pools' idle workers have no Calyx frame and are left out.
+POOL_FRAME = "_worker (concurrent/futures/thread.py"
+OUR_CODE_IN_STACK = re.compile(r"[(/](cri|sandbox|metrics)/[^/]")
 FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^()]+?)(?::(?P<line>\d+))?\)$")
 
 
@@ -73,10 +77,17 @@ def summarize(raw: Path, top: int = 15, rpc: str | None = None) -> str:
         stack, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
             continue
-        if not any(marker in stack for marker in REQUEST_FRAMES):
+        request = any(marker in stack for marker in REQUEST_FRAMES)
+        pooled = POOL_FRAME in stack and OUR_CODE_IN_STACK.search(stack) is not None
+        if not request and not pooled:
             continue
         method = RPC_FRAME.search(stack)
-        name = method[1] if method else ("metrics" if "prometheus_app (" in stack else "(other)")
+        if method:
+            name = method[1]
+        elif "prometheus_app (" in stack:
+            name = "metrics"
+        else:
+            name = "(thread-pool work)" if pooled else "(other)"
         if rpc is not None and name != rpc:
             continue
         frames = [frame_name(f) for f in stack.split(";")]
