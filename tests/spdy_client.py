@@ -136,6 +136,7 @@ class SpdyClient:
         flow_control: bool = True,
         window: int = 65536,
         extra_headers: dict[str, str] | None = None,
+        session_window_updates: bool = True,
     ) -> None:
         parts = urllib.parse.urlsplit(url)
         sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
@@ -169,6 +170,7 @@ class SpdyClient:
             self.headers.append((k.strip().lower(), v.strip()))
         self.body = rest
         self.flow_control = flow_control
+        self.session_window_updates = session_window_updates  # False: SPDY/3 (per-stream windows only)
         self.window = window
         self.lock = threading.Lock()
         self.deflate = zlib.compressobj(zdict=DICTIONARY)
@@ -264,10 +266,10 @@ class SpdyClient:
                 stream.received += len(payload)
                 stream.chunks.put(payload)
                 if self.flow_control:
-                    self.send(
-                        control_frame(WINDOW_UPDATE, 0, struct.pack(">II", stream.id, len(payload)))
-                        + control_frame(WINDOW_UPDATE, 0, struct.pack(">II", 0, len(payload)))
-                    )
+                    frames = control_frame(WINDOW_UPDATE, 0, struct.pack(">II", stream.id, len(payload)))
+                    if self.session_window_updates:
+                        frames += control_frame(WINDOW_UPDATE, 0, struct.pack(">II", 0, len(payload)))
+                    self.send(frames)
             if flags & 1:
                 stream.chunks.put(None)
             return

@@ -8,7 +8,8 @@ Send-side flow control: SPDY/3.1 gives each stream and the session a 64 KiB wind
 replenishes with WINDOW_UPDATE. Kubernetes' own client (spdystream, used by kubectl and crictl) never
 sends WINDOW_UPDATE, so honouring the default window against it would stall every session after
 64 KiB. The session therefore honours the peer's windows once the peer shows it implements flow
-control (it sent SETTINGS or WINDOW_UPDATE); otherwise TCP's own backpressure (the transport's write
+control (it sent SETTINGS or WINDOW_UPDATE), and the session-wide window once the peer returns some of
+it (SPDY/3 peers have per-stream windows only); otherwise TCP's own backpressure (the transport's write
 buffer, awaited through ``drain``) is what bounds memory.
 """
 
@@ -142,7 +143,8 @@ class SpdySession:
         self._last_peer_stream = 0
         self._peer_initial_window = spdy.DEFAULT_WINDOW
         self._session_send_window = spdy.DEFAULT_WINDOW
-        self._flow_control = False  # becomes True when the peer shows it speaks SPDY/3.1 flow control
+        self._flow_control = False  # becomes True when the peer shows it does flow control
+        self._session_flow = False  # ... and this once it returns session window (SPDY/3.1, not 3)
         self._window_changed = asyncio.Event()
         self._unacked: dict[int, int] = {}
         self._session_unacked = 0
@@ -244,6 +246,7 @@ class SpdySession:
             stream_id, delta = spdy.parse_two_words(frame)
             delta &= 0x7FFFFFFF
             if stream_id == 0:
+                self._session_flow = True
                 self._session_send_window += delta
             elif stream_id in self.streams:
                 self.streams[stream_id].send_window += delta
@@ -308,7 +311,8 @@ class SpdySession:
                 raise StreamClosed(f"stream {stream.id} is closed")
             if not self._flow_control:
                 return wanted
-            allowed = min(wanted, stream.send_window, self._session_send_window)
+            session_window = self._session_send_window if self._session_flow else wanted
+            allowed = min(wanted, stream.send_window, session_window)
             if allowed > 0:
                 stream.send_window -= allowed
                 self._session_send_window -= allowed

@@ -507,3 +507,12 @@ def test_ipv6_address_gives_bracketed_urls() -> None:
         client, s = spdy_exec(url, types=("error", "stdout"))
         assert s["stdout"].read_all() == b"v6\n"
         client.close()
+
+
+def test_spdy3_style_client_without_session_window_updates_is_not_stalled(server) -> None:
+    srv, _ = server
+    url = exec_url(srv, ["head", "-c", "1000000", "/dev/zero"], stderr=False)
+    client, s = spdy_exec(url, types=("error", "stdout"), window=8192, session_window_updates=False)
+    assert s["stdout"].drain_count() == 1_000_000
+    assert client.max_frame_seen <= 8192
+    client.close()
