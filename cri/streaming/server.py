@@ -382,7 +382,7 @@ class StreamingServer:
                 log.info("client did not open its streams", extra={"missing": sorted(wanted - set(streams))})
                 return
             if protocol == V1 and "stdin" in streams:
-                await streams["stdin"].close()  # v1 servers half-close stdin at once; clients expect it
+                await streams["stdin"].close()  # as v1 servers do: our side of stdin is half-closed at once
             channels = rc.Channels(
                 stdin=streams.get("stdin"),
                 stdout=streams.get("stdout"),
