@@ -88,7 +88,7 @@ class Bench:
         """Run one benchmark; on failure mark its results (unit per name) with the reason."""
         for name, unit in names:
             self.result(name, unit, higher_is_better=unit in ("MB/s", "pods/s"))
-        if self.only is not None and fn.__name__ not in self.only:
+        if names and self.only is not None and fn.__name__ not in self.only:
             for name, _ in names:
                 self.results[name].status = "n/a: not selected (--only)"
             return
@@ -116,30 +116,9 @@ class Bench:
                     result.status = reason
                     result.samples = []
 
-    def run_all(self) -> dict[str, Result]:
+    def steps(self) -> list[tuple[list[tuple[str, str]], Callable[[], None]]]:
+        """The benchmarks in order, each with the results (name, unit) it fills."""
         low, high = self.size.list_counts
-        self.guarded([("daemon_rss_idle", "MB")], self.daemon_rss_idle)
-        self.guarded(
-            [("pull_mbps", "MB/s"), ("pull_time", "ms"), ("pull_download", "ms"), ("pull_unpack", "ms")],
-            self.pull,
-        )
-        if self.only is None or self.only - {"daemon_rss_idle", "pull"}:
-            self.prepull()
-        self.guarded([("run_pod_sandbox", "ms"), ("pod_teardown_empty", "ms")], self.pod_lifecycle)
-        self.guarded(
-            [
-                ("run_pod_sandbox_shared_pid", "ms"),
-                ("helper_rss_per_pod_shared_pid", "MB"),
-                ("helper_pss_per_pod_shared_pid", "MB"),
-            ],
-            self.shared_pid_pods,
-        )
-        self.guarded(
-            [("container_create_start", "ms"), ("container_stop_remove", "ms")], self.container_lifecycle
-        )
-        self.guarded([("pod_with_container", "ms"), ("pod_teardown", "ms")], self.whole_path)
-        self.guarded([("exec_sync", "ms")], self.exec_sync)
-        self.guarded([(f"parallel_{self.size.parallel_pods}_pods", "pods/s")], self.parallel)
         population = [
             ("helper_rss_per_pod", "MB"),
             ("helper_pss_per_pod", "MB"),
@@ -154,7 +133,32 @@ class Bench:
                 (f"list_pod_sandbox_{n}", "ms"),
                 (f"list_container_stats_{n}", "ms"),
             ]
-        self.guarded(population, self.population)
+        return [
+            ([("daemon_rss_idle", "MB")], self.daemon_rss_idle),
+            (
+                [("pull_mbps", "MB/s"), ("pull_time", "ms"), ("pull_download", "ms"), ("pull_unpack", "ms")],
+                self.pull,
+            ),
+            ([], self.prepull),
+            ([("run_pod_sandbox", "ms"), ("pod_teardown_empty", "ms")], self.pod_lifecycle),
+            (
+                [
+                    ("run_pod_sandbox_shared_pid", "ms"),
+                    ("helper_rss_per_pod_shared_pid", "MB"),
+                    ("helper_pss_per_pod_shared_pid", "MB"),
+                ],
+                self.shared_pid_pods,
+            ),
+            ([("container_create_start", "ms"), ("container_stop_remove", "ms")], self.container_lifecycle),
+            ([("pod_with_container", "ms"), ("pod_teardown", "ms")], self.whole_path),
+            ([("exec_sync", "ms")], self.exec_sync),
+            ([(f"parallel_{self.size.parallel_pods}_pods", "pods/s")], self.parallel),
+            (population, self.population),
+        ]
+
+    def run_all(self) -> dict[str, Result]:
+        for names, fn in self.steps():
+            self.guarded(names, fn)
         return self.results
 
     # --- benchmarks -------------------------------------------------------------------------------
@@ -201,6 +205,8 @@ class Bench:
 
     def prepull(self) -> None:
         """The busybox image, before anything is timed (a failure shows in the benchmarks that need it)."""
+        if self.only is not None and not self.only - {"daemon_rss_idle", "pull"}:
+            return
         try:
             self.client.img("PullImage", pb.PullImageRequest(image=pb.ImageSpec(image=self.t.image)))
         except (Skip, RPCError) as exc:

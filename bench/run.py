@@ -4,22 +4,25 @@ containerd as the reference, and against runc's floor; print a table and write J
     python -m bench [--endpoint unix:///run/calyx/calyx.sock] [--reference containerd]
                     [--size tiny|full] [--out bench/results/]
 
-Without ``--endpoint`` a Calyx is started on private dirs and stopped after. Runtimes are measured
-one after the other, never at the same time, on the same images from the same loopback registry.
+Without ``--endpoint`` a Calyx is started on private dirs and stopped after. With a reference, both
+daemons run for the whole run and the benchmarks alternate between them step by step (never two
+benchmarks at the same time), on the same images from the same loopback registry.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import secrets
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import calyx, containerd, env, floor, procs, profile, report
+from bench import calyx, containerd, env, floor, host, procs, profile, report
 from bench.benchmarks import GROUPS, Bench, Target
 from bench.client import Client, RPCError
 from bench.sizes import SIZES, Size, benchmark_names
@@ -52,6 +55,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", action="store_true", help="sample Calyx with py-spy meanwhile; rank its hot functions"
     )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="each runtime's benchmarks whole, not interleaved step by step",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run's temp dir (daemon logs) after")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -61,53 +69,18 @@ def subnet(octet: int) -> str:
     return f"10.{octet}.{secrets.randbelow(64) * 4}.0/22"
 
 
-def measure(target: Target, size: Size, args: argparse.Namespace) -> dict[str, Result]:
-    log.info("%s: benchmarking (size %s)", target.name, size.name)
-    started = time.monotonic()
-    load_before = os.getloadavg()[0]
-    bench = Bench(target, size)
-    if args.only:
-        bench.only = {g.strip() for g in args.only.split(",") if g.strip()}
-    recorder = None
-    if args.profile and target.name == "calyx" and target.pid is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        recorder = profile.Recorder(
-            target.pid, args.out / f"profile-calyx-{time.strftime('%Y%m%dT%H%M%S')}.txt"
-        )
-    try:
-        results = bench.run_all()
-    finally:
-        if recorder is not None:
-            raw = recorder.stop()
-            if raw.exists():
-                summary = profile.summarize(raw)
-                raw.with_suffix(".summary.txt").write_text(summary + "\n")
-                print(f"profile of calyx ({raw}):\n{summary}\n")
-            else:
-                log.warning(
-                    "py-spy wrote no profile: %s",
-                    recorder.proc.stderr.read().decode()[-500:] if recorder.proc.stderr else "",
-                )
-    LOADS[target.name] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
-    log.info("%s: done in %.0f s", target.name, time.monotonic() - started)
-    return results
-
-
-def failed(size: Size, reason: str) -> dict[str, Result]:
-    """Every result of a runtime that could not be measured at all, saying why."""
-    return {name: Result(name, "", status=reason) for name in benchmark_names(size)}
-
-
-def run_calyx(
-    args: argparse.Namespace, size: Size, images: env.Images, base: Path, tag: str
-) -> dict[str, Result]:
+@contextlib.contextmanager
+def calyx_target(
+    args: argparse.Namespace, images: env.Images, base: Path, tag: str
+) -> Iterator[Target | str]:
+    """Calyx as a Target (started on private dirs unless --endpoint), or why it cannot be measured."""
     cgroup_root = f"/cxbench-{tag}-c"
     if args.endpoint:
         client = Client(args.endpoint)
         try:
             client.wait_ready(30)
             path = args.endpoint.removeprefix("unix://")
-            target = Target(
+            yield Target(
                 "calyx",
                 client,
                 procs.pid_of_socket(path),
@@ -121,9 +94,11 @@ def run_calyx(
                 # namespace holders name it in their command lines.
                 markers=[str(Path(path).parent)],
             )
-            return measure(target, size, args)
         finally:
             client.close()
+            # The cgroup root is the run's own even on a daemon we did not start.
+            host.remove_cgroups(cgroup_root.strip("/"))
+        return
     daemon = calyx.Calyx(base / "calyx", images.registry.host, f"cxb{tag}c", subnet(231), cgroup_root)
     if daemon.dropped:
         log.info("calyx: options this build lacks (left out): %s", ", ".join(daemon.dropped))
@@ -131,10 +106,11 @@ def run_calyx(
         try:
             daemon.start()
         except (RuntimeError, TimeoutError) as exc:
-            return failed(size, f"error: calyx did not start: {' '.join(str(exc).split())[:400]}")
+            yield f"error: calyx did not start: {' '.join(str(exc).split())[:400]}"
+            return
         client = Client(daemon.endpoint)
         try:
-            target = Target(
+            yield Target(
                 "calyx",
                 client,
                 daemon.pid,
@@ -147,7 +123,6 @@ def run_calyx(
                 pull_phases=daemon.pull_phases,
                 markers=[str(daemon.base)],
             )
-            return measure(target, size, args)
         finally:
             client.close()
     finally:
@@ -156,12 +131,13 @@ def run_calyx(
             log.warning("calyx: cgroups left behind: %s", left)
 
 
-def run_containerd(
-    args: argparse.Namespace, size: Size, images: env.Images, base: Path, tag: str
-) -> dict[str, Result] | str:
+@contextlib.contextmanager
+def containerd_target(images: env.Images, base: Path, tag: str) -> Iterator[Target | str]:
+    """containerd as a Target (installed if missing, started on private dirs), or why not."""
     why = containerd.ensure_installed()
     if why:
-        return why
+        yield why
+        return
     ref = containerd.Containerd(
         base / "ctd", images.registry.host, images.pause, f"cxb{tag}d", subnet(232), f"/cxbench-{tag}-d"
     )
@@ -169,11 +145,17 @@ def run_containerd(
         try:
             ref.start()
         except (RuntimeError, OSError) as exc:
-            return f"reference failed to start: {exc}"
+            yield f"reference failed to start: {exc}"
+            return
         client = Client(ref.endpoint)
         try:
             client.wait_ready(60)
-            target = Target(
+        except RPCError as exc:
+            client.close()
+            yield f"reference not ready: {exc}; log: {ref.log_tail(800)}"
+            return
+        try:
+            yield Target(
                 "containerd",
                 client,
                 ref.pid,
@@ -185,15 +167,58 @@ def run_containerd(
                 ref.cgroup_root,
                 markers=[str(ref.base)],
             )
-            return measure(target, size, args)
-        except RPCError as exc:
-            return f"reference failed: {exc}; log: {ref.log_tail(800)}"
         finally:
             client.close()
     finally:
         left = ref.stop()
         if left:
             log.warning("containerd: cgroups left behind: %s", left)
+
+
+def measure(targets: list[Target], size: Size, args: argparse.Namespace) -> dict[str, dict[str, Result]]:
+    """Run the benchmarks on every target. With several, step by step in turn (interleaved), so that a
+    change in the machine's load meanwhile falls on all of them alike; --sequential runs each whole."""
+    benches = [Bench(t, size) for t in targets]
+    only = {g.strip() for g in args.only.split(",") if g.strip()} if args.only else None
+    for b in benches:
+        b.only = only
+    recorder = None
+    calyx_pid = next((t.pid for t in targets if t.name == "calyx"), None)
+    if args.profile and calyx_pid is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        recorder = profile.Recorder(calyx_pid, args.out / f"profile-calyx-{stamp}.txt")
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    names = "+".join(t.name for t in targets)
+    log.info("%s: benchmarking (size %s%s)", names, size.name, ", interleaved" if len(benches) > 1 else "")
+    try:
+        if args.sequential:
+            for b in benches:
+                b.run_all()
+        else:
+            for i in range(len(benches[0].steps())):
+                for b in benches:
+                    step_names, fn = b.steps()[i]
+                    b.guarded(step_names, fn)
+    finally:
+        if recorder is not None:
+            raw = recorder.stop()
+            if raw.exists():
+                summary = profile.summarize(raw)
+                raw.with_suffix(".summary.txt").write_text(summary + "\n")
+                print(f"profile of calyx ({raw}):\n{summary}\n")
+            else:
+                err = recorder.proc.stderr.read().decode()[-500:] if recorder.proc.stderr else ""
+                log.warning("py-spy wrote no profile: %s", err)
+    LOADS[names] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    log.info("%s: done in %.0f s", names, time.monotonic() - started)
+    return {b.t.name: b.results for b in benches}
+
+
+def failed(size: Size, reason: str) -> dict[str, Result]:
+    """Every result of a runtime that could not be measured at all, saying why."""
+    return {name: Result(name, "", status=reason) for name in benchmark_names(size)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,14 +239,22 @@ def main(argv: list[str] | None = None) -> int:
         log.info("registry: pushing test images (big layer %d MB)", size.pull_mb)
         images = env.start_registry(base / "reg", size.pull_mb, args.registry_port)
         try:
-            results[report.CALYX] = run_calyx(args, size, images, base, tag)
-            if args.reference == "containerd":
-                outcome = run_containerd(args, size, images, base, tag)
-                if isinstance(outcome, str):
-                    notes[report.REFERENCE] = outcome
-                    log.warning("%s", outcome)
+            with contextlib.ExitStack() as stack:
+                targets: list[Target] = []
+                ours = stack.enter_context(calyx_target(args, images, base, tag))
+                if isinstance(ours, str):
+                    results[report.CALYX] = failed(size, ours)
                 else:
-                    results[report.REFERENCE] = outcome
+                    targets.append(ours)
+                if args.reference == "containerd":
+                    theirs = stack.enter_context(containerd_target(images, base, tag))
+                    if isinstance(theirs, str):
+                        notes[report.REFERENCE] = theirs
+                        log.warning("%s", theirs)
+                    else:
+                        targets.append(theirs)
+                if targets:
+                    results.update(measure(targets, size, args))
             if not args.no_floor:
                 (base / "floor").mkdir()
                 results[report.FLOOR] = floor.run_floor(
