@@ -22,6 +22,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from typing import Any
 
 import grpc
 import pytest
+import tomli_w
 
 from cri.api import api_pb2 as pb
 from tests.daemon import Daemon
@@ -543,3 +545,25 @@ def test_pod_without_cgroup_parent_sums_its_containers_and_a_stopped_pod_has_no_
 
 def _pod_stats_of(d: Daemon, pod_id: str) -> pb.PodSandboxStats:
     return d.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id), timeout=30).stats
+
+
+def test_cni_plugin_calls_are_timed_on_metrics(cni_net) -> None:
+    net = cni_net(start=False)
+    port = free_port()
+    table = tomllib.loads(net.daemon.config_file.read_text())
+    table["metrics"] = {"enabled": True, "address": "127.0.0.1", "port": port}
+    net.daemon.config_file.write_text(tomli_w.dumps(table))
+    net.daemon.start()
+    pod_id = run_pod(net.daemon, pod_config())
+    text = scrape(port)
+    for plugin in ("bridge", "portmap"):
+        (count,) = series(
+            text, "calyx_cni_duration_seconds_count", plugin=plugin, command="ADD", outcome="ok"
+        )
+        assert count[1] == 1
+    # The pod's own network, read through its netns, is the CNI bridge's veth.
+    stats = net.daemon.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id)).stats
+    assert stats.linux.network.default_interface.name == "eth0"
+    net.daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+    text = scrape(port)
+    assert series(text, "calyx_cni_duration_seconds_count", plugin="bridge", command="DEL", outcome="ok")
