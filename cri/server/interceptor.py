@@ -44,6 +44,9 @@ QUIET = {
     "PodSandboxStats",
     "ListPodSandboxMetrics",
     "ListMetricDescriptors",
+    "StreamContainerStats",
+    "StreamPodSandboxStats",
+    "StreamPodSandboxMetrics",
 }
 # Calls answered before recovery has finished; everything else waits for readiness.
 ALWAYS_ALLOWED = {"Version", "Status", "RuntimeConfig"}
