@@ -47,7 +47,7 @@ def goals(size: Size) -> list[Goal]:
             1.0,
         ),
         Goal(
-            f"ListPodSandbox {high}",
+            f"ListPodSandbox {size.pods} pods / {high} containers",
             f"list_pod_sandbox_{high}",
             f"list_pod_sandbox_{high}",
             REFERENCE,
