@@ -165,7 +165,8 @@ class StatsService:
             pod=getattr(metadata, "name", ""),
             namespace=getattr(metadata, "namespace", ""),
             id=cgroup_path,
-            image=c.image,
+            # cAdvisor shows the image as named by the user; kubelet passes that apart from the id.
+            image=getattr(c, "user_specified_image", "") or c.image,
             name=c.id,
         )
         return ContainerSample(
