@@ -567,3 +567,12 @@ def test_cni_plugin_calls_are_timed_on_metrics(cni_net) -> None:
     net.daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
     text = scrape(port)
     assert series(text, "calyx_cni_duration_seconds_count", plugin="bridge", command="DEL", outcome="ok")
+
+
+def test_stats_and_the_endpoint_come_back_after_a_daemon_restart(workloads: Workloads) -> None:
+    workloads.daemon.restart()
+    stats = _stats(workloads, workloads.hold_id)
+    assert stats.memory.working_set_bytes.value >= 64 * MiB
+    text = scrape(workloads.metrics_port)  # the same port, bound again by the new process
+    assert series(text, "container_memory_working_set_bytes", container="hold")
+    assert series(text, "calyx_containers", state="RUNNING")[0][1] == 2
