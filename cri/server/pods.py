@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from cri import lifecycle
 from cri.api import api_pb2 as pb
 from cri.pods.model import Pod
 from cri.pods.query import filtered, verbose_info
@@ -50,7 +51,13 @@ class PodRPCs:
 
     def PodSandboxStatus(self, request: pb.PodSandboxStatusRequest, context: grpc.ServicerContext) -> Any:
         pod = self._pods.get(request.pod_sandbox_id)
-        response = pb.PodSandboxStatusResponse(status=pod_status(pod), timestamp=time.time_ns())
+        # With a timestamp set, kubelet's evented PLEG takes the pod's container statuses from this
+        # response instead of asking ContainerStatus: they must be here (built as for the events).
+        response = pb.PodSandboxStatusResponse(
+            status=pod_status(pod),
+            timestamp=time.time_ns(),
+            containers_statuses=lifecycle._container_statuses(self.runtime, pod.id),
+        )
         if request.verbose:
             response.info.update(verbose_info(pod))
         return response

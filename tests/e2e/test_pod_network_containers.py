@@ -52,6 +52,10 @@ def test_containers_use_the_pod_network_reach_other_pods_and_serve_host_ports(cx
     server = cx.run(web, "web", SERVER)
     client = cx.run(client_pod, "client", ["sleep", "1000"])
     web_ip, client_ip = _ip(cx, web_id), _ip(cx, client_pod[0])
+    # the pod's status carries its containers' statuses (kubelet's evented PLEG reads them there)
+    pod_status = cx.rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=web_id))
+    assert [(c.id, c.state) for c in pod_status.containers_statuses] == [(server, pb.CONTAINER_RUNNING)]
+    assert pod_status.timestamp > 0
 
     # the container is in the pod's netns, with the pod's address, hostname and DNS
     assert f"inet {web_ip}/" in cx.output(server, "ip", "-4", "addr", "show", "eth0")
