@@ -62,7 +62,7 @@ class PodNetworks:
             netlist = NetworkList.from_record(plan["network"])
             result = self.cni.add(netlist, pod)
             return {**plan, "result": result}, result_ips(result)
-        record = self.bridge.attach(pod.pod_id, Path(pod.netns), pod.port_mappings)
+        record = self.bridge.attach(pod.pod_id, Path(pod.netns), pod.port_mappings, pod.bandwidth)
         return record, [record["address"].split("/")[0]]
 
     def teardown(self, record: dict[str, Any], pod: PodRef) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from cri.errors import FailedPrecondition
 from cri.store import Store
-from sandbox.bridge import links
+from sandbox.bridge import links, shaping
 from sandbox.bridge.ipam import IPAM, gateway_of
 from sandbox.bridge.iptables import BridgeRules
 
@@ -50,8 +50,15 @@ class BridgeNetwork:
             raise FailedPrecondition(f"network.subnet {self.default_subnet!r} is not an IPv4 network")
         return network
 
-    def attach(self, pod_id: str, netns: Path, port_mappings: list[dict[str, Any]]) -> dict[str, Any]:
-        """Connect the pod; returns the record detach needs (bridge, address, gateway, ports)."""
+    def attach(
+        self,
+        pod_id: str,
+        netns: Path,
+        port_mappings: list[dict[str, Any]],
+        bandwidth: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Connect the pod; returns the record detach needs (bridge, address, gateway, ports).
+        ``bandwidth`` is the CNI-style capability (sandbox/cni/bandwidth.py), applied with tc."""
         start = time.monotonic()
         subnet = self.subnet()
         gateway = gateway_of(subnet)
@@ -64,7 +71,9 @@ class BridgeNetwork:
             if (self.bridge, str(subnet)) not in self._ensured:
                 rules.ensure_network(subnet)
                 self._ensured.add((self.bridge, str(subnet)))
-            links.attach_pod(self.bridge, netns, pod_id, address, gateway.ip)
+            host_veth = links.attach_pod(self.bridge, netns, pod_id, address, gateway.ip)
+            if bandwidth:
+                shaping.apply(host_veth, netns, bandwidth, pod_id)
             rules.add_pod(pod_id, str(address.ip), port_mappings)
         log.info(
             "pod attached",

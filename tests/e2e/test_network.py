@@ -416,3 +416,18 @@ def test_cni_bandwidth_annotations_shape_the_pods_traffic(cni_net) -> None:
     qdiscs = sh("tc", "qdisc", "show").stdout
     assert "rate 11Mbit" not in qdiscs and "rate 23Mbit" not in qdiscs
     assert pod_traces(net.daemon, pod_id) == []
+
+
+def test_builtin_bandwidth_annotations_shape_both_ends_of_the_veth(builtin_net) -> None:
+    net = builtin_net()
+    annotations = {"kubernetes.io/ingress-bandwidth": "11M", "kubernetes.io/egress-bandwidth": "23M"}
+    pod_id = run_pod(net.daemon, pod_config(annotations=annotations))
+    host_end = sh("tc", "qdisc", "show", "dev", f"cxv{pod_id[:12]}").stdout
+    assert "tbf" in host_end and "rate 11Mbit" in host_end  # what the pod receives
+    pod_end = in_netns(_netns(net, pod_id), "tc", "qdisc", "show", "dev", "eth0").stdout
+    assert "tbf" in pod_end and "rate 23Mbit" in pod_end  # what the pod sends
+    other = run_pod(net.daemon, pod_config())
+    assert "tbf" not in sh("tc", "qdisc", "show", "dev", f"cxv{other[:12]}").stdout
+    stop_remove(net.daemon, pod_id)
+    assert "rate 11Mbit" not in sh("tc", "qdisc", "show").stdout
+    assert pod_traces(net.daemon, pod_id) == []
