@@ -65,3 +65,8 @@ def observe_command(
         CNI_DURATION.labels(program, cni_command, outcome).observe(seconds)
     elif program in OCI_RUNTIMES:
         RUNC_DURATION.labels(program, _runtime_command(args), outcome).observe(seconds)
+
+
+def observe_runtime(runtime_path: str, command: str, seconds: float, ok: bool) -> None:
+    """Record an OCI runtime call made on Calyx's behalf by another program (conmon runs runc create)."""
+    RUNC_DURATION.labels(os.path.basename(runtime_path), command, "ok" if ok else "error").observe(seconds)

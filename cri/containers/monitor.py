@@ -25,6 +25,7 @@ from typing import Any
 from cri import proc
 from cri.containers import cri_log
 from cri.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal
+from cri.instruments import observe_runtime
 
 log = logging.getLogger("cri.containers.monitor")
 
@@ -205,9 +206,11 @@ class Monitor:
         if tty:
             argv.append("-t")
         stderr_path = persist_dir / "conmon.stderr"
+        started = time.monotonic()
         data = self._launch(argv, bundle, stderr_path, timeout, container_id, start=True, messages=1)
         message = _first_message(data)
         pid = int(message.get("data", message.get("pid", -1)))
+        observe_runtime(self.runtime_path, "create", time.monotonic() - started, pid > 0)
         if pid <= 0:
             detail = str(message.get("message") or "") or _read_tail(stderr_path)
             raise Internal(f"runc create failed under conmon: {detail}", container_id)

@@ -393,6 +393,7 @@ def test_metrics_endpoint_serves_cadvisor_series_and_calyx_counters(workloads: W
     assert series(text, "calyx_pods", state="READY")[0][1] == 1
     assert series(text, "calyx_containers", state="RUNNING")[0][1] == 2
     assert series(text, "calyx_runc_duration_seconds_count", command="start", outcome="ok")[0][1] >= 2
+    assert series(text, "calyx_runc_duration_seconds_count", command="create", outcome="ok")[0][1] >= 2
     assert series(text, "calyx_grpc_request_duration_seconds_count", method="CreateContainer")[0][1] == 2
     # The module's one pull: busybox's blobs (well over 500 kB) downloaded, one successful pull timed.
     assert series(text, "calyx_image_pull_bytes_total")[0][1] > 500_000
