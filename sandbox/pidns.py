@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,32 +49,32 @@ def start_holder(run_root: Path, pod_id: str, timeout: float = 10.0) -> Path:
     pin = pin_path(run_root, pod_id)
     pin.parent.mkdir(parents=True, exist_ok=True)
     pin.touch(exist_ok=True)
-    child = subprocess.Popen(
-        ["unshare", f"--pid={pin}", "--fork", "--kill-child", binary, "-P"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # signals to the daemon's group do not reach the holder
-        close_fds=True,
-    )
-    deadline = time.monotonic() + timeout
-    try:
-        while not holder_pids(pin):
-            if child.poll() is not None:
-                stderr = child.stderr.read().decode(errors="replace") if child.stderr else ""
-                raise Internal(
-                    f"PID namespace holder exited with {child.returncode}: {stderr.strip()}", pod_id
-                )
-            if time.monotonic() > deadline:
-                raise Internal(f"PID namespace holder did not start within {timeout:g}s", pod_id)
-            time.sleep(0.002)
-    except BaseException:
-        child.kill()
-        child.wait()
-        release(pin)
-        raise
-    if child.stderr is not None:
-        child.stderr.close()
+    # stderr goes to an unlinked temporary file, not a pipe: catatonit keeps it for its lifetime, and a
+    # warning written to a pipe nobody reads (or one already closed: SIGPIPE) could block or kill it.
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen(
+            ["unshare", f"--pid={pin}", "--fork", "--kill-child", binary, "-P"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            start_new_session=True,  # signals to the daemon's group do not reach the holder
+            close_fds=True,
+        )
+        deadline = time.monotonic() + timeout
+        try:
+            while not holder_pids(pin):
+                if child.poll() is not None:
+                    errors.seek(0)
+                    message = errors.read().decode(errors="replace").strip()
+                    raise Internal(f"PID namespace holder exited with {child.returncode}: {message}", pod_id)
+                if time.monotonic() > deadline:
+                    raise Internal(f"PID namespace holder did not start within {timeout:g}s", pod_id)
+                time.sleep(0.002)
+        except BaseException:
+            child.kill()
+            child.wait()
+            release(pin)
+            raise
     _reap_later(child)
     return pin
 
