@@ -136,10 +136,13 @@ def metric_descriptors() -> list[pb.MetricDescriptor]:
     return [pb.MetricDescriptor(name=f.name, help=f.help, label_keys=list(f.label_names)) for f in FAMILIES]
 
 
-def _metrics(subject: ContainerSample | PodSample, timestamp: int) -> list[pb.Metric]:
+def _metrics(subject: ContainerSample | PodSample) -> list[pb.Metric]:
+    """CRI wants timestamp 0 for values gathered live and the collection time for cached ones."""
     out: list[pb.Metric] = []
     base = list(subject.prom.values())
+    fs = subject.fs if isinstance(subject, ContainerSample) else None
     for family in FAMILIES:
+        timestamp = fs.timestamp_ns if family.cached and fs is not None else 0
         for extra, value in family.values(subject):
             out.append(
                 pb.Metric(
@@ -155,15 +158,8 @@ def _metrics(subject: ContainerSample | PodSample, timestamp: int) -> list[pb.Me
 
 def pod_metrics(s: PodSample) -> pb.PodSandboxMetrics:
     """Pod-level series (its cgroup and network) and each container's."""
-    timestamp = s.cgroup.timestamp_ns if s.cgroup is not None else s.created_at_ns
     return pb.PodSandboxMetrics(
         pod_sandbox_id=s.id,
-        metrics=_metrics(s, timestamp),
-        container_metrics=[
-            pb.ContainerMetrics(
-                container_id=c.id,
-                metrics=_metrics(c, c.cgroup.timestamp_ns if c.cgroup is not None else c.created_at_ns),
-            )
-            for c in s.containers
-        ],
+        metrics=_metrics(s),
+        container_metrics=[pb.ContainerMetrics(container_id=c.id, metrics=_metrics(c)) for c in s.containers],
     )

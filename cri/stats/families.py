@@ -30,6 +30,7 @@ class Family:
     extra_labels: tuple[str, ...]
     values: Callable[[Subject], Iterator[Value]]
     seconds: bool = False  # float seconds in Prometheus; CRI's integer value is whole seconds
+    cached: bool = False  # from a cached reading (the writable-layer walk), not read live
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -282,6 +283,7 @@ FAMILIES: tuple[Family, ...] = (
         False,
         ("device",),
         _fs_value("used_bytes"),
+        cached=True,
     ),
     Family(
         "container_fs_inodes_usage",
@@ -289,6 +291,7 @@ FAMILIES: tuple[Family, ...] = (
         False,
         ("device",),
         _fs_value("inodes_used"),
+        cached=True,
     ),
     Family(
         "container_fs_reads_bytes_total",

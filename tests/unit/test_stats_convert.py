@@ -107,6 +107,16 @@ def test_pod_rows_carry_interfaces_but_loopback_and_labels_match_descriptors():
     metrics = convert.pod_metrics(pod)
     throttled = [m for m in metrics.metrics if m.name == "container_cpu_cfs_throttled_periods_total"]
     assert throttled[0].value.value == 1 and throttled[0].metric_type == pb.COUNTER
+    assert throttled[0].timestamp == 0  # gathered live
+
+
+def test_cached_writable_layer_metrics_carry_their_collection_time():
+    sample = container(cgroup(5, 100), FsUsage(9, "/x/upper", 4096, 3))
+    pod = PodSample("2" * 64, "p", "u", "ns", 0, "READY", {}, {}, 1, LABELS, containers=(sample,))
+    (c,) = convert.pod_metrics(pod).container_metrics
+    stamps = {m.name: m.timestamp for m in c.metrics}
+    assert stamps["container_fs_usage_bytes"] == 9 and stamps["container_fs_inodes_usage"] == 9
+    assert stamps["container_memory_usage_bytes"] == 0
 
 
 def test_sum_of_samples_adds_usage_and_leaves_limits_out():
