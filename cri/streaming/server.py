@@ -26,6 +26,7 @@ import h11
 
 from cri.config import StreamingConfig
 from cri.errors import CalyxError, NotFound
+from cri.streaming import instruments
 from cri.streaming import remotecommand as rc
 from cri.streaming.netns import connect_localhost
 from cri.streaming.portforward import SpdyPortForward, websocket_portforward
@@ -279,14 +280,19 @@ class StreamingServer:
         request = self.tokens.consume(kind, token)
         if request is None:
             log.info("streaming request with an unknown, used or expired token", extra={"kind": kind})
+            instruments.REJECTED.labels("token").inc()
             raise HTTPError(404, "Not Found", "404 page not found")
         upgrade = head.upgrade()
         if upgrade not in ("websocket", "spdy/3.1"):
+            instruments.REJECTED.labels("no_upgrade").inc()
             raise HTTPError(400, "Bad Request", "unable to upgrade: missing upgrade headers in request")
         target = getattr(request, "container_id", None) or getattr(request, "pod_id", "")
         ids = {"container_id": target} if kind != "portforward" else {"pod_id": target}
         log.info("streaming session started", extra={"kind": kind, "protocol": upgrade, **ids})
         started = asyncio.get_running_loop().time()
+        instruments.SESSIONS.labels(kind, upgrade).inc()
+        active = instruments.SESSIONS_ACTIVE.labels(kind, upgrade)
+        active.inc()
         try:
             if kind == "portforward":
                 if upgrade == "websocket":
@@ -300,6 +306,7 @@ class StreamingServer:
             else:
                 await self._spdy_remotecommand(reader, writer, head, request, runner)
         finally:
+            active.dec()
             duration_ms = (asyncio.get_running_loop().time() - started) * 1000
             log.info("streaming session ended", extra={"kind": kind, **ids, "duration_ms": duration_ms})
 

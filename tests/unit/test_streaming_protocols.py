@@ -516,3 +516,27 @@ def test_spdy3_style_client_without_session_window_updates_is_not_stalled(server
     assert s["stdout"].drain_count() == 1_000_000
     assert client.max_frame_seen <= 8192
     client.close()
+
+
+def test_sessions_and_rejections_are_counted_for_prometheus(server) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    srv, _ = server
+    started = value("calyx_streaming_sessions_total", kind="exec", protocol="spdy/3.1")
+    rejected = value("calyx_streaming_rejected_requests_total", reason="token")
+    client, s = spdy_exec(
+        exec_url(srv, ["sh", "-c", "read x"], stdin=True, stderr=False), types=("error", "stdin", "stdout")
+    )
+    wait_for(
+        lambda: value("calyx_streaming_sessions_active", kind="exec", protocol="spdy/3.1") >= 1, "active"
+    )
+    s["stdin"].write(b"x\n")
+    assert s["error"].read_all()
+    client.close()
+    assert value("calyx_streaming_sessions_total", kind="exec", protocol="spdy/3.1") == started + 1
+    assert SpdyClient(srv.base_url + "/exec/nope", [V4]).status == 404
+    assert value("calyx_streaming_rejected_requests_total", reason="token") == rejected + 1
+    wait_for(lambda: value("calyx_streaming_sessions_active", kind="exec", protocol="spdy/3.1") == 0, "ended")
