@@ -100,3 +100,64 @@ def test_parser_splits_coalesced_frames_and_rejects_bad_ones() -> None:
         spdy.decode_header_block(bytes.fromhex("00000001 00000004") + b"Port" + bytes.fromhex("00000000"))
     with pytest.raises(spdy.ProtocolError):
         list(spdy.FrameParser(max_length=10).feed(spdy.data(1, b"x" * 11)))
+
+
+def test_a_whole_session_from_hand_built_bytes() -> None:
+    """The server against bytes laid out by hand: the upgrade, two SYN_STREAMs whose header blocks are
+    stored (uncompressed) deflate blocks, then every frame the server sends back, parsed by hand."""
+    import socket
+    import urllib.parse
+
+    from tests.streaming_host import exec_url, host_server
+
+    def block(name: bytes, value: bytes) -> bytes:
+        return (
+            struct.pack(">I", 1) + struct.pack(">I", len(name)) + name + struct.pack(">I", len(value)) + value
+        )
+
+    with host_server() as (srv, _):
+        url = urllib.parse.urlsplit(exec_url(srv, ["printf", "hi"], stderr=False))
+        sock = socket.create_connection((url.hostname, url.port), timeout=30)
+        sock.sendall(
+            f"GET {url.path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+            "X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n".encode()
+        )
+        headers_1 = _stored_zlib(0xE3C6A7C2, block(b"streamtype", b"error"), first=True)
+        headers_3 = _stored_zlib(0, block(b"streamtype", b"stdout"), first=False)
+        for stream_id, compressed in ((1, headers_1), (3, headers_3)):
+            payload = struct.pack(">IIBB", stream_id, 0, 0, 0) + compressed
+            sock.sendall(bytes.fromhex("80030001") + struct.pack(">I", len(payload)) + payload)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        sock.close()
+
+    head, _, frames = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b"X-Stream-Protocol-Version: v4.channel.k8s.io" in head
+    seen: list[tuple[str, int, int, bytes]] = []
+    inflate = zlib.decompressobj(zdict=CLIENT_DICTIONARY)
+    while frames:
+        first, second = struct.unpack_from(">II", frames)
+        length = second & 0xFFFFFF
+        body = frames[8 : 8 + length]
+        frames = frames[8 + length :]
+        if first & 0x80000000:
+            assert first >> 16 == 0x8003
+            kind = first & 0xFFFF
+            stream = struct.unpack_from(">I", body)[0] & 0x7FFFFFFF
+            if kind == 2:
+                assert inflate.decompress(body[4:]) == b"\x00\x00\x00\x00"  # no headers
+            seen.append((f"control{kind}", stream, second >> 24, b""))
+        else:
+            seen.append(("data", first, second >> 24, body))
+    assert ("control2", 1, 0, b"") in seen and ("control2", 3, 0, b"") in seen  # SYN_REPLY each
+    stdout = b"".join(d for k, s, _, d in seen if k == "data" and s == 3)
+    assert stdout == b"hi"
+    assert any(k == "data" and s == 3 and f & 1 for k, s, f, _ in seen)  # FIN on stdout
+    error = b"".join(d for k, s, _, d in seen if k == "data" and s == 1)
+    assert error == b'{"metadata":{},"status":"Success"}'
+    assert seen[-1][0] == "control7"  # GOAWAY last
