@@ -90,7 +90,9 @@ class BridgeRules:
         for table, chain in (("nat", self.hostports), ("nat", self.postrouting), ("filter", self.forward)):
             _ensure_chain(table, chain)
         net = str(subnet)
-        _ensure("nat", self.postrouting, ["-s", net, "!", "-d", net, "-j", "MASQUERADE"])
+        # Leaving the pod network (not the bridge): pod-to-pod traffic keeps its source address, also
+        # between the subnets a bridge can carry after a pod CIDR change.
+        _ensure("nat", self.postrouting, ["-s", net, "!", "-o", self.bridge, "-j", "MASQUERADE"])
         _ensure("nat", self.postrouting, ["-s", "127.0.0.0/8", "-o", self.bridge, "-j", "MASQUERADE"])
         # A pod reaching a hostPort (its own or another pod's) through a host address: without this the
         # answer would go straight back over the bridge, bypassing the host's reverse NAT.

@@ -75,7 +75,7 @@ def test_builtin_network_is_ready_and_gives_the_pod_eth0_address_route_and_lease
     assert net.leases == {ip: {"pod_id": pod_id, "subnet": net.subnet, "bridge": net.bridge}}
     assert f"cxv{pod_id[:12]}" in "".join(_ports_on_bridge(net.bridge))
     assert Path(f"/proc/sys/net/ipv4/conf/{net.bridge}/route_localnet").read_text().strip() == "1"
-    masquerade = f"-A CALYX-PR-{net.bridge} -s {net.subnet} ! -d {net.subnet} -j MASQUERADE"
+    masquerade = f"-A CALYX-PR-{net.bridge} -s {net.subnet} ! -o {net.bridge} -j MASQUERADE"
     assert masquerade in iptables_save()
 
 
@@ -431,3 +431,35 @@ def test_builtin_bandwidth_annotations_shape_both_ends_of_the_veth(builtin_net) 
     stop_remove(net.daemon, pod_id)
     assert "rate 11Mbit" not in sh("tc", "qdisc", "show").stdout
     assert pod_traces(net.daemon, pod_id) == []
+
+
+def test_builtin_pods_on_old_and_new_pod_cidr_reach_each_other_unmasqueraded(builtin_net) -> None:
+    """After UpdateRuntimeConfig changes the pod CIDR the bridge carries both subnets; pods of the two
+    reach each other with their own source addresses (only traffic leaving the bridge is masqueraded)."""
+    net = builtin_net()
+    old = run_pod(net.daemon, pod_config())
+    n = int(net.bridge[3:])
+    cidr = f"10.248.{n}.0/24"
+    net.daemon.runtime.UpdateRuntimeConfig(
+        pb.UpdateRuntimeConfigRequest(
+            runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr=cidr))
+        )
+    )
+    new = run_pod(net.daemon, pod_config())
+    old_ip, new_ip = (status(net.daemon, p).status.network.ip for p in (old, new))
+    assert ipaddress.ip_address(old_ip) in ipaddress.ip_network(net.subnet)
+    assert ipaddress.ip_address(new_ip) in ipaddress.ip_network(cidr)
+    port = 5000 + os.getpid() % 1000
+    listener = Listener(_netns(net, new), port)
+    probe = (
+        f"import socket; s = socket.create_connection(('{new_ip}', {port}), 10); print(s.recv(100).decode())"
+    )
+    try:
+        assert in_netns(_netns(net, old), sys.executable, "-c", probe).stdout.strip() == f"pong {old_ip}"
+    finally:
+        listener.close()
+    assert in_netns(_netns(net, new), "ping", "-c1", "-W5", old_ip).returncode == 0
+    stop_remove(net.daemon, old)
+    stop_remove(net.daemon, new)
+    assert net.leases == {}
+    assert net.bridge not in iptables_save()
