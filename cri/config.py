@@ -137,6 +137,9 @@ class StreamingConfig:
     tls_key: str = opt("", "PEM private key of tls_cert.")
     token_ttl_seconds: float = opt(60.0, "How long a streaming URL may wait to be used.")
     idle_timeout_seconds: float = opt(4 * 3600.0, "Idle streaming connections are closed after this.")
+    stream_creation_timeout_seconds: float = opt(
+        30.0, "How long a SPDY client may take to open its streams after the upgrade."
+    )
 
 
 @dataclass

@@ -39,7 +39,6 @@ log = logging.getLogger("cri.streaming")
 
 HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT = 30.0
-STREAM_CREATION_TIMEOUT = 30.0  # kubelet's default for clients to open their SPDY streams
 
 V1 = "channel.k8s.io"
 V2 = "v2.channel.k8s.io"
@@ -381,7 +380,9 @@ class StreamingServer:
             waiter = asyncio.create_task(all_here.wait())
             closed = asyncio.create_task(session.closed.wait())
             await asyncio.wait(
-                [waiter, closed], timeout=STREAM_CREATION_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+                [waiter, closed],
+                timeout=self.config.stream_creation_timeout_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
             )
             waiter.cancel()
             closed.cancel()
@@ -421,7 +422,9 @@ class StreamingServer:
         netns = self._pod_netns(request.pod_id)
         await self._spdy_upgrade(writer, head, SPDY_PORTFORWARD)
         forwarder = SpdyPortForward(
-            request.pod_id, lambda port: connect_localhost(netns, port), STREAM_CREATION_TIMEOUT
+            request.pod_id,
+            lambda port: connect_localhost(netns, port),
+            self.config.stream_creation_timeout_seconds,
         )
         session = SpdySession(reader, writer, forwarder.on_stream, self.config.idle_timeout_seconds)
         forwarder.session = session

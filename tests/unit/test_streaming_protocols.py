@@ -540,3 +540,11 @@ def test_sessions_and_rejections_are_counted_for_prometheus(server) -> None:
     assert SpdyClient(srv.base_url + "/exec/nope", [V4]).status == 404
     assert value("calyx_streaming_rejected_requests_total", reason="token") == rejected + 1
     wait_for(lambda: value("calyx_streaming_sessions_active", kind="exec", protocol="spdy/3.1") == 0, "ended")
+
+
+def test_a_client_that_never_opens_its_streams_is_dropped_and_nothing_runs() -> None:
+    with host_server(stream_creation_timeout_seconds=1.0) as (srv, backend):
+        client = SpdyClient(exec_url(srv, ["true"]), [V4])
+        client.open_stream({"streamType": "error"})  # stdout and stderr never come
+        assert client.closed.wait(30)
+        assert backend.spawned == []
