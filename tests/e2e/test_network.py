@@ -463,3 +463,38 @@ def test_builtin_pods_on_old_and_new_pod_cidr_reach_each_other_unmasqueraded(bui
     stop_remove(net.daemon, new)
     assert net.leases == {}
     assert net.bridge not in iptables_save()
+
+
+def test_builtin_traffic_leaving_the_pod_network_is_masqueraded(builtin_net, short_tmp: Path) -> None:
+    """An 'outside' network made by the test (a netns behind a veth on the host): the pod reaches it,
+    and the outside sees the host's address, not the pod's."""
+    net = builtin_net()
+    pod_id = run_pod(net.daemon, pod_config())
+    pod_ip = status(net.daemon, pod_id).status.network.ip
+    n = int(net.bridge[3:])
+    outside_pin = short_tmp / "outside-netns"
+    outside_pin.touch()
+    host_end, far_end = f"cxo{n}", f"cxq{n}"
+    sh("unshare", f"--net={outside_pin}", "true")
+    try:
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", far_end)
+        sh("ip", "link", "set", far_end, "netns", str(outside_pin))
+        sh("ip", "addr", "add", f"10.246.{n}.1/24", "dev", host_end)
+        sh("ip", "link", "set", host_end, "up")
+        in_netns(str(outside_pin), "ip", "addr", "add", f"10.246.{n}.2/24", "dev", far_end)
+        in_netns(str(outside_pin), "ip", "link", "set", far_end, "up")
+        port = 4000 + os.getpid() % 1000
+        listener = Listener(str(outside_pin), port)
+        probe = (
+            f"import socket; s = socket.create_connection(('10.246.{n}.2', {port}), 10); "
+            "print(s.recv(100).decode())"
+        )
+        try:
+            answer = in_netns(_netns(net, pod_id), sys.executable, "-c", probe).stdout.strip()
+        finally:
+            listener.close()
+        assert answer == f"pong 10.246.{n}.1"  # the host's address on that link
+        assert pod_ip not in answer
+    finally:
+        sh("ip", "link", "del", host_end, check=False)
+        sh("umount", str(outside_pin), check=False)
