@@ -491,3 +491,18 @@ def test_daemon_shutdown_ends_sessions_and_kills_their_processes(env: Env) -> No
     assert client.closed.wait(30)
     wait_for(lambda: not processes_with_cmdline(wanted), "exec process killed at shutdown")
     client.close()
+
+
+def test_exec_tty_over_websocket_with_resize(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    url = env.exec_url(cid, ["stty", "size"], tty=True).replace("http://", "ws://")
+    with connect(url, subprotocols=["v5.channel.k8s.io"]) as ws:
+        ws.send(b"\x04" + json.dumps({"Width": 77, "Height": 22}).encode())
+        messages = []
+        try:
+            while True:
+                messages.append(ws.recv(timeout=30))
+        except Exception:
+            pass
+    assert b"22 77" in b"".join(m[1:] for m in messages if m[0] == 1)
+    assert json.loads(b"".join(m[1:] for m in messages if m[0] == 3))["status"] == "Success"
