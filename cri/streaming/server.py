@@ -205,7 +205,10 @@ class StreamingServer:
     def recover(self) -> None:
         reap = getattr(self.backend, "reap_orphans", None)
         if reap is not None:
-            reap()
+            try:
+                reap()
+            except Exception:  # leftovers must not keep the daemon from serving
+                log.exception("cannot clean up exec processes of a previous run")
         self.start()
 
     @property
