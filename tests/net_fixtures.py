@@ -125,6 +125,7 @@ class Net:
 @contextlib.contextmanager
 def _host_restored(bridge: str) -> Iterator[None]:
     forward = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    forward6 = Path("/proc/sys/net/ipv6/conf/all/forwarding").read_text()
     try:
         yield
     finally:
@@ -132,6 +133,7 @@ def _host_restored(bridge: str) -> Iterator[None]:
             sh("ip", "link", "del", bridge, check=False)
         _drop_chains(lambda chain: chain.endswith(f"-{bridge}"))
         Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)
+        Path("/proc/sys/net/ipv6/conf/all/forwarding").write_text(forward6)  # the bridge plugin sets it
 
 
 @pytest.fixture

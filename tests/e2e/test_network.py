@@ -498,3 +498,30 @@ def test_builtin_traffic_leaving_the_pod_network_is_masqueraded(builtin_net, sho
     finally:
         sh("ip", "link", "del", host_end, check=False)
         sh("umount", str(outside_pin), check=False)
+
+
+def test_cni_dual_stack_pod_reports_ipv4_and_ipv6(cni_net) -> None:
+    net = cni_net()
+    n = int(net.bridge[3:])
+    v6 = f"fd42:ca1f:{n:x}::/64"
+    conflist_file = net.cni_dir / "10-test.conflist"
+    conflist = json.loads(conflist_file.read_text())
+    ipam = conflist["plugins"][0]["ipam"]
+    ipam["ranges"].append([{"subnet": v6}])
+    ipam["routes"].append({"dst": "::/0"})
+    conflist_file.write_text(json.dumps(conflist))
+    a = run_pod(net.daemon, pod_config(hostname="dual"))
+    b = run_pod(net.daemon, pod_config())
+    st = status(net.daemon, a).status
+    assert ipaddress.ip_address(st.network.ip) in ipaddress.ip_network(net.subnet)  # IPv4 first
+    (extra,) = st.network.additional_ips
+    assert ipaddress.ip_address(extra.ip) in ipaddress.ip_network(v6)
+    assert extra.ip in in_netns(_netns(net, a), "ip", "-6", "-o", "addr", "show", "dev", "eth0").stdout
+    hosts = Path(info(net.daemon, a)["files"]["hosts"]).read_text()
+    assert f"{st.network.ip}\tdual" in hosts and f"{extra.ip}\tdual" in hosts
+    b_v6 = status(net.daemon, b).status.network.additional_ips[0].ip
+    # DAD may keep a fresh address tentative for a moment: ping retries within its deadline
+    assert in_netns(_netns(net, a), "ping", "-6", "-c1", "-w10", b_v6).returncode == 0
+    stop_remove(net.daemon, a)
+    stop_remove(net.daemon, b)
+    assert [p.name for p in net.ipam_dir.iterdir() if p.name[0].isdigit() or ":" in p.name] == []
