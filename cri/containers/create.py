@@ -119,6 +119,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
     with manager.reserve_name(pod.id, name, attempt, container_id), contextlib.ExitStack() as undo:
         manager.persist(container)
         undo.callback(manager.store.delete, "container", container_id)
+        failpoints.hit("container.after_intent", container_id=container_id)
         bundle = container.path
         bundle.mkdir(parents=True, exist_ok=False)
         undo.callback(shutil.rmtree, bundle, True)

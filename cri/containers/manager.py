@@ -23,7 +23,7 @@ from cri import failpoints, lifecycle
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, rootfs, shm
 from cri.containers import create as create_mod
-from cri.containers.model import CREATED, CREATING, EXITED, KIND, RUNNING, Container
+from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive
 from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -257,6 +257,7 @@ class ContainerManager:
         start = time.monotonic()
         if c.state == RUNNING and timeout_s > 0:
             mon.kill(c.id, signal_number(c.stop_signal))
+            failpoints.hit("container.stop_after_signal", container_id=c.id)
             if self._wait_exit(c, timeout_s):
                 self.refresh(c)
                 log.info("container stopped", extra={"container_id": c.id, "duration_ms": _ms(start)})
@@ -279,6 +280,9 @@ class ContainerManager:
         with self._lock_of(c.id):
             if c.state in (CREATED, RUNNING):
                 self._stop_locked(c, 0)
+            if c.state != REMOVING:
+                c.state = REMOVING  # the intent: a crash from here on is finished by recovery
+                self.persist(c)
             self._cleanup(c)
         self._unindex(c)
         log.info("container removed", extra={"container_id": c.id})
@@ -287,11 +291,14 @@ class ContainerManager:
     def _cleanup(self, c: Container) -> None:
         mon = self._monitor_of(c)
         mon.delete(c.id)
+        failpoints.hit("container.remove_after_runc_delete", container_id=c.id)
         with contextlib.suppress(OSError):
             cgroups_compat.remove_container(self.runtime, c.id, c.cgroup_parent)
         rootfs.unmount(c.rootfs)
+        failpoints.hit("container.remove_after_unmount", container_id=c.id)
         wait_monitor_gone(c.id, c.bundle, c.conmon_pid)
         shutil.rmtree(c.path, ignore_errors=True)
+        failpoints.hit("container.remove_after_dir", container_id=c.id)
         mon.forget(c.id)
         self.store.delete(KIND, c.id)
 
@@ -391,8 +398,8 @@ class ContainerManager:
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         for cid, record in self.store.list(KIND).items():
             c = Container.from_record(record)
-            if c.state == CREATING:
-                log.info("removing half-created container", extra={"container_id": cid})
+            if c.state in (CREATING, REMOVING):
+                log.info("removing half-created or half-removed container", extra={"container_id": cid})
                 with contextlib.suppress(Exception):
                     self._cleanup(c)
                 self.store.delete(KIND, cid)

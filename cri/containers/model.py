@@ -1,7 +1,8 @@
 """The container record: what Calyx knows of one container, persisted as JSON in the store.
 
 ``state`` is the CRI state plus ``CREATING``, the intent recorded before any side effect of a create,
-so that recovery finds and removes what a crash left half-made.
+so that recovery finds and removes what a crash left half-made, and ``REMOVING``, the same for a
+removal (recovery finishes it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ CREATED = "CREATED"
 RUNNING = "RUNNING"
 EXITED = "EXITED"
 UNKNOWN = "UNKNOWN"
+# Recorded before a removal's first step: recovery finishes the removal of a container in this state.
+REMOVING = "REMOVING"
 
 PB_STATE = {
     CREATING: pb.CONTAINER_UNKNOWN,
@@ -29,6 +32,7 @@ PB_STATE = {
     RUNNING: pb.CONTAINER_RUNNING,
     EXITED: pb.CONTAINER_EXITED,
     UNKNOWN: pb.CONTAINER_UNKNOWN,
+    REMOVING: pb.CONTAINER_EXITED,
 }
 
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cri import failpoints
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.auth import Credentials
 from cri.images.content import ContentStore
@@ -251,6 +252,7 @@ class ImageManager:
             self.store.delete(KIND, record.id)
             del self._records[record.id]
             self._specs.pop(record.id, None)
+            failpoints.hit("image.remove_after_record", image_id=record.id)
             removed = self._collect_garbage()
         log.info("image removed", extra={"image_id": record.id, **removed})
 

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from cri import failpoints
 from cri.config import ImagesConfig
 from cri.errors import CalyxError, DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
 from cri.images import registry as reg
@@ -163,6 +164,7 @@ class Puller:
         lease.add(manifest_digest)
         self.content.put(manifest_digest, body)
         blobs.append(manifest_digest)
+        failpoints.hit("image.pull_after_manifest", image=str(ref))
         config_desc = doc.get("config") or {}
         layer_descs = doc.get("layers") or []
         for desc in layer_descs:
@@ -181,6 +183,7 @@ class Puller:
                 f"{ref}: the config lists {len(diff_ids)} layers, the manifest {len(layer_descs)}"
             )
         self._fetch_layers(client, layer_descs, deadline, lease, progress)
+        failpoints.hit("image.pull_after_blobs", image=str(ref))
         blobs.extend(desc["digest"] for desc in layer_descs)
         chains = chain_ids(diff_ids)
         lease.update(chains)
@@ -192,6 +195,7 @@ class Puller:
             layers.append(
                 {"digest": desc["digest"], "diff_id": diff_id, "chain_id": chain, "size": desc["size"]}
             )
+        failpoints.hit("image.pull_after_unpack", image=str(ref))
         progress.log("pull complete")
         return ImageRecord(
             id=config_desc["digest"],

@@ -4,6 +4,8 @@
   from its recorded intent and forgotten; kubelet will run it again.
 - A READY pod whose namespaces are gone (a reboot emptied /run, or its PID holder died) is torn down
   and marked NOTREADY, as kubelet expects of a sandbox that lost its network.
+- A NOTREADY pod whose stop was interrupted (it still has addresses or pins) has its teardown finished.
+- A pod whose creation was interrupted also loses the cgroup parent it prepared.
 - Pins, leases, veths and chains that belong to no ready pod are released.
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from cri.pods.model import KIND, NOTREADY, Pod
 from cri.pods.service import PodService
+from cri.pods.stop import teardown_pending
 from cri.pods.teardown import detach_network, pod_ref, quietly, release_namespaces, remove_dir
 from sandbox import namespaces, pidns
 
@@ -51,8 +54,16 @@ def recover_pods(svc: PodService) -> None:
             quietly("detach network", pod_id, detach_network, svc.networks, pod)
             quietly("release namespaces", pod_id, release_namespaces, svc.run_root, pod)
             quietly("remove pod dir", pod_id, remove_dir, Path(pod.pod_dir))
+            cgroups = svc.cgroups
+            if cgroups is not None and pod.cgroup_parent and hasattr(cgroups, "remove_parent"):
+                quietly("remove cgroup parent", pod_id, cgroups.remove_parent, pod.cgroup_parent)
             svc.store.delete(KIND, pod_id)
             continue
+        if teardown_pending(pod):
+            log.warning("finishing the teardown of an interrupted stop", extra={"pod_id": pod_id})
+            quietly("detach network", pod_id, detach_network, svc.networks, pod)
+            quietly("release namespaces", pod_id, release_namespaces, svc.run_root, pod)
+            pod = dataclasses.replace(pod, ips=[])
         if pod.ready and not _intact(pod):
             log.warning("pod lost its namespaces; marking it not ready", extra={"pod_id": pod_id})
             quietly("detach network", pod_id, detach_network, svc.networks, pod)

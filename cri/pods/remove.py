@@ -9,7 +9,7 @@ import logging
 import time
 from pathlib import Path
 
-from cri import lifecycle
+from cri import failpoints, lifecycle
 from cri.api import api_pb2 as pb
 from cri.errors import NotFound
 from cri.pods.service import PodService
@@ -35,10 +35,12 @@ def remove_pod(svc: PodService, pod_id: str) -> None:
         containers = svc.containers
         if containers is not None and hasattr(containers, "remove_pod_containers"):
             containers.remove_pod_containers(pod.id)
+        failpoints.hit("pod.remove_after_containers", pod_id=pod.id)
         cgroups = svc.cgroups
         if cgroups is not None and pod.cgroup_parent and hasattr(cgroups, "remove_parent"):
             cgroups.remove_parent(pod.cgroup_parent)
         remove_dir(Path(pod.pod_dir))
+        failpoints.hit("pod.remove_after_dir", pod_id=pod.id)
         svc.forget(pod)
         lifecycle.publish_pod(svc.runtime, pod, pb.CONTAINER_DELETED_EVENT)
     log.info(

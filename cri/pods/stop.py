@@ -1,20 +1,22 @@
 """StopPodSandbox: stop the pod's containers, detach its network, release its namespaces.
 
-Idempotent: a pod that is unknown or already stopped is not an error. The record turns NOTREADY only
-after everything is released; if a step fails (a CNI DEL error, say) the pod stays READY and the error,
-with the plugin's message, goes to kubelet, which retries the stop.
+Idempotent: a pod that is unknown or already stopped is not an error. The stored record turns NOTREADY
+first, keeping what the teardown needs (``ips``, the network record), so that recovery finishes a stop
+a crash interrupted; the listed pod turns NOTREADY once everything is released. If a step fails (a CNI
+DEL error, say) the error, with the plugin's message, goes to kubelet, which retries the stop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 
 from cri import failpoints, lifecycle
 from cri.api import api_pb2 as pb
 from cri.errors import NotFound
-from cri.pods.model import NOTREADY
+from cri.pods.model import KIND, NOTREADY, Pod
 from cri.pods.service import PodService
 from cri.pods.teardown import detach_network, release_namespaces
 
@@ -36,14 +38,38 @@ def stop_pod(svc: PodService, pod_id: str) -> None:
         containers = svc.containers
         if containers is not None and hasattr(containers, "stop_pod_containers"):
             containers.stop_pod_containers(pod.id, 0)
-        if not pod.ready:
-            return
-        detach_network(svc.networks, pod)
-        failpoints.hit("pod.stop_after_network", pod_id=pod.id)
-        release_namespaces(svc.run_root, pod)
-        stopped = dataclasses.replace(pod, state=NOTREADY, ips=[])
-        svc.save(stopped)
-        lifecycle.publish_pod(svc.runtime, stopped, pb.CONTAINER_STOPPED_EVENT)
+        failpoints.hit("pod.stop_after_containers", pod_id=pod.id)
+        was_ready = pod.ready
+        if was_ready:
+            # The intent, in the store before the first teardown step: after a crash, recovery finds
+            # a NOTREADY pod still holding ``ips``/pins and finishes the teardown (it must never be
+            # listed READY without its network). The index turns NOTREADY once all is released.
+            pod = dataclasses.replace(pod, state=NOTREADY)
+            svc.store.put(KIND, pod.id, pod.to_record())
+        if teardown_pending(pod):
+            finish_teardown(svc, pod)
+        elif was_ready:
+            svc.save(pod)  # nothing to release (host namespaces only)
+        if was_ready:
+            lifecycle.publish_pod(svc.runtime, svc.get(pod.id), pb.CONTAINER_STOPPED_EVENT)
     log.info(
         "pod sandbox stopped", extra={"pod_id": full_id, "duration_ms": (time.monotonic() - start) * 1000}
     )
+
+
+def teardown_pending(pod: Pod) -> bool:
+    """A NOTREADY pod whose network or namespaces were not (all) released: a stop that failed or was
+    interrupted by a crash. Its retry, or recovery, finishes it."""
+    if pod.ready:
+        return False
+    pins = [p for p in (pod.netns_path, pod.ipc_ns_path, pod.uts_ns_path, pod.pid_ns_path) if p]
+    return bool(pod.ips) or any(os.path.lexists(p) for p in pins)
+
+
+def finish_teardown(svc: PodService, pod: Pod) -> None:
+    """Detach the network and release the namespaces of a NOTREADY pod, then record it as released."""
+    detach_network(svc.networks, pod)
+    failpoints.hit("pod.stop_after_network", pod_id=pod.id)
+    release_namespaces(svc.run_root, pod)
+    failpoints.hit("pod.stop_after_namespaces", pod_id=pod.id)
+    svc.save(dataclasses.replace(pod, ips=[]))

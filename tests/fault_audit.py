@@ -1,0 +1,138 @@
+"""What a Calyx daemon has on the machine, compared with what it lists: for crash and recovery tests.
+
+``audit(cx)`` returns every inconsistency: an artifact (mount, namespace pin, veth, iptables rule,
+lease, cgroup, runc state, conmon, container or pod dir, exit file, blob, layer) that no listed object
+owns, or a listed object missing a piece it must have. ``leftovers(cx)`` is everything still there,
+for the end of a test when every object has been removed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from cri.api import api_pb2 as pb
+from tests.container_fixtures import CGROUP_ROOT, Cx
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _sh(*argv: str) -> str:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=30).stdout
+
+
+def _names(directory: Path) -> set[str]:
+    return {p.name for p in directory.iterdir()} if directory.is_dir() else set()
+
+
+def runc_states(cx: Cx) -> set[str]:
+    return set(_sh("runc", "--root", str(cx.daemon.run_root / "runc"), "list", "-q").split())
+
+
+def conmons(cx: Cx) -> dict[int, str]:
+    """conmon processes of this daemon (by its state dirs) -> the container id they monitor."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"conmon") and str(cx.daemon.run_root).encode() in b" ".join(argv):
+            found[int(proc.name)] = argv[argv.index(b"-c") + 1].decode() if b"-c" in argv else "?"
+    return found
+
+
+def mounts(cx: Cx) -> list[str]:
+    base = str(cx.daemon.base)
+    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines() if base in line]
+
+
+def veths(cx: Cx) -> set[str]:
+    out = _sh("ip", "-o", "link", "show", "master", cx.net.bridge)
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()}
+
+
+def iptables_lines(cx: Cx) -> list[str]:
+    return [line for line in _sh("iptables-save").splitlines() if cx.net.bridge in line]
+
+
+def container_cgroups(cx: Cx) -> set[str]:
+    found = set()
+    for parent in cx.parents:
+        for d in CGROUP_ROOT.glob(f"*/{parent.strip('/')}/*"):
+            match = HEX64.search(d.name)
+            if d.is_dir() and match:
+                found.add(match.group(0))
+    return found
+
+
+def blob_files(cx: Cx) -> set[str]:
+    return _names(cx.daemon.root / "images" / "blobs" / "sha256")
+
+
+def layer_dirs(cx: Cx) -> set[str]:
+    return {n for n in _names(cx.daemon.root / "images" / "layers") if not n.endswith(".usage")}
+
+
+def audit(cx: Cx) -> list[str]:
+    """Inconsistencies between what the daemon lists and what is on the machine (empty when whole)."""
+    rt, d = cx.rt, cx.daemon
+    pods = {p.id: p for p in rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30).items}
+    ctrs = {c.id: c for c in rt.ListContainers(pb.ListContainersRequest(), timeout=30).containers}
+    images = d.images.ListImages(pb.ListImagesRequest(), timeout=30).images
+    ready = {i for i, p in pods.items() if p.state == pb.SANDBOX_READY}
+    live = {i for i, c in ctrs.items() if c.state in (pb.CONTAINER_CREATED, pb.CONTAINER_RUNNING)}
+    problems: list[str] = []
+
+    def expect(kind: str, have: set[str], allowed: set[str], required: set[str] | None = None) -> None:
+        problems.extend(f"{kind} without owner: {x}" for x in sorted(have - allowed))
+        problems.extend(f"{kind} missing for: {x}" for x in sorted((required or set()) - have))
+
+    # A NOTREADY pod needs no files any more (a removal interrupted after them is retried by kubelet).
+    expect("pod dir", _names(d.root / "pods"), set(pods), ready)
+    for kind in ("net", "ipc", "uts", "pid"):
+        expect(f"{kind} pin", _names(d.run_root / "ns" / kind), ready)
+    netns_pods = {i for i in ready if (d.run_root / "ns" / "net" / i).exists()}
+    expect("veth", {v[3:] for v in veths(cx)}, {i[:12] for i in netns_pods}, {i[:12] for i in netns_pods})
+    leases = {str(lease.get("pod_id")) for lease in cx.net.leases.values()}
+    expect("lease", leases, netns_pods, netns_pods)
+    for line in iptables_lines(cx):
+        owner = re.search(r"[0-9a-f]{16}", line.split(cx.net.bridge, 1)[-1])
+        if owner and not any(i.startswith(owner.group(0)) for i in ready):
+            problems.append(f"iptables rule without owner: {line}")
+    if not ready and iptables_lines(cx):
+        problems.append(f"iptables rules of the network without pods: {iptables_lines(cx)}")
+    for point in mounts(cx):
+        ids = HEX64.findall(point)
+        if "/ns/" in point:
+            ok = bool(ids) and ids[0] in ready
+        elif "/containers/" in point:
+            ok = bool(ids) and ids[0] in ctrs
+        else:
+            ok = bool(ids) and (ids[0] in pods or ids[0] in ctrs)
+        if not ok:
+            problems.append(f"mount without owner: {point}")
+    expect("container dir", _names(d.root / "containers"), set(ctrs), live)
+    # runc keeps a stopped container's state until RemoveContainer deletes it.
+    expect("runc state", runc_states(cx), set(ctrs), live)
+    expect("conmon", set(conmons(cx).values()), live, live)
+    expect("exit file", _names(d.run_root / "exits"), set(ctrs))
+    expect("container cgroup", container_cgroups(cx), set(ctrs))
+    for c in ctrs.values():
+        if c.pod_sandbox_id not in pods:
+            problems.append(f"container {c.id} of a pod that is not listed")
+    if not images:
+        expect("blob", blob_files(cx), set())
+        expect("layer dir", layer_dirs(cx), set())
+    expect("ingest file", _names(d.root / "images" / "ingest"), set())
+    return problems
+
+
+def leftovers(cx: Cx) -> list[str]:
+    """What is still on the machine once every object was removed (audit finds no owner for any)."""
+    listed = [p.id for p in cx.rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30).items]
+    listed += [c.id for c in cx.rt.ListContainers(pb.ListContainersRequest(), timeout=30).containers]
+    return [f"still listed: {i}" for i in listed] + audit(cx)
