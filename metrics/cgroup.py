@@ -7,10 +7,12 @@ is told by the directory's files, not by configuration, so a hybrid host reads i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
 from metrics import cgroup_v1, cgroup_v2
+from metrics.psi import read_pressure
 from metrics.readings import CgroupSample
 
 V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
@@ -24,18 +26,32 @@ def is_v2(dirs: Mapping[str, Path]) -> bool:
 
 
 def read_cgroup(dirs: Mapping[str, Path]) -> CgroupSample:
-    """Sample the cgroup described by ``dirs`` (controller -> dir; v2: one dir)."""
+    """Sample the cgroup described by ``dirs`` (controller -> dir; v2: one dir).
+
+    On v1, a ``"unified"`` entry (the cgroup's directory in a hybrid host's cgroup2 mount) is read for
+    pressure stall information only.
+    """
     if is_v2(dirs):
-        return cgroup_v2.read(next(iter(dirs.values())))
-    return cgroup_v1.read(dirs)
+        unified: Path | None = next(iter(dirs.values()))
+        assert unified is not None
+        sample = cgroup_v2.read(unified)
+    else:
+        unified = dirs.get("unified")
+        sample = cgroup_v1.read({k: v for k, v in dirs.items() if k != "unified"})
+    if unified is not None and (sample.cpu is not None or sample.memory is not None):
+        psi = read_pressure(str(unified))
+        if psi:
+            sample = dataclasses.replace(sample, psi=psi)
+    return sample
 
 
-def v1_dirs(relative: str, root: Path = V1_ROOT) -> dict[str, Path]:
+def v1_dirs(relative: str, root: Path = V1_ROOT, unified: bool = False) -> dict[str, Path]:
     """controller -> dir of the v1 cgroup ``relative`` (e.g. "kubepods/pod1/calyx-<id>") in each
-    hierarchy mounted under ``root``; a hierarchy that is not mounted is left out."""
+    hierarchy mounted under ``root``; a hierarchy that is not mounted is left out. ``unified`` adds
+    the hybrid cgroup2 mount's directory (``root``/unified) when that mount exists."""
     relative = relative.strip("/")
     dirs: dict[str, Path] = {}
-    for controller in V1_CONTROLLERS:
+    for controller in (*V1_CONTROLLERS, "unified") if unified else V1_CONTROLLERS:
         hierarchy = root / controller
         if hierarchy.is_dir():
             dirs[controller] = hierarchy / relative

@@ -62,6 +62,22 @@ class IoReading:
 
 
 @dataclass(frozen=True)
+class PsiLine:
+    """One line of a cgroup v2 pressure file: share of time (%) over 10/60/300 s, and the total."""
+
+    avg10: float
+    avg60: float
+    avg300: float
+    total_ns: int  # the kernel counts microseconds; kept in ns as CRI reports it
+
+
+@dataclass(frozen=True)
+class PsiReading:
+    some: PsiLine  # some task of the cgroup was waiting for the resource
+    full: PsiLine | None = None  # every non-idle task was waiting (cpu: only at cgroup level)
+
+
+@dataclass(frozen=True)
 class CgroupSample:
     """One reading of a container's or a pod's cgroup (every controller read once)."""
 
@@ -72,6 +88,9 @@ class CgroupSample:
     limits: LimitsReading = field(default_factory=LimitsReading)
     io: IoReading | None = None
     processes: int | None = None  # tasks in the cgroup (pids.current, or cgroup.procs lines)
+    # Pressure stall information by resource ("cpu", "memory", "io"), from the cgroup's v2 directory
+    # (on a hybrid host: its directory in the cgroup2 mount, which has PSI even without controllers).
+    psi: dict[str, PsiReading] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

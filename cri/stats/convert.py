@@ -9,13 +9,26 @@ from __future__ import annotations
 from cri.api import api_pb2 as pb
 from cri.stats.families import FAMILIES
 from cri.stats.model import DEFAULT_INTERFACE, ContainerSample, PodSample
-from metrics.readings import CgroupSample, InterfaceReading, NetworkSample
+from metrics.readings import CgroupSample, InterfaceReading, NetworkSample, PsiLine
 
 
 def _u64(value: int | float | None) -> pb.UInt64Value | None:
     if value is None:
         return None
     return pb.UInt64Value(value=max(int(value), 0))
+
+
+def _psi_data(line: PsiLine | None) -> pb.PsiData | None:
+    if line is None:
+        return None
+    return pb.PsiData(Total=line.total_ns, Avg10=line.avg10, Avg60=line.avg60, Avg300=line.avg300)
+
+
+def psi_stats(cgroup: CgroupSample | None, resource: str) -> pb.PsiStats | None:
+    reading = cgroup.psi.get(resource) if cgroup is not None else None
+    if reading is None:
+        return None
+    return pb.PsiStats(Some=_psi_data(reading.some), Full=_psi_data(reading.full))
 
 
 def cpu_usage(cgroup: CgroupSample | None, nano_cores: int | None) -> pb.CpuUsage | None:
@@ -25,7 +38,16 @@ def cpu_usage(cgroup: CgroupSample | None, nano_cores: int | None) -> pb.CpuUsag
         timestamp=cgroup.timestamp_ns,
         usage_core_nano_seconds=_u64(cgroup.cpu.usage_ns),
         usage_nano_cores=_u64(nano_cores),
+        psi=psi_stats(cgroup, "cpu"),
     )
+
+
+def io_usage(cgroup: CgroupSample | None) -> pb.IoUsage | None:
+    """CRI's IoUsage carries pressure only."""
+    psi = psi_stats(cgroup, "io")
+    if cgroup is None or psi is None:
+        return None
+    return pb.IoUsage(timestamp=cgroup.timestamp_ns, psi=psi)
 
 
 def memory_usage(cgroup: CgroupSample | None) -> pb.MemoryUsage | None:
@@ -40,6 +62,7 @@ def memory_usage(cgroup: CgroupSample | None) -> pb.MemoryUsage | None:
         rss_bytes=_u64(m.rss_bytes),
         page_faults=_u64(m.page_faults),
         major_page_faults=_u64(m.major_page_faults),
+        psi=psi_stats(cgroup, "memory"),
     )
 
 
@@ -75,6 +98,9 @@ def container_stats(s: ContainerSample) -> pb.ContainerStats:
     swap = swap_usage(s.cgroup)
     if swap is not None:
         stats.swap.CopyFrom(swap)
+    io = io_usage(s.cgroup)
+    if io is not None:
+        stats.io.CopyFrom(io)
     if s.fs is not None:
         stats.writable_layer.CopyFrom(
             pb.FilesystemUsage(
@@ -117,6 +143,9 @@ def pod_stats(s: PodSample) -> pb.PodSandboxStats:
         linux.memory.CopyFrom(memory)
     if s.network is not None:
         linux.network.CopyFrom(network_usage(s.network))
+    io = io_usage(s.cgroup)
+    if io is not None:
+        linux.io.CopyFrom(io)
     if s.cgroup is not None and s.cgroup.processes is not None:
         linux.process.CopyFrom(
             pb.ProcessUsage(timestamp=s.cgroup.timestamp_ns, process_count=_u64(s.cgroup.processes))

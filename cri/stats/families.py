@@ -99,6 +99,17 @@ def _fs_value(field: str) -> Callable[[Subject], Iterator[Value]]:
     return values
 
 
+def _pressure(resource: str, kind: str) -> Callable[[Subject], Iterator[Value]]:
+    def values(s: Subject) -> Iterator[Value]:
+        cg = _cgroup(s)
+        reading = cg.psi.get(resource) if cg is not None else None
+        line = getattr(reading, kind) if reading is not None else None
+        if line is not None:
+            yield (), line.total_ns / NS
+
+    return values
+
+
 def _processes(s: Subject) -> Iterator[Value]:
     cg = _cgroup(s)
     if cg is not None and cg.processes is not None:
@@ -306,6 +317,54 @@ FAMILIES: tuple[Family, ...] = (
         True,
         ("device",),
         _io("write_bytes"),
+    ),
+    Family(
+        "container_pressure_cpu_waiting_seconds_total",
+        "Total time duration some tasks waited for cpu (pressure stall information).",
+        True,
+        (),
+        _pressure("cpu", "some"),
+        seconds=True,
+    ),
+    Family(
+        "container_pressure_cpu_stalled_seconds_total",
+        "Total time duration all non-idle tasks were stalled for cpu (pressure stall information).",
+        True,
+        (),
+        _pressure("cpu", "full"),
+        seconds=True,
+    ),
+    Family(
+        "container_pressure_memory_waiting_seconds_total",
+        "Total time duration some tasks waited for memory (pressure stall information).",
+        True,
+        (),
+        _pressure("memory", "some"),
+        seconds=True,
+    ),
+    Family(
+        "container_pressure_memory_stalled_seconds_total",
+        "Total time duration all non-idle tasks were stalled for memory (pressure stall information).",
+        True,
+        (),
+        _pressure("memory", "full"),
+        seconds=True,
+    ),
+    Family(
+        "container_pressure_io_waiting_seconds_total",
+        "Total time duration some tasks waited for io (pressure stall information).",
+        True,
+        (),
+        _pressure("io", "some"),
+        seconds=True,
+    ),
+    Family(
+        "container_pressure_io_stalled_seconds_total",
+        "Total time duration all non-idle tasks were stalled for io (pressure stall information).",
+        True,
+        (),
+        _pressure("io", "full"),
+        seconds=True,
     ),
     Family("container_processes", "Number of processes running inside the container.", False, (), _processes),
     Family(

@@ -134,10 +134,11 @@ class StatsService:
             return known
         driver = getattr(self.runtime, "cgroups", None)
         if driver is not None:
-            found = driver.cgroup_dirs(c.id, c.cgroup_parent), driver.container_path(c.id, c.cgroup_parent)
+            path = driver.container_path(c.id, c.cgroup_parent)
+            found = _with_unified(driver, driver.cgroup_dirs(c.id, c.cgroup_parent), path), path
         else:
             path = c.cgroups_path or f"{(c.cgroup_parent or '/calyx').rstrip('/')}/calyx-{c.id}"
-            found = v1_dirs(path), path
+            found = v1_dirs(path, unified=True), path
         self._cgroup_dirs[key] = found
         return found
 
@@ -225,12 +226,12 @@ class StatsService:
             return None  # the shared default parent holds every such pod: no per-pod cgroup to read
         driver = getattr(self.runtime, "cgroups", None)
         if driver is None:
-            return v1_dirs(pod.cgroup_parent), pod.cgroup_parent
+            return v1_dirs(pod.cgroup_parent, unified=True), pod.cgroup_parent
         path = driver.parent_path(pod.cgroup_parent)
         dirs = driver.hierarchy.dirs(path)
-        if "unified" in dirs:
-            dirs = {"unified": dirs["unified"]}
-        return dirs, path
+        if "unified" in dirs:  # v2: the one directory
+            return {"unified": dirs["unified"]}, path
+        return _with_unified(driver, dirs, path), path
 
     def _sample_pod(self, pod: Any, containers: Iterable[ContainerSample]) -> PodSample:
         members = tuple(containers)
@@ -320,6 +321,14 @@ class StatsService:
             extra={"pods": len(samples), "duration_ms": (time.monotonic() - start) * 1000},
         )
         return samples
+
+
+def _with_unified(driver: Any, dirs: dict[str, Path], path: str) -> dict[str, Path]:
+    """v1 controller dirs plus the cgroup's directory in a hybrid host's cgroup2 mount (for PSI)."""
+    if "unified" in dirs:
+        return dirs
+    unified = driver.hierarchy.dirs(path, named=True).get("unified")
+    return {**dirs, "unified": unified} if unified is not None else dirs
 
 
 def _with_processes(sample: CgroupSample, processes: int) -> CgroupSample:

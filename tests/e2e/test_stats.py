@@ -224,6 +224,9 @@ def test_container_stats_show_the_cpu_seconds_burnt(workloads: Workloads) -> Non
     assert workloads.burn_cpu - 2 / TICK <= used <= workloads.burn_cpu + 0.3, (used, workloads.burn_cpu)
     assert used >= BURN_SECONDS
     assert stats.cpu.timestamp > 0 and stats.memory.timestamp > 0
+    # Pressure stall information, from the container's directory in the hybrid cgroup2 mount.
+    assert stats.cpu.HasField("psi") and stats.memory.HasField("psi") and stats.io.HasField("psi")
+    assert stats.cpu.psi.Some.Avg300 >= 0 and stats.io.timestamp == stats.cpu.timestamp
     # A prefix names the container too.
     assert _stats(workloads, workloads.burn_id[:12]).attributes.id == workloads.burn_id
 
@@ -310,6 +313,7 @@ def test_pod_stats_network_processes_and_containers(workloads: Workloads) -> Non
     # The pod's cgroup holds both containers: at least the burner's CPU and the holder's memory.
     assert after.linux.cpu.usage_core_nano_seconds.value >= workloads.burn_cpu * 1e9 - 2e9 / TICK
     assert after.linux.memory.working_set_bytes.value >= 64 * MiB
+    assert after.linux.cpu.HasField("psi") and after.linux.io.HasField("psi")
     expected = len(_pids(workloads.cgroup_parent, workloads.burn_id)) + len(
         _pids(workloads.cgroup_parent, workloads.hold_id)
     )
@@ -381,6 +385,8 @@ def test_metrics_endpoint_serves_cadvisor_series_and_calyx_counters(workloads: W
         text, "container_network_receive_bytes_total", container="", interface="eth0", **common
     )
     assert rx >= rx_before + 50 * 500
+    assert series(text, "container_pressure_cpu_waiting_seconds_total", container="burn", **common)
+    assert series(text, "container_pressure_memory_stalled_seconds_total", container="", **common)
     ((_, procs),) = series(text, "container_processes", container="hold", **common)
     assert procs == len(_pids(workloads.cgroup_parent, workloads.hold_id)) >= 1
     ((_, limit),) = series(text, "container_spec_memory_limit_bytes", container="hold", **common)

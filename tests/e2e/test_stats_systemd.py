@@ -110,6 +110,7 @@ def test_container_in_a_systemd_scope_reports_usage_limits_and_throttling(
         memory = stats.memory
         assert memory.available_bytes.value == 80 * MiB - memory.working_set_bytes.value
         assert stats.cpu.usage_core_nano_seconds.value > 0
+        assert stats.cpu.HasField("psi")  # the scope's directory in the hybrid cgroup2 mount
 
         pod_stats = rt.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id), timeout=30).stats
         # The pod slice holds the container's scope (and its monitor's): at least the container's usage.

@@ -69,12 +69,13 @@ def v1_cgroup(workloads: Workloads) -> Iterator[Callable[..., MadeCgroup]]:
     removed at teardown, after the workloads in them are killed."""
     made: list[MadeCgroup] = []
 
-    def make(**files: str) -> MadeCgroup:
+    def make(unified: bool = False, **files: str) -> MadeCgroup:
+        """``unified``: also the cgroup's directory in the cgroup2 mount (as runc makes on a hybrid host)."""
         name = f"calyx-mtest-{os.getpid()}-{next(_serial)}"
         dirs: dict[str, Path] = {}
         cgroup = MadeCgroup(name, dirs)
         made.append(cgroup)
-        for controller in V1_CONTROLLERS:
+        for controller in (*V1_CONTROLLERS, "unified") if unified else V1_CONTROLLERS:
             path = V1_ROOT / controller / name
             path.mkdir()
             dirs[controller] = path

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from metrics import cgroup_v2
@@ -115,3 +117,25 @@ def test_v2_weight_to_shares_round_trips_the_usual_mapping():
     for shares in (2, 1024, 262144):
         weight = 1 + ((shares - 2) * 9999) // 262142
         assert abs(cgroup_v2.weight_to_shares(weight) - shares) <= 27
+
+
+def test_pressure_from_the_hybrid_cgroup2_directory(workloads, v1_cgroup):
+    cgroup = v1_cgroup(unified=True)
+    cpu = min(os.sched_getaffinity(0))
+    pair = [workloads(), workloads()]
+    for work in pair:
+        os.sched_setaffinity(work.pid, {cpu})  # two spinners on one CPU: one always waits
+        cgroup.add(work.pid)
+    before = read_cgroup(cgroup.dirs)
+    assert set(before.psi) == {"cpu", "memory", "io"}
+    for work in pair:
+        work.send("burn 1")
+    for work in pair:
+        work.wait_done()
+    after = read_cgroup(cgroup.dirs)
+    waited = after.psi["cpu"].some.total_ns - before.psi["cpu"].some.total_ns
+    assert waited >= 0.5e9, waited  # ~2 s of wall time with a runnable task waiting
+    assert after.cpu is not None and after.cpu.usage_ns >= 1.9e9
+    # Without the cgroup2 directory there is no PSI to read: left out, not zero.
+    plain = {k: v for k, v in cgroup.dirs.items() if k != "unified"}
+    assert read_cgroup(plain).psi == {}

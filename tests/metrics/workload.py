@@ -40,11 +40,18 @@ class Workload:
     def pid(self) -> int:
         return self.proc.pid
 
-    def run(self, command: str, timeout: float = 120.0) -> None:
+    def run(self, command: str) -> None:
         """Send one command and wait for its acknowledgement."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.send(command)
+        self.wait_done(command)
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
         self.proc.stdin.write(command + "\n")
         self.proc.stdin.flush()
+
+    def wait_done(self, command: str = "") -> None:
+        assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if line.strip() != "done":
             raise RuntimeError(f"workload {self.pid} failed on {command!r}: {line!r}")

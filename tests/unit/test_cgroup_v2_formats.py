@@ -30,6 +30,10 @@ FILES = {
     "memory.swap.max": "max\n",
     "pids.current": "2\n",
     "pids.max": "max\n",
+    "cpu.pressure": "some avg10=1.50 avg60=0.75 avg300=0.20 total=123456\n"
+    "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+    "memory.pressure": "some avg10=0.00 avg60=0.00 avg300=0.00 total=10\n"
+    "full avg10=0.00 avg60=0.00 avg300=0.00 total=5\n",
     "io.stat": "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n"
     "8:16 rbytes=1000 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n",
 }
@@ -57,6 +61,11 @@ def test_v2_files_read_into_one_sample(tmp_path: Path) -> None:
     assert m.swap_bytes == 0 and m.swap_limit_bytes is None
     assert sample.processes == 2
     assert sample.io is not None and (sample.io.read_bytes, sample.io.write_bytes) == (5096, 8192)
+    assert set(sample.psi) == {"cpu", "memory"}  # no io.pressure file: left out
+    cpu = sample.psi["cpu"]
+    assert (cpu.some.avg10, cpu.some.avg60, cpu.some.avg300) == (1.5, 0.75, 0.2)
+    assert cpu.some.total_ns == 123_456_000 and cpu.full is not None and cpu.full.total_ns == 0
+    assert sample.psi["memory"].full is not None and sample.psi["memory"].full.total_ns == 5000
 
 
 def test_unlimited_v2_cpu_and_missing_controllers(tmp_path: Path) -> None:
