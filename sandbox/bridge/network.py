@@ -2,7 +2,8 @@
 
 Attach: lease an address, make sure the bridge and its chains exist, plug a veth into the pod's netns,
 add the pod's hostPort rules. Detach undoes it in reverse and is idempotent: every name derives from the
-pod id, so it also cleans up after an attach that a crash interrupted half-way. One lock serialises
+pod id, so it also cleans up after an attach that a crash interrupted half-way. The network (bridge and
+chains) goes with its last pod. One lock serialises
 attach/detach, so the last pod leaving cannot remove chains a new pod is about to use.
 """
 
@@ -102,8 +103,7 @@ class BridgeNetwork:
             links.detach_pod(pod_id)
             self.ipam.release(pod_id)
             if bridge not in self.ipam.bridges_in_use():
-                rules.remove_network()
-                self._ensured = {e for e in self._ensured if e[0] != bridge}
+                self._remove_network(bridge)
         log.info("pod detached", extra={"pod_id": pod_id, "bridge": bridge})
 
     def release_unknown(self, live: set[str]) -> None:
@@ -114,5 +114,11 @@ class BridgeNetwork:
                 self.detach(pod_id, str(lease.get("bridge") or self.bridge))
         with self._lock:
             if self.bridge not in self.ipam.bridges_in_use():
-                BridgeRules(self.bridge).remove_network()
-                self._ensured = {e for e in self._ensured if e[0] != self.bridge}
+                self._remove_network(self.bridge)
+
+    def _remove_network(self, bridge: str) -> None:
+        """The last pod of ``bridge`` is gone: its chains and the bridge itself go too (made again, in a
+        few milliseconds, for the next pod), so a node without pods carries nothing of Calyx's."""
+        BridgeRules(bridge).remove_network()
+        links.delete_link(bridge)
+        self._ensured = {e for e in self._ensured if e[0] != bridge}

@@ -28,6 +28,7 @@ from tests.net_fixtures import (
     in_netns,
     info,
     iptables_save,
+    link_exists,
     pod_config,
     pod_traces,
     run_pod,
@@ -143,6 +144,7 @@ def test_builtin_stop_and_remove_leave_nothing_behind(builtin_net) -> None:
     assert net.leases == {}
     assert _ports_on_bridge(net.bridge) == []
     assert net.bridge not in iptables_save()  # the network's chains went with its last pod
+    assert not link_exists(net.bridge)  # and so did the bridge
     addresses = sh("ip", "-o", "addr").stdout
     assert not any(ip in addresses for ip in ips)
 
