@@ -583,3 +583,36 @@ def test_stats_and_the_endpoint_come_back_after_a_daemon_restart(workloads: Work
     text = scrape(workloads.metrics_port)  # the same port, bound again by the new process
     assert series(text, "container_memory_working_set_bytes", container="hold")
     assert series(text, "calyx_containers", state="RUNNING")[0][1] == 2
+
+
+def test_concurrent_stats_calls_and_scrapes_all_succeed(workloads: Workloads) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+    rt = workloads.daemon.runtime
+
+    def calls(kind: int) -> None:
+        try:
+            for _ in range(15):
+                if kind == 0:
+                    assert len(rt.ListContainerStats(pb.ListContainerStatsRequest(), timeout=60).stats) == 2
+                elif kind == 1:
+                    (pod,) = rt.ListPodSandboxStats(pb.ListPodSandboxStatsRequest(), timeout=60).stats
+                    assert pod.linux.network.default_interface.name == "eth0"
+                elif kind == 2:
+                    assert "container_cpu_usage_seconds_total" in scrape(workloads.metrics_port)
+                else:
+                    (pod,) = rt.ListPodSandboxMetrics(
+                        pb.ListPodSandboxMetricsRequest(), timeout=60
+                    ).pod_metrics
+                    assert len(pod.container_metrics) == 2
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=calls, args=(i % 4,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert errors == []
+    assert "unreadable" not in workloads.daemon.log()  # no sample failed under the concurrent load
