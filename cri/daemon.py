@@ -32,9 +32,9 @@ class StartupError(RuntimeError):
     """The daemon cannot start; the message says why, for the operator."""
 
 
-def notify_systemd(state: str) -> None:
-    """sd_notify(3): a datagram to $NOTIFY_SOCKET when run by systemd with Type=notify."""
-    address = os.environ.get("NOTIFY_SOCKET")
+def notify_systemd(state: str, address: str | None = None) -> None:
+    """sd_notify(3): a datagram to $NOTIFY_SOCKET (or ``address``) when run by systemd with Type=notify."""
+    address = address or os.environ.get("NOTIFY_SOCKET")
     if not address:
         return
     if address.startswith("@"):
@@ -95,6 +95,9 @@ from cri.subsystems import SUBSYSTEM_BUILDERS as _SUBSYSTEM_BUILDERS  # noqa: E4
 
 def serve(config: Config) -> int:
     calyx_log.setup(config.server.log_level)
+    # Ours only: runc, conmon and CNI plugins must not inherit it. runc given NOTIFY_SOCKET forwards
+    # the container's sd_notify to it (binding a socket in its state dir, which fails on long paths).
+    notify_address = os.environ.pop("NOTIFY_SOCKET", None)
     socket_path = Path(config.server.socket)
     started = time.monotonic()
     try:
@@ -120,12 +123,12 @@ def serve(config: Config) -> int:
 
     try:
         runtime.recover()
-        notify_systemd("READY=1")
+        notify_systemd("READY=1", notify_address)
         log.info("ready", extra={"startup_ms": (time.monotonic() - started) * 1000})
         while not stop.wait(3600):
             pass
     finally:
-        notify_systemd("STOPPING=1")
+        notify_systemd("STOPPING=1", notify_address)
         events = getattr(runtime, "events", None)
         if events is not None:  # end GetContainerEvents streams so they do not hold up the stop
             events.close()
