@@ -57,6 +57,19 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> int:
         return index
 
 
+def bridge_ports(name: str) -> list[str]:
+    """Names of the interfaces plugged into bridge ``name`` (empty when it has none or does not exist)."""
+    with IPRoute() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return []
+        return [
+            str(link.get_attr("IFLA_IFNAME"))
+            for link in ipr.get_links()
+            if link.get_attr("IFLA_MASTER") == index
+        ]
+
+
 def delete_link(name: str) -> bool:
     with IPRoute() as ipr:
         index = _index(ipr, name)

@@ -118,7 +118,16 @@ class BridgeNetwork:
 
     def _remove_network(self, bridge: str) -> None:
         """The last pod of ``bridge`` is gone: its chains and the bridge itself go too (made again, in a
-        few milliseconds, for the next pod), so a node without pods carries nothing of Calyx's."""
+        few milliseconds, for the next pod), so a node without pods carries nothing of Calyx's.
+
+        Not while other interfaces are still plugged in: then someone else (another Calyx configured
+        with the same bridge, by mistake) still uses the network, and pulling it would cut them off."""
+        ports = links.bridge_ports(bridge)
+        if ports:
+            log.warning(
+                "bridge still has ports; keeping the network", extra={"bridge": bridge, "ports": ports}
+            )
+            return
         BridgeRules(bridge).remove_network()
         links.delete_link(bridge)
         self._ensured = {e for e in self._ensured if e[0] != bridge}

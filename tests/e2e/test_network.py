@@ -527,3 +527,36 @@ def test_cni_dual_stack_pod_reports_ipv4_and_ipv6(cni_net) -> None:
     stop_remove(net.daemon, a)
     stop_remove(net.daemon, b)
     assert [p.name for p in net.ipam_dir.iterdir() if p.name[0].isdigit() or ":" in p.name] == []
+
+
+def test_builtin_network_shared_by_mistake_is_not_pulled_from_under_the_other_daemon(
+    builtin_net, daemon_factory
+) -> None:
+    """Two daemons configured with the same bridge (different subnets): the first one's last pod
+    leaving must not take the bridge and chains the other's pod still uses."""
+    net = builtin_net()
+    n = int(net.bridge[3:])
+    other = daemon_factory(
+        {"network": {"bridge": net.bridge, "subnet": f"10.247.{n}.0/24", "cni_conf_dir": "/nonexistent"}},
+        name="other",
+    )
+    mine = run_pod(net.daemon, pod_config())
+    host_port, pod_port = free_port(), 3000 + os.getpid() % 1000
+    theirs = run_pod(
+        other, pod_config(port_mappings=[pb.PortMapping(container_port=pod_port, host_port=host_port)])
+    )
+    stop_remove(net.daemon, mine)
+    assert link_exists(net.bridge)
+    their_netns = json.loads(
+        other.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=theirs, verbose=True)).info[
+            "info"
+        ]
+    )["namespaces"]["network"]
+    listener = Listener(their_netns, pod_port)
+    try:
+        assert exchange("127.0.0.1", host_port).startswith("pong ")
+    finally:
+        listener.close()
+    stop_remove(other, theirs)
+    assert not link_exists(net.bridge)
+    assert net.bridge not in iptables_save()
