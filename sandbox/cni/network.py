@@ -20,7 +20,6 @@ from sandbox.cni.invoke import PluginError, find_plugin, run_plugin
 log = logging.getLogger("sandbox.cni")
 
 IFNAME = "eth0"
-PROTOCOLS = {0: "tcp", 1: "udp", 2: "sctp"}
 
 
 @dataclass(frozen=True)
