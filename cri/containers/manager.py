@@ -396,7 +396,9 @@ class ContainerManager:
     def recover(self) -> None:
         """Rebuild the index from the store; clean half-made containers; pick up exits made while down."""
         self.containers_dir.mkdir(parents=True, exist_ok=True)
-        for cid, record in self.store.list(KIND).items():
+        records = self.store.list(KIND)
+        self._sweep_unrecorded(set(records))
+        for cid, record in records.items():
             c = Container.from_record(record)
             if c.state in (CREATING, REMOVING):
                 log.info("removing half-created or half-removed container", extra={"container_id": cid})
@@ -412,6 +414,25 @@ class ContainerManager:
         shm.release_orphans(self.run_dir, getattr(self.runtime, "pods", None))
         self._watcher = threading.Thread(target=self._watch_exits, name="container-exits", daemon=True)
         self._watcher.start()
+
+    def _sweep_unrecorded(self, known: set[str]) -> None:
+        """Container dirs no record owns (a store that lost its last commits, e.g. at a power cut):
+        their container is killed and deleted from runc, rootfs unmounted, cgroups and dir removed,
+        using the copy of the record kept beside the container (state.json)."""
+        for path in self.containers_dir.iterdir():
+            if path.name in known or not path.is_dir():
+                continue
+            log.warning("removing a container the store does not know", extra={"container_id": path.name})
+            try:
+                c = Container.from_record(json.loads((path / "state.json").read_text()))
+            except (OSError, ValueError, TypeError):
+                rootfs.unmount(path / "rootfs")
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            try:
+                self._cleanup(c)
+            except Exception:
+                log.exception("orphan container cleanup failed", extra={"container_id": c.id})
 
     def _watch_exits(self) -> None:
         """Notice exits soon (for events and status) by watching conmon's exit files appear."""

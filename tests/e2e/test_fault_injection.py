@@ -390,3 +390,27 @@ def test_cni_plugin_hanging_then_daemon_killed_is_undone_at_restart(
     (bin_dir / "mode").write_text("")
     net.daemon.start()
     assert _cni_traces(net) == []
+
+
+def test_a_container_the_store_lost_is_removed_at_start(make_cx: Callable[[dict[str, str]], Cx]) -> None:
+    """The store lost its last commits (a power cut with SQLite's synchronous=NORMAL): a container it no
+    longer knows is killed and removed at start, from the copy of its record kept beside it."""
+    import sqlite3
+
+    cx = make_cx({})
+    ids: dict[str, str] = {}
+    _running(cx, ids)
+    pid, conmon = _proc_ids(cx, ids["ctr"])
+    cx.daemon.kill9()
+    db = sqlite3.connect(cx.daemon.root / "calyx.db")
+    with db:
+        db.execute("DELETE FROM records WHERE kind = 'container' AND id = ?", (ids["ctr"],))
+    db.close()
+    _restart_unarmed(cx)
+    assert audit(cx) == []
+    assert not (cx.daemon.root / "containers" / ids["ctr"]).exists()
+    for gone in (pid, conmon):
+        stat = Path(f"/proc/{gone}/stat")
+        assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"
+    _remove_everything(cx)
+    assert leftovers(cx) == []
