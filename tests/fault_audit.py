@@ -96,9 +96,23 @@ def audit(cx: Cx) -> list[str]:
     for kind in ("net", "ipc", "uts", "pid"):
         expect(f"{kind} pin", _names(d.run_root / "ns" / kind), ready)
     netns_pods = {i for i in ready if (d.run_root / "ns" / "net" / i).exists()}
-    expect("veth", {v[3:] for v in veths(cx)}, {i[:12] for i in netns_pods}, {i[:12] for i in netns_pods})
-    leases = {str(lease.get("pod_id")) for lease in cx.net.leases.values()}
+    if cx.net.ipam_dir is None:  # the built-in network: veths named after the pod, leases in the store
+        expect("veth", {v[3:] for v in veths(cx)}, {i[:12] for i in netns_pods}, {i[:12] for i in netns_pods})
+        leases = {str(lease.get("pod_id")) for lease in cx.net.leases.values()}
+    else:  # CNI bridge + host-local: veths named by the plugin, a lease file per address
+        if len(veths(cx)) != len(netns_pods):
+            problems.append(f"{len(veths(cx))} veths on {cx.net.bridge} for {len(netns_pods)} pods")
+        leases = set()
+        if cx.net.ipam_dir.is_dir():
+            for f in cx.net.ipam_dir.iterdir():
+                if f.name[:1].isdigit():
+                    leases.add(f.read_text().split()[0])
     expect("lease", leases, netns_pods, netns_pods)
+    known = set(HEX64.findall(d.log()))  # every id this daemon ever logged (also of pods it lost)
+    for line in _sh("iptables-save").splitlines():
+        stale = [i for i in HEX64.findall(line) if i in known and i not in ready]
+        if stale:
+            problems.append(f"iptables rule of a pod that is not ready: {line}")
     for line in iptables_lines(cx):
         owner = re.search(r"[0-9a-f]{16}", line.split(cx.net.bridge, 1)[-1])
         if owner and not any(i.startswith(owner.group(0)) for i in ready):

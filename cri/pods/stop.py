@@ -46,6 +46,7 @@ def stop_pod(svc: PodService, pod_id: str) -> None:
             # listed READY without its network). The index turns NOTREADY once all is released.
             pod = dataclasses.replace(pod, state=NOTREADY)
             svc.store.put(KIND, pod.id, pod.to_record())
+            failpoints.hit("pod.stop_after_intent", pod_id=pod.id)
         if teardown_pending(pod):
             finish_teardown(svc, pod)
         elif was_ready:

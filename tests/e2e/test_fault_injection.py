@@ -120,7 +120,12 @@ CASES = [
     ),
     Case(
         "StopPodSandbox",
-        ["pod.stop_after_containers", "pod.stop_after_network", "pod.stop_after_namespaces"],
+        [
+            "pod.stop_after_containers",
+            "pod.stop_after_intent",
+            "pod.stop_after_network",
+            "pod.stop_after_namespaces",
+        ],
         _pod_with_container,
         _stop_pod,
         finish=_stop_pod,
@@ -211,11 +216,64 @@ def _remove_everything(cx: Cx) -> None:
         cx.daemon.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=image.id)), timeout=30)
 
 
+CNI_CASES = [
+    Case(
+        "RunPodSandbox",
+        ["pod.after_intent", "pod.after_netns", "pod.after_network"],
+        lambda cx, ids: None,
+        lambda cx, ids: ids.update(pod=_net_pod(cx)),
+    ),
+    Case(
+        "StopPodSandbox",
+        [
+            "pod.stop_after_containers",
+            "pod.stop_after_intent",
+            "pod.stop_after_network",
+            "pod.stop_after_namespaces",
+        ],
+        lambda cx, ids: ids.update(pod=_net_pod(cx)),
+        _stop_pod,
+        finish=_stop_pod,
+    ),
+    Case(
+        "RemovePodSandbox",
+        ["pod.remove_after_containers", "pod.remove_after_dir"],
+        lambda cx, ids: ids.update(pod=_net_pod(cx)),
+        _remove_pod,
+        finish=_remove_pod,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "step"), [pytest.param(c, s, id=f"cni-{s}") for c in CNI_CASES for s in c.steps]
+)
+def test_kill9_at_each_pod_step_with_cni(
+    cni_net: Callable[..., Net],
+    image_registry: LoopbackRegistry,  # noqa: F811
+    short_tmp: Path,
+    case: Case,
+    step: str,
+) -> None:
+    """The same for pods on a CNI network (bridge, host-local, portmap): DEL on the way back."""
+    net = cni_net(env={"CALYX_FAILPOINTS": f"{step}=kill"})
+    logs = short_tmp / "podlogs"
+    logs.mkdir()
+    cx = Cx(net, image_registry, logs)
+    try:
+        _kill_restart_audit(cx, case, step)
+    finally:
+        cx.cleanup()
+
+
 @pytest.mark.parametrize(("case", "step"), PARAMS)
 def test_kill9_at_each_step_recovers_whole_or_gone(
     make_cx: Callable[[dict[str, str]], Cx], case: Case, step: str
 ) -> None:
-    cx = make_cx({"CALYX_FAILPOINTS": f"{step}=kill"})
+    _kill_restart_audit(make_cx({"CALYX_FAILPOINTS": f"{step}=kill"}), case, step)
+
+
+def _kill_restart_audit(cx: Cx, case: Case, step: str) -> None:
     ids: dict[str, str] = {}
     case.setup(cx, ids)
     with pytest.raises(grpc.RpcError) as err:
