@@ -202,21 +202,10 @@ def test_client_disconnect_kills_the_exec_process(env: Env) -> None:
     client, s = spdy(url, ("error", "stdout"))
     assert s["stdout"].read() == b"ready\n"
     wanted = f"sleep\0{seconds}\0".encode()
-
-    def sleepers() -> list[int]:
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read() == wanted:
-                        found.append(int(pid))
-            except OSError:
-                pass
-        return found
-
-    assert sleepers()
+    # "ready" comes before the shell execs sleep: wait for the exec to have happened
+    wait_for(lambda: bool(processes_with_cmdline(wanted)), "exec'd sleep running")
     client.close()
-    wait_for(lambda: not sleepers(), "exec'd process killed after the client left")
+    wait_for(lambda: not processes_with_cmdline(wanted), "exec'd process killed after the client left")
 
 
 def test_attach_to_the_containers_stdio(env: Env) -> None:
@@ -486,7 +475,7 @@ def test_daemon_shutdown_ends_sessions_and_kills_their_processes(env: Env) -> No
     )
     assert s["stdout"].read() == b"ready\n"
     wanted = f"sleep\0{seconds}\0".encode()
-    assert processes_with_cmdline(wanted)
+    wait_for(lambda: bool(processes_with_cmdline(wanted)), "exec'd sleep running")
     assert env.daemon.stop() == 0
     assert client.closed.wait(30)
     wait_for(lambda: not processes_with_cmdline(wanted), "exec process killed at shutdown")
