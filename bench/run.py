@@ -18,7 +18,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +175,16 @@ def containerd_target(images: env.Images, base: Path, tag: str) -> Iterator[Targ
             log.warning("containerd: cgroups left behind: %s", left)
 
 
-def measure(targets: list[Target], size: Size, args: argparse.Namespace) -> dict[str, dict[str, Result]]:
+def measure(
+    targets: list[Target],
+    size: Size,
+    args: argparse.Namespace,
+    beside: dict[str, Callable[[], None]] | None = None,
+) -> dict[str, dict[str, Result]]:
     """Run the benchmarks on every target. With several, step by step in turn (interleaved), so that a
-    change in the machine's load meanwhile falls on all of them alike; --sequential runs each whole."""
+    change in the machine's load meanwhile falls on all of them alike; --sequential runs each whole.
+    ``beside`` maps a step (a Bench method name) to work run right after it (the floor goes beside
+    the container benchmark it is compared with)."""
     benches = [Bench(t, size) for t in targets]
     only = {g.strip() for g in args.only.split(",") if g.strip()} if args.only else None
     for b in benches:
@@ -196,11 +203,16 @@ def measure(targets: list[Target], size: Size, args: argparse.Namespace) -> dict
         if args.sequential:
             for b in benches:
                 b.run_all()
+            for after in (beside or {}).values():
+                after()
         else:
             for i in range(len(benches[0].steps())):
                 for b in benches:
                     step_names, fn = b.steps()[i]
                     b.guarded(step_names, fn)
+                follow = (beside or {}).get(benches[0].steps()[i][1].__name__)
+                if follow is not None:
+                    follow()
     finally:
         if recorder is not None:
             raw = recorder.stop()
@@ -253,13 +265,18 @@ def main(argv: list[str] | None = None) -> int:
                         log.warning("%s", theirs)
                     else:
                         targets.append(theirs)
+
+                def run_floor() -> None:
+                    (base / "floor").mkdir(exist_ok=True)
+                    results[report.FLOOR] = floor.run_floor(
+                        base / "floor", env.busybox_rootfs_tar(), size.reps, f"/cxbench-{tag}-f"
+                    )
+
+                beside = {} if args.no_floor else {"container_lifecycle": run_floor}
                 if targets:
-                    results.update(measure(targets, size, args))
-            if not args.no_floor:
-                (base / "floor").mkdir()
-                results[report.FLOOR] = floor.run_floor(
-                    base / "floor", env.busybox_rootfs_tar(), size.reps, f"/cxbench-{tag}-f"
-                )
+                    results.update(measure(targets, size, args, beside))
+                elif beside:
+                    run_floor()
         finally:
             images.stop()
     finally:
