@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,5 +173,21 @@ def test_calyx_runs_under_its_unit_and_containers_survive_a_stop(
         st = daemon.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
         assert st.state == pb.CONTAINER_RUNNING
         assert _started(unit, pid) == started
+
+        # Restart=always: a daemon killed outright is started again by systemd, and adopts the container.
+        killed = unit.property("MainPID")
+        unit.systemd.run(["kill", "-9", killed])
+        deadline = time.monotonic() + 60  # bounds the wait for systemd's restart, not a measurement
+        while (
+            unit.property("MainPID") in ("0", killed)
+            or unit.systemctl("is-active", "calyx.service", check=False) != "active"
+        ):
+            assert time.monotonic() < deadline, "systemd did not restart calyx"
+            time.sleep(0.2)
+        daemon.close_channel()
+        assert _ready(daemon)
+        assert int(unit.property("NRestarts")) >= 1
+        st = daemon.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
+        assert st.state == pb.CONTAINER_RUNNING and _started(unit, pid) == started
     finally:
         stop_remove(daemon, pod_id)
