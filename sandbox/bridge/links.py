@@ -3,7 +3,7 @@
 The pod end is created in the host with a temporary name, moved into the pod's pinned netns and renamed
 ``eth0`` there. Names derive from the pod id, so teardown and recovery find them without stored state.
 Inside the netns pyroute2 speaks over a netlink socket opened there by a thread that joined the pinned
-namespace (metrics.network.netlink_socket_in): it never creates a namespace that is missing, and costs a
+namespace (sandbox.netns.netlink_socket_in): it never creates a namespace that is missing, and costs a
 millisecond where ``IPRoute(netns=...)`` forks a helper.
 """
 
@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from cri.errors import Internal
-from metrics.network import netlink_socket_in
+from sandbox.netns import netlink_socket_in
 
 POD_IFNAME = "eth0"
 
