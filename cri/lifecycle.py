@@ -33,7 +33,8 @@ def _pod_status(runtime: Any, pod_id: str, pod: Any = None) -> pb.PodSandboxStat
     return pod_status(pod)
 
 
-def _container_statuses(runtime: Any, pod_id: str, first: Any = None) -> list[pb.ContainerStatus]:
+def container_statuses(runtime: Any, pod_id: str, first: Any = None) -> list[pb.ContainerStatus]:
+    """The statuses of the pod's containers (``first`` leading), as events and PodSandboxStatus carry them."""
     from cri.containers.model import CREATING
     from cri.containers.status import to_status
 
@@ -52,7 +53,7 @@ def publish_pod(runtime: Any, pod: Any, event_type: int) -> None:
         return
     try:
         events.emit(
-            pod.id, event_type, _pod_status(runtime, pod.id, pod), _container_statuses(runtime, pod.id)
+            pod.id, event_type, _pod_status(runtime, pod.id, pod), container_statuses(runtime, pod.id)
         )
     except Exception:
         log.exception("pod event not published", extra={"pod_id": pod.id})
@@ -68,7 +69,7 @@ def publish_container(runtime: Any, container: Any, event_type: int) -> None:
             container.id,
             event_type,
             _pod_status(runtime, container.pod_id),
-            _container_statuses(runtime, container.pod_id, container),
+            container_statuses(runtime, container.pod_id, container),
         )
     except Exception:
         log.exception("container event not published", extra={"container_id": container.id})

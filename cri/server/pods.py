@@ -56,7 +56,7 @@ class PodRPCs:
         response = pb.PodSandboxStatusResponse(
             status=pod_status(pod),
             timestamp=time.time_ns(),
-            containers_statuses=lifecycle._container_statuses(self.runtime, pod.id),
+            containers_statuses=lifecycle.container_statuses(self.runtime, pod.id),
         )
         if request.verbose:
             response.info.update(verbose_info(pod))
