@@ -188,17 +188,33 @@ class ContainerManager:
 
     # --- lifecycle --------------------------------------------------------------------------------
 
+    def _pod_locked(self, pod_id: str) -> contextlib.AbstractContextManager[None]:
+        """The pod's lock (``runtime.pods.locked``), so that a container is not made or started in a
+        pod that StopPodSandbox/RemovePodSandbox is tearing down: they hold it while they stop and
+        remove the pod's containers. Order: pod lock, then container lock (as stop/remove take them).
+        An unknown pod id is left to the caller's lookup (NotFound)."""
+        pods = getattr(self.runtime, "pods", None)
+        if pods is None or not hasattr(pods, "locked"):
+            return contextlib.nullcontext()
+        try:
+            full_id = pods.resolve_id(pod_id) if hasattr(pods, "resolve_id") else pod_id
+        except NotFound:
+            return contextlib.nullcontext()
+        return pods.locked(full_id)  # type: ignore[no-any-return]
+
     def create(self, pod_id: str, config: pb.ContainerConfig) -> str:
-        container_id = create_mod.create(self, pod_id, config)
-        with self._lock_of(container_id):  # before the exit watcher can report it STOPPED
-            self.emit(self._containers[container_id], pb.CONTAINER_CREATED_EVENT)
+        with self._pod_locked(pod_id):
+            container_id = create_mod.create(self, pod_id, config)
+            with self._lock_of(container_id):  # before the exit watcher can report it STOPPED
+                self.emit(self._containers[container_id], pb.CONTAINER_CREATED_EVENT)
         return container_id
 
     def start(self, container_id: str) -> None:
         c = self.get(container_id)
-        with self._lock_of(c.id):
+        with self._pod_locked(c.pod_id), self._lock_of(c.id):
             if c.state != CREATED:
                 raise FailedPrecondition(f"container {c.id} is {c.state.lower()}, not created", c.id)
+            _check_pod_ready(self.runtime, c.pod_id)
             mon = self._monitor_of(c)
             failpoints.hit("container.before_start", container_id=c.id)
             try:
@@ -461,6 +477,16 @@ class ContainerManager:
         self._closing.set()
         if self._watcher is not None:
             self._watcher.join(5)
+
+
+def _check_pod_ready(runtime: Runtime, pod_id: str) -> None:
+    """StartContainer needs its pod's namespaces: refuse once the pod is stopped or gone."""
+    pods = getattr(runtime, "pods", None)
+    if pods is None:
+        return
+    pod = pods.get(pod_id)  # NotFound once removed
+    if getattr(pod, "state", "READY") != "READY":
+        raise FailedPrecondition(f"pod {pod_id} is not ready", pod_id)
 
 
 def _ms(start: float) -> float:
