@@ -24,7 +24,9 @@ from cri.errors import Internal
 log = logging.getLogger("sandbox.namespaces")
 
 KINDS = ("net", "ipc", "uts")
+PIN_KINDS = (*KINDS, "user")  # every pin a pod may own; the user pin is made by sandbox/userns.py
 MNT_DETACH = 2
+MS_BIND = 4096
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -84,6 +86,13 @@ def create(
     return pins
 
 
+def bind_pin(source: str, target: Path) -> None:
+    """Pin the namespace file ``source`` (e.g. /proc/PID/ns/net) at ``target`` (an existing file)."""
+    if _libc.mount(source.encode(), str(target).encode(), None, ctypes.c_ulong(MS_BIND), None) != 0:
+        err = ctypes.get_errno()
+        raise Internal(f"cannot pin {source} at {target}: {os.strerror(err)}")
+
+
 def release(path: Path) -> None:
     """Unmount and delete one pin; a missing or unmounted pin is fine."""
     target = os.fsencode(str(path))
@@ -99,15 +108,15 @@ def release(path: Path) -> None:
 
 
 def release_pod(run_root: Path, pod_id: str) -> None:
-    """Release every pin of ``pod_id`` (net, ipc, uts) that exists."""
-    for kind in KINDS:
+    """Release every pin of ``pod_id`` (net, ipc, uts, user) that exists; the user pin goes last."""
+    for kind in PIN_KINDS:
         release(pin_path(run_root, kind, pod_id))
 
 
 def leftover_pins(run_root: Path) -> dict[str, list[str]]:
     """kind -> pod ids that have a pin file; recovery compares this with the pods it knows."""
     found: dict[str, list[str]] = {}
-    for kind in KINDS:
+    for kind in PIN_KINDS:
         directory = pin_dir(run_root, kind)
         found[kind] = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
     return found

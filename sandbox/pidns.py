@@ -41,8 +41,34 @@ def _reap_later(child: subprocess.Popen[bytes]) -> None:
     threading.Thread(target=child.wait, name=f"reap-{child.pid}", daemon=True).start()
 
 
-def start_holder(run_root: Path, pod_id: str, timeout: float = 10.0) -> Path:
-    """Start the pod's PID namespace holder; return the pin path once the namespace is usable."""
+def _child_of(pid: int) -> int | None:
+    try:
+        children = Path("/proc", str(pid), "task", str(pid), "children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None
+
+
+def _pin_from_child(child: subprocess.Popen[bytes], pin: Path) -> bool:
+    """Pin the PID namespace of the holder's forked catatonit once it exists (user namespace pods).
+
+    Inside the pod's user namespace ``unshare --pid=PIN`` cannot bind-mount the pin (the host's mount
+    namespace is not owned by it), so the daemon pins ``/proc/<catatonit>/ns/pid`` from outside."""
+    init = _child_of(child.pid)
+    if init is None or _ns_inode(Path("/proc", str(init), "ns", "pid")) in (
+        None,
+        _ns_inode(Path("/proc", str(child.pid), "ns", "pid")),
+    ):
+        return False
+    namespaces.bind_pin(f"/proc/{init}/ns/pid", pin)
+    return True
+
+
+def start_holder(run_root: Path, pod_id: str, timeout: float = 10.0, user_ns: Path | None = None) -> Path:
+    """Start the pod's PID namespace holder; return the pin path once the namespace is usable.
+
+    With ``user_ns`` (the pod's pinned user namespace) the PID namespace is made inside it, so that it
+    is owned by it and the pod's containers can mount /proc."""
     binary = shutil.which(CATATONIT)
     if binary is None:
         raise Internal("catatonit is not installed; it holds the PID namespace of pods with pid=POD", pod_id)
@@ -52,8 +78,21 @@ def start_holder(run_root: Path, pod_id: str, timeout: float = 10.0) -> Path:
     # stderr goes to an unlinked temporary file, not a pipe: catatonit keeps it for its lifetime, and a
     # warning written to a pipe nobody reads (or one already closed: SIGPIPE) could block or kill it.
     with tempfile.TemporaryFile() as errors:
+        if user_ns is None:
+            argv = ["unshare", f"--pid={pin}", "--fork", "--kill-child", binary, "-P"]
+        else:
+            argv = [
+                "nsenter",
+                f"--user={user_ns}",
+                "unshare",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                binary,
+                "-P",
+            ]
         child = subprocess.Popen(
-            ["unshare", f"--pid={pin}", "--fork", "--kill-child", binary, "-P"],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=errors,
@@ -63,6 +102,8 @@ def start_holder(run_root: Path, pod_id: str, timeout: float = 10.0) -> Path:
         deadline = time.monotonic() + timeout
         try:
             while not holder_pids(pin):
+                if user_ns is not None and not namespaces.is_pinned(pin) and _pin_from_child(child, pin):
+                    continue
                 if child.poll() is not None:
                     errors.seek(0)
                     message = errors.read().decode(errors="replace").strip()

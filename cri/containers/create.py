@@ -20,6 +20,7 @@ from cri import failpoints
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, rootfs, shm
 from cri.containers import spec as oci
+from cri.containers import userns as container_userns
 from cri.containers.model import CREATED, CREATING, RUNNING, Container, encode_config
 from cri.containers.monitor import signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive, start_time
@@ -123,7 +124,9 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         bundle = container.path
         bundle.mkdir(parents=True, exist_ok=False)
         undo.callback(shutil.rmtree, bundle, True)
-        rootfs.mount_overlay(list(image.layer_dirs), bundle, container.rootfs)
+        rootfs.mount_overlay(
+            list(image.layer_dirs), bundle, container.rootfs, owner=container_userns.root_owner(pod)
+        )
         undo.callback(rootfs.unmount, container.rootfs)
         failpoints.hit("container.after_rootfs", container_id=container_id)
 
@@ -148,8 +151,15 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
                 },
             )
         )
-        if sc.readonly_rootfs:
-            # Paths runc must mount onto are made now, while the upper dir is still writable to us.
+        if container_userns.pod_user_ns(pod):
+            sources = [Path(m["source"]) for m in built.spec["mounts"] if m.get("type") == "bind"]
+            container_userns.make_reachable(
+                [container.rootfs, *sources], [runtime.config.root, runtime.config.run_root]
+            )
+        if sc.readonly_rootfs or container_userns.pod_user_ns(pod):
+            # Paths runc must mount onto are made now, while the upper dir is still writable to us (and,
+            # in a pod user namespace, because the container's root cannot create them in image dirs
+            # owned by unmapped host ids).
             for m in built.spec["mounts"]:
                 _ensure_mount_point(container.rootfs, m)
         (bundle / "config.json").write_text(json.dumps(built.spec, indent=1))

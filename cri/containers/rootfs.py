@@ -37,12 +37,23 @@ def is_mounted(target: Path) -> bool:
     return False
 
 
-def mount_overlay(layer_dirs: list[Path], container_dir: Path, target: Path) -> None:
-    """Mount the rootfs at ``target``; ``layer_dirs`` come bottom layer first (the images interface)."""
+def mount_overlay(
+    layer_dirs: list[Path], container_dir: Path, target: Path, owner: tuple[int, int] | None = None
+) -> None:
+    """Mount the rootfs at ``target``; ``layer_dirs`` come bottom layer first (the images interface).
+
+    ``owner`` (host uid, gid) is the container's root in a pod user namespace: the upper and work dirs
+    become its own, so the root of the merged tree (the upper dir's inode) is writable by the container's
+    root. Image files keep their host owners and show as nobody/nogroup inside (runc 1.1 has no idmapped
+    mounts); world-readable and -executable files still work.
+    """
     upper = container_dir / "upper"
     work = container_dir / "work"
     for d in (upper, work, target):
         d.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        for d in (upper, work):
+            os.chown(d, *owner)
     if not layer_dirs:
         raise Internal("image has no layers to mount")
     if is_mounted(target):

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from cri.api import api_pb2 as pb
 from cri.containers import capabilities as caps
 from cri.containers import mounts as mnt
+from cri.containers import userns
 from cri.containers.seccomp_default import default_profile
 from cri.containers.users import ProcessUser, make_inside, resolve_user
 from cri.errors import InvalidArgument
@@ -143,6 +144,9 @@ def _namespaces(inputs: SpecInputs) -> list[dict[str, str]]:
             nss.append({"type": kind})
     if inputs.cgroup_namespace:
         nss.append({"type": "cgroup"})
+    user_ns = userns.pod_user_ns(pod)
+    if user_ns:
+        nss.append({"type": "user", "path": user_ns})
     pid_mode = sc.namespace_options.pid
     if pid_mode == pb.NODE:
         pass
@@ -337,6 +341,9 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     privileged = sc.privileged
     if privileged and not pod_privileged(inputs.pod):
         raise InvalidArgument("a privileged container needs a privileged pod")
+    id_maps = userns.mappings(inputs.pod)
+    if privileged and id_maps is not None:
+        raise InvalidArgument("a privileged container cannot run in a pod user namespace")
     if sc.apparmor.profile_type or sc.apparmor_profile:
         log.info(
             "apparmor requested, not available on this host: ignored",
@@ -410,6 +417,9 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         "resources": resources,
         "devices": devices,
     }
+    if id_maps is not None:
+        linux["uidMappings"] = [id_maps[0].to_oci()]
+        linux["gidMappings"] = [id_maps[1].to_oci()]
     sysctls = (inputs.pod.linux or {}).get("sysctls") or {}
     if sysctls:
         linux["sysctl"] = dict(sysctls)

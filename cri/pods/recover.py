@@ -25,7 +25,7 @@ log = logging.getLogger("cri.pods")
 
 
 def _intact(pod: Pod) -> bool:
-    pins = [p for p in (pod.netns_path, pod.ipc_ns_path, pod.uts_ns_path) if p]
+    pins = [p for p in (pod.netns_path, pod.ipc_ns_path, pod.uts_ns_path, pod.user_ns_path) if p]
     if any(not namespaces.is_pinned(Path(p)) for p in pins):
         return False
     return not (pod.pid_ns_path and not pidns.is_alive(Path(pod.pid_ns_path)))

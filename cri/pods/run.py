@@ -20,7 +20,7 @@ from cri.pods.model import KIND, NOTREADY, READY, Pod
 from cri.pods.service import PodService
 from cri.pods.teardown import detach_network, pod_ref, quietly, release_namespaces, remove_dir
 from cri.pods.validate import RunSpec, validate
-from sandbox import namespaces, pidns, podfiles, sysctls
+from sandbox import namespaces, pidns, podfiles, sysctls, userns
 
 log = logging.getLogger("cri.pods")
 
@@ -81,6 +81,7 @@ def _initial(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
         ips=[],
         linux=spec.linux,
         config=spec.config,
+        user_ns_path=str(userns.pin_path(run_root, pod_id)) if spec.own_userns else None,
         network={**svc.networks.plan(), "port_mappings": spec.port_mappings} if spec.own_net else {},
         complete=False,
     )
@@ -101,11 +102,23 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
 
         undo.callback(quietly, "release namespaces", pod_id, release_namespaces, svc.run_root, pod)
         kinds = [k for k, on in (("net", spec.own_net), ("ipc", spec.own_ipc), ("uts", spec.own_net)) if on]
-        namespaces.create(svc.run_root, pod_id, kinds, spec.hostname)
+        user_ns = Path(pod.user_ns_path) if pod.user_ns_path else None
+        if user_ns is not None:
+            mapping = spec.namespace_options["userns"]
+            userns.create(
+                svc.run_root,
+                pod_id,
+                userns.IdMap.from_dict(mapping["uids"][0]),
+                userns.IdMap.from_dict(mapping["gids"][0]),
+                kinds,
+                spec.hostname,
+            )
+        else:
+            namespaces.create(svc.run_root, pod_id, kinds, spec.hostname)
         failpoints.hit("pod.after_netns", pod_id=pod_id)
         holder: int | None = None
         if spec.shared_pid:
-            holder = pidns.init_pid(pidns.start_holder(svc.run_root, pod_id))
+            holder = pidns.init_pid(pidns.start_holder(svc.run_root, pod_id, user_ns=user_ns))
         sysctls.apply(
             spec.sysctls,
             Path(pod.netns_path) if pod.netns_path else None,

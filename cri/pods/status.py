@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from cri.api import api_pb2 as pb
 from cri.pods.model import READY, Pod
 
@@ -10,6 +12,17 @@ _MODES = {"POD": pb.POD, "CONTAINER": pb.CONTAINER, "NODE": pb.NODE, "TARGET": p
 
 def sandbox_state(pod: Pod) -> pb.PodSandboxState:
     return pb.SANDBOX_READY if pod.state == READY else pb.SANDBOX_NOTREADY
+
+
+def _userns(userns: dict[str, Any]) -> pb.UserNamespace | None:
+    """The pod's user namespace as requested (mode and mappings), None when none was given."""
+    if not userns:
+        return None
+    return pb.UserNamespace(
+        mode=_MODES[userns["mode"]],
+        uids=[pb.IDMapping(**m) for m in userns.get("uids", [])],
+        gids=[pb.IDMapping(**m) for m in userns.get("gids", [])],
+    )
 
 
 def pod_status(pod: Pod) -> pb.PodSandboxStatus:
@@ -31,6 +44,7 @@ def pod_status(pod: Pod) -> pb.PodSandboxStatus:
                     pid=_MODES[options["pid"]],
                     ipc=_MODES[options["ipc"]],
                     target_id=options.get("target_id", ""),
+                    userns_options=_userns(options.get("userns") or {}),
                 )
             )
         ),

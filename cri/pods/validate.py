@@ -9,11 +9,12 @@ from typing import Any
 
 from cri.api import api_pb2 as pb
 from cri.config import Config
-from cri.errors import InvalidArgument, Unimplemented
+from cri.errors import InvalidArgument
 from cri.pods.model import PodMetadata, message_dict
 from sandbox import cgroup_parent, podfiles, sysctls
 from sandbox.cni import bandwidth
 
+MAX_ID = 2**32 - 1  # (uid_t)-1 is never a valid id
 PROTOCOLS = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
 
 
@@ -47,17 +48,25 @@ class RunSpec:
     def shared_pid(self) -> bool:
         return self.namespace_options["pid"] == "POD"
 
+    @property
+    def own_userns(self) -> bool:
+        return self.namespace_options["userns"].get("mode") == "POD"
+
 
 def namespace_options(linux: pb.LinuxPodSandboxConfig) -> dict[str, Any]:
     options = linux.security_context.namespace_options
     userns: dict[str, Any] = {}
     if options.HasField("userns_options"):
-        userns = message_dict(options.userns_options)
-        userns["mode"] = pb.NamespaceMode.Name(options.userns_options.mode)
-        if options.userns_options.mode != pb.NODE:
-            raise Unimplemented(
-                "calyx does not support pod user namespaces (userns_options.mode must be NODE)"
-            )
+        userns = user_namespace(options.userns_options)
+        if userns["mode"] == "POD":
+            host = [name for name in ("network", "pid", "ipc") if getattr(options, name) == pb.NODE]
+            if host:
+                raise InvalidArgument(
+                    "a pod user namespace cannot be combined with the host's "
+                    f"{', '.join(host)} namespace (its namespaces must be owned by the pod's)"
+                )
+            if linux.security_context.privileged:
+                raise InvalidArgument("a privileged pod cannot have a user namespace")
     for name in ("network", "ipc"):
         if getattr(options, name) not in (pb.POD, pb.NODE):
             raise InvalidArgument(
@@ -72,6 +81,42 @@ def namespace_options(linux: pb.LinuxPodSandboxConfig) -> dict[str, Any]:
         "ipc": pb.NamespaceMode.Name(options.ipc),
         "target_id": options.target_id,
         "userns": userns,
+    }
+
+
+def _id_mapping(kind: str, mappings: Any) -> dict[str, int]:
+    if len(mappings) != 1:
+        raise InvalidArgument(
+            f"userns_options.{kind} must hold exactly one mapping for mode POD, got {len(mappings)}"
+        )
+    m = mappings[0]
+    if m.container_id != 0:
+        raise InvalidArgument(
+            f"userns_options.{kind}: the mapping must start at container id 0 (got {m.container_id})"
+        )
+    if m.length == 0:
+        raise InvalidArgument(f"userns_options.{kind}: the mapping has length 0")
+    if m.host_id + m.length > MAX_ID:
+        raise InvalidArgument(
+            f"userns_options.{kind}: host ids {m.host_id}+{m.length} go past the largest id {MAX_ID - 1}"
+        )
+    return {"container_id": m.container_id, "host_id": m.host_id, "length": m.length}
+
+
+def user_namespace(options: pb.UserNamespace) -> dict[str, Any]:
+    """The pod's user namespace request, normalised: mode NODE (the host's) or POD with one uid and
+    one gid mapping of container id 0 (what kubelet sends); CONTAINER and TARGET are refused."""
+    mode = pb.NamespaceMode.Name(options.mode)
+    if options.mode == pb.NODE:
+        if options.uids or options.gids:
+            raise InvalidArgument("userns_options: mode NODE takes no uid/gid mappings")
+        return {"mode": mode}
+    if options.mode != pb.POD:
+        raise InvalidArgument(f"userns_options.mode {mode} is not supported (use NODE or POD)")
+    return {
+        "mode": mode,
+        "uids": [_id_mapping("uids", options.uids)],
+        "gids": [_id_mapping("gids", options.gids)],
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+from pathlib import Path
 
 import grpc
 
@@ -16,6 +17,15 @@ from cri.runtime import Runtime
 RUNTIME_NAME = "calyx"
 KUBE_API_VERSION = "0.1.0"  # fixed by CRI: the version of the kubelet runtime API
 RUNTIME_API_VERSION = "v1"
+
+
+def user_namespaces_supported() -> bool:
+    """Pods may ask for a user namespace (userns_options mode POD, made by sandbox/userns.py) when the
+    kernel lets root create them; kubelet and critest read this per runtime handler."""
+    try:
+        return int(Path("/proc/sys/user/max_user_namespaces").read_text()) > 0
+    except (OSError, ValueError):
+        return False
 
 
 class RuntimeInfoRPCs:
@@ -40,7 +50,11 @@ class RuntimeInfoRPCs:
         if request.verbose:
             info["config"] = json.dumps(dataclasses.asdict(self.runtime.config), sort_keys=True)
             info["podCIDR"] = self.runtime.pod_cidr
-        handlers = [pb.RuntimeHandler(name=name) for name in sorted(self.runtime.config.runtime.handlers)]
+        features = pb.RuntimeHandlerFeatures(user_namespaces=user_namespaces_supported())
+        handlers = [
+            pb.RuntimeHandler(name=name, features=features)
+            for name in sorted(self.runtime.config.runtime.handlers)
+        ]
         return pb.StatusResponse(status=status, info=info, runtime_handlers=handlers)
 
     def RuntimeConfig(

@@ -6,7 +6,7 @@ import pytest
 
 from cri.api import api_pb2 as pb
 from cri.config import Config
-from cri.errors import InvalidArgument, Unimplemented
+from cri.errors import InvalidArgument
 from cri.pods.validate import validate
 
 
@@ -92,7 +92,7 @@ def _with(**kw: object):
         (_with(linux=_ns(network=pb.CONTAINER)), InvalidArgument, "namespace_options.network"),
         (_with(linux=_ns(ipc=pb.TARGET)), InvalidArgument, "namespace_options.ipc"),
         (_with(linux=_ns(pid=pb.TARGET)), InvalidArgument, "target_id"),
-        (_with(linux=_ns(userns_options=pb.UserNamespace(mode=pb.POD))), Unimplemented, "user namespaces"),
+        (_with(linux=_ns(userns_options=pb.UserNamespace(mode=pb.POD))), InvalidArgument, "exactly one"),
         (
             _with(port_mappings=[pb.PortMapping(container_port=0, host_port=80)]),
             InvalidArgument,
@@ -122,6 +122,54 @@ def test_bad_requests_are_refused_naming_the_field(change, error: type, words: s
 def test_userns_node_is_accepted() -> None:
     spec = validate(_request(linux=_ns(userns_options=pb.UserNamespace(mode=pb.NODE))), Config(), None)
     assert spec.namespace_options["userns"]["mode"] == "NODE"
+    assert not spec.own_userns
+
+
+def _idmap(container_id: int = 0, host_id: int = 100000, length: int = 65536) -> pb.IDMapping:
+    return pb.IDMapping(container_id=container_id, host_id=host_id, length=length)
+
+
+def test_userns_pod_with_one_mapping_each_is_normalised() -> None:
+    userns = pb.UserNamespace(mode=pb.POD, uids=[_idmap()], gids=[_idmap(host_id=200000, length=1000)])
+    spec = validate(_request(linux=_ns(pid=pb.CONTAINER, userns_options=userns)), Config(), None)
+    assert spec.own_userns
+    assert spec.namespace_options["userns"] == {
+        "mode": "POD",
+        "uids": [{"container_id": 0, "host_id": 100000, "length": 65536}],
+        "gids": [{"container_id": 0, "host_id": 200000, "length": 1000}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("userns", "extra", "words"),
+    [
+        # the shapes critest refuses: two mappings, container id 0 not mapped, CONTAINER and TARGET
+        (pb.UserNamespace(mode=pb.POD, uids=[_idmap(), _idmap(host_id=2000)], gids=[_idmap()]), {}, "uids"),
+        (pb.UserNamespace(mode=pb.POD, uids=[_idmap()], gids=[_idmap(), _idmap()]), {}, "gids"),
+        (pb.UserNamespace(mode=pb.POD, uids=[_idmap(container_id=1)], gids=[_idmap()]), {}, "container id 0"),
+        (pb.UserNamespace(mode=pb.POD, uids=[_idmap()], gids=[]), {}, "exactly one"),
+        (pb.UserNamespace(mode=pb.POD, uids=[_idmap(length=0)], gids=[_idmap()]), {}, "length 0"),
+        (pb.UserNamespace(mode=pb.POD, uids=[_idmap(host_id=2**32 - 10)], gids=[_idmap()]), {}, "largest"),
+        (pb.UserNamespace(mode=pb.CONTAINER), {}, "CONTAINER"),
+        (pb.UserNamespace(mode=pb.TARGET), {}, "TARGET"),
+        (pb.UserNamespace(mode=pb.NODE, uids=[_idmap()], gids=[_idmap()]), {}, "NODE takes no"),
+        (pb.UserNamespace(mode=pb.POD, uids=[_idmap()], gids=[_idmap()]), {"network": pb.NODE}, "network"),
+        (pb.UserNamespace(mode=pb.POD, uids=[_idmap()], gids=[_idmap()]), {"pid": pb.NODE}, "pid"),
+        (pb.UserNamespace(mode=pb.POD, uids=[_idmap()], gids=[_idmap()]), {"ipc": pb.NODE}, "ipc"),
+    ],
+)
+def test_bad_user_namespaces_are_refused(userns: pb.UserNamespace, extra: dict, words: str) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        validate(_request(linux=_ns(userns_options=userns, **extra)), Config(), None)
+
+
+def test_privileged_pod_with_a_user_namespace_is_refused() -> None:
+    linux = _ns(
+        pid=pb.CONTAINER, userns_options=pb.UserNamespace(mode=pb.POD, uids=[_idmap()], gids=[_idmap()])
+    )
+    linux.security_context.privileged = True
+    with pytest.raises(InvalidArgument, match="privileged"):
+        validate(_request(linux=linux), Config(), None)
 
 
 @pytest.mark.parametrize("value", ["fast", "10X", "-1M", "0", "100G"])

@@ -1,0 +1,59 @@
+"""What a container of a pod with its own user namespace needs: the pod's pin and id mappings.
+
+The pod's user namespace is made once per pod (sandbox/userns.py); every container joins it by path.
+runc 1.1 is still given the mappings with the path: it computes the host ids of the container's root
+from them (ownership of the console, /dev nodes, the cgroup) and refuses a user namespace without them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from cri.errors import FailedPrecondition
+from sandbox.userns import IdMap
+
+
+def pod_user_ns(pod: Any) -> str | None:
+    """The pinned user namespace of ``pod``, or None when it runs in the host's."""
+    return getattr(pod, "user_ns_path", None)
+
+
+def mappings(pod: Any) -> tuple[IdMap, IdMap] | None:
+    """(uid map, gid map) of the pod's user namespace, or None without one."""
+    if not pod_user_ns(pod):
+        return None
+    userns = (pod.namespace_options or {}).get("userns") or {}
+    return IdMap.from_dict(userns["uids"][0]), IdMap.from_dict(userns["gids"][0])
+
+
+def root_owner(pod: Any) -> tuple[int, int] | None:
+    """Host (uid, gid) of the container's root user in the pod's user namespace, or None."""
+    maps = mappings(pod)
+    if maps is None:
+        return None
+    return maps[0].host_of(0), maps[1].host_of(0)
+
+
+def make_reachable(paths: list[Path], owned: list[Path]) -> None:
+    """Let the container's root (an unprivileged host uid) reach ``paths``: runc mounts the rootfs and
+    the bind sources from inside the user namespace, so every dir above them must be searchable by
+    others. Dirs at or below one of Calyx's own ``owned`` roots get o+x; any other dir that lacks it is
+    reported, since changing the modes of the operator's dirs is not ours to do."""
+    for path in paths:
+        for directory in [*reversed(path.parents)]:
+            try:
+                mode = directory.stat().st_mode
+            except OSError:
+                continue
+            if mode & stat.S_IXOTH:
+                continue
+            if any(directory == root or root in directory.parents for root in owned):
+                os.chmod(directory, stat.S_IMODE(mode) | stat.S_IXOTH)
+                continue
+            raise FailedPrecondition(
+                f"{directory} is not searchable by others (o+x): a container in a pod user namespace "
+                f"cannot reach {path} below it"
+            )

@@ -1,0 +1,170 @@
+"""Pod user namespaces (userns_options mode POD), end to end: containers of such a pod run in one user
+namespace with the pod's single uid and gid mapping, root inside is an unprivileged host uid, the
+container's root can write its own rootfs, the pod network works, and nothing is left after removal.
+Every other shape and mode is refused with INVALID_ARGUMENT and leaves no trace."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from pathlib import Path
+
+import grpc
+import pytest
+
+from cri.api import api_pb2 as pb
+from tests import container_fixtures
+from tests.container_fixtures import Cx
+from tests.image_fixtures import image_registry, registry_base  # noqa: F401
+from tests.net_fixtures import pod_traces
+
+cx = container_fixtures.cx
+
+LENGTH = 65536
+
+
+def _host_base() -> int:
+    """A host id range of our own (100000 + a random multiple of 65536), so that concurrent tests never
+    share one and a process seen from the host can be attributed."""
+    return 100000 + LENGTH * (1 + secrets.randbelow(30000))
+
+
+def _userns_linux(host_id: int, pid: int = pb.CONTAINER) -> pb.LinuxPodSandboxConfig:
+    mapping = pb.IDMapping(container_id=0, host_id=host_id, length=LENGTH)
+    options = pb.NamespaceOption(
+        network=pb.POD,
+        pid=pid,
+        ipc=pb.POD,
+        userns_options=pb.UserNamespace(mode=pb.POD, uids=[mapping], gids=[mapping]),
+    )
+    return pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=options)
+    )
+
+
+def _container_config(
+    cx: Cx, pod: tuple[str, pb.PodSandboxConfig], name: str, command: list[str]
+) -> pb.ContainerConfig:
+    config = cx.config(name, command)
+    # kubelet repeats the pod's namespace options, user namespace included, on each container
+    config.linux.security_context.namespace_options.CopyFrom(pod[1].linux.security_context.namespace_options)
+    return config
+
+
+def _host_uid(pid: int) -> tuple[str, str]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    uid = next(line for line in status if line.startswith("Uid:")).split()[1]
+    gid = next(line for line in status if line.startswith("Gid:")).split()[1]
+    return uid, gid
+
+
+def _reachable(cx: Cx) -> None:
+    """The test's private temp dir (mkdtemp: 0700) sits above the daemon's state dirs: the container's
+    root, an unprivileged host uid, must be able to pass through it (Calyx opens its own dirs)."""
+    base = cx.daemon.root.parent.parent
+    base.chmod(base.stat().st_mode | 0o001)
+
+
+def _run_userns_pod(cx: Cx, pid: int) -> None:
+    _reachable(cx)
+    host = _host_base()
+    pod = cx.pod(linux=_userns_linux(host, pid=pid), host_network=False)
+    pod_id = pod[0]
+    pin = cx.daemon.run_root / "ns" / "user" / pod_id
+    assert pin.exists()
+
+    cid = cx.start(cx.create(pod, _container_config(cx, pod, "userns", ["sleep", "1000"])))
+    for which in ("uid_map", "gid_map"):
+        assert cx.output(cid, "cat", f"/proc/self/{which}").split() == ["0", str(host), str(LENGTH)]
+    assert cx.output(cid, "id", "-u").strip() == "0"
+    if pid == pb.POD:  # the pod's PID namespace, owned by its user namespace, with catatonit as PID 1
+        assert cx.output(cid, "cat", "/proc/1/comm").strip() == "catatonit"
+    assert cx.output(cid, "id", "-g").strip() == "0"
+
+    # seen from the host, the container's root is the mapped, unprivileged uid
+    init = json.loads(cx.status(cid, verbose=True).info["info"])["pid"]
+    assert _host_uid(init) == (str(host), str(host))
+
+    # the container's root writes its own rootfs (the overlay's upper dir is its own) and /tmp
+    assert cx.output(cid, "sh", "-c", "echo hi > /written && cat /written") == "hi\n"
+    assert cx.output(cid, "sh", "-c", "echo hi > /tmp/written && cat /tmp/written") == "hi\n"
+    assert cx.output(cid, "sh", "-c", "echo hi > /dev/shm/written && cat /dev/shm/written") == "hi\n"
+    # image files owned by unmapped host ids show as the overflow ids, and stay read-only to root here
+    assert cx.output(cid, "stat", "-c", "%u:%g", "/bin").strip() == "65534:65534"
+    assert cx.exec(cid, "sh", "-c", "echo x > /bin/written").exit_code != 0
+    # capabilities are relative to the user namespace: root holds CAP_MKNOD there, yet the kernel
+    # allows device nodes only to holders of it in the host's user namespace
+    cap_eff = int(cx.output(cid, "sh", "-c", "grep CapEff /proc/self/status").split()[1], 16)
+    assert cap_eff & (1 << 27)  # CAP_MKNOD
+    mknod = cx.exec(cid, "mknod", "/tmp/null2", "c", "1", "3")
+    assert mknod.exit_code != 0 and b"not permitted" in mknod.stderr
+
+    # the pod network works: eth0 with the pod's address, sysfs of the pod's netns mounted
+    status = cx.rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    ip = status.network.ip
+    assert ip
+    reported = status.linux.namespaces.options.userns_options
+    assert reported == pod[1].linux.security_context.namespace_options.userns_options
+    assert f"inet {ip}/" in cx.output(cid, "ip", "-4", "addr", "show", "eth0")
+    assert "eth0" in cx.output(cid, "ls", "/sys/class/net").split()
+    # the UTS namespace, owned by the pod's user namespace, got the pod's hostname from the host side
+    assert cx.output(cid, "hostname").strip() == (pod[1].hostname or socket.gethostname())
+
+    cx.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+    cx.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+    cx.pods.remove(pod_id)
+    assert not pin.exists()
+    assert pod_traces(cx.daemon, pod_id) == []
+
+
+def test_containers_run_in_the_pods_user_namespace(cx: Cx) -> None:
+    _run_userns_pod(cx, pid=pb.CONTAINER)
+
+
+def test_user_namespace_pod_with_a_shared_pid_namespace(cx: Cx) -> None:
+    _run_userns_pod(cx, pid=pb.POD)
+
+
+def test_status_reports_user_namespace_support(cx: Cx) -> None:
+    handlers = cx.rt.Status(pb.StatusRequest()).runtime_handlers
+    assert handlers and all(h.features.user_namespaces for h in handlers)
+
+
+def _idmap(container_id: int = 0, host_id: int = 1000, length: int = 100000) -> pb.IDMapping:
+    return pb.IDMapping(container_id=container_id, host_id=host_id, length=length)
+
+
+@pytest.mark.parametrize(
+    "userns",
+    [
+        # the cases critest expects to fail: several mappings, container id 0 unmapped, CONTAINER, TARGET
+        pb.UserNamespace(
+            mode=pb.POD, uids=[_idmap(), _idmap(host_id=2000)], gids=[_idmap(), _idmap(host_id=2000)]
+        ),
+        pb.UserNamespace(mode=pb.POD, uids=[_idmap(container_id=1)], gids=[_idmap(container_id=1)]),
+        pb.UserNamespace(mode=pb.CONTAINER),
+        pb.UserNamespace(mode=pb.TARGET),
+        pb.UserNamespace(mode=pb.POD),
+        pb.UserNamespace(mode=pb.POD, uids=[_idmap(length=0)], gids=[_idmap(length=0)]),
+    ],
+)
+def test_other_shapes_and_modes_are_invalid_and_leave_nothing(cx: Cx, userns: pb.UserNamespace) -> None:
+    options = pb.NamespaceOption(userns_options=userns)
+    linux = pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=options)
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        cx.pod(linux=linux, host_network=False)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert cx.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
+    pins = cx.daemon.run_root / "ns" / "user"
+    assert not pins.exists() or list(pins.iterdir()) == []
+
+
+def test_privileged_container_in_a_user_namespace_pod_is_refused(cx: Cx) -> None:
+    pod = cx.pod(linux=_userns_linux(_host_base()), host_network=False)
+    config = _container_config(cx, pod, "priv", ["sleep", "1000"])
+    config.linux.security_context.privileged = True
+    assert cx.code(cx.create, pod, config) == grpc.StatusCode.INVALID_ARGUMENT
+    assert cx.rt.ListContainers(pb.ListContainersRequest()).containers == []
