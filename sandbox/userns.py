@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cri import proc
+from cri import failpoints, proc
 from cri.errors import Internal
 from sandbox import namespaces
 
@@ -108,6 +108,8 @@ def create(
             namespaces.bind_pin(f"/proc/{holder.pid}/ns/{kind}", path)
             if not namespaces.is_pinned(path):
                 raise Internal(f"{kind} namespace of pod was not pinned at {path}", pod_id)
+            if kind == "user":
+                failpoints.hit("pod.after_userns_pin", pod_id=pod_id)  # the others not pinned yet
         if "uts" in pins:
             # Root of the host user namespace holds CAP_SYS_ADMIN over every child namespace.
             proc.run(["nsenter", f"--uts={pins['uts']}", "hostname", hostname], timeout, object_id=pod_id)

@@ -17,7 +17,7 @@ from cri.api import api_pb2 as pb
 from tests import container_fixtures
 from tests.container_fixtures import Cx
 from tests.image_fixtures import image_registry, registry_base  # noqa: F401
-from tests.net_fixtures import pod_traces
+from tests.net_fixtures import pod_config, pod_traces
 
 cx = container_fixtures.cx
 
@@ -168,3 +168,57 @@ def test_privileged_container_in_a_user_namespace_pod_is_refused(cx: Cx) -> None
     config.linux.security_context.privileged = True
     assert cx.code(cx.create, pod, config) == grpc.StatusCode.INVALID_ARGUMENT
     assert cx.rt.ListContainers(pb.ListContainersRequest()).containers == []
+
+
+def _pins_and_mounts(run_root: Path) -> list[str]:
+    found = [
+        str(p) for kind in ("user", "net", "ipc", "uts", "pid") for p in (run_root / "ns" / kind).glob("*")
+    ]
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    return found + [line for line in mountinfo.splitlines() if str(run_root) in line]
+
+
+def _processes_in_user_ns(inode: int) -> list[int]:
+    """Live processes in the user namespace ``inode``. Zombies are left out: an exited holder that was
+    reparented to this machine's init keeps its credentials (and so its user namespace link) until that
+    init, not Calyx, reaps it."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "ns" / "user").stat().st_ino != inode:
+                    continue
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("step", ["pod.after_userns_pin", "pod.after_netns", "pod.after_network"])
+def test_kill9_while_making_a_user_namespace_pod_is_cleaned_at_restart(builtin_net, step: str) -> None:
+    net = builtin_net(env={"CALYX_FAILPOINTS": f"{step}=kill"})
+    daemon = net.daemon
+    linux = _userns_linux(_host_base(), pid=pb.POD)
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config(linux=linux)), timeout=60)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert daemon.proc is not None and daemon.proc.wait(30) < 0
+    assert f"failpoint={step}" in daemon.log()
+    assert _pins_and_mounts(daemon.run_root) != []  # the crash left a half-made pod
+    (user_pin,) = (daemon.run_root / "ns" / "user").iterdir()
+    inode = user_pin.stat().st_ino
+    daemon.env.pop("CALYX_FAILPOINTS", None)
+    daemon.start()
+    assert daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
+    assert _pins_and_mounts(daemon.run_root) == []
+    assert _processes_in_user_ns(inode) == []  # neither the holder nor a PID namespace's catatonit
+    # kubelet runs the pod again: it works
+    pod_id = daemon.runtime.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=pod_config(linux=linux)), timeout=60
+    ).pod_sandbox_id
+    assert (daemon.run_root / "ns" / "user" / pod_id).exists()
+    daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    assert _pins_and_mounts(daemon.run_root) == []
