@@ -21,7 +21,7 @@ from typing import Any
 
 from cri import failpoints, lifecycle
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, rootfs, shm
+from cri.containers import cgroups_compat, orphans, rootfs, shm
 from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
@@ -427,6 +427,7 @@ class ContainerManager:
             if c.state == CREATED:
                 self._adopt_started(c)
             log.info("container recovered", extra={"container_id": cid, "state": c.state})
+        self._sweep_orphan_cgroups(set(records))
         shm.release_orphans(self.run_dir, getattr(self.runtime, "pods", None))
         self._watcher = threading.Thread(target=self._watch_exits, name="container-exits", daemon=True)
         self._watcher.start()
@@ -449,6 +450,26 @@ class ContainerManager:
                 self._cleanup(c)
             except Exception:
                 log.exception("orphan container cleanup failed", extra={"container_id": c.id})
+
+    def _sweep_orphan_cgroups(self, known: set[str]) -> None:
+        """Container cgroups below our parents that no record owns (see orphans.py)."""
+        pods = getattr(self.runtime, "pods", None)
+        parents = {""} | {c.cgroup_parent for c in self._containers.values()}
+        if pods is not None and hasattr(pods, "list"):
+            parents |= {getattr(p, "cgroup_parent", "") or "" for p in pods.list()}
+        monitors = [self.monitor(h) for h in self.runtime.config.runtime.handlers]
+        removed = orphans.sweep_orphan_cgroups(
+            getattr(self.runtime, "cgroups", None),
+            known,
+            parents,
+            self.run_dir / "exits",
+            [m.runtime_root for m in monitors],
+        )
+        for cid in removed:  # and runc's state of them, if it kept any
+            for mon in monitors:
+                if (mon.runtime_root / cid).exists():
+                    with contextlib.suppress(Exception):
+                        mon.delete(cid)
 
     def _watch_exits(self) -> None:
         """Notice exits soon (for events and status) by watching conmon's exit files appear.

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import signal
 import time
 from abc import ABC, abstractmethod
@@ -127,6 +128,34 @@ class CgroupDriver(ABC):
     @abstractmethod
     def update(self, container_id: str, parent: str, resources: Resources) -> dict[str, Any]:
         """Apply new limits to a running container's cgroup; returns the OCI resources applied."""
+
+    # Names of the container and monitor cgroups directly below a parent; group 1 is the container id.
+    CHILD_NAME = re.compile(rf"{MONITOR_PREFIX}-([0-9a-f]{{64}})|{CONTAINER_PREFIX}-([0-9a-f]{{64}})")
+
+    def container_ids_under(self, parent: str) -> set[str]:
+        """Ids of the container and monitor cgroups directly below ``parent``, in any hierarchy (for
+        recovery: those of containers the store does not know are leftovers)."""
+        ids: set[str] = set()
+        for directory in self.hierarchy.unique_dirs(self.parent_path(parent), named=True):
+            try:
+                names = os.listdir(directory)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                match = self.CHILD_NAME.fullmatch(name)
+                if match and (directory / name).is_dir():
+                    ids.add(match.group(1) or match.group(2))
+        return ids
+
+    def all_pids(self, container_id: str, parent: str) -> list[int]:
+        """Every process in the container's cgroup and in its monitor's (conmon's) cgroup."""
+        pids = self.pids(container_id, parent)
+        dirs = self.hierarchy.dirs(self.monitor_path(check_id(container_id), parent), named=True)
+        for source in self.PID_SOURCES:
+            directory = dirs.get(source)
+            if directory is not None and directory.is_dir():
+                return pids + _procs_below(directory)
+        return pids
 
     def cgroup_dirs(self, container_id: str, parent: str) -> dict[str, Path]:
         """Where the container's cgroup is, for stats.

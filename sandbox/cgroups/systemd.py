@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import signal
 from typing import Any
 
@@ -70,6 +71,10 @@ class SystemdDriver(CgroupDriver):
 
     def container_path(self, container_id: str, parent: str) -> str:
         return f"{self.parent_path(parent).rstrip('/')}/{self.container_unit(container_id)}"
+
+    CHILD_NAME = re.compile(
+        rf"{MONITOR_PREFIX}-([0-9a-f]{{64}})\.scope|{CONTAINER_PREFIX}-([0-9a-f]{{64}})\.scope"
+    )
 
     def monitor_cgroup(self, container_id: str, parent: str) -> str:
         return f"{MONITOR_PREFIX}-{check_id(container_id)}.scope"

@@ -465,6 +465,51 @@ def test_systemd_monitor_scope(
     assert not namespaced_systemd.host_dir("systemd", path).exists()
 
 
+def test_systemd_recovery_sweep_removes_our_orphan_scopes_and_keeps_foreign_ones(
+    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+) -> None:
+    """Containers' recovery (cri/containers/orphans.py) on the systemd driver: ``calyx-<id>.scope`` units
+    (and their conmon scopes) in a pod slice with no record are found; ours (runc keeps state of the id)
+    are stopped, another runtime's populated scope stays."""
+    parent, path = pod_slice()
+    ours, foreign = secrets.token_hex(32), secrets.token_hex(32)
+    found, removed = inside(
+        namespaced_systemd,
+        f"""
+        import pathlib, shutil, tempfile
+        from cri.containers.orphans import sweep_orphan_cgroups
+        driver.prepare_parent({parent!r})
+        roots = pathlib.Path(tempfile.mkdtemp(prefix="cx-roots-"))
+        (roots / {ours!r}).mkdir()  # our runc's state of the container
+        for cid in ({ours!r}, {foreign!r}):
+            child = detached(["sleep", "3600"])
+            props = [("Slice", ("s", {parent!r})), ("PIDs", ("au", [child.pid]))]
+            driver.manager.start_transient_unit(driver.container_unit(cid), props)
+        driver.place_monitor({ours!r}, {parent!r}, detached(["sleep", "3600"]).pid)
+        found = sorted(driver.container_ids_under({parent!r}))
+        removed = sweep_orphan_cgroups(driver, set(), [{parent!r}], roots / "exits", [roots])
+        shutil.rmtree(roots)
+        out([found, removed])
+        """,
+    )
+    try:
+        assert found == sorted([ours, foreign])
+        assert removed == [ours]
+        assert not namespaced_systemd.host_dir("systemd", f"{path}/calyx-{ours}.scope").exists()
+        assert not namespaced_systemd.host_dir("systemd", f"{path}/calyx-conmon-{ours}.scope").exists()
+        assert namespaced_systemd.host_dir("systemd", f"{path}/calyx-{foreign}.scope").is_dir()
+    finally:
+        gone = inside(
+            namespaced_systemd,
+            f"""
+            driver.remove_container({foreign!r}, {parent!r})
+            driver.remove_container({ours!r}, {parent!r})
+            out(driver.remove_parent({parent!r}))
+            """,
+        )
+    assert gone is True
+
+
 def test_systemd_driver_leaves_slices_it_did_not_make(namespaced_systemd: NamespacedSystemd) -> None:  # noqa: F811
     """kubelet makes its pod slices itself: Calyx uses them and never stops them."""
     parent, path = pod_slice()

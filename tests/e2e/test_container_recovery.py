@@ -125,3 +125,65 @@ def test_daemon_killed_right_after_runc_start_finds_the_container_running(
         assert cx.status(cid).status.exit_code == 137
     finally:
         cx.cleanup()
+
+
+def _cgroup_dirs(parent: str, name: str) -> list[Path]:
+    return [d for d in Path("/sys/fs/cgroup").glob(f"*/{parent.strip('/')}/{name}") if d.is_dir()]
+
+
+def test_restart_removes_container_cgroups_no_record_owns_and_keeps_foreign_ones(
+    builtin_net: Callable[..., Net],
+    image_registry: LoopbackRegistry,  # noqa: F811
+    short_tmp: Path,
+) -> None:
+    """cgroupfs: after a restart, ``calyx-<id>`` cgroups below our parents whose container the store does
+    not know are removed (what runs there killed) when they are ours: an empty leftover, or a container
+    whose conmon reports to our exit dir (record and dir lost). A populated one of another runtime stays."""
+    import secrets
+    import sqlite3
+
+    cx = make_cx(builtin_net, image_registry, short_tmp, {})
+    foreign: subprocess.Popen[bytes] | None = None
+    parent = ""
+    try:
+        pod = cx.pod()
+        parent = cx.parents[-1]
+        lost = cx.run(pod, "lost", ["sleep", "1000"])
+        conmon_pid = int((cx.daemon.root / "containers" / lost / "conmon.pid").read_text())
+        leftover, other = secrets.token_hex(32), secrets.token_hex(32)
+        for controller in ("memory", "pids", "cpu"):
+            (Path("/sys/fs/cgroup") / controller / parent.strip("/") / f"calyx-{leftover}").mkdir()
+        foreign_dir = Path("/sys/fs/cgroup/pids") / parent.strip("/") / f"calyx-{other}"
+        foreign_dir.mkdir()
+        foreign = subprocess.Popen(["sleep", "1000"])
+        (foreign_dir / "cgroup.procs").write_text(str(foreign.pid))
+
+        cx.daemon.kill9()
+        db = sqlite3.connect(cx.daemon.root / "calyx.db")
+        with db:
+            db.execute("DELETE FROM records WHERE kind = 'container' AND id = ?", (lost,))
+        db.close()
+        bundle = cx.daemon.root / "containers" / lost
+        subprocess.run(["umount", str(bundle / "rootfs")], check=True)
+        subprocess.run(["rm", "-rf", str(bundle)], check=True)
+        cx.daemon.start()
+
+        assert cx.rt.ListContainers(pb.ListContainersRequest()).containers == []
+        assert _cgroup_dirs(parent, f"calyx-{lost}") == []
+        assert _cgroup_dirs(parent, f"calyx-conmon-{lost}") == []
+        assert _cgroup_dirs(parent, f"calyx-{leftover}") == []
+        assert lost not in traces(cx)["runc"]
+        assert (
+            not Path(f"/proc/{conmon_pid}").exists()
+            or b"conmon" not in Path(f"/proc/{conmon_pid}/cmdline").read_bytes()
+        )
+        assert foreign.poll() is None and foreign_dir.is_dir(), "another runtime's container was touched"
+        assert "container cgroup of another runtime kept" in cx.daemon.log()
+    finally:
+        if foreign is not None:
+            foreign.kill()
+            foreign.wait(10)
+            for d in _cgroup_dirs(parent, "calyx-*") if parent else []:
+                if d.name.startswith("calyx-") and not (d / "cgroup.procs").read_text().strip():
+                    d.rmdir()
+        cx.cleanup()
