@@ -93,7 +93,7 @@ def audit(cx: Cx) -> list[str]:
 
     # A NOTREADY pod needs no files any more (a removal interrupted after them is retried by kubelet).
     expect("pod dir", _names(d.root / "pods"), set(pods), ready)
-    for kind in ("net", "ipc", "uts", "pid"):
+    for kind in ("net", "ipc", "uts", "pid", "user"):
         expect(f"{kind} pin", _names(d.run_root / "ns" / kind), ready)
     netns_pods = {i for i in ready if (d.run_root / "ns" / "net" / i).exists()}
     if cx.net.ipam_dir is None:  # the built-in network: veths named after the pod, leases in the store

@@ -302,7 +302,7 @@ def pod_traces(daemon: Daemon, pod_id: str) -> list[str]:
     found = []
     mountinfo = Path("/proc/self/mountinfo").read_text()
     found += [f"mount: {line}" for line in mountinfo.splitlines() if pod_id in line]
-    for kind in ("net", "ipc", "uts", "pid"):
+    for kind in ("net", "ipc", "uts", "pid", "user"):
         pin = daemon.run_root / "ns" / kind / pod_id
         if pin.exists():
             found.append(f"pin: {pin}")

@@ -5,7 +5,9 @@ Every other shape and mode is refused with INVALID_ARGUMENT and leaves no trace.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -17,11 +19,12 @@ from cri.api import api_pb2 as pb
 from tests import container_fixtures
 from tests.container_fixtures import Cx
 from tests.image_fixtures import image_registry, registry_base  # noqa: F401
-from tests.net_fixtures import pod_config, pod_traces
+from tests.net_fixtures import in_netns, pod_config, pod_traces
 
 cx = container_fixtures.cx
 
 LENGTH = 65536
+NS_GET_USERNS = 0xB701  # _IO(0xb7, 0x1)
 
 
 def _host_base() -> int:
@@ -222,3 +225,59 @@ def test_kill9_while_making_a_user_namespace_pod_is_cleaned_at_restart(builtin_n
     daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
     daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
     assert _pins_and_mounts(daemon.run_root) == []
+
+
+def _owner_user_ns(pin: Path) -> int:
+    """Inode of the user namespace that owns the namespace pinned at ``pin`` (ioctl NS_GET_USERNS)."""
+    fd = os.open(pin, os.O_RDONLY)
+    try:
+        owner = fcntl.ioctl(fd, NS_GET_USERNS)
+        try:
+            return os.fstat(owner).st_ino
+        finally:
+            os.close(owner)
+    finally:
+        os.close(fd)
+
+
+def test_user_namespace_pod_on_a_cni_network(cni_net) -> None:
+    """The CNI plugins configure a netns owned by the pod's user namespace from the host as usual."""
+    net = cni_net()
+    daemon = net.daemon
+    linux = _userns_linux(_host_base())
+    pod_id = daemon.runtime.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=pod_config(linux=linux)), timeout=120
+    ).pod_sandbox_id
+    user_pin = daemon.run_root / "ns" / "user" / pod_id
+    for kind in ("net", "ipc", "uts"):
+        assert _owner_user_ns(daemon.run_root / "ns" / kind / pod_id) == user_pin.stat().st_ino
+    ip = daemon.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status.network.ip
+    assert ip.startswith(net.subnet.rsplit(".", 2)[0])
+    assert f"inet {ip}/" in in_netns(str(daemon.run_root / "ns" / "net" / pod_id), "ip", "-4", "addr").stdout
+    daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    assert pod_traces(daemon, pod_id) == []
+    assert _pins_and_mounts(daemon.run_root) == []
+    assert net.ipam_dir is not None
+    assert not net.ipam_dir.exists() or not any(ip in p.name for p in net.ipam_dir.iterdir())
+
+
+def test_user_namespace_pod_and_container_survive_a_daemon_kill9(cx: Cx) -> None:
+    _reachable(cx)
+    host = _host_base()
+    pod = cx.pod(linux=_userns_linux(host), host_network=False)
+    cid = cx.start(cx.create(pod, _container_config(cx, pod, "keep", ["sleep", "1000"])))
+    init = json.loads(cx.status(cid, verbose=True).info["info"])["pid"]
+    cx.daemon.kill9()
+    cx.daemon.start()
+    status = cx.rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod[0])).status
+    assert status.state == pb.SANDBOX_READY  # its user namespace pin counts among the pod's namespaces
+    assert cx.status(cid).status.state == pb.CONTAINER_RUNNING
+    assert json.loads(cx.status(cid, verbose=True).info["info"])["pid"] == init
+    assert cx.output(cid, "cat", "/proc/self/uid_map").split() == ["0", str(host), str(LENGTH)]
+    # a second container joins the same user namespace after the restart
+    other = cx.start(cx.create(pod, _container_config(cx, pod, "after", ["sleep", "1000"])))
+    assert (
+        os.stat(f"/proc/{init}/ns/user").st_ino
+        == os.stat(f"/proc/{json.loads(cx.status(other, verbose=True).info['info'])['pid']}/ns/user").st_ino
+    )
