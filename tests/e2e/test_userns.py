@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import secrets
 import socket
 from pathlib import Path
@@ -281,3 +282,20 @@ def test_user_namespace_pod_and_container_survive_a_daemon_kill9(cx: Cx) -> None
         os.stat(f"/proc/{init}/ns/user").st_ino
         == os.stat(f"/proc/{json.loads(cx.status(other, verbose=True).info['info'])['pid']}/ns/user").st_ino
     )
+
+
+def test_critest_shaped_user_namespace_pod(cx: Cx) -> None:
+    """As critest's "runtime should support NamespaceMode_POD": only userns_options set (so pid, ipc and
+    network are POD, the enum's zero), the container copies the pod's options and prints its uid_map to
+    its log, which must show the one mapping."""
+    _reachable(cx)
+    host = _host_base()
+    mapping = pb.IDMapping(container_id=0, host_id=host, length=100000)
+    options = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.POD, uids=[mapping], gids=[mapping]))
+    linux = pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=options)
+    )
+    pod = cx.pod(linux=linux, host_network=False)
+    cid = cx.start(cx.create(pod, _container_config(cx, pod, "uidmap", ["cat", "/proc/self/uid_map"])))
+    assert cx.wait_exit(cid).exit_code == 0
+    assert re.search(rf"\s+0\s+{host}\s+100000\n", (cx.logs / "uidmap.log").read_text())
