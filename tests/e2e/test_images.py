@@ -33,6 +33,7 @@ from tests.image_fixtures import (  # noqa: F401 - fixtures
     token_registry,
 )
 from tests.registry import FaultyProxy
+from tests.waiting import wait_for
 
 PULL_TIMEOUT = 120
 
@@ -329,16 +330,6 @@ def test_registry_dying_mid_pull_leaves_nothing_visible(daemon_factory, scratch_
         assert leftovers(d) == {"ingest": [], "blobs": [], "layers": []}
     finally:
         proxy.close()
-
-
-def wait_for(predicate: Callable[[], bool], what: str, limit: float = 60.0) -> None:
-    import time
-
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.05)
 
 
 def test_daemon_killed_mid_pull_cleans_temporary_files_at_start(daemon_factory, scratch_registry) -> None:

@@ -25,7 +25,7 @@ import time
 import tomllib
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,22 +46,13 @@ from tests.net_fixtures import (
     pod_config,
     run_pod,
 )
+from tests.waiting import wait_for
 
 MiB = 1024 * 1024
 BURN_SECONDS = 2.0
 DEPLOY_SCRAPE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "prometheus.yml"
 PROMETHEUS = "/usr/bin/prometheus"
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def process_cpu_seconds(pid: int) -> float:

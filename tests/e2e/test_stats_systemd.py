@@ -7,29 +7,23 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from cri.api import api_pb2 as pb
-from tests.daemon import Daemon
 from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
-from tests.systemd_fixture import NamespacedSystemd, SystemdDaemon, namespaced_systemd  # noqa: F401
+from tests.systemd_fixture import (  # noqa: F401
+    NamespacedSystemd,
+    SystemdDaemon,
+    namespaced_systemd,
+    pull_from_the_host,
+)
+from tests.waiting import wait_for
 
 MiB = 1024 * 1024
-
-
-def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_container_in_a_systemd_scope_reports_usage_limits_and_throttling(
@@ -39,12 +33,7 @@ def test_container_in_a_systemd_scope_reports_usage_limits_and_throttling(
 ) -> None:
     config: dict[str, Any] = {"images": {"registries": {image_registry.host: {"insecure": True}}}}
     ref = image_registry.ref("calyx-test/busybox:latest")
-    # The test systemd's network namespace has no route to the registry: pull from the host first.
-    puller = Daemon(short_tmp, config).start()
-    try:
-        puller.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
-    finally:
-        puller.stop()
+    pull_from_the_host(short_tmp, config, ref)
     daemon = SystemdDaemon(namespaced_systemd, short_tmp, {**config, "cgroup": {"driver": "systemd"}}).start()
     rt = daemon.runtime
     uid = secrets.token_hex(6)

@@ -11,7 +11,6 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -25,6 +24,7 @@ from tests.net_fixtures import host_network_linux, pod_config, run_pod
 from tests.registry import free_port
 from tests.spdy_client import SpdyClient
 from tests.spdystream_client import run_spdyexec, spdyexec  # noqa: F401 - fixture
+from tests.waiting import wait_for
 
 V4 = "v4.channel.k8s.io"
 
@@ -100,14 +100,6 @@ def spdy(url: str, types: tuple[str, ...], protocol: str = V4, **kw) -> tuple[Sp
     client = SpdyClient(url, [protocol], **kw)
     assert client.status == 101, client.body
     return client, {t: client.open_stream({"streamType": t}) for t in types}
-
-
-def wait_for(predicate: Callable[[], bool], what: str, limit: float = 60.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.05)
 
 
 def test_exec_spdy_output_stdin_and_exit_codes(env: Env) -> None:

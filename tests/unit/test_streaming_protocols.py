@@ -23,6 +23,7 @@ from websockets.sync.client import connect
 from cri.streaming.server import PortForwardRequest
 from tests.spdy_client import SpdyClient
 from tests.streaming_host import exec_url, host_server
+from tests.waiting import wait_for
 
 V4 = "v4.channel.k8s.io"
 
@@ -40,14 +41,6 @@ def spdy_exec(
     assert client.status == 101, client.body
     streams = {t: client.open_stream({"streamType": t}) for t in types}
     return client, streams
-
-
-def wait_for(predicate, what: str, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"never happened: {what}")
-        time.sleep(0.02)
 
 
 # --- SPDY exec -----------------------------------------------------------------------------------------
