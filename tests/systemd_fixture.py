@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 
+from cri.api import api_pb2 as pb
 from tests.daemon import CALYX, Daemon
 
 REPO = Path(__file__).resolve().parent.parent
@@ -305,6 +306,16 @@ class SystemdDaemon(Daemon):
         if wait_ready:
             self.wait_ready(timeout)
         return self
+
+
+def pull_from_the_host(base: Path, config: dict[str, Any], ref: str) -> None:
+    """Pull ``ref`` with a daemon on the host into the state dirs under ``base``: the test systemd's
+    network namespace has no route to the loopback registry, so a daemon inside uses what this pulled."""
+    puller = Daemon(base, config).start()
+    try:
+        puller.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
+    finally:
+        puller.stop()
 
 
 def _die_with_parent() -> None:

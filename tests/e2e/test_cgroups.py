@@ -29,10 +29,14 @@ from cri.errors import FailedPrecondition
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.resources import host_page_sizes
-from tests.daemon import Daemon
 from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
-from tests.systemd_fixture import NamespacedSystemd, SystemdDaemon, namespaced_systemd  # noqa: F401
+from tests.systemd_fixture import (  # noqa: F401
+    NamespacedSystemd,
+    SystemdDaemon,
+    namespaced_systemd,
+    pull_from_the_host,
+)
 
 BUSYBOX = Path("/bin/busybox")
 V1 = detect().mode.value == "v1"
@@ -736,13 +740,7 @@ def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
     """CRI end to end: pod slice created, container scope and conmon scope, limits, update, cleanup."""
     config: dict[str, Any] = {"images": {"registries": {image_registry.host: {"insecure": True}}}}
     ref = image_registry.ref("calyx-test/busybox:latest")
-    # The test systemd has a network namespace of its own, without the registry: pull from the host
-    # first, into the state the daemon inside then uses.
-    puller = Daemon(short_tmp, config).start()
-    try:
-        puller.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
-    finally:
-        puller.stop()
+    pull_from_the_host(short_tmp, config, ref)
     daemon = SystemdDaemon(
         namespaced_systemd, short_tmp, {**config, "cgroup": {"driver": "systemd", "pids_limit": 77}}
     ).start()

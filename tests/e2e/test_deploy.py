@@ -24,7 +24,7 @@ from cri.api import api_pb2 as pb
 from tests.daemon import Daemon
 from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
-from tests.systemd_fixture import REPO, NamespacedSystemd, namespaced_systemd  # noqa: F401
+from tests.systemd_fixture import REPO, NamespacedSystemd, namespaced_systemd, pull_from_the_host  # noqa: F401
 
 UNIT = REPO / "deploy" / "calyx.service"
 UNIT_DIR = "/run/calyx-sd/units"  # in the unit path of the test systemd (its private /run)
@@ -90,14 +90,7 @@ def unit(
     namespaced_systemd: NamespacedSystemd, image_registry: LoopbackRegistry, short_tmp: Path
 ) -> Iterator[Unit]:
     config: dict[str, Any] = {"images": {"registries": {image_registry.host: {"insecure": True}}}}
-    # The test systemd's network namespace has no route to the registry: pull from the host first,
-    # with the same state dirs the unit's daemon then uses.
-    puller = Daemon(short_tmp, config).start()
-    try:
-        ref = image_registry.ref("calyx-test/busybox:latest")
-        puller.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
-    finally:
-        puller.stop()
+    pull_from_the_host(short_tmp, config, image_registry.ref("calyx-test/busybox:latest"))
     daemon = Daemon(short_tmp, {**config, "cgroup": {"driver": "systemd"}})  # config and stubs only
     installed = Unit(namespaced_systemd, daemon)
     installed.install()
