@@ -78,8 +78,8 @@ while True:
 
 
 def test_kill9_mid_write_leaves_a_consistent_store(tmp_path: Path) -> None:
-    path = tmp_path / "s.db"
     for attempt in range(3):
+        path = tmp_path / f"s{attempt}.db"  # the writer numbers from 0 again: a fresh store each time
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"started"
