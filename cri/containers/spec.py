@@ -344,6 +344,12 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     id_maps = userns.mappings(inputs.pod)
     if privileged and id_maps is not None:
         raise InvalidArgument("a privileged container cannot run in a pod user namespace")
+    idmapped = [m.container_path for m in config.mounts if m.uidMappings or m.gidMappings]
+    if idmapped:
+        log.info(
+            "idmapped mounts requested, not made (runc 1.1 cannot): the host owners show through",
+            extra={"container_id": inputs.container_id, "mounts": ",".join(idmapped)},
+        )
     if sc.apparmor.profile_type or sc.apparmor_profile:
         log.info(
             "apparmor requested, not available on this host: ignored",

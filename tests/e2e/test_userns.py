@@ -299,3 +299,20 @@ def test_critest_shaped_user_namespace_pod(cx: Cx) -> None:
     cid = cx.start(cx.create(pod, _container_config(cx, pod, "uidmap", ["cat", "/proc/self/uid_map"])))
     assert cx.wait_exit(cid).exit_code == 0
     assert re.search(rf"\s+0\s+{host}\s+100000\n", (cx.logs / "uidmap.log").read_text())
+
+
+def test_non_root_user_and_readonly_rootfs_in_a_user_namespace(cx: Cx) -> None:
+    _reachable(cx)
+    host = _host_base()
+    pod = cx.pod(linux=_userns_linux(host), host_network=False)
+    config = _container_config(cx, pod, "ro", ["sleep", "1000"])
+    config.linux.security_context.run_as_user.value = 1000
+    config.linux.security_context.readonly_rootfs = True
+    cid = cx.start(cx.create(pod, config))
+    assert cx.output(cid, "id", "-u").strip() == "1000"
+    init = json.loads(cx.status(cid, verbose=True).info["info"])["pid"]
+    assert _host_uid(init)[0] == str(host + 1000)
+    failed = cx.exec(cid, "sh", "-c", "echo x > /written")
+    assert failed.exit_code != 0 and b"Read-only file system" in failed.stderr
+    # the pod's files are bound in (mount points made before runc, as the container cannot)
+    assert cx.output(cid, "cat", "/etc/hostname").strip() == (pod[1].hostname or socket.gethostname())
