@@ -8,11 +8,11 @@ domain with a newline would otherwise inject a nameserver).
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cri import files
 from cri.errors import InvalidArgument
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
@@ -92,10 +92,7 @@ def hosts_text(hostname: str, ips: list[str]) -> str:
 
 def _write(path: Path, text: str) -> None:
     """Replace ``path`` atomically; containers that mount it later see the whole file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    files.replace_text(path, text, 0o644)
 
 
 def write(pod_dir: Path, hostname: str, dns: DNS, ips: list[str]) -> PodFiles:

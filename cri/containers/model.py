@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cri import files
 from cri.api import api_pb2 as pb
 
 KIND = "container"
@@ -122,9 +123,7 @@ class Container:
     def write_beside(self) -> None:
         """A copy next to the container (state.json), for humans and for recovery if the store is lost."""
         if self.path.is_dir():
-            tmp = self.path / "state.json.tmp"
-            tmp.write_text(json.dumps(self.to_record(), sort_keys=True))
-            tmp.replace(self.path / "state.json")
+            files.replace_text(self.path / "state.json", json.dumps(self.to_record(), sort_keys=True))
 
 
 def encode_config(config: pb.ContainerConfig) -> str:
