@@ -24,6 +24,7 @@ from typing import Any
 
 from cri import proc
 from cri.containers import cri_log
+from cri.containers.procinfo import start_time
 from cri.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal
 from cri.instruments import observe_runtime
 
@@ -413,10 +414,9 @@ def wait_monitor_gone(container_id: str, bundle: Path, pid: int = 0, timeout: fl
     while time.monotonic() < deadline:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return
-        if container_id.encode() not in cmdline or stat[stat.rfind(")") + 2 :].startswith("Z"):
+        if container_id.encode() not in cmdline or start_time(pid) is None:  # gone, or a zombie
             return
         time.sleep(0.02)
     log.warning("container monitor still running", extra={"container_id": container_id, "pid": pid})
