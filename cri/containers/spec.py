@@ -341,6 +341,8 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     privileged = sc.privileged
     if privileged and not pod_privileged(inputs.pod):
         raise InvalidArgument("a privileged container needs a privileged pod")
+    if sc.namespace_options.HasField("userns_options"):
+        userns.check_request(inputs.pod, sc.namespace_options.userns_options)
     id_maps = userns.mappings(inputs.pod)
     if privileged and id_maps is not None:
         raise InvalidArgument("a privileged container cannot run in a pod user namespace")

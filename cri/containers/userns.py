@@ -13,7 +13,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from cri.errors import FailedPrecondition
+from cri.api import api_pb2 as pb
+from cri.errors import FailedPrecondition, InvalidArgument
 from sandbox.userns import IdMap
 
 
@@ -28,6 +29,30 @@ def mappings(pod: Any) -> tuple[IdMap, IdMap] | None:
         return None
     userns = (pod.namespace_options or {}).get("userns") or {}
     return IdMap.from_dict(userns["uids"][0]), IdMap.from_dict(userns["gids"][0])
+
+
+def check_request(pod: Any, requested: Any) -> None:
+    """The container's own ``userns_options`` (kubelet repeats the pod's) must agree with the pod's:
+    a container cannot have a user namespace of its own, nor leave or change the pod's."""
+    if requested is None or not requested.ListFields():
+        return
+    maps = mappings(pod)
+    if requested.mode == pb.NODE:
+        if maps is not None:
+            raise InvalidArgument("container asks for the host's user namespace in a pod that has its own")
+        return
+    if requested.mode != pb.POD:
+        raise InvalidArgument(
+            f"container userns_options.mode {pb.NamespaceMode.Name(requested.mode)} is not supported"
+        )
+    if maps is None:
+        raise InvalidArgument("container asks for a pod user namespace, but the pod has none")
+    wanted = (
+        [IdMap(m.container_id, m.host_id, m.length) for m in requested.uids],
+        [IdMap(m.container_id, m.host_id, m.length) for m in requested.gids],
+    )
+    if (wanted[0] or wanted[1]) and wanted != ([maps[0]], [maps[1]]):
+        raise InvalidArgument("container userns_options mappings differ from the pod's")
 
 
 def root_owner(pod: Any) -> tuple[int, int] | None:

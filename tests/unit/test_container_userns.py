@@ -1,0 +1,132 @@
+"""Containers of a pod with its own user namespace: the OCI spec joins it with the pod's mappings, the
+container's own userns_options must agree with the pod's, and the dirs above its mounts are made
+reachable for the mapped root (Calyx's own) or reported (the operator's)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cri.api import api_pb2 as pb
+from cri.containers import spec as oci
+from cri.containers import userns
+from cri.errors import FailedPrecondition, InvalidArgument
+
+MAP = {"container_id": 0, "host_id": 200000, "length": 65536}
+GMAP = {"container_id": 0, "host_id": 300000, "length": 65536}
+
+
+@dataclass
+class FakePod:
+    id: str = "p" * 64
+    hostname: str = "h"
+    netns_path: str | None = "/run/x/ns/net/p"
+    ipc_ns_path: str | None = "/run/x/ns/ipc/p"
+    uts_ns_path: str | None = "/run/x/ns/uts/p"
+    pid_ns_path: str | None = None
+    user_ns_path: str | None = "/run/x/ns/user/p"
+    namespace_options: dict[str, Any] = field(
+        default_factory=lambda: {
+            "network": "POD",
+            "pid": "CONTAINER",
+            "ipc": "POD",
+            "userns": {"mode": "POD", "uids": [MAP], "gids": [GMAP]},
+        }
+    )
+    resolv_conf_path: str | None = None
+    hosts_path: str | None = None
+    hostname_path: str | None = None
+    linux: dict[str, Any] = field(default_factory=dict)
+
+
+def _build(pod: FakePod, rootfs: Path, **security: Any) -> dict[str, Any]:
+    config = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="c"),
+        command=["sleep", "1"],
+        linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(**security)),
+    )
+    config.linux.security_context.namespace_options.pid = pb.CONTAINER
+    inputs = oci.SpecInputs(
+        container_id="c" * 64,
+        config=config,
+        image_config={},
+        image_name="img",
+        pod=pod,
+        rootfs=rootfs,
+        cgroups_path="/x",
+        resources={},
+    )
+    return oci.build(inputs).spec
+
+
+def test_the_spec_joins_the_pods_user_namespace_with_its_mappings(tmp_path: Path) -> None:
+    spec = _build(FakePod(), tmp_path)
+    assert {"type": "user", "path": "/run/x/ns/user/p"} in spec["linux"]["namespaces"]
+    assert spec["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    assert spec["linux"]["gidMappings"] == [{"containerID": 0, "hostID": 300000, "size": 65536}]
+    assert userns.root_owner(FakePod()) == (200000, 300000)
+
+
+def test_without_a_pod_user_namespace_the_spec_has_none(tmp_path: Path) -> None:
+    pod = FakePod(user_ns_path=None)
+    pod.namespace_options["userns"] = {"mode": "NODE"}
+    spec = _build(pod, tmp_path)
+    assert all(ns["type"] != "user" for ns in spec["linux"]["namespaces"])
+    assert "uidMappings" not in spec["linux"] and userns.root_owner(pod) is None
+
+
+def _ns(mode: int, uids: list[dict[str, int]] | None = None) -> pb.NamespaceOption:
+    maps = [pb.IDMapping(**m) for m in (uids or [])]
+    return pb.NamespaceOption(
+        pid=pb.CONTAINER, userns_options=pb.UserNamespace(mode=mode, uids=maps, gids=maps)
+    )
+
+
+@pytest.mark.parametrize(
+    ("pod", "requested", "words"),
+    [
+        (FakePod(), _ns(pb.NODE), "host's user namespace"),
+        (FakePod(), _ns(pb.CONTAINER), "CONTAINER"),
+        (FakePod(), _ns(pb.POD, [{"container_id": 0, "host_id": 1, "length": 2}]), "differ"),
+        (FakePod(user_ns_path=None), _ns(pb.POD, [MAP]), "has none"),
+    ],
+)
+def test_a_container_cannot_disagree_with_the_pods_user_namespace(
+    tmp_path: Path, pod: FakePod, requested: pb.NamespaceOption, words: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=words):
+        _build(pod, tmp_path, namespace_options=requested)
+
+
+def test_the_pods_own_request_repeated_is_accepted(tmp_path: Path) -> None:
+    pod = FakePod()
+    pod.namespace_options["userns"]["gids"] = [MAP]
+    _build(pod, tmp_path, namespace_options=_ns(pb.POD, [MAP]))
+
+
+def test_privileged_is_refused_in_a_pod_user_namespace(tmp_path: Path) -> None:
+    pod = FakePod()
+    pod.linux = {"security_context": {"privileged": True}}
+    with pytest.raises(InvalidArgument, match="privileged"):
+        _build(pod, tmp_path, privileged=True)
+
+
+def test_make_reachable_opens_our_dirs_and_reports_others(short_tmp: Path) -> None:
+    short_tmp.chmod(0o711)  # /tmp/cx-*: pytest's own tmp_path sits below a 0700 dir
+    foreign = short_tmp / "foreign"
+    ours = foreign / "ours"
+    inner = ours / "containers" / "c"
+    inner.mkdir(parents=True)
+    for d in (ours, ours / "containers", inner):
+        d.chmod(0o711)
+    foreign.chmod(0o700)
+    with pytest.raises(FailedPrecondition, match=str(foreign)):
+        userns.make_reachable([inner / "rootfs"], [ours])
+    foreign.chmod(0o711)
+    (ours / "containers").chmod(0o700)
+    userns.make_reachable([inner / "rootfs"], [ours])
+    assert os.stat(ours / "containers").st_mode & 0o777 == 0o701
