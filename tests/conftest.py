@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.daemon import Daemon
+from tests.reaper import reap
 
 if os.geteuid() != 0:
     raise pytest.UsageError("the Calyx test suite runs as root, against the real kernel")
@@ -39,8 +40,11 @@ def daemon_factory(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
         return daemon.start() if start else daemon
 
     yield make
+    leaks: list[str] = []
     for daemon in started:
         daemon.stop()
+        leaks += reap(daemon.base)  # what the test's cleanup missed: removed now, reported below
+    assert leaks == [], "the test left these on the host (removed now):\n" + "\n".join(leaks)
 
 
 @pytest.fixture
