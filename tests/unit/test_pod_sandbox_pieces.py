@@ -47,12 +47,14 @@ def test_failed_pinning_leaves_no_pin(short_tmp: Path) -> None:
 
 def test_pid_holder_is_catatonit_as_pid_1_and_release_kills_it(short_tmp: Path) -> None:
     pin = pidns.start_holder(short_tmp, "p3")
-    (pid,) = pidns.holder_pids(pin)
-    assert Path(f"/proc/{pid}/comm").read_text().strip() == "catatonit"
-    status = Path(f"/proc/{pid}/status").read_text()
-    ns_pids = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[1:]
-    assert ns_pids[-1] == "1"  # PID 1 inside its namespace
-    pidns.release(pin)
+    try:
+        (pid,) = pidns.holder_pids(pin)
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == "catatonit"
+        status = Path(f"/proc/{pid}/status").read_text()
+        ns_pids = next(line for line in status.splitlines() if line.startswith("NSpid:")).split()[1:]
+        assert ns_pids[-1] == "1"  # PID 1 inside its namespace
+    finally:
+        pidns.release(pin)  # also when an assertion failed: no holder may outlive the test
     assert pidns.holder_pids(pin) == []
     assert not pin.exists()
     pidns.release(pin)  # idempotent
