@@ -61,12 +61,23 @@ def validate(sysctls: dict[str, str], own_net: bool, own_ipc: bool) -> None:
 
 
 def apply(
-    sysctls: dict[str, str], netns: Path | None, ipcns: Path | None, pod_id: str, timeout: float = 10.0
+    sysctls: dict[str, str],
+    netns: Path | None,
+    ipcns: Path | None,
+    pod_id: str,
+    timeout: float = 10.0,
+    userns: Path | None = None,
 ) -> None:
-    """Write the sysctls from a process that joined the pod's namespaces (validated before)."""
+    """Write the sysctls from a process that joined the pod's namespaces (validated before).
+
+    With the pod's own ``userns`` the writer joins it too (as its root): the kernel grants write access
+    to an IPC namespace's sysctls only to the root of the user namespace that owns it, not to the
+    host's root (measured: "permission denied on key kernel.shm_rmid_forced")."""
     if not sysctls:
         return
     argv = ["nsenter"]
+    if userns is not None:
+        argv.append(f"--user={userns}")
     if netns is not None:
         argv.append(f"--net={netns}")
     if ipcns is not None:

@@ -124,6 +124,7 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
             Path(pod.netns_path) if pod.netns_path else None,
             Path(pod.ipc_ns_path) if pod.ipc_ns_path else None,
             pod_id,
+            userns=user_ns,
         )
 
         cgroups = svc.cgroups

@@ -316,3 +316,24 @@ def test_non_root_user_and_readonly_rootfs_in_a_user_namespace(cx: Cx) -> None:
     assert failed.exit_code != 0 and b"Read-only file system" in failed.stderr
     # the pod's files are bound in (mount points made before runc, as the container cannot)
     assert cx.output(cid, "cat", "/etc/hostname").strip() == (pod[1].hostname or socket.gethostname())
+
+
+def test_tty_container_and_pod_sysctls_in_a_user_namespace(cx: Cx) -> None:
+    """runc gives a tty container a console owned by the mapped root; the pod's namespaced sysctls are
+    written from the host into namespaces owned by the pod's user namespace."""
+    _reachable(cx)
+    linux = _userns_linux(_host_base())
+    linux.sysctls["net.ipv4.ping_group_range"] = "0 0"
+    linux.sysctls["kernel.shm_rmid_forced"] = "1"
+    pod = cx.pod(linux=linux, host_network=False)
+    config = _container_config(cx, pod, "tty", ["sh", "-c", "tty > /tmp/tty; exec sleep 1000"])
+    config.tty = True
+    cid = cx.start(cx.create(pod, config))
+    assert cx.output(cid, "cat", "/proc/sys/net/ipv4/ping_group_range").split() == ["0", "0"]
+    assert cx.output(cid, "cat", "/proc/sys/kernel/shm_rmid_forced").strip() == "1"
+    tty = ""
+    for _ in range(100):
+        tty = cx.exec(cid, "cat", "/tmp/tty").stdout.decode().strip()
+        if tty:
+            break
+    assert tty.startswith("/dev/pts/") or tty == "/dev/console"
