@@ -132,7 +132,12 @@ def test_exec_runs_inside_the_container(env: Env) -> None:
 
 def test_exec_tty_starts_with_the_clients_size_and_follows_resizes(env: Env) -> None:
     cid = env.container(["sleep", "3600"])
-    script = "stty size; read go; i=0; while [ $i -lt 100 ]; do stty size; i=$((i+1)); sleep 0.1; done"
+    # After "go": report the size until the resize has arrived (at most 200 polls, 10 s: the exec then
+    # ends and the assertion below fails), so the test takes as long as the resize does, not 10 s.
+    script = (
+        "stty size; read go; i=0; while [ $i -lt 200 ]; do s=$(stty size); echo $s; "
+        '[ "$s" = "20 50" ] && break; i=$((i+1)); sleep 0.05; done'
+    )
     url = env.exec_url(cid, ["sh", "-c", script], tty=True, stdin=True)
     client, s = spdy(url, ("error", "stdin", "stdout", "resize"))
     s["resize"].write(json.dumps({"Width": 111, "Height": 33}).encode())
