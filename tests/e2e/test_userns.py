@@ -21,6 +21,8 @@ from tests import container_fixtures
 from tests.container_fixtures import Cx
 from tests.image_fixtures import image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import in_netns, pod_config, pod_traces
+from tests.spdy_client import SpdyClient
+from tests.waiting import wait_for
 
 cx = container_fixtures.cx
 
@@ -337,3 +339,38 @@ def test_tty_container_and_pod_sysctls_in_a_user_namespace(cx: Cx) -> None:
         if tty:
             break
     assert tty.startswith("/dev/pts/") or tty == "/dev/console"
+
+
+def test_port_forward_and_streaming_exec_into_a_user_namespace_pod(cx: Cx) -> None:
+    """PortForward dials from the daemon inside the netns owned by the pod's user namespace; an exec
+    over the streaming server lands in the container's user namespace."""
+    _reachable(cx)
+    host = _host_base()
+    pod = cx.pod(linux=_userns_linux(host), host_network=False)
+    web = ["sh", "-c", "mkdir /srv && echo hello-userns > /srv/index.html && exec httpd -f -p 80 -h /srv"]
+    cid = cx.start(cx.create(pod, _container_config(cx, pod, "web", web)))
+
+    def fetch() -> bytes:
+        url = cx.rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod[0], port=[80])).url
+        client = SpdyClient(url, ["portforward.k8s.io"])
+        h = {"port": "80", "requestID": "0"}
+        client.open_stream({**h, "streamType": "error"})
+        data = client.open_stream({**h, "streamType": "data"})
+        data.write(b"GET /index.html HTTP/1.0\r\n\r\n")
+        data.close()
+        reply = data.read_all()
+        client.close()
+        return reply
+
+    replies: list[bytes] = []
+    wait_for(lambda: replies.append(fetch()) or replies[-1].endswith(b"hello-userns\n"), "httpd answers")
+
+    url = cx.rt.Exec(pb.ExecRequest(container_id=cid, cmd=["cat", "/proc/self/uid_map"], stdout=True)).url
+    client = SpdyClient(url, ["v4.channel.k8s.io"])
+    assert client.status == 101, client.body
+    stdout = client.open_stream({"streamType": "stdout"})
+    error = client.open_stream({"streamType": "error"})
+    out = stdout.read_all()
+    error.read_all()
+    client.close()
+    assert out.split() == [b"0", str(host).encode(), str(LENGTH).encode()]
