@@ -364,6 +364,10 @@ def test_port_forward_and_streaming_exec_into_a_user_namespace_pod(cx: Cx) -> No
 
     replies: list[bytes] = []
     wait_for(lambda: replies.append(fetch()) or replies[-1].endswith(b"hello-userns\n"), "httpd answers")
+    # the pod's network statistics are read from its netns too
+    stats = cx.rt.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod[0])).stats
+    assert stats.linux.network.default_interface.name == "eth0"
+    assert stats.linux.network.default_interface.rx_bytes.value > 0
 
     url = cx.rt.Exec(pb.ExecRequest(container_id=cid, cmd=["cat", "/proc/self/uid_map"], stdout=True)).url
     client = SpdyClient(url, ["v4.channel.k8s.io"])
