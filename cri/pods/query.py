@@ -51,6 +51,7 @@ def verbose_info(pod: Pod) -> dict[str, str]:
             "ipc": pod.ipc_ns_path,
             "uts": pod.uts_ns_path,
             "pid": pod.pid_ns_path,
+            "user": pod.user_ns_path,
         },
         "pidHolder": holder[0] if holder else None,
         "files": {

@@ -63,7 +63,9 @@ def teardown_pending(pod: Pod) -> bool:
     interrupted by a crash. Its retry, or recovery, finishes it."""
     if pod.ready:
         return False
-    pins = [p for p in (pod.netns_path, pod.ipc_ns_path, pod.uts_ns_path, pod.pid_ns_path) if p]
+    pins = [
+        p for p in (pod.netns_path, pod.ipc_ns_path, pod.uts_ns_path, pod.pid_ns_path, pod.user_ns_path) if p
+    ]
     return bool(pod.ips) or any(os.path.lexists(p) for p in pins)
 
 

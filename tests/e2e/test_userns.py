@@ -378,3 +378,30 @@ def test_port_forward_and_streaming_exec_into_a_user_namespace_pod(cx: Cx) -> No
     error.read_all()
     client.close()
     assert out.split() == [b"0", str(host).encode(), str(LENGTH).encode()]
+
+
+def test_kill9_while_stopping_a_user_namespace_pod_is_finished_at_restart(builtin_net) -> None:
+    net = builtin_net(env={"CALYX_FAILPOINTS": "pod.stop_after_network=kill"})
+    daemon = net.daemon
+    linux = _userns_linux(_host_base(), pid=pb.POD)
+    pod_id = daemon.runtime.RunPodSandbox(
+        pb.RunPodSandboxRequest(config=pod_config(linux=linux)), timeout=60
+    ).pod_sandbox_id
+    info = json.loads(
+        daemon.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)).info[
+            "info"
+        ]
+    )
+    assert info["namespaces"]["user"] == str(daemon.run_root / "ns" / "user" / pod_id)
+    inode = (daemon.run_root / "ns" / "user" / pod_id).stat().st_ino
+    with pytest.raises(grpc.RpcError):
+        daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+    assert daemon.proc is not None and daemon.proc.wait(30) < 0
+    assert _pins_and_mounts(daemon.run_root) != []
+    daemon.env.pop("CALYX_FAILPOINTS", None)
+    daemon.start()
+    status = daemon.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id)).status
+    assert status.state == pb.SANDBOX_NOTREADY
+    assert _pins_and_mounts(daemon.run_root) == []
+    assert _processes_in_user_ns(inode) == []
+    daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
