@@ -24,6 +24,7 @@ import threading
 import time
 from pathlib import Path
 
+from cri import poll
 from cri.errors import Internal
 from sandbox import namespaces
 
@@ -173,9 +174,7 @@ def release(pin: Path, timeout: float = 10.0) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while holder_pids(pin) and time.monotonic() < deadline:
-        time.sleep(0.005)
+    poll.until(lambda: not holder_pids(pin), timeout, 0.005)
     for parent in parents:  # the unshare that forked catatonit exits on its own; make sure
         if parent > 1 and _is_unshare(parent):
             with contextlib.suppress(ProcessLookupError):

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cri import failpoints, lifecycle
+from cri import failpoints, lifecycle, poll
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, orphans, rootfs, shm
 from cri.containers import create as create_mod
@@ -249,15 +249,13 @@ class ContainerManager:
 
     def _wait_exit(self, c: Container, timeout: float) -> bool:
         mon = self._monitor_of(c)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def exited() -> bool:
             if mon.exit_code(c.id, c.path) is not None:
                 return True
-            if not alive(c.conmon_pid, c.conmon_start) and not alive(c.pid, c.pid_start):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(POLL_SECONDS)
+            return not alive(c.conmon_pid, c.conmon_start) and not alive(c.pid, c.pid_start)
+
+        return poll.until(exited, timeout, POLL_SECONDS)
 
     def stop(self, container_id: str, timeout_s: float) -> None:
         """Stop signal, then SIGKILL after ``timeout_s``; an exited container is left as it is."""

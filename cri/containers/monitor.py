@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cri import proc
+from cri import poll, proc
 from cri.containers import cri_log
 from cri.containers.procinfo import start_time
 from cri.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal
@@ -410,13 +410,13 @@ def wait_monitor_gone(container_id: str, bundle: Path, pid: int = 0, timeout: fl
         pid = _read_int(bundle / "conmon.pid")
         if pid <= 0:
             return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
-            return
-        if container_id.encode() not in cmdline or start_time(pid) is None:  # gone, or a zombie
-            return
-        time.sleep(0.02)
-    log.warning("container monitor still running", extra={"container_id": container_id, "pid": pid})
+            return True
+        return container_id.encode() not in cmdline or start_time(pid) is None  # a zombie is gone too
+
+    if not poll.until(gone, timeout, 0.02):
+        log.warning("container monitor still running", extra={"container_id": container_id, "pid": pid})

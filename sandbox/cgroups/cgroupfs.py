@@ -10,10 +10,10 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
+from cri import poll
 from sandbox.cgroups.driver import CONTAINER_PREFIX, MONITOR_PREFIX, CgroupDriver, Resources
 from sandbox.cgroups.hierarchy import Mode, is_populated, rmdir_if_exists
 from sandbox.cgroups.names import check_id, check_path
@@ -160,8 +160,9 @@ def _kill_procs(dirs: list[Path]) -> bool:
 
 def _wait_empty(dirs: list[Path], seconds: float = 5.0) -> None:
     """Killed processes leave their cgroups a moment later (bounded wait; rmdir then tells)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(
-        (d / "cgroup.procs").exists() and (d / "cgroup.procs").read_text().strip() for d in dirs
-    ):
-        time.sleep(0.01)
+
+    def empty() -> bool:
+        procs = [d / "cgroup.procs" for d in dirs]
+        return not any(f.exists() and f.read_text().strip() for f in procs)
+
+    poll.until(empty, seconds)
