@@ -158,18 +158,9 @@ class Extractor:
             st = os.stat(base, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return
-            fd = os.open(base, DIR_FLAGS, dir_fd=parent)
-            try:
-                for entry in os.listdir(fd):
-                    _remove_tree(fd, entry)
-            finally:
-                os.close(fd)
-            os.rmdir(base, dir_fd=parent)
-        else:
-            os.unlink(base, dir_fd=parent)
+        if keep_dir and stat.S_ISDIR(st.st_mode):
+            return
+        _remove_tree(parent, base)
 
     # --- members ------------------------------------------------------------------------------------
 
