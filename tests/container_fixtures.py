@@ -19,7 +19,7 @@ import pytest
 
 from cri.api import api_pb2 as pb
 from tests.daemon import Daemon
-from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import Net, builtin_net, host_network_linux, pod_config, run_pod  # noqa: F401
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")

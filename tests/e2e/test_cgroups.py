@@ -29,14 +29,9 @@ from cri.errors import FailedPrecondition
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.resources import host_page_sizes
-from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
-from tests.systemd_fixture import (  # noqa: F401
-    NamespacedSystemd,
-    SystemdDaemon,
-    namespaced_systemd,
-    pull_from_the_host,
-)
+from tests.systemd_fixture import NamespacedSystemd, SystemdDaemon, pull_from_the_host
 
 BUSYBOX = Path("/bin/busybox")
 V1 = detect().mode.value == "v1"
@@ -359,7 +354,7 @@ def pod_slice() -> tuple[str, str]:
 
 
 def test_systemd_missing_pod_slice_is_created_and_removed(
-    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    namespaced_systemd: NamespacedSystemd,
 ) -> None:
     parent, path = pod_slice()
     state = inside(
@@ -383,7 +378,7 @@ def test_systemd_missing_pod_slice_is_created_and_removed(
 
 
 def test_systemd_scope_with_a_process_gets_limits_and_updates(
-    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    namespaced_systemd: NamespacedSystemd,
 ) -> None:
     parent, path = pod_slice()
     cid = secrets.token_hex(32)
@@ -441,7 +436,7 @@ def test_systemd_scope_with_a_process_gets_limits_and_updates(
 
 
 def test_systemd_monitor_scope(
-    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    namespaced_systemd: NamespacedSystemd,
 ) -> None:
     parent, path = pod_slice()
     cid = secrets.token_hex(32)
@@ -470,7 +465,7 @@ def test_systemd_monitor_scope(
 
 
 def test_systemd_recovery_sweep_removes_our_orphan_scopes_and_keeps_foreign_ones(
-    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    namespaced_systemd: NamespacedSystemd,
 ) -> None:
     """Containers' recovery (cri/containers/orphans.py) on the systemd driver: ``calyx-<id>.scope`` units
     (and their conmon scopes) in a pod slice with no record are found; ours (runc keeps state of the id)
@@ -514,7 +509,7 @@ def test_systemd_recovery_sweep_removes_our_orphan_scopes_and_keeps_foreign_ones
     assert gone is True
 
 
-def test_systemd_driver_leaves_slices_it_did_not_make(namespaced_systemd: NamespacedSystemd) -> None:  # noqa: F811
+def test_systemd_driver_leaves_slices_it_did_not_make(namespaced_systemd: NamespacedSystemd) -> None:
     """kubelet makes its pod slices itself: Calyx uses them and never stops them."""
     parent, path = pod_slice()
     result = inside(
@@ -532,7 +527,7 @@ def test_systemd_driver_leaves_slices_it_did_not_make(namespaced_systemd: Namesp
     assert not namespaced_systemd.host_dir("memory", path).exists()
 
 
-def test_systemd_driver_is_safe_to_share_between_threads(namespaced_systemd: NamespacedSystemd) -> None:  # noqa: F811
+def test_systemd_driver_is_safe_to_share_between_threads(namespaced_systemd: NamespacedSystemd) -> None:
     """gRPC threads share one driver and its D-Bus connection: each gets its own job result."""
     slices = [pod_slice() for _ in range(8)]
     names = [name for name, _ in slices]
@@ -554,7 +549,7 @@ def test_systemd_driver_is_safe_to_share_between_threads(namespaced_systemd: Nam
         assert not namespaced_systemd.host_dir("memory", path).exists()
 
 
-def test_systemd_accepts_the_v2_unit_properties(namespaced_systemd: NamespacedSystemd) -> None:  # noqa: F811
+def test_systemd_accepts_the_v2_unit_properties(namespaced_systemd: NamespacedSystemd) -> None:
     """The property names and D-Bus types the driver uses on a v2 host, checked against the real systemd
     (it stores them on this v1 host too, where it cannot apply them)."""
     parent, _path = pod_slice()
@@ -596,7 +591,7 @@ def test_systemd_accepts_the_v2_unit_properties(namespaced_systemd: NamespacedSy
 
 
 def test_systemd_driver_reconnects_when_the_bus_restarts(
-    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    namespaced_systemd: NamespacedSystemd,
 ) -> None:
     first, first_path = pod_slice()
     second, second_path = pod_slice()
@@ -616,7 +611,7 @@ def test_systemd_driver_reconnects_when_the_bus_restarts(
 
 
 def test_runc_systemd_cgroup_scope_in_a_pod_slice(
-    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    namespaced_systemd: NamespacedSystemd,
     bundle: Path,
 ) -> None:
     """What the containers subsystem relies on: runc --systemd-cgroup with ``<slice>:calyx:<id>``."""
@@ -708,7 +703,7 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
 
 
 def test_systemd_driver_refuses_a_cgroupfs_parent_before_any_dbus_call(
-    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    namespaced_systemd: NamespacedSystemd,
 ) -> None:
     result = inside(
         namespaced_systemd,
@@ -732,8 +727,8 @@ def test_systemd_driver_refuses_a_cgroupfs_parent_before_any_dbus_call(
 
 @pytest.mark.parametrize("pid_mode", [pb.CONTAINER, pb.POD], ids=["own-pidns", "pod-pidns"])
 def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
-    namespaced_systemd: NamespacedSystemd,  # noqa: F811
-    image_registry: LoopbackRegistry,  # noqa: F811
+    namespaced_systemd: NamespacedSystemd,
+    image_registry: LoopbackRegistry,
     short_tmp: Path,
     pid_mode: int,
 ) -> None:
@@ -874,7 +869,7 @@ time.sleep(600)
 
 
 def test_repair_placement_confines_a_runc_systemd_container_and_runc_kill_all_works(
-    namespaced_systemd: NamespacedSystemd,  # noqa: F811
+    namespaced_systemd: NamespacedSystemd,
     bundle: Path,
 ) -> None:
     """After repair_placement every v1 controller of the container's init is its scope (runc leaves

@@ -11,7 +11,7 @@ import pytest
 
 from cri.api import api_pb2 as pb
 from tests.container_fixtures import Cx
-from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import Net
 
 
@@ -45,7 +45,7 @@ CLEAN = {"runc": [], "mounts": [], "conmon": [], "dirs": [], "listed": []}
 @pytest.mark.parametrize("failpoint", ["container.after_rootfs", "container.after_conmon"])
 def test_daemon_killed_mid_create_is_cleaned_on_restart(
     builtin_net: Callable[..., Net],
-    image_registry: LoopbackRegistry,  # noqa: F811
+    image_registry: LoopbackRegistry,
     short_tmp: Path,
     failpoint: str,
 ) -> None:
@@ -68,7 +68,7 @@ def test_daemon_killed_mid_create_is_cleaned_on_restart(
 
 def test_create_failing_half_way_undoes_its_steps(
     builtin_net: Callable[..., Net],
-    image_registry: LoopbackRegistry,  # noqa: F811
+    image_registry: LoopbackRegistry,
     short_tmp: Path,
 ) -> None:
     cx = make_cx(builtin_net, image_registry, short_tmp, {"CALYX_FAILPOINTS": "container.after_conmon=error"})
@@ -86,7 +86,7 @@ def test_create_failing_half_way_undoes_its_steps(
 
 def test_remove_of_a_created_container_and_stop_after_restart(
     builtin_net: Callable[..., Net],
-    image_registry: LoopbackRegistry,  # noqa: F811
+    image_registry: LoopbackRegistry,
     short_tmp: Path,
 ) -> None:
     cx = make_cx(builtin_net, image_registry, short_tmp, {})
@@ -107,7 +107,7 @@ def test_remove_of_a_created_container_and_stop_after_restart(
 
 def test_daemon_killed_right_after_runc_start_finds_the_container_running(
     builtin_net: Callable[..., Net],
-    image_registry: LoopbackRegistry,  # noqa: F811
+    image_registry: LoopbackRegistry,
     short_tmp: Path,
 ) -> None:
     cx = make_cx(builtin_net, image_registry, short_tmp, {"CALYX_FAILPOINTS": "container.after_start=kill"})
@@ -133,7 +133,7 @@ def _cgroup_dirs(parent: str, name: str) -> list[Path]:
 
 def test_restart_removes_container_cgroups_no_record_owns_and_keeps_foreign_ones(
     builtin_net: Callable[..., Net],
-    image_registry: LoopbackRegistry,  # noqa: F811
+    image_registry: LoopbackRegistry,
     short_tmp: Path,
 ) -> None:
     """cgroupfs: after a restart, ``calyx-<id>`` cgroups below our parents whose container the store does

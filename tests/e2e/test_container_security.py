@@ -13,7 +13,6 @@ import grpc
 from cri.api import api_pb2 as pb
 from tests import container_fixtures
 from tests.container_fixtures import Cx
-from tests.image_fixtures import image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import host_network_linux
 
 cx = container_fixtures.cx

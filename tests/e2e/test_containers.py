@@ -14,7 +14,6 @@ from cri.api import api_pb2_grpc as pb_grpc
 from cri.containers.monitor import MAX_EXEC_OUTPUT
 from tests import container_fixtures
 from tests.container_fixtures import CGROUP_ROOT, Cx
-from tests.image_fixtures import image_registry, registry_base  # noqa: F401
 
 cx = container_fixtures.cx
 

@@ -1,7 +1,5 @@
 """The test-image builder's CLI pushes every image critest and our tests name into a real registry."""
 
-# ruff: noqa: F811 - the registry fixtures are imported by name
-
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +8,6 @@ import sys
 import httpx
 
 from critest.images import DYNAMIC_BUSYBOX, calyx_images, critest_images
-from tests.image_fixtures import image_registry, registry_base, scratch_registry  # noqa: F401 - fixtures
 
 
 def test_cli_pushes_every_image_with_its_tags(scratch_registry) -> None:

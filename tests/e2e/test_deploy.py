@@ -7,7 +7,6 @@ ready at once; ``systemctl stop`` stops only the daemon (KillMode=process), cont
 and the next start adopts them.
 """
 
-# ruff: noqa: F811 - fixtures are imported by name
 from __future__ import annotations
 
 import json
@@ -22,9 +21,9 @@ import pytest
 
 from cri.api import api_pb2 as pb
 from tests.daemon import Daemon
-from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
-from tests.systemd_fixture import REPO, NamespacedSystemd, namespaced_systemd, pull_from_the_host  # noqa: F401
+from tests.systemd_fixture import REPO, NamespacedSystemd, pull_from_the_host
 
 UNIT = REPO / "deploy" / "calyx.service"
 UNIT_DIR = "/run/calyx-sd/units"  # in the unit path of the test systemd (its private /run)

@@ -19,7 +19,6 @@ import pytest
 from cri.api import api_pb2 as pb
 from tests import container_fixtures
 from tests.container_fixtures import Cx
-from tests.image_fixtures import image_registry, registry_base  # noqa: F401
 
 cx = container_fixtures.cx
 

@@ -27,7 +27,7 @@ import pytest
 from cri.api import api_pb2 as pb
 from tests.container_fixtures import Cx as BaseCx
 from tests.fault_audit import audit, leftovers
-from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import CNI_BIN, Net, free_port, pod_config, run_pod
 
 IMAGE = "calyx-test/busybox:latest"
@@ -183,7 +183,7 @@ PARAMS = [pytest.param(case, step, id=step) for case in CASES for step in case.s
 @pytest.fixture
 def make_cx(
     builtin_net: Callable[..., Net],
-    image_registry: LoopbackRegistry,  # noqa: F811
+    image_registry: LoopbackRegistry,
     short_tmp: Path,
 ) -> Iterator[Callable[[dict[str, str]], Cx]]:
     made: list[Cx] = []
@@ -250,7 +250,7 @@ CNI_CASES = [
 )
 def test_kill9_at_each_pod_step_with_cni(
     cni_net: Callable[..., Net],
-    image_registry: LoopbackRegistry,  # noqa: F811
+    image_registry: LoopbackRegistry,
     short_tmp: Path,
     case: Case,
     step: str,

@@ -4,8 +4,6 @@ No test may make the daemon contact anything but loopback: every reference names
 or a registry whose mirror on loopback answers first.
 """
 
-# ruff: noqa: F811 - the registry fixtures are imported by name
-
 from __future__ import annotations
 
 import json
@@ -24,14 +22,7 @@ from cri.errors import NotFound as NotFoundError
 from critest.images import Push, busybox_image, calyx_images, critest_images, push_all
 from critest.oci import Entry, make_layer
 from tests.daemon import Daemon
-from tests.image_fixtures import (  # noqa: F401 - fixtures
-    LoopbackRegistry,
-    basic_registry,
-    image_registry,
-    registry_base,
-    scratch_registry,
-    token_registry,
-)
+from tests.image_fixtures import LoopbackRegistry
 from tests.registry import FaultyProxy
 from tests.waiting import wait_for
 

@@ -10,7 +10,6 @@ import urllib.request
 from cri.api import api_pb2 as pb
 from tests import container_fixtures
 from tests.container_fixtures import Cx
-from tests.image_fixtures import image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import free_port, host_address, iptables_save, pod_traces
 
 cx = container_fixtures.cx

@@ -6,7 +6,6 @@ from pathlib import Path
 
 from tests import container_fixtures
 from tests.container_fixtures import Cx
-from tests.image_fixtures import image_registry, registry_base  # noqa: F401
 from tests.reaper import reap
 
 cx = container_fixtures.cx

@@ -18,7 +18,7 @@ from cri.api import api_pb2 as pb
 from cri.containers.procinfo import start_time
 from tests.container_fixtures import Cx
 from tests.fault_audit import audit, leftovers
-from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import Net
 
 PODS = 20
@@ -63,7 +63,7 @@ def _check_adopted(cx: Cx, identities: dict[str, tuple[int, int | None, int]], l
 
 def test_twenty_pods_forty_containers_survive_restarts(
     builtin_net: Callable[..., Net],
-    image_registry: LoopbackRegistry,  # noqa: F811
+    image_registry: LoopbackRegistry,
     short_tmp: Path,
 ) -> None:
     net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})

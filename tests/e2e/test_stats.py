@@ -8,8 +8,6 @@ file in its writable layer. Bytes sent from the host to the pod's address over t
 bridge must show in the pod's rx counters.
 """
 
-# ruff: noqa: F811 - the registry fixtures are imported by name
-
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +34,7 @@ import tomli_w
 
 from cri.api import api_pb2 as pb
 from tests.daemon import Daemon
-from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import (
     Net,
     _host_restored,

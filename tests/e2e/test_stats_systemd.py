@@ -1,8 +1,6 @@
 """Stats under the systemd cgroup driver: a daemon inside the test systemd (tests/systemd_fixture.py), a
 pod slice, a container scope with CPU and memory limits, read through the CRI stats and metrics RPCs."""
 
-# ruff: noqa: F811 - fixtures are imported by name
-
 from __future__ import annotations
 
 import contextlib
@@ -13,14 +11,9 @@ from typing import Any
 import grpc
 
 from cri.api import api_pb2 as pb
-from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
+from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
-from tests.systemd_fixture import (  # noqa: F401
-    NamespacedSystemd,
-    SystemdDaemon,
-    namespaced_systemd,
-    pull_from_the_host,
-)
+from tests.systemd_fixture import NamespacedSystemd, SystemdDaemon, pull_from_the_host
 from tests.waiting import wait_for
 
 MiB = 1024 * 1024

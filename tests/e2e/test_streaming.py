@@ -19,11 +19,10 @@ from websockets.sync.client import connect
 
 from cri.api import api_pb2 as pb
 from tests.daemon import Daemon
-from tests.image_fixtures import image_registry, registry_base  # noqa: F401 - fixtures
 from tests.net_fixtures import host_network_linux, pod_config, run_pod
 from tests.registry import free_port
 from tests.spdy_client import SpdyClient
-from tests.spdystream_client import run_spdyexec, spdyexec  # noqa: F401 - fixture
+from tests.spdystream_client import run_spdyexec
 from tests.waiting import wait_for
 
 V4 = "v4.channel.k8s.io"
@@ -83,14 +82,14 @@ class Env:
 
 
 @pytest.fixture
-def env(builtin_net, image_registry, short_tmp) -> Env:  # noqa: F811
+def env(builtin_net, image_registry, short_tmp) -> Env:
     net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})
     config = pod_config(log_directory=str(short_tmp / "logs"))
     return Env(net.daemon, run_pod(net.daemon, config), image_registry.host)
 
 
 @pytest.fixture
-def host_env(builtin_net, image_registry, short_tmp) -> Env:  # noqa: F811
+def host_env(builtin_net, image_registry, short_tmp) -> Env:
     net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})
     config = pod_config(log_directory=str(short_tmp / "logs"), linux=host_network_linux())
     return Env(net.daemon, run_pod(net.daemon, config), image_registry.host)
@@ -418,7 +417,7 @@ def test_exec_process_left_by_a_killed_daemon_is_killed_at_restart(env: Env) -> 
     client.close()
 
 
-def test_exec_with_the_spdystream_client_kubectl_uses(env: Env, spdyexec) -> None:  # noqa: F811
+def test_exec_with_the_spdystream_client_kubectl_uses(env: Env, spdyexec) -> None:
     cid = env.container(["sleep", "3600"])
     url = env.exec_url(
         cid, ["sh", "-c", "cat; echo err >&2; head -c 5000000 /dev/zero; exit 9"], stdin=True, stderr=True

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.spdystream_client import run_spdyexec, spdyexec  # noqa: F401 - fixture
+from tests.spdystream_client import run_spdyexec
 from tests.streaming_host import exec_url, host_server
 
 
@@ -17,7 +17,7 @@ def server():
         yield srv, backend
 
 
-def test_spdystream_exec_with_stdin_and_exit_code(server, spdyexec) -> None:  # noqa: F811
+def test_spdystream_exec_with_stdin_and_exit_code(server, spdyexec) -> None:
     srv, _ = server
     url = exec_url(srv, ["sh", "-c", "cat; echo err >&2; exit 3"], stdin=True)
     proc, status = run_spdyexec(spdyexec, url, "error,stdin,stdout,stderr", stdin=b"in and out\n" * 5000)
@@ -27,7 +27,7 @@ def test_spdystream_exec_with_stdin_and_exit_code(server, spdyexec) -> None:  # 
     assert json.loads(status)["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
 
 
-def test_spdystream_large_output_needs_no_window_updates(server, spdyexec) -> None:  # noqa: F811
+def test_spdystream_large_output_needs_no_window_updates(server, spdyexec) -> None:
     srv, _ = server
     url = exec_url(srv, ["head", "-c", "20000000", "/dev/zero"], stderr=False)
     proc, status = run_spdyexec(spdyexec, url, "error,stdout")
@@ -37,7 +37,7 @@ def test_spdystream_large_output_needs_no_window_updates(server, spdyexec) -> No
 
 
 @pytest.mark.parametrize("protocol", ["v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"])
-def test_spdystream_older_protocols(server, spdyexec, protocol) -> None:  # noqa: F811
+def test_spdystream_older_protocols(server, spdyexec, protocol) -> None:
     srv, _ = server
     proc, status = run_spdyexec(
         spdyexec, exec_url(srv, ["sh", "-c", "echo hi; exit 1"]), "error,stdout,stderr", protocol
