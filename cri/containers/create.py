@@ -124,8 +124,13 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         bundle = container.path
         bundle.mkdir(parents=True, exist_ok=False)
         undo.callback(shutil.rmtree, bundle, True)
+        user_ns = container_userns.pod_user_ns(pod)
         rootfs.mount_overlay(
-            list(image.layer_dirs), bundle, container.rootfs, owner=container_userns.root_owner(pod)
+            list(image.layer_dirs),
+            bundle,
+            container.rootfs,
+            owner=container_userns.root_owner(pod),
+            user_ns=Path(user_ns) if user_ns else None,
         )
         undo.callback(rootfs.unmount, container.rootfs)
         failpoints.hit("container.after_rootfs", container_id=container_id)

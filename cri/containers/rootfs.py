@@ -6,15 +6,39 @@ writable layer; the image layers below are shared and never written.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from cri.errors import Internal
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
+log = logging.getLogger("cri.containers.rootfs")
+
+# x86_64/arm64 share these numbers (generic syscall table since 5.2/5.12).
+SYS_OPEN_TREE = 428
+SYS_MOUNT_SETATTR = 442
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+class _MountAttr(ctypes.Structure):
+    """struct mount_attr (linux/mount.h)."""
+
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
 
 
 def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
@@ -38,14 +62,19 @@ def is_mounted(target: Path) -> bool:
 
 
 def mount_overlay(
-    layer_dirs: list[Path], container_dir: Path, target: Path, owner: tuple[int, int] | None = None
+    layer_dirs: list[Path],
+    container_dir: Path,
+    target: Path,
+    owner: tuple[int, int] | None = None,
+    user_ns: Path | None = None,
 ) -> None:
     """Mount the rootfs at ``target``; ``layer_dirs`` come bottom layer first (the images interface).
 
-    ``owner`` (host uid, gid) is the container's root in a pod user namespace: the upper and work dirs
-    become its own, so the root of the merged tree (the upper dir's inode) is writable by the container's
-    root. Image files keep their host owners and show as nobody/nogroup inside (runc 1.1 has no idmapped
-    mounts); world-readable and -executable files still work.
+    In a pod user namespace, ``owner`` (host uid, gid) is the container's root: the upper and work dirs
+    become its own, so the root of the merged tree (the upper dir's inode) is writable by it. With
+    ``user_ns`` (the pod's pinned user namespace) the image layers are idmapped through it (see
+    idmapped_layers), so image files owned by root show as root inside and copy-up writes the mapped
+    ids; where the kernel or filesystem cannot idmap, they show as nobody/nogroup instead.
     """
     upper = container_dir / "upper"
     work = container_dir / "work"
@@ -58,9 +87,53 @@ def mount_overlay(
         raise Internal("image has no layers to mount")
     if is_mounted(target):
         return
-    lower = ":".join(str(p) for p in reversed(layer_dirs))
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    _mount("overlay", str(target), "overlay", 0, options)
+    with idmapped_layers(list(reversed(layer_dirs)), user_ns) as lowers:
+        options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+        _mount("overlay", str(target), "overlay", 0, options)
+
+
+@contextlib.contextmanager
+def idmapped_layers(layers: list[Path], user_ns: Path | None) -> Iterator[list[str]]:
+    """The lowerdir paths for ``layers``: as they are, or idmapped through ``user_ns``.
+
+    runc 1.1 cannot make idmapped mounts, so Calyx makes them for the layers: each layer is cloned into
+    a detached mount (open_tree OPEN_TREE_CLONE) that gets the user namespace's mapping
+    (mount_setattr MOUNT_ATTR_IDMAP) and is handed to overlayfs as ``/proc/self/fd/N``. overlayfs keeps
+    private clones of its layers, so once it is mounted the fds are closed and nothing but the overlay
+    stays mounted: unmounting the rootfs is all the cleanup there is (no extra mount that a later
+    ``rm -r`` of the container dir could descend into and delete image files through).
+    """
+    fds: list[int] = []
+    try:
+        if user_ns is not None:
+            userns_fd = os.open(user_ns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                for layer in layers:
+                    fds.append(_idmapped_clone(layer, userns_fd))
+            except OSError as exc:
+                log.info("image layers not idmapped: files show as nobody/nogroup", extra={"error": str(exc)})
+                for fd in fds:
+                    os.close(fd)
+                fds = []
+            finally:
+                os.close(userns_fd)
+        yield [f"/proc/self/fd/{fd}" for fd in fds] if fds else [str(p) for p in layers]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _idmapped_clone(path: Path, userns_fd: int) -> int:
+    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, str(path).encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    if _libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+        err = ctypes.get_errno()
+        os.close(fd)
+        raise OSError(err, f"mount_setattr idmap {path}: {os.strerror(err)}")
+    return fd
 
 
 def unmount(target: Path) -> None:
