@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 
 from cri.api import api_pb2 as pb
+from cri.containers import rootfs, userns
 from cri.containers import spec as oci
-from cri.containers import userns
 from cri.errors import FailedPrecondition, InvalidArgument
+from sandbox import namespaces
+from sandbox import userns as sandbox_userns
+from sandbox.userns import IdMap
 
 MAP = {"container_id": 0, "host_id": 200000, "length": 65536}
 GMAP = {"container_id": 0, "host_id": 300000, "length": 65536}
@@ -130,3 +133,28 @@ def test_make_reachable_opens_our_dirs_and_reports_others(short_tmp: Path) -> No
     (ours / "containers").chmod(0o700)
     userns.make_reachable([inner / "rootfs"], [ours])
     assert os.stat(ours / "containers").st_mode & 0o777 == 0o701
+
+
+def test_layers_are_idmapped_through_a_user_namespace_and_the_fds_closed(short_tmp: Path) -> None:
+    layer = short_tmp / "layer"
+    layer.mkdir()
+    (layer / "f").write_text("x")
+    pins = sandbox_userns.create(short_tmp, "p", IdMap(0, 600000, 10), IdMap(0, 600000, 10), [], "h")
+    try:
+        with rootfs.idmapped_layers([layer], pins["user"]) as lowers:
+            (lower,) = lowers
+            assert lower.startswith("/proc/self/fd/")
+            assert os.stat(Path(lower) / "f").st_uid == 600000  # root's file, seen through the mapping
+        # closed on exit (the number may have been reused since, but not for this layer's clone)
+        assert not os.path.exists(lower) or os.stat(lower).st_ino != layer.stat().st_ino
+    finally:
+        namespaces.release(pins["user"])
+
+
+def test_layers_are_used_as_they_are_when_idmapping_fails(short_tmp: Path) -> None:
+    not_a_userns = short_tmp / "plain-file"
+    not_a_userns.write_text("")
+    with rootfs.idmapped_layers([short_tmp], not_a_userns) as lowers:
+        assert lowers == [str(short_tmp)]
+    with rootfs.idmapped_layers([short_tmp], None) as lowers:
+        assert lowers == [str(short_tmp)]
