@@ -417,3 +417,16 @@ def test_kill9_while_stopping_a_user_namespace_pod_is_finished_at_restart(builti
     assert _pins_and_mounts(daemon.run_root) == []
     assert _processes_in_user_ns(inode) == []
     daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=60)
+
+
+@pytest.mark.parametrize("step", ["pod.after_userns_pin", "pod.after_netns"])
+def test_a_failure_while_making_a_user_namespace_pod_leaves_nothing(builtin_net, step: str) -> None:
+    net = builtin_net(env={"CALYX_FAILPOINTS": f"{step}=error"})
+    daemon = net.daemon
+    linux = _userns_linux(_host_base(), pid=pb.POD)
+    with pytest.raises(grpc.RpcError) as err:
+        daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config(linux=linux)), timeout=60)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert f"failpoint={step}" in daemon.log()
+    assert daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
+    assert _pins_and_mounts(daemon.run_root) == []
