@@ -167,6 +167,9 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
             # owned by unmapped host ids).
             for m in built.spec["mounts"]:
                 _ensure_mount_point(container.rootfs, m)
+        owner = container_userns.root_owner(pod)
+        if owner is not None:
+            container_userns.give_to_root(bundle / "upper", container.rootfs, owner)
         (bundle / "config.json").write_text(json.dumps(built.spec, indent=1))
         container.uid, container.gid = built.user.uid, built.user.gid
         container.groups = list(built.user.additional_gids)

@@ -83,3 +83,21 @@ def make_reachable(paths: list[Path], owned: list[Path]) -> None:
                 f"{directory} is not searchable by others (o+x): a container in a pod user namespace "
                 f"cannot reach {path} below it"
             )
+
+
+def give_to_root(upper: Path, rootfs: Path, owner: tuple[int, int]) -> None:
+    """Hand what Calyx made in a fresh upper dir (working dir, image volume dirs, mount points) to the
+    container's root. At create time the upper dir holds nothing else: copy-ups through the idmapped
+    layers already carry mapped ids, so an entry owned by host root there is one Calyx made. The chown
+    goes through the mounted ``rootfs``: overlayfs keeps its own copy of the owner for permission checks
+    and a change made in the upper dir behind its back is not seen (measured: EACCES for the new owner).
+    """
+    made = []
+    for directory, dirs, files in os.walk(upper):
+        for name in (*dirs, *files):
+            path = os.path.join(directory, name)
+            st = os.lstat(path)
+            if st.st_uid == 0 and st.st_gid == 0:
+                made.append(os.path.relpath(path, upper))
+    for rel in made:
+        os.lchown(rootfs / rel, *owner)

@@ -430,3 +430,14 @@ def test_a_failure_while_making_a_user_namespace_pod_leaves_nothing(builtin_net,
     assert f"failpoint={step}" in daemon.log()
     assert daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
     assert _pins_and_mounts(daemon.run_root) == []
+
+
+def test_a_working_dir_made_by_calyx_belongs_to_the_containers_root(cx: Cx) -> None:
+    _reachable(cx)
+    pod = cx.pod(linux=_userns_linux(_host_base()), host_network=False)
+    config = _container_config(cx, pod, "wd", ["sleep", "1000"])
+    config.working_dir = "/work/dir"
+    cid = cx.start(cx.create(pod, config))
+    assert cx.output(cid, "pwd").strip() == "/work/dir"
+    assert cx.output(cid, "stat", "-c", "%u:%g", "/work", "/work/dir").split() == ["0:0", "0:0"]
+    assert cx.output(cid, "sh", "-c", "touch x && echo ok") == "ok\n"
