@@ -441,3 +441,17 @@ def test_a_working_dir_made_by_calyx_belongs_to_the_containers_root(cx: Cx) -> N
     assert cx.output(cid, "pwd").strip() == "/work/dir"
     assert cx.output(cid, "stat", "-c", "%u:%g", "/work", "/work/dir").split() == ["0:0", "0:0"]
     assert cx.output(cid, "sh", "-c", "touch x && echo ok") == "ok\n"
+
+
+def test_mode_node_keeps_the_hosts_user_namespace(cx: Cx) -> None:
+    """critest's "runtime should support NamespaceMode_NODE": kubelet sends NODE for every pod when the
+    feature is on, repeated on each container; the container's uid_map is the host's."""
+    options = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.NODE))
+    linux = pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=options)
+    )
+    pod = cx.pod(linux=linux, host_network=False)
+    assert not (cx.daemon.run_root / "ns" / "user" / pod[0]).exists()
+    cid = cx.start(cx.create(pod, _container_config(cx, pod, "node", ["sleep", "1000"])))
+    host_map = Path("/proc/self/uid_map").read_text().split()
+    assert cx.output(cid, "cat", "/proc/self/uid_map").split() == host_map
