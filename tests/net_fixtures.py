@@ -218,11 +218,30 @@ def cni_net(daemon_factory: Callable[..., Daemon], short_tmp: Path) -> Iterator[
         made.append(net)
         return net
 
+    leaks: list[str] = []
     with stack:
         yield make
         for net in made:
             _remove_all_pods(net.daemon)
+            leaks += _drop_cni_rules_of(f"calyx-test-{net.bridge.removeprefix('cxc')}")
     _drop_idle_portmap_chains()
+    assert leaks == [], "CNI DEL never ran for these (removed now):\n" + "\n".join(leaks)
+
+
+def _drop_cni_rules_of(network: str) -> list[str]:
+    """The bridge plugin's ipMasq rules and chains (nat, CNI-<hash>) of pods on ``network`` that are
+    still there once every pod is removed: a pod whose CNI DEL never ran. Deleted; returned."""
+    rules = sh("iptables", "-w", "10", "-t", "nat", "-S", "POSTROUTING", check=False).stdout.splitlines()
+    found = [r for r in rules if r.startswith("-A ") and f'name: \\"{network}\\"' in r]
+    chains = set()
+    for rule in found:
+        parts = shlex.split(rule)
+        sh("iptables", "-w", "10", "-t", "nat", "-D", *parts[1:], check=False)
+        chains.add(parts[parts.index("-j") + 1])
+    for chain in chains:
+        sh("iptables", "-w", "10", "-t", "nat", "-F", chain, check=False)
+        sh("iptables", "-w", "10", "-t", "nat", "-X", chain, check=False)
+    return found
 
 
 def _drop_idle_portmap_chains() -> None:
