@@ -50,12 +50,19 @@ class RuntimeInfoRPCs:
         if request.verbose:
             info["config"] = json.dumps(dataclasses.asdict(self.runtime.config), sort_keys=True)
             info["podCIDR"] = self.runtime.pod_cidr
-        features = pb.RuntimeHandlerFeatures(user_namespaces=user_namespaces_supported())
+        # runc 1.1 applies "rro" with mount_setattr (tests/e2e/test_container_security.py checks it).
+        features = pb.RuntimeHandlerFeatures(
+            recursive_read_only_mounts=True, user_namespaces=user_namespaces_supported()
+        )
         handlers = [
             pb.RuntimeHandler(name=name, features=features)
             for name in sorted(self.runtime.config.runtime.handlers)
         ]
-        return pb.StatusResponse(status=status, info=info, runtime_handlers=handlers)
+        # The Strict supplemental-groups policy is honoured (cri/containers/users.py).
+        runtime_features = pb.RuntimeFeatures(supplemental_groups_policy=True)
+        return pb.StatusResponse(
+            status=status, info=info, runtime_handlers=handlers, features=runtime_features
+        )
 
     def RuntimeConfig(
         self, request: pb.RuntimeConfigRequest, context: grpc.ServicerContext

@@ -41,6 +41,13 @@ def test_status_verbose_carries_the_effective_config(daemon: Daemon) -> None:
     assert "runc" in [h.name for h in response.runtime_handlers]
 
 
+def test_status_reports_the_features_calyx_implements(daemon: Daemon) -> None:
+    response = daemon.runtime.Status(pb.StatusRequest())
+    assert response.features.supplemental_groups_policy is True
+    for handler in response.runtime_handlers:
+        assert handler.features.recursive_read_only_mounts is True
+
+
 @pytest.mark.parametrize(("driver", "expected"), [("systemd", pb.SYSTEMD), ("cgroupfs", pb.CGROUPFS)])
 def test_runtime_config_reports_the_configured_cgroup_driver(
     daemon_factory, driver: str, expected: int
