@@ -35,8 +35,9 @@ def version() -> str:
 def run_blocking(argv: list[str], stderr: IO[bytes], timeout: float) -> int:
     """Run ``argv`` and wait for it in a blocking waitpid, a watchdog killing it at ``timeout``.
 
-    subprocess.run(timeout=...) without pipes polls for the exit with sleeps doubling from 0.5 ms to
-    32 ms, so a 33 ms runc would be seen at 63.5 ms: the floor would measure Python's backoff.
+    subprocess.run(timeout=...) without pipes polls for the exit with sleeps doubling from 1 ms up to
+    50 ms (checks at 1, 3, 7, 15, 31, 63 ms...), so a 33 ms runc would be seen at 63 ms: the floor
+    would measure Python's backoff.
     """
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
     watchdog = threading.Timer(timeout, child.kill)
