@@ -13,7 +13,13 @@ from tests.daemon import Daemon
 
 # Session-wide fixtures live here, once: imported into several test modules, pytest makes one instance
 # per module (a registry holding every test image, a booted systemd) and keeps them all to the end.
-from tests.image_fixtures import basic_registry, image_registry, registry_base, token_registry  # noqa: F401
+from tests.image_fixtures import (  # noqa: F401
+    basic_registry,
+    image_registry,
+    registry_base,
+    scratch_registry,
+    token_registry,
+)
 from tests.reaper import reap
 from tests.spdystream_client import spdyexec  # noqa: F401
 from tests.systemd_fixture import namespaced_systemd  # noqa: F401
