@@ -11,6 +11,7 @@ import builtins
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
 import threading
@@ -34,6 +35,7 @@ log = logging.getLogger("cri.containers")
 KILL_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.02
 EXIT_POLL_SECONDS = 0.25
+LIVENESS_EVERY = 4  # exit-watcher ticks between checks that each live container's conmon still runs
 
 
 class ContainerManager:
@@ -137,11 +139,22 @@ class ContainerManager:
         return found
 
     def list(self) -> builtins.list[Container]:
+        """Every container, from memory. Exits conmon has recorded are picked up first with one listing
+        of the exit dir (files there belong to exited containers only, so this stays cheap with many
+        running ones); a monitor that died without an exit file is left to the exit watcher."""
+        self._pick_up_exits()
         with self._lock:
-            items = list(self._containers.values())
-        for c in items:
+            return list(self._containers.values())
+
+    def _pick_up_exits(self) -> None:
+        try:
+            names = os.listdir(self.run_dir / "exits")
+        except FileNotFoundError:
+            return
+        with self._lock:
+            pending = [c for n in names if (c := self._containers.get(n)) and c.state in (CREATED, RUNNING)]
+        for c in pending:
             self.refresh(c)
-        return items
 
     def uses_image(self, image_id: str) -> bool:
         with self._lock:
@@ -473,20 +486,26 @@ class ContainerManager:
         """Notice exits soon (for events and status) by watching conmon's exit files appear.
 
         Polling, not inotify: every EXIT_POLL_SECONDS (0.25 s, so a STOPPED event follows an exit well
-        within a second) one stat of the exit file and one read of conmon's /proc stat per live
-        container, ~0.9 ms for 40 containers here (0.4 % of a core). The /proc read also catches a
-        conmon that died without writing an exit file, which no inotify watch on the exit dir would.
+        within a second) one listing of the exit dir, which holds files of exited containers only. A
+        conmon killed without writing one is caught by the liveness pass every LIVENESS_EVERY ticks
+        (1 s): one read of conmon's /proc stat per live container, ~36 us each here, so 500 containers
+        cost ~2 % of a core instead of ~7 % when it ran every tick (no inotify watch on the exit dir
+        could see a dead conmon).
         """
+        tick = 0
         while not self._closing.wait(EXIT_POLL_SECONDS):
+            tick += 1
+            try:
+                self._pick_up_exits()
+            except Exception:
+                log.exception("exit check failed")
+            if tick % LIVENESS_EVERY:
+                continue
             with self._lock:
                 live = [c for c in self._containers.values() if c.state in (CREATED, RUNNING)]
             for c in live:
                 try:
-                    # conmon writes the exit file; a conmon killed meanwhile writes none, and then the
-                    # container's own end is noticed once neither it nor its monitor runs.
-                    if self._monitor_of(c).exit_file(c.id).exists() or not alive(
-                        c.conmon_pid, c.conmon_start
-                    ):
+                    if not alive(c.conmon_pid, c.conmon_start):
                         self.refresh(c)
                 except Exception:
                     log.exception("exit check failed", extra={"container_id": c.id})

@@ -12,9 +12,14 @@ from cri.api import api_pb2 as pb
 from cri.containers import status as conv
 from cri.containers.model import PB_STATE, Container
 from cri.errors import FailedPrecondition, InvalidArgument
+from cri.pbcache import PbCache
 from cri.runtime import Runtime
 
 STREAM_BATCH = 500
+
+# One prebuilt pb.Container per container, rebuilt when its state changes (all else in it is fixed at
+# creation): a list is then a copy of cached items (see cri/pbcache.py).
+_ITEMS: PbCache[pb.Container] = PbCache()
 
 
 def _containers(runtime: Runtime) -> Any:
@@ -34,10 +39,20 @@ def _matches(c: Container, flt: pb.ContainerFilter) -> bool:
     return all(c.labels.get(k) == v for k, v in flt.label_selector.items())
 
 
+def _item(c: Container) -> pb.Container:
+    return _ITEMS.get(c.id, c, c.state, lambda: conv.to_container(c))
+
+
 def _select(runtime: Runtime, flt: pb.ContainerFilter) -> list[pb.Container]:
-    items = [c for c in _containers(runtime).list() if c.state != "CREATING" and _matches(c, flt)]
+    every = _containers(runtime).list()
+    if flt.ByteSize():
+        items = [c for c in every if c.state != "CREATING" and _matches(c, flt)]
+    else:
+        items = [c for c in every if c.state != "CREATING"]
     items.sort(key=lambda c: c.created_at)
-    return [conv.to_container(c) for c in items]
+    selected = [_item(c) for c in items]
+    _ITEMS.prune(len(every), lambda: {c.id for c in every})
+    return selected
 
 
 class ContainerRPCs:

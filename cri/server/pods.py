@@ -10,12 +10,17 @@ import grpc
 
 from cri import lifecycle
 from cri.api import api_pb2 as pb
+from cri.pbcache import PbCache
 from cri.pods.model import Pod
 from cri.pods.query import filtered, verbose_info
 from cri.pods.status import pod_status, sandbox_state
 from cri.runtime import Runtime
 
 STREAM_BATCH = 256  # pods per StreamPodSandboxes message, well below the 16 MiB message limit
+
+# One prebuilt pb.PodSandbox per pod record: a Pod is frozen and every change replaces it, so the record
+# object itself is the version (see cri/pbcache.py).
+_ITEMS: PbCache[pb.PodSandbox] = PbCache()
 
 
 def pod_sandbox(pod: Pod) -> pb.PodSandbox:
@@ -28,6 +33,17 @@ def pod_sandbox(pod: Pod) -> pb.PodSandbox:
         annotations=pod.annotations,
         runtime_handler=pod.runtime_handler,
     )
+
+
+def _item(pod: Pod) -> pb.PodSandbox:
+    return _ITEMS.get(pod.id, pod, None, lambda: pod_sandbox(pod))
+
+
+def _listed(pods: Any, flt: pb.PodSandboxFilter | None) -> list[pb.PodSandbox]:
+    items = [_item(p) for p in filtered(pods, flt)]
+    if flt is None:
+        _ITEMS.prune(len(items), lambda: {i.id for i in items})
+    return items
 
 
 class PodRPCs:
@@ -64,7 +80,7 @@ class PodRPCs:
 
     def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> Any:
         flt = request.filter if request.HasField("filter") else None
-        return pb.ListPodSandboxResponse(items=[pod_sandbox(p) for p in filtered(self._pods, flt)])
+        return pb.ListPodSandboxResponse(items=_listed(self._pods, flt))
 
     def UpdatePodSandboxResources(
         self, request: pb.UpdatePodSandboxResourcesRequest, context: grpc.ServicerContext
@@ -76,6 +92,6 @@ class PodRPCs:
     def StreamPodSandboxes(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         """ListPodSandbox as a stream of batches (kubelet's variant for nodes with many pods)."""
         flt = request.filter if request.HasField("filter") else None
-        items = [pod_sandbox(p) for p in filtered(self._pods, flt)]
+        items = _listed(self._pods, flt)
         for start in range(0, len(items), STREAM_BATCH):
             yield pb.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + STREAM_BATCH])

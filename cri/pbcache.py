@@ -1,0 +1,51 @@
+"""Prebuilt protobuf list items (ListContainers, ListPodSandbox): built once per object version.
+
+Building a ``pb.Container`` field by field costs ~10 us in Python (metadata, image spec, two maps),
+so a list of 500 containers spent ~5 ms just converting records that had not changed since the last
+call. Here each item is kept with the version it was built from (the record object and whatever
+mutable fields it shows, e.g. the state) and rebuilt only when that version changes; a list is then
+a copy of the cached items into the response, which upb does in C.
+
+Entries of objects that are gone are dropped by ``prune`` when the cache outgrows the listing.
+Reads and writes are single dict operations (atomic under the GIL): two threads racing on one entry
+at worst both build it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Hashable
+from typing import Generic, TypeVar
+
+M = TypeVar("M")
+
+# How many entries beyond the live objects the cache may hold before a prune pass drops the dead.
+SLACK = 64
+
+
+class PbCache(Generic[M]):
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[object, Hashable, M]] = {}
+
+    def get(self, key: str, owner: object, version: Hashable, build: Callable[[], M]) -> M:
+        """The item of ``key``, rebuilt when ``owner`` is another object or ``version`` changed.
+
+        The caller must not modify the returned message (copy it first): it is shared by later calls.
+        """
+        hit = self._items.get(key)
+        if hit is not None and hit[0] is owner and hit[1] == version:
+            return hit[2]
+        item = build()
+        self._items[key] = (owner, version, item)
+        return item
+
+    def prune(self, count: int, live: Callable[[], Collection[str]]) -> None:
+        """When the cache holds well over ``count`` entries (how many objects exist), forget those whose
+        key is not in ``live()`` (called only then)."""
+        if len(self._items) <= count + SLACK:
+            return
+        keep = live()
+        for key in [k for k in self._items if k not in keep]:
+            self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
