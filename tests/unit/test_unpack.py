@@ -172,3 +172,50 @@ def test_later_member_replaces_earlier_one(box) -> None:
 
     unpack(blob, box["dest"], "sha256:" + hashlib.sha256(raw).hexdigest())
     assert (box["dest"] / "f").read_bytes() == b"two"
+
+
+def _gzip_layer(tmp: Path, blob_bytes: bytes) -> Path:
+    blob = tmp / "gz"
+    blob.write_bytes(blob_bytes)
+    return blob
+
+
+def _big_tar() -> tuple[bytes, str]:
+    """A tar spanning several decompressed blocks (over 1 MiB), so member ends fall mid-block."""
+    import hashlib
+
+    raw = tar_bytes(
+        [Entry("big", data=os.urandom(3 * 1024 * 1024 + 17)), Entry("small", data=b"tail")]
+        + [Entry(f"f{i}", data=bytes([i]) * i) for i in range(50)]
+    )
+    return raw, "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+@pytest.mark.parametrize("padding", [b"", b"\0" * 3, b"\0" * (2 * 1024 * 1024)])
+def test_gzip_layer_of_several_members_and_zero_padding(box, padding: bytes) -> None:
+    """Concatenated gzip members are one stream (as gzip reads them); zeros after them are padding."""
+    import gzip
+
+    raw, diff_id = _big_tar()
+    cut = 1024 * 1024 + 5
+    data = gzip.compress(raw[:cut], mtime=0) + gzip.compress(raw[cut:], mtime=0) + padding
+    unpack(_gzip_layer(box["tmp"], data), box["dest"], diff_id)
+    assert (box["dest"] / "big").read_bytes() == raw[512 : 512 + 3 * 1024 * 1024 + 17]
+    assert (box["dest"] / "small").read_bytes() == b"tail"
+    assert (box["dest"] / "f49").read_bytes() == bytes([49]) * 49
+
+
+@pytest.mark.parametrize("damage", ["truncated", "crc", "trailing garbage"])
+def test_damaged_gzip_layer_is_refused(box, damage: str) -> None:
+    import gzip
+
+    raw, diff_id = _big_tar()
+    data = bytearray(gzip.compress(raw, mtime=0))
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "crc":
+        data[-8] ^= 0xFF  # the trailer's CRC32
+    else:
+        data += b"\0\0garbage"
+    with pytest.raises(UnsafeLayer, match="not a readable tar"):
+        unpack(_gzip_layer(box["tmp"], bytes(data)), box["dest"], diff_id)
