@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "notes": notes,
         "load_1m": LOADS,
+        # What names this run's host objects: cgroups /cxbench-<tag>-*, links cxb<tag>*, dirs under base.
+        "run": {"tag": tag, "base": str(base)},
     }
     json_path, md_path, text = report.write(args.out, results, size, meta)
     print(text)

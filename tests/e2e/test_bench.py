@@ -20,17 +20,18 @@ pytestmark = pytest.mark.slow
 SUMMARY_KEYS = {"unit", "status", "n", "min", "median", "p95", "samples", "higher_is_better"}
 
 
-def leftovers() -> list[str]:
-    found = [str(p) for p in Path("/sys/fs/cgroup").glob("*/cxbench-*")]
-    found += [
-        line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines() if "/cxb-" in line
-    ]
-    found += [p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith("cxb")]
+def leftovers(tag: str, base: str) -> list[str]:
+    """What a run named ``tag`` with temp dir ``base`` left on the host (other runs may go on meanwhile)."""
+    found = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/cxbench-{tag}-*")]
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    found += [m for m in mounts if m == base or m.startswith(base + "/")]
+    found += [p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(f"cxb{tag}")]
+    if Path(base).exists():
+        found.append(base)
     return found
 
 
 def test_bench_tiny_against_calyx(short_tmp: Path) -> None:
-    before = leftovers()
     out_dir = short_tmp / "results"
     run = subprocess.run(
         [sys.executable, "-m", "bench", "--size", "tiny", "--out", str(out_dir)],
@@ -66,4 +67,4 @@ def test_bench_tiny_against_calyx(short_tmp: Path) -> None:
 
     md = next(out_dir.glob("bench-*.md")).read_text()
     assert "| benchmark |" in md and "| target |" in md
-    assert leftovers() == before
+    assert leftovers(doc["meta"]["run"]["tag"], doc["meta"]["run"]["base"]) == []
