@@ -77,7 +77,8 @@ def base_layer(compression: str = "gzip", docker: bool = False) -> Layer:
     entries[dirs.index("home/calyx")].uid = 1000
     entries[dirs.index("home/calyx")].gid = 1000
     entries.append(Entry("bin/busybox", data=busybox_path().read_bytes(), mode=0o755))
-    entries += [Entry(a, "link", target="bin/busybox") for a in applets() if a != "bin/busybox"]
+    # a hard link entry carries the mode of the file it names: unpackers that apply it must see 0755
+    entries += [Entry(a, "link", target="bin/busybox", mode=0o755) for a in applets() if a != "bin/busybox"]
     entries += [
         Entry("etc/passwd", data=PASSWD.encode()),
         Entry("etc/group", data=GROUP.encode()),
@@ -98,7 +99,8 @@ def dynamic_base_layer() -> Layer:
     dirs += ["sbin", "usr", "usr/bin", "usr/sbin", "var", "www"]
     entries = [Entry(d, "dir", mode=0o1777 if d == "tmp" else 0o755) for d in dirs]
     entries.append(Entry("bin/busybox", data=DYNAMIC_BUSYBOX.read_bytes(), mode=0o755))
-    entries += [Entry(a, "link", target="bin/busybox") for a in applets() if a != "bin/busybox"]
+    # a hard link entry carries the mode of the file it names: unpackers that apply it must see 0755
+    entries += [Entry(a, "link", target="bin/busybox", mode=0o755) for a in applets() if a != "bin/busybox"]
     entries += [Entry(str(lib).lstrip("/"), data=lib.resolve().read_bytes(), mode=0o755) for lib in libs]
     entries += [Entry("etc/passwd", data=PASSWD.encode()), Entry("etc/group", data=GROUP.encode())]
     return make_layer(entries)
