@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv/bin
 "$venv/ruff" check .
-"$venv/mypy" cri sandbox metrics
+"$venv/mypy" cri sandbox metrics bench critest
 exec "$venv/pytest" -p no:cacheprovider "$@"
