@@ -3,8 +3,10 @@
 Building a ``pb.Container`` field by field costs ~10 us in Python (metadata, image spec, two maps),
 so a list of 500 containers spent ~5 ms just converting records that had not changed since the last
 call. Here each item is kept with the version it was built from (the record object and whatever
-mutable fields it shows, e.g. the state) and rebuilt only when that version changes; a list is then
-a copy of the cached items into the response, which upb does in C.
+mutable fields it shows, e.g. the state) and rebuilt only when that version changes. Items are kept
+serialized as field 1 of a list response (``as_field1``): every List/Stream response of containers and
+pods repeats its items as field 1, so a response is one parse of the joined bytes (500 containers:
+0.2 ms, where copying 500 prebuilt messages into a response took 0.5 ms).
 
 Entries of objects that are gone are dropped by ``prune`` when the cache outgrows the listing.
 Reads and writes are single dict operations (atomic under the GIL): two threads racing on one entry
@@ -14,12 +16,24 @@ at worst both build it.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 M = TypeVar("M")
 
 # How many entries beyond the live objects the cache may hold before a prune pass drops the dead.
 SLACK = 64
+
+
+def as_field1(message: Any) -> bytes:
+    """``message`` encoded as field 1 (length-delimited) of an enclosing message."""
+    body = message.SerializeToString()
+    size = len(body)
+    head = bytearray(b"\x0a")
+    while size >= 0x80:
+        head.append((size & 0x7F) | 0x80)
+        size >>= 7
+    head.append(size)
+    return bytes(head) + body
 
 
 class PbCache(Generic[M]):

@@ -12,14 +12,14 @@ from cri.api import api_pb2 as pb
 from cri.containers import status as conv
 from cri.containers.model import PB_STATE, Container
 from cri.errors import FailedPrecondition, InvalidArgument
-from cri.pbcache import PbCache
+from cri.pbcache import PbCache, as_field1
 from cri.runtime import Runtime
 
 STREAM_BATCH = 500
 
-# One prebuilt pb.Container per container, rebuilt when its state changes (all else in it is fixed at
-# creation): a list is then a copy of cached items (see cri/pbcache.py).
-_ITEMS: PbCache[pb.Container] = PbCache()
+# One prebuilt pb.Container per container (serialized as field 1 of a list response), rebuilt when its
+# state changes (all else in it is fixed at creation); see cri/pbcache.py.
+_ITEMS: PbCache[bytes] = PbCache()
 
 
 def _containers(runtime: Runtime) -> Any:
@@ -39,11 +39,11 @@ def _matches(c: Container, flt: pb.ContainerFilter) -> bool:
     return all(c.labels.get(k) == v for k, v in flt.label_selector.items())
 
 
-def _item(c: Container) -> pb.Container:
-    return _ITEMS.get(c.id, c, c.state, lambda: conv.to_container(c))
+def _item(c: Container) -> bytes:
+    return _ITEMS.get(c.id, c, c.state, lambda: as_field1(conv.to_container(c)))
 
 
-def _select(runtime: Runtime, flt: pb.ContainerFilter) -> list[pb.Container]:
+def _select(runtime: Runtime, flt: pb.ContainerFilter) -> list[bytes]:
     every = _containers(runtime).list()
     if flt.ByteSize():
         items = [c for c in every if c.state != "CREATING" and _matches(c, flt)]
@@ -86,17 +86,16 @@ class ContainerRPCs:
         _containers(self.runtime).remove(request.container_id)
         return pb.RemoveContainerResponse()
 
-    def ListContainers(
-        self, request: pb.ListContainersRequest, context: grpc.ServicerContext
-    ) -> pb.ListContainersResponse:
-        return pb.ListContainersResponse(containers=_select(self.runtime, request.filter))
+    def ListContainers(self, request: pb.ListContainersRequest, context: grpc.ServicerContext) -> bytes:
+        """The encoded ListContainersResponse (cri/pbcache.py): the interceptor sends bytes as they are."""
+        return b"".join(_select(self.runtime, request.filter))
 
     def StreamContainers(
         self, request: pb.StreamContainersRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.StreamContainersResponse]:
+    ) -> Iterator[bytes]:
         items = _select(self.runtime, request.filter)
         for start in range(0, len(items), STREAM_BATCH):
-            yield pb.StreamContainersResponse(containers=items[start : start + STREAM_BATCH])
+            yield b"".join(items[start : start + STREAM_BATCH])  # encoded StreamContainersResponse
 
     def ContainerStatus(
         self, request: pb.ContainerStatusRequest, context: grpc.ServicerContext

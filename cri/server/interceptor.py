@@ -70,6 +70,18 @@ def request_ids(request: Any) -> dict[str, str]:
     return ids
 
 
+def _bytes_pass(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """The method's serializer, except that a response a servicer serialized itself (bytes) goes out
+    as it is: the list RPCs join cached, already encoded items (cri/pbcache.py)."""
+    if serializer is None:
+        return None
+
+    def serialize(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serializer(response)
+
+    return serialize
+
+
 class Interceptor(grpc.ServerInterceptor):
     def __init__(self, is_ready: Callable[[], bool]) -> None:
         self._is_ready = is_ready
@@ -88,13 +100,13 @@ class Interceptor(grpc.ServerInterceptor):
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=_bytes_pass(handler.response_serializer),
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
                 self._wrap_stream(method, handler.unary_stream),
                 request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                response_serializer=_bytes_pass(handler.response_serializer),
             )
         return handler
 

@@ -10,7 +10,7 @@ import grpc
 
 from cri import lifecycle
 from cri.api import api_pb2 as pb
-from cri.pbcache import PbCache
+from cri.pbcache import PbCache, as_field1
 from cri.pods.model import Pod
 from cri.pods.query import filtered, verbose_info
 from cri.pods.status import pod_status, sandbox_state
@@ -20,7 +20,7 @@ STREAM_BATCH = 256  # pods per StreamPodSandboxes message, well below the 16 MiB
 
 # One prebuilt pb.PodSandbox per pod record: a Pod is frozen and every change replaces it, so the record
 # object itself is the version (see cri/pbcache.py).
-_ITEMS: PbCache[pb.PodSandbox] = PbCache()
+_ITEMS: PbCache[bytes] = PbCache()
 
 
 def pod_sandbox(pod: Pod) -> pb.PodSandbox:
@@ -35,14 +35,16 @@ def pod_sandbox(pod: Pod) -> pb.PodSandbox:
     )
 
 
-def _item(pod: Pod) -> pb.PodSandbox:
-    return _ITEMS.get(pod.id, pod, None, lambda: pod_sandbox(pod))
+def _item(pod: Pod) -> bytes:
+    return _ITEMS.get(pod.id, pod, None, lambda: as_field1(pod_sandbox(pod)))
 
 
-def _listed(pods: Any, flt: pb.PodSandboxFilter | None) -> list[pb.PodSandbox]:
-    items = [_item(p) for p in filtered(pods, flt)]
+def _listed(pods: Any, flt: pb.PodSandboxFilter | None) -> list[bytes]:
+    """Each pod as field 1 of a list response (see cri/pbcache.py)."""
+    listed = filtered(pods, flt)
+    items = [_item(p) for p in listed]
     if flt is None:
-        _ITEMS.prune(len(items), lambda: {i.id for i in items})
+        _ITEMS.prune(len(listed), lambda: {p.id for p in listed})
     return items
 
 
@@ -80,7 +82,7 @@ class PodRPCs:
 
     def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> Any:
         flt = request.filter if request.HasField("filter") else None
-        return pb.ListPodSandboxResponse(items=_listed(self._pods, flt))
+        return b"".join(_listed(self._pods, flt))  # encoded (cri/pbcache.py), sent as it is
 
     def UpdatePodSandboxResources(
         self, request: pb.UpdatePodSandboxResourcesRequest, context: grpc.ServicerContext
@@ -94,4 +96,4 @@ class PodRPCs:
         flt = request.filter if request.HasField("filter") else None
         items = _listed(self._pods, flt)
         for start in range(0, len(items), STREAM_BATCH):
-            yield pb.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + STREAM_BATCH])
+            yield b"".join(items[start : start + STREAM_BATCH])

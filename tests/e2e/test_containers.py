@@ -64,6 +64,11 @@ def test_run_to_completion_status_logs_and_list(cx: Cx) -> None:
     assert ids(pod_sandbox_id="f" * 64) == set()
     streamed = {c.id for r in rt.StreamContainers(pb.StreamContainersRequest()) for c in r.containers}
     assert streamed == ids()
+    listed = {c.id: c for c in rt.ListContainers(pb.ListContainersRequest()).containers}
+    item = listed[cid]  # served from a cached encoding: it must follow the state change
+    assert (item.state, item.created_at, item.metadata.name) == (pb.CONTAINER_EXITED, st.created_at, "hello")
+    assert dict(item.labels) == {"app": "hello"} and dict(item.annotations) == {"note": "x=y"}
+    assert (item.image.image, item.image_id, item.pod_sandbox_id) == (image, st.image_id, pod[0])
 
     # kubelet creates by image id; status then names the image by a repo tag
     by_id = cx.create(pod, cx.config("byid", ["true"], image=st.image_id))

@@ -39,3 +39,17 @@ def test_prune_drops_gone_keys_only_once_the_cache_outgrows_the_listing() -> Non
     assert not asked and len(cache) == SLACK + 10
     cache.prune(2, live)
     assert asked and len(cache) == 2
+
+
+def test_items_as_field1_join_into_any_list_response() -> None:
+    """Joined field-1 encodings parse as the list (varint lengths of 1, 2 and 3 bytes included)."""
+    from cri.pbcache import as_field1
+
+    items = [pb.Container(id="x" * n, labels={"k": "v" * n}) for n in (0, 1, 60, 200, 20000)]
+    joined = b"".join(as_field1(c) for c in items)
+    assert list(pb.ListContainersResponse.FromString(joined).containers) == items
+    assert list(pb.StreamContainersResponse.FromString(joined).containers) == items
+    pods = [pb.PodSandbox(id=str(i), annotations={"a": "b" * i * 100}) for i in range(4)]
+    joined = b"".join(as_field1(p) for p in pods)
+    assert list(pb.ListPodSandboxResponse.FromString(joined).items) == pods
+    assert list(pb.StreamPodSandboxesResponse.FromString(joined).pod_sandboxes) == pods
