@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 
 from cri.streaming import spdy
+from cri.streaming.inbox import Inbox
 
 log = logging.getLogger("cri.streaming.spdy")
 
@@ -42,16 +42,17 @@ class SpdyStream:
         self.session = session
         self.id = syn.stream_id
         self.headers = syn.headers
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._readable = asyncio.Event()
+        self.inbox = Inbox(closed=syn.fin or syn.unidirectional)
         self._space = asyncio.Event()
         self._space.set()
-        self.remote_closed = syn.fin or syn.unidirectional
         self.local_closed = False
         self.reset = False
         self.send_window = send_window
         self.replied = False
+
+    @property
+    def remote_closed(self) -> bool:
+        return self.inbox.closed
 
     def header(self, name: str) -> str:
         values = self.headers.get(name.lower())
@@ -60,34 +61,25 @@ class SpdyStream:
     # --- receiving ------------------------------------------------------------------------------------
 
     def _deliver(self, data: bytes, fin: bool) -> None:
-        if data:
-            self._chunks.append(data)
-            self._buffered += len(data)
-            if self._buffered >= RECV_BUFFER_LIMIT:
-                self._space.clear()
+        self.inbox.put(data)
+        if self.inbox.buffered >= RECV_BUFFER_LIMIT:
+            self._space.clear()
         if fin:
-            self.remote_closed = True
-        self._readable.set()
+            self.inbox.close()
 
     def _abort(self) -> None:
         self.reset = True
-        self.remote_closed = True
         self.local_closed = True
-        self._readable.set()
+        self.inbox.close()
         self._space.set()
 
     async def read(self) -> bytes:
         """The next chunk the peer sent; b"" once it closed its side (FIN, RST or lost session)."""
-        while not self._chunks:
-            if self.remote_closed:
-                return b""
-            self._readable.clear()
-            await self._readable.wait()
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        if self._buffered < RECV_BUFFER_LIMIT:
+        chunk = await self.inbox.get()
+        if self.inbox.buffered < RECV_BUFFER_LIMIT:
             self._space.set()
-        self.session._consumed(self, len(chunk))
+        if chunk:
+            self.session._consumed(self, len(chunk))
         return chunk
 
     # --- sending --------------------------------------------------------------------------------------
@@ -278,7 +270,7 @@ class SpdySession:
             self._give_back(0, len(frame.data))
             return
         limit = FLOW_CONTROLLED_LIMIT if self._flow_control else RECV_BUFFER_LIMIT
-        while stream._buffered >= limit and not stream._space.is_set() and not self.closed.is_set():
+        while stream.inbox.buffered >= limit and not stream._space.is_set() and not self.closed.is_set():
             await stream._space.wait()
         stream._deliver(frame.data, bool(frame.flags & spdy.FLAG_FIN))
 
@@ -298,7 +290,7 @@ class SpdySession:
         if stream_id:
             pending = self._unacked.get(stream_id, 0) + n
             stream = self.streams.get(stream_id)
-            if pending >= 16 * 1024 or (stream is not None and not stream._chunks):
+            if pending >= 16 * 1024 or (stream is not None and stream.inbox.empty):
                 if stream is not None and not stream.remote_closed:
                     self._write(spdy.window_update(stream_id, pending))
                 pending = 0

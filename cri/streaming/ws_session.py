@@ -17,7 +17,6 @@ import asyncio
 import base64
 import binascii
 import logging
-from collections import deque
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
@@ -31,6 +30,8 @@ from wsproto.events import (
     TextMessage,
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from cri.streaming.inbox import Inbox
 
 log = logging.getLogger("cri.streaming.websocket")
 
@@ -53,29 +54,10 @@ class WsChannel:
     def __init__(self, session: WsSession, number: int) -> None:
         self.session = session
         self.number = number
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._readable = asyncio.Event()
-        self.remote_closed = False
-
-    def _deliver(self, data: bytes) -> None:
-        if data:
-            self._chunks.append(data)
-            self._buffered += len(data)
-        self._readable.set()
-
-    def _close_remote(self) -> None:
-        self.remote_closed = True
-        self._readable.set()
+        self.inbox = Inbox()
 
     async def read(self) -> bytes:
-        while not self._chunks:
-            if self.remote_closed:
-                return b""
-            self._readable.clear()
-            await self._readable.wait()
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
+        chunk = await self.inbox.get()
         self.session._space_freed()
         return chunk
 
@@ -198,7 +180,7 @@ class WsSession:
             return
         if self.v5 and message[0] == CLOSE_CHANNEL:
             if len(message) >= 2 and message[1] < len(self.channels):
-                self.channels[message[1]]._close_remote()
+                self.channels[message[1]].inbox.close()
             return
         number = message[0]
         payload = message[1:]
@@ -212,21 +194,21 @@ class WsSession:
         if not 0 <= number < len(self.channels):
             return  # a channel this session does not have: ignored, as kubelet does
         channel = self.channels[number]
-        if channel.remote_closed:
+        if channel.inbox.closed:
             return
-        channel._deliver(payload)
-        if sum(c._buffered for c in self.channels) >= RECV_BUFFER_LIMIT:
+        channel.inbox.put(payload)
+        if sum(c.inbox.buffered for c in self.channels) >= RECV_BUFFER_LIMIT:
             self._space.clear()  # stop reading the socket until a consumer catches up
 
     def _space_freed(self) -> None:
-        if sum(c._buffered for c in self.channels) < RECV_BUFFER_LIMIT:
+        if sum(c.inbox.buffered for c in self.channels) < RECV_BUFFER_LIMIT:
             self._space.set()
 
     def _lost(self) -> None:
         self.closed.set()
         self._space.set()
         for channel in self.channels:
-            channel._close_remote()
+            channel.inbox.close()
 
     async def _idle_watchdog(self) -> None:
         loop = asyncio.get_running_loop()
