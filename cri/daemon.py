@@ -24,6 +24,7 @@ from cri.config import Config
 from cri.runtime import Runtime
 from cri.server.service import build_server
 from cri.store import Store
+from cri.subsystems import SUBSYSTEM_BUILDERS
 
 log = logging.getLogger("cri.daemon")
 
@@ -84,13 +85,9 @@ def build_runtime(config: Config) -> Runtime:
     """The runtime with every subsystem this build of Calyx has."""
     store = Store(config.root / "calyx.db")
     runtime = Runtime(config, store)
-    for register in _SUBSYSTEM_BUILDERS:
+    for register in SUBSYSTEM_BUILDERS:  # each attaches one subsystem (cri/subsystems.py)
         register(runtime)
     return runtime
-
-
-# Each entry attaches one subsystem to the runtime (see cri/subsystems.py).
-from cri.subsystems import SUBSYSTEM_BUILDERS as _SUBSYSTEM_BUILDERS  # noqa: E402
 
 
 def serve(config: Config) -> int:
