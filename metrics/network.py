@@ -11,10 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pyroute2 import IPRoute
-
 from metrics.readings import InterfaceReading, NetworkSample
-from sandbox.netns import netlink_socket_in
+from sandbox.netns import iproute, netlink_socket_in
 
 _COUNTERS = (
     "rx_bytes",
@@ -41,7 +39,7 @@ def read_netns(netns_path: str) -> NetworkSample:
     """
     sock = netlink_socket_in(netns_path)
     try:
-        with IPRoute(use_socket=sock) as ipr:
+        with iproute(use_socket=sock) as ipr:
             links = ipr.get_links()
             timestamp = time.time_ns()
     finally:
@@ -51,6 +49,6 @@ def read_netns(netns_path: str) -> NetworkSample:
 
 def read_current() -> NetworkSample:
     """The calling process's own namespace (the host's, for the daemon)."""
-    with IPRoute() as ipr:
+    with iproute() as ipr:
         links = ipr.get_links()
     return NetworkSample(timestamp_ns=time.time_ns(), interfaces=tuple(_interface(link) for link in links))

@@ -13,14 +13,22 @@ import errno
 import ipaddress
 import socket
 from pathlib import Path
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING
 
 from cri.errors import Internal
-from sandbox.netns import netlink_socket_in
+from sandbox.netns import iproute, netlink_socket_in
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
 POD_IFNAME = "eth0"
+
+
+def _netlink_error() -> type[NetlinkError]:
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    return NetlinkError
 
 
 def veth_names(pod_id: str) -> tuple[str, str]:
@@ -35,12 +43,12 @@ def _index(ipr: IPRoute, name: str) -> int | None:
 
 def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> int:
     """Create the bridge if missing, give it the gateway address, bring it up; returns its index."""
-    with IPRoute() as ipr:
+    with iproute() as ipr:
         index = _index(ipr, name)
         if index is None:
             try:
                 ipr.link("add", ifname=name, kind="bridge")
-            except NetlinkError as exc:
+            except _netlink_error() as exc:
                 if exc.code != errno.EEXIST:
                     raise Internal(f"cannot create bridge {name}: {exc}") from None
             index = _index(ipr, name)
@@ -50,7 +58,7 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> int:
         if (str(gateway.ip), gateway.network.prefixlen) not in have:
             try:
                 ipr.addr("add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
-            except NetlinkError as exc:
+            except _netlink_error() as exc:
                 if exc.code != errno.EEXIST:
                     raise Internal(f"cannot add {gateway} to bridge {name}: {exc}") from None
         ipr.link("set", index=index, state="up")
@@ -59,7 +67,9 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> int:
 
 def bridge_ports(name: str) -> list[str]:
     """Names of the interfaces plugged into bridge ``name`` (empty when it has none or does not exist)."""
-    with IPRoute() as ipr:
+    if not link_exists(name):
+        return []
+    with iproute() as ipr:
         index = _index(ipr, name)
         if index is None:
             return []
@@ -70,14 +80,21 @@ def bridge_ports(name: str) -> list[str]:
         ]
 
 
+def link_exists(name: str) -> bool:
+    """Whether the host has an interface ``name`` (sysfs: no netlink socket for the common "no")."""
+    return Path("/sys/class/net", name).exists()
+
+
 def delete_link(name: str) -> bool:
-    with IPRoute() as ipr:
+    if not link_exists(name):
+        return False
+    with iproute() as ipr:
         index = _index(ipr, name)
         if index is None:
             return False
         try:
             ipr.link("del", index=index)
-        except NetlinkError as exc:
+        except _netlink_error() as exc:
             if exc.code != errno.ENODEV:
                 raise
         return True
@@ -88,7 +105,7 @@ def attach_pod(
 ) -> str:
     """Create the pod's veth pair, plug the host end into ``bridge`` and configure ``eth0`` in the netns."""
     host_name, temp_name = veth_names(pod_id)
-    with IPRoute() as ipr:
+    with iproute() as ipr:
         bridge_index = _index(ipr, bridge)
         if bridge_index is None:
             raise Internal(f"bridge {bridge} does not exist", pod_id)
@@ -123,7 +140,7 @@ def _configure_pod_end(
     address: ipaddress.IPv4Interface,
     gateway: ipaddress.IPv4Address,
 ) -> None:
-    with IPRoute(use_socket=sock) as ns:
+    with iproute(use_socket=sock) as ns:
         index = _index(ns, temp_name)
         if index is None:
             raise Internal(f"{temp_name} did not arrive in the pod netns {netns}", pod_id)
