@@ -93,9 +93,22 @@ class NetworkConfig:
     )
     bridge: str = opt("calyx0", "Bridge of the built-in network (used when no CNI config exists).")
     subnet: str = opt("10.88.0.0/16", "IPv4 subnet of the built-in network, unless kubelet sets a pod CIDR.")
+    cni_plugin_timeout_seconds: float = opt(
+        240.0,
+        "How long one CNI plugin call (ADD, CHECK, DEL) may run before it and its children are killed and"
+        " the call fails. The default is the 4 minutes kubelet allows RunPodSandbox (twice its"
+        " --runtime-request-timeout), the bound containerd and CRI-O plugins run under.",
+    )
 
     def validate(self) -> None:
-        """The bridge must be a valid interface name and the subnet an IPv4 network with room for pods."""
+        """The bridge must be a valid interface name and the subnet an IPv4 network with room for pods;
+        a plugin timeout must be a positive number of seconds."""
+        if not 0 < self.cni_plugin_timeout_seconds < float("inf"):
+            raise ConfigError(
+                "config",
+                "network.cni_plugin_timeout_seconds",
+                f"{self.cni_plugin_timeout_seconds!r} must be a positive number of seconds",
+            )
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", self.bridge):
             raise ConfigError(
                 "config", "network.bridge", f"{self.bridge!r} is not an interface name (1-15 of A-Za-z0-9_.-)"

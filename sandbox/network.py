@@ -28,7 +28,9 @@ NOT_READY = "NetworkPluginNotReady"
 
 class PodNetworks:
     def __init__(self, config: NetworkConfig, store: Store, pod_cidr: Callable[[], str]) -> None:
-        self.cni = CNINetwork(Path(config.cni_conf_dir), config.cni_bin_dirs)
+        self.cni = CNINetwork(
+            Path(config.cni_conf_dir), config.cni_bin_dirs, config.cni_plugin_timeout_seconds
+        )
         self.bridge = BridgeNetwork(config.bridge, config.subnet, store, pod_cidr)
 
     def condition(self) -> Condition:

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from cri import proc
-from cri.errors import Internal
-
-PLUGIN_TIMEOUT_S = 120.0
+from cri.errors import DeadlineExceeded, Internal
 
 
 class PluginError(Internal):
     """A CNI plugin failed; the message carries the plugin's own ``msg`` and ``details``."""
+
+
+class PluginTimeout(PluginError):
+    """A CNI plugin ran past network.cni_plugin_timeout_seconds and was killed with its children."""
 
 
 def find_plugin(plugin_type: str, bin_dirs: Sequence[str]) -> Path | None:
@@ -61,8 +63,14 @@ def run_plugin(
     cni_args: str,
     prev_result: dict[str, Any] | None,
     capability_args: dict[str, Any],
+    timeout_s: float,
+    pod_label: str = "",
 ) -> dict[str, Any] | None:
-    """Run ``command`` (ADD, DEL, CHECK) of one plugin; its JSON result for ADD, else None."""
+    """Run ``command`` (ADD, DEL, CHECK) of one plugin; its JSON result for ADD, else None.
+
+    A plugin still running after ``timeout_s`` is killed with every process it started (a hung plugin
+    must not keep the pod's netns busy or hold addresses), and the call fails naming plugin and pod.
+    """
     plugin_type = plugin["type"]
     binary = find_plugin(plugin_type, bin_dirs)
     if binary is None:
@@ -79,9 +87,22 @@ def run_plugin(
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
     }
     stdin = plugin_stdin(plugin, name, cni_version, prev_result, capability_args)
-    result = proc.run(
-        [str(binary)], PLUGIN_TIMEOUT_S, input=stdin, env=env, check=False, object_id=container_id
-    )
+    try:
+        result = proc.run(
+            [str(binary)],
+            timeout_s,
+            input=stdin,
+            env=env,
+            check=False,
+            object_id=container_id,
+            kill_tree=True,
+        )
+    except DeadlineExceeded:
+        raise PluginTimeout(
+            f"CNI plugin {plugin_type} {command} on network {name!r} for pod {pod_label or container_id} "
+            f"did not finish within {timeout_s:g}s (network.cni_plugin_timeout_seconds); it was killed",
+            container_id,
+        ) from None
     if result.returncode != 0:
         raise PluginError(
             _error_message(command, plugin_type, name, result.returncode, result.stdout, result.stderr),

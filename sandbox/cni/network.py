@@ -35,6 +35,11 @@ class PodRef:
     bandwidth: dict[str, Any] = field(default_factory=dict)  # see sandbox/cni/bandwidth.py
 
     @property
+    def label(self) -> str:
+        """How messages name the pod: kubelet's namespace/name and the sandbox id."""
+        return f"{self.namespace}/{self.name} ({self.pod_id})"
+
+    @property
     def cni_args(self) -> str:
         return ";".join(
             [
@@ -79,9 +84,10 @@ def result_ips(result: dict[str, Any] | None) -> list[str]:
 
 
 class CNINetwork:
-    def __init__(self, conf_dir: Path, bin_dirs: Sequence[str]) -> None:
+    def __init__(self, conf_dir: Path, bin_dirs: Sequence[str], plugin_timeout_s: float) -> None:
         self.conf_dir = conf_dir
         self.bin_dirs = list(bin_dirs)
+        self.plugin_timeout_s = plugin_timeout_s
 
     def config_path(self) -> Path | None:
         return find_config(self.conf_dir)
@@ -130,6 +136,8 @@ class CNINetwork:
             cni_args=pod.cni_args,
             prev_result=prev,
             capability_args=pod.capability_args,
+            timeout_s=self.plugin_timeout_s,
+            pod_label=pod.label,
         )
 
     def add(self, netlist: NetworkList, pod: PodRef) -> dict[str, Any]:

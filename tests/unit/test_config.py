@@ -91,6 +91,9 @@ def test_an_error_in_a_dropin_names_the_dropin(tmp_path: Path) -> None:
         ("server.log_level=loud", "server.log_level"),
         ("server.socket_mode=rw", "server.socket_mode"),
         ("runtime.default_handler=crun", "runtime.default_handler"),
+        ("network.cni_plugin_timeout_seconds=0", "network.cni_plugin_timeout_seconds"),
+        ("network.cni_plugin_timeout_seconds=-1.5", "network.cni_plugin_timeout_seconds"),
+        ("network.cni_plugin_timeout_seconds=inf", "network.cni_plugin_timeout_seconds"),
     ],
 )
 def test_values_checked_beyond_their_type(override: str, key: str) -> None:
