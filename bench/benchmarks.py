@@ -18,6 +18,7 @@ import httpx
 
 from bench import procs
 from bench.client import WORKLOAD, Client, RPCError, Workload
+from bench.grpc_floor import GrpcFloor, raw_reply
 from bench.sizes import Size
 from bench.stats import Result, Skip
 from cri.api import api_pb2 as pb
@@ -76,6 +77,9 @@ class Bench:
         self.work = Workload(target.client, target.image, target.log_root, target.cgroup_root)
         self.results: dict[str, Result] = {}
         self.only: set[str] | None = None  # benchmark groups to run (GROUPS); None: all
+        # The gRPC floor (bench/grpc_floor.py) the List calls are timed against, and what it measured.
+        self.grpc_floor: GrpcFloor | None = None
+        self.floor_results: dict[str, Result] = {}
 
     # --- bookkeeping ------------------------------------------------------------------------------
 
@@ -346,22 +350,38 @@ class Bench:
         rss.extra["count"] = count
 
     def measure_lists(self, n: int) -> None:
+        fast, slow = self.size.fast_list_reps, self.size.list_reps
         calls = [
-            (f"list_containers_{n}", "ListContainers", pb.ListContainersRequest()),
-            (f"list_pod_sandbox_{n}", "ListPodSandbox", pb.ListPodSandboxRequest()),
-            (f"list_container_stats_{n}", "ListContainerStats", pb.ListContainerStatsRequest()),
+            (f"list_containers_{n}", "ListContainers", pb.ListContainersRequest(), fast),
+            (f"list_pod_sandbox_{n}", "ListPodSandbox", pb.ListPodSandboxRequest(), fast),
+            (f"list_container_stats_{n}", "ListContainerStats", pb.ListContainerStatsRequest(), slow),
         ]
-        for name, rpc, request in calls:
+        for name, rpc, request, reps in calls:
             result = self.results[name]
+            floor = self.grpc_floor if rpc != "ListContainerStats" else None
             try:
-                for _ in range(self.size.list_reps):
-                    result.samples.append(timed(self.client.rt, rpc, request)[0])
+                if floor is not None:
+                    self.list_beside_floor(floor, result, rpc, request, reps)
+                else:
+                    for _ in range(reps):
+                        result.samples.append(timed(self.client.rt, rpc, request)[0])
             except Skip as exc:
                 result.status = str(exc)
                 result.samples = []
             except RPCError as exc:
                 result.status = f"error: {exc}"
                 result.samples = []
+
+    def list_beside_floor(self, floor: GrpcFloor, result: Result, rpc: str, request: Any, reps: int) -> None:
+        """Calls to the runtime and to the gRPC floor answering the runtime's own reply, alternately,
+        so that both see the same moments of the machine's load."""
+        method = f"/runtime.v1.RuntimeService/{rpc}"
+        floor.store(method, raw_reply(self.client.channel, method, request))
+        name = f"grpc_{result.name}"
+        mine = self.floor_results.setdefault(name, Result(name, result.unit))
+        for _ in range(reps):
+            result.samples.append(timed(self.client.rt, rpc, request)[0])
+            mine.samples.append(timed(floor.client.rt, rpc, request)[0])
 
     def scrape(self, n: int) -> None:
         result = self.results[f"metrics_scrape_{n}"]

@@ -25,6 +25,7 @@ from typing import Any
 from bench import calyx, containerd, env, floor, host, procs, profile, report
 from bench.benchmarks import GROUPS, Bench, Target
 from bench.client import Client, RPCError
+from bench.grpc_floor import GrpcFloor
 from bench.sizes import SIZES, Size, benchmark_names
 from bench.stats import Result
 
@@ -180,15 +181,31 @@ def measure(
     size: Size,
     args: argparse.Namespace,
     beside: dict[str, Callable[[], None]] | None = None,
+    grpc_floor_socket: Path | None = None,
 ) -> dict[str, dict[str, Result]]:
     """Run the benchmarks on every target. With several, step by step in turn (interleaved), so that a
     change in the machine's load meanwhile falls on all of them alike; --sequential runs each whole.
     ``beside`` maps a step (a Bench method name) to work run right after it (the floor goes beside
-    the container benchmark it is compared with)."""
+    the container benchmark it is compared with). With ``grpc_floor_socket``, Calyx's List calls
+    alternate with calls to the gRPC floor (bench/grpc_floor.py) served there."""
     benches = [Bench(t, size) for t in targets]
     only = {g.strip() for g in args.only.split(",") if g.strip()} if args.only else None
     for b in benches:
         b.only = only
+    with contextlib.ExitStack() as stack:
+        ours = next((b for b in benches if b.t.name == report.CALYX), None)
+        if ours is not None and grpc_floor_socket is not None:
+            ours.grpc_floor = stack.enter_context(contextlib.closing(GrpcFloor(grpc_floor_socket)))
+        results = _measure(benches, args, beside)
+        if ours is not None and ours.floor_results:
+            results.setdefault(report.FLOOR, {}).update(ours.floor_results)
+        return results
+
+
+def _measure(
+    benches: list[Bench], args: argparse.Namespace, beside: dict[str, Callable[[], None]] | None
+) -> dict[str, dict[str, Result]]:
+    targets = [b.t for b in benches]
     recorder = None
     calyx_pid = next((t.pid for t in targets if t.name == "calyx"), None)
     if args.profile and calyx_pid is not None:
@@ -198,6 +215,7 @@ def measure(
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     names = "+".join(t.name for t in targets)
+    size = benches[0].size
     log.info("%s: benchmarking (size %s%s)", names, size.name, ", interleaved" if len(benches) > 1 else "")
     try:
         if args.sequential:
@@ -268,13 +286,17 @@ def main(argv: list[str] | None = None) -> int:
 
                 def run_floor() -> None:
                     (base / "floor").mkdir(exist_ok=True)
-                    results[report.FLOOR] = floor.run_floor(
-                        base / "floor", env.busybox_rootfs_tar(), size.reps, f"/cxbench-{tag}-f"
+                    results.setdefault(report.FLOOR, {}).update(
+                        floor.run_floor(
+                            base / "floor", env.busybox_rootfs_tar(), size.reps, f"/cxbench-{tag}-f"
+                        )
                     )
 
                 beside = {} if args.no_floor else {"container_lifecycle": run_floor}
                 if targets:
-                    results.update(measure(targets, size, args, beside))
+                    grpc_floor = None if args.no_floor else base / "grpc-floor.sock"
+                    for runtime, measured in measure(targets, size, args, beside, grpc_floor).items():
+                        results.setdefault(runtime, {}).update(measured)
                 elif beside:
                     run_floor()
         finally:

@@ -62,7 +62,13 @@ def test_bench_tiny_against_calyx(short_tmp: Path) -> None:
             assert result["median"] is None, name
     # Calyx always starts, so its idle memory is always measured; the floor needs only runc.
     assert calyx["daemon_rss_idle"]["status"] == "ok"
-    assert doc["results"]["floor"]["runc_run"]["status"] == "ok"
+    floor = doc["results"]["floor"]
+    assert floor["runc_run"]["status"] == "ok"
+    # The gRPC floor answered each fast List call with Calyx's own reply, once per Calyx call.
+    for n in SIZES["tiny"].list_counts:
+        for rpc in ("list_containers", "list_pod_sandbox"):
+            ours, bare = calyx[f"{rpc}_{n}"], floor[f"grpc_{rpc}_{n}"]
+            assert bare["status"] == "ok" and bare["n"] == ours["n"] == SIZES["tiny"].fast_list_reps, rpc
     assert {row["goal"] for row in doc["targets"]} >= {"RunPodSandbox median", "pull throughput"}
 
     md = next(out_dir.glob("bench-*.md")).read_text()
