@@ -83,19 +83,29 @@ def _bytes_pass(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], by
 
 
 class Interceptor(grpc.ServerInterceptor):
+    """Wraps each method's handler once (the wrapped handlers and the metric series of each method and
+    status are kept: building them on every call cost as much as a small List itself)."""
+
     def __init__(self, is_ready: Callable[[], bool]) -> None:
         self._is_ready = is_ready
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._series: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
         full = handler_call_details.method  # "/runtime.v1.RuntimeService/Version"
-        method = full.rsplit("/", 1)[-1]
+        wrapped = self._handlers.get(full)
+        if wrapped is None:
+            handler = continuation(handler_call_details)
+            if handler is None:  # an unknown method: not kept, so any name a client makes up costs nothing
+                return None
+            wrapped = self._handlers.setdefault(full, self._wrap(full.rsplit("/", 1)[-1], handler))
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),
@@ -161,11 +171,16 @@ class Interceptor(grpc.ServerInterceptor):
         log.error("unexpected error", exc_info=exc, extra={"method": method, **request_ids(request)})
         return grpc.StatusCode.INTERNAL, f"{method}: internal error: {exc!r}"
 
-    @staticmethod
-    def _record(method: str, request: Any, code: grpc.StatusCode, detail: str, start: float) -> None:
+    def _record(self, method: str, request: Any, code: grpc.StatusCode, detail: str, start: float) -> None:
         elapsed = time.monotonic() - start
-        REQUESTS.labels(method, code.name).inc()
-        LATENCY.labels(method).observe(elapsed)
+        series = self._series.get((method, code))
+        if series is None:
+            series = self._series.setdefault(
+                (method, code), (REQUESTS.labels(method, code.name), LATENCY.labels(method))
+            )
+        requests, latency = series
+        requests.inc()
+        latency.observe(elapsed)
         level = logging.DEBUG if method in QUIET and code == grpc.StatusCode.OK else logging.INFO
         if code not in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED):
             level = logging.WARNING

@@ -62,3 +62,30 @@ def test_log_lines_are_key_value_with_extras() -> None:
     assert 'msg="pod started"' in line
     assert "pod_id=abc" in line and "duration_ms=12.346" in line
     assert 'reason="two words"' in line
+
+
+class _Details:
+    def __init__(self, method: str) -> None:
+        self.method = method
+
+
+def test_each_method_is_wrapped_once_and_unknown_names_are_not_kept() -> None:
+    """Wrapping is done once per known method; a made-up method name leaves nothing behind."""
+    interceptor = Interceptor(lambda: True)
+    made: list[str] = []
+
+    def continuation(details: _Details) -> grpc.RpcMethodHandler | None:
+        made.append(details.method)
+        if details.method.endswith("/Version"):
+            return grpc.unary_unary_rpc_method_handler(lambda request, context: pb.VersionResponse())
+        return None
+
+    first = interceptor.intercept_service(continuation, _Details("/runtime.v1.RuntimeService/Version"))
+    again = interceptor.intercept_service(continuation, _Details("/runtime.v1.RuntimeService/Version"))
+    assert first is not None and first is again
+    assert made == ["/runtime.v1.RuntimeService/Version"]
+    for n in range(3):
+        assert interceptor.intercept_service(continuation, _Details(f"/x.Made/Up{n}")) is None
+    assert list(interceptor._handlers) == ["/runtime.v1.RuntimeService/Version"]
+    assert first.unary_unary is not None
+    assert first.unary_unary(pb.VersionRequest(), None) == pb.VersionResponse()
