@@ -11,14 +11,13 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cri import failpoints
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, rootfs, shm
+from cri.containers import cgroups_compat, idmapped, rootfs, shm
 from cri.containers import spec as oci
 from cri.containers import userns as container_userns
 from cri.containers.model import CREATED, CREATING, RUNNING, Container, encode_config
@@ -123,7 +122,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         failpoints.hit("container.after_intent", container_id=container_id)
         bundle = container.path
         bundle.mkdir(parents=True, exist_ok=False)
-        undo.callback(shutil.rmtree, bundle, True)
+        undo.callback(idmapped.remove_dir, bundle)
         user_ns = container_userns.pod_user_ns(pod)
         rootfs.mount_overlay(
             list(image.layer_dirs),
@@ -156,6 +155,10 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
                 },
             )
         )
+        if built.idmapped and user_ns:
+            undo.callback(idmapped.release, bundle)
+            idmapped.stage(built.idmapped, bundle, Path(user_ns))
+            failpoints.hit("container.after_idmapped", container_id=container_id)
         if container_userns.pod_user_ns(pod):
             sources = [Path(m["source"]) for m in built.spec["mounts"] if m.get("type") == "bind"]
             container_userns.make_reachable(
@@ -190,6 +193,8 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
             tty=config.tty,
         )
         failpoints.hit("container.after_conmon", container_id=container_id)
+        # runc has made the container's mounts from the staging ones: its mount namespace keeps them.
+        idmapped.release(bundle)
         container.pid = launched.pid
         container.pid_start = start_time(launched.pid)
         container.conmon_pid = launched.conmon_pid

@@ -22,7 +22,7 @@ from typing import Any
 
 from cri import failpoints, lifecycle, poll
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, orphans, rootfs, shm
+from cri.containers import cgroups_compat, idmapped, orphans, rootfs, shm
 from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
@@ -324,7 +324,7 @@ class ContainerManager:
         rootfs.unmount(c.rootfs)
         failpoints.hit("container.remove_after_unmount", container_id=c.id)
         wait_monitor_gone(c.id, c.bundle, c.conmon_pid)
-        shutil.rmtree(c.path, ignore_errors=True)
+        idmapped.remove_dir(c.path)  # staging mounts of a create cut short are released first
         failpoints.hit("container.remove_after_dir", container_id=c.id)
         mon.forget(c.id)
         self.store.delete(KIND, c.id)
@@ -366,11 +366,24 @@ class ContainerManager:
         if c.state != RUNNING:
             raise FailedPrecondition(f"container {c.id} is not running", c.id)
         process = self.exec_process(c, cmd, tty=False)
-        work = c.path / "exec" / secrets.token_hex(8)
+        # <id>.json + <id>.pid, as a streaming exec leaves them: a daemon that dies meanwhile has the
+        # process killed at its next start (cri.streaming.backend reap_orphans).
+        spec_file = self._exec_spec_file(c, process)
+        pid_file = spec_file.with_suffix(".pid")
         try:
-            return self._monitor_of(c).exec_sync(c.id, c.bundle, work, process, timeout_s)
+            return self._monitor_of(c).exec_sync(c.id, spec_file, pid_file, cmd, timeout_s)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            pid_file.unlink(missing_ok=True)
+            spec_file.unlink(missing_ok=True)
+
+    @staticmethod
+    def _exec_spec_file(c: Container, process: dict[str, Any]) -> Path:
+        """Write ``process`` where runc exec reads it: ``<container>/exec/<random>.json``."""
+        spec_dir = c.path / "exec"
+        spec_dir.mkdir(exist_ok=True)
+        spec_file = spec_dir / f"{secrets.token_hex(8)}.json"
+        spec_file.write_text(json.dumps(process))
+        return spec_file
 
     def exec_argv(
         self, container_id: str, cmd: builtins.list[str], tty: bool
@@ -385,10 +398,7 @@ class ContainerManager:
         if c.state != RUNNING:
             raise FailedPrecondition(f"container {c.id} is not running", c.id)
         process = self.exec_process(c, cmd, tty)
-        spec_dir = c.path / "exec"
-        spec_dir.mkdir(exist_ok=True)
-        spec_file = spec_dir / f"{secrets.token_hex(8)}.json"
-        spec_file.write_text(json.dumps(process))
+        spec_file = self._exec_spec_file(c, process)
         mon = self._monitor_of(c)
         argv = [*mon._runc("exec", "--process", str(spec_file)), c.id]
         return argv, spec_file
@@ -455,7 +465,7 @@ class ContainerManager:
                 c = Container.from_record(json.loads((path / "state.json").read_text()))
             except (OSError, ValueError, TypeError):
                 rootfs.unmount(path / "rootfs")
-                shutil.rmtree(path, ignore_errors=True)
+                idmapped.remove_dir(path)
                 continue
             try:
                 self._cleanup(c)

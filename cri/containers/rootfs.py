@@ -33,6 +33,7 @@ STATX_ATTRIBUTES_MASK = 56
 STATX_ATTR_MOUNT_ROOT = 0x2000
 AT_EMPTY_PATH = 0x1000
 OPEN_TREE_CLONE = 1
+AT_RECURSIVE = 0x8000
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOUNT_ATTR_IDMAP = 0x00100000
 
@@ -135,7 +136,7 @@ def idmapped_layers(layers: list[Path], user_ns: Path | None) -> Iterator[list[s
             userns_fd = os.open(user_ns, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 for layer in layers:
-                    fds.append(_idmapped_clone(layer, userns_fd))
+                    fds.append(idmapped_clone(layer, userns_fd))
             except OSError as exc:
                 log.info("image layers not idmapped: files show as nobody/nogroup", extra={"error": str(exc)})
                 for fd in fds:
@@ -149,13 +150,17 @@ def idmapped_layers(layers: list[Path], user_ns: Path | None) -> Iterator[list[s
             os.close(fd)
 
 
-def _idmapped_clone(path: Path, userns_fd: int) -> int:
-    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, str(path).encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)
+def idmapped_clone(path: Path, userns_fd: int, recursive: bool = False) -> int:
+    """A detached clone of the mount at ``path`` (with its submounts when ``recursive``) idmapped
+    through the user namespace ``userns_fd``; the caller owns the returned fd."""
+    rec = AT_RECURSIVE if recursive else 0
+    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, str(path).encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
     attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
-    if _libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
+    size = ctypes.sizeof(attr)
+    if _libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH | rec, ctypes.byref(attr), size) != 0:
         err = ctypes.get_errno()
         os.close(fd)
         raise OSError(err, f"mount_setattr idmap {path}: {os.strerror(err)}")

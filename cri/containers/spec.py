@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from cri.api import api_pb2 as pb
 from cri.containers import capabilities as caps
+from cri.containers import idmapped, userns
 from cri.containers import mounts as mnt
-from cri.containers import userns
 from cri.containers.seccomp_default import default_profile
 from cri.containers.users import ProcessUser, make_inside, resolve_user
 from cri.errors import InvalidArgument
@@ -83,6 +83,9 @@ class BuiltSpec:
     spec: dict[str, Any]
     user: ProcessUser
     mounts: list[pb.Mount]
+    # The bind mounts (entries of spec["mounts"]) to idmap through the pod's user namespace before runc
+    # runs (cri/containers/idmapped.py); empty outside a pod user namespace.
+    idmapped: list[dict[str, Any]] = field(default_factory=list)
 
 
 def process_args(config: pb.ContainerConfig, image_config: dict[str, Any]) -> list[str]:
@@ -346,12 +349,6 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     id_maps = userns.mappings(inputs.pod)
     if privileged and id_maps is not None:
         raise InvalidArgument("a privileged container cannot run in a pod user namespace")
-    idmapped = [m.container_path for m in config.mounts if m.uidMappings or m.gidMappings]
-    if idmapped:
-        log.info(
-            "idmapped mounts requested, not made (runc 1.1 cannot): the host owners show through",
-            extra={"container_id": inputs.container_id, "mounts": ",".join(idmapped)},
-        )
     if sc.apparmor.profile_type or sc.apparmor_profile:
         log.info(
             "apparmor requested, not available on this host: ignored",
@@ -408,11 +405,16 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         mounts.append(
             {"destination": "/dev/shm", "type": "bind", "source": inputs.shm_source, "options": options}
         )
-    mounts.extend(_pod_file_mounts(inputs, taken, sc.readonly_rootfs))
+    pod_files = _pod_file_mounts(inputs, taken, sc.readonly_rootfs)
+    mounts.extend(pod_files)
+    # The pod's own files (written by Calyx as host root) read as root's in a pod user namespace too.
+    to_idmap = list(pod_files) if id_maps is not None else []
     rootfs_propagation = ""
     for cri_mount in sorted(config.mounts, key=lambda m: m.container_path.rstrip("/").count("/")):
         oci, propagation = mnt.oci_mount(cri_mount)
         mounts.append(oci)
+        if idmapped.wanted(cri_mount, id_maps):
+            to_idmap.append(oci)
         if propagation == "rshared" or (propagation == "rslave" and rootfs_propagation != "rshared"):
             rootfs_propagation = propagation
 
@@ -450,7 +452,7 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         "annotations": annotations,
         "linux": linux,
     }
-    return BuiltSpec(spec=spec, user=user, mounts=list(config.mounts))
+    return BuiltSpec(spec=spec, user=user, mounts=list(config.mounts), idmapped=to_idmap)
 
 
 def _union(first: list[str], second: list[str]) -> list[str]:

@@ -1,0 +1,140 @@
+"""Idmapped bind mounts for the containers of a pod with its own user namespace.
+
+kubelet (1.30+) copies the pod's uid and gid mapping onto every CRI ``Mount`` of such a pod and expects
+the runtime to idmap it, so that files owned by host root show as root inside and the container's
+root writes them as host root (an emptyDir, a configmap, /etc/hosts). The mapping is given in the
+pod's own shape (container id 0 -> host id H, length L); the idmapped mount applies it the other way
+round (an id stored on disk is read as a container id, so disk uid 0 is the container's root, kuid H).
+That is exactly an idmapping through the pod's user namespace, and the only one Calyx makes: any other
+mapping is refused with INVALID_ARGUMENT naming the mount.
+
+runc 1.1 cannot make idmapped mounts, so Calyx stages them: the host path is cloned with its submounts
+(open_tree OPEN_TREE_CLONE|AT_RECURSIVE), the clone gets the pod's user namespace (mount_setattr
+MOUNT_ATTR_IDMAP, AT_RECURSIVE) and is attached (move_mount) at ``<container dir>/idmapped/<n>``;
+runc is given a bind of that path, and a bind of an idmapped mount keeps its idmapping. The clone of a
+shared mount joins its peer group, so host-to-container and bidirectional propagation still work.
+
+Once runc has created the container its mount namespace holds its own copy, so the staging mounts are
+released at the end of CreateContainer; a crash before that leaves them to recovery (the container is
+still CREATING, or unknown to the store), which releases them before the container dir is deleted.
+Deleting a dir with a staging mount still attached would delete the volume's files through it, so
+``remove_dir`` refuses to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from cri.api import api_pb2 as pb
+from cri.containers import rootfs
+from cri.errors import FailedPrecondition, Internal, InvalidArgument
+from sandbox.userns import IdMap
+
+log = logging.getLogger("cri.containers.idmapped")
+
+STAGING_DIR = "idmapped"
+SYS_MOVE_MOUNT = 429
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _shape(maps: list[IdMap]) -> str:
+    return ",".join(f"{m.container_id}:{m.host_id}:{m.length}" for m in maps) or "none"
+
+
+def wanted(mount: pb.Mount, pod_maps: tuple[IdMap, IdMap] | None) -> bool:
+    """Whether the CRI ``mount`` asks to be idmapped; its mappings must be the pod's own (see above)."""
+    if not mount.uidMappings and not mount.gidMappings:
+        return False
+    where = mount.container_path
+    if pod_maps is None:
+        raise InvalidArgument(
+            f"mount {where}: uid/gid mappings need a pod with its own user namespace (this pod has none)"
+        )
+    uids = [IdMap(m.container_id, m.host_id, m.length) for m in mount.uidMappings]
+    gids = [IdMap(m.container_id, m.host_id, m.length) for m in mount.gidMappings]
+    if uids != [pod_maps[0]] or gids != [pod_maps[1]]:
+        raise InvalidArgument(
+            f"mount {where}: uid mappings {_shape(uids)} and gid mappings {_shape(gids)} must be the pod's "
+            f"user namespace mappings ({_shape([pod_maps[0]])} and {_shape([pod_maps[1]])}, as "
+            "container:host:length)"
+        )
+    return True
+
+
+def staging_dir(container_dir: Path) -> Path:
+    return container_dir / STAGING_DIR
+
+
+def stage(mounts: list[dict[str, Any]], container_dir: Path, user_ns: Path) -> None:
+    """Attach an idmapped clone of each OCI bind mount's source under the container dir and point the
+    mount at it. On failure what was staged so far stays for ``release`` (the caller's undo)."""
+    if not mounts:
+        return
+    base = staging_dir(container_dir)
+    base.mkdir(exist_ok=True)
+    userns_fd = os.open(user_ns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for index, mount in enumerate(mounts):
+            source = Path(mount["source"])
+            target = base / str(index)
+            if source.is_dir():
+                target.mkdir(exist_ok=True)
+            else:
+                target.touch(exist_ok=True)  # a file is bound on a file
+            _attach(source, target, userns_fd, str(mount["destination"]))
+            mount["source"] = str(target)
+    finally:
+        os.close(userns_fd)
+
+
+def _attach(source: Path, target: Path, userns_fd: int, destination: str) -> None:
+    try:
+        fd = rootfs.idmapped_clone(source, userns_fd, recursive=True)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise InvalidArgument(f"mount {destination}: host path {source} is gone") from None
+        raise FailedPrecondition(
+            f"mount {destination}: host path {source} cannot be idmapped ({exc.strerror}): its filesystem "
+            "or this kernel does not support idmapped mounts; mount it without uid/gid mappings"
+        ) from None
+    try:
+        flags = MOVE_MOUNT_F_EMPTY_PATH
+        if _libc.syscall(SYS_MOVE_MOUNT, fd, b"", rootfs.AT_FDCWD, str(target).encode(), flags) != 0:
+            err = ctypes.get_errno()
+            raise Internal(f"mount {destination}: attaching the idmapped {source} failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def release(container_dir: Path) -> None:
+    """Detach every staging mount of the container and remove the staging dir. Raises when one stays
+    mounted, so that nothing deletes the volume's files through it."""
+    base = staging_dir(container_dir)
+    if not base.is_dir():
+        return
+    for entry in sorted(base.iterdir()):
+        rootfs.unmount(entry)
+        if rootfs.is_mounted(entry):
+            raise Internal(f"idmapped staging mount {entry} is still mounted")
+        with contextlib.suppress(FileNotFoundError):
+            if entry.is_dir() and not entry.is_symlink():
+                entry.rmdir()
+            else:
+                entry.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        base.rmdir()
+    log.debug("idmapped staging mounts released", extra={"container_id": container_dir.name})
+
+
+def remove_dir(container_dir: Path) -> None:
+    """Remove a container dir: its staging mounts are released first (and it stays if one cannot be)."""
+    release(container_dir)
+    shutil.rmtree(container_dir, ignore_errors=True)
