@@ -12,6 +12,7 @@ import grpc
 from cri.api import api_pb2 as pb
 from cri.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cri.runtime import Runtime
+from cri.streaming.backend import running_container
 from cri.streaming.server import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
 
 
@@ -27,13 +28,7 @@ class StreamingRPCs:
     def _running(self, container_id: str) -> Any:
         if not container_id:
             raise InvalidArgument("container_id is required")
-        containers = getattr(self.runtime, "containers", None)
-        if containers is None:
-            raise Unavailable("this calyx has no containers subsystem")
-        container = containers.get(container_id)
-        if container.state != "RUNNING":
-            raise FailedPrecondition(f"container {container.id} is not running", container.id)
-        return container
+        return running_container(self.runtime, container_id)
 
     @staticmethod
     def _check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:

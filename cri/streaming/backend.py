@@ -34,7 +34,8 @@ log = logging.getLogger("cri.streaming.backend")
 RESIZE_EVENT = 1  # conmon's ctl message type for a terminal resize
 
 
-def _running_container(runtime: Runtime, container_id: str) -> Any:
+def running_container(runtime: Runtime, container_id: str) -> Any:
+    """The container, if it is running: exec and attach (and the RPCs that hand out their URLs) need one."""
     containers = getattr(runtime, "containers", None)
     if containers is None:
         raise Unavailable("this calyx has no containers subsystem")
@@ -92,7 +93,7 @@ class ContainerBackend:
             raise
 
     def attach_target(self, request: AttachRequest) -> AttachTarget:
-        container = _running_container(self.runtime, request.container_id)
+        container = running_container(self.runtime, request.container_id)
         bundle = Path(container.bundle)
         return AttachTarget(
             socket_path=str(bundle / "attach"),

@@ -18,7 +18,6 @@ import logging
 import ssl
 import threading
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,12 +25,22 @@ import h11
 
 from cri.config import StreamingConfig
 from cri.errors import CalyxError, NotFound
-from cri.streaming import instruments
+from cri.streaming import command, instruments
 from cri.streaming import remotecommand as rc
+from cri.streaming.command import (
+    SPDY_REMOTECOMMAND,
+    V1,
+    V4,
+    WS_CHANNELS,
+    WS_REMOTECOMMAND,
+    CommandSession,
+    SpdyCommandSession,
+    WsCommandSession,
+)
 from cri.streaming.netns import connect_localhost
 from cri.streaming.portforward import SpdyPortForward, websocket_portforward
 from cri.streaming.process import ExecProcess
-from cri.streaming.spdy_session import SpdySession, SpdyStream
+from cri.streaming.spdy_session import SpdySession
 from cri.streaming.tokens import TokenCache
 from cri.streaming.ws_session import HandshakeRejected, WsSession
 
@@ -40,17 +49,8 @@ log = logging.getLogger("cri.streaming")
 HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT = 30.0
 
-V1 = "channel.k8s.io"
-V2 = "v2.channel.k8s.io"
-V3 = "v3.channel.k8s.io"
-V4 = "v4.channel.k8s.io"
-V5 = "v5.channel.k8s.io"
-SPDY_REMOTECOMMAND = [V4, V3, V2, V1]
 SPDY_PORTFORWARD = ["portforward.k8s.io"]
-WS_REMOTECOMMAND = [V5, V4, "v4.base64.channel.k8s.io", V1, "base64.channel.k8s.io"]
 WS_PORTFORWARD = [V4, "v4.base64.channel.k8s.io"]
-
-STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)
 
 
 @dataclass(frozen=True)
@@ -303,16 +303,15 @@ class StreamingServer:
                     await self._spdy_portforward(reader, writer, head, request)
                 return
             runner = self._runner(kind, request)
-            if upgrade == "websocket":
-                await self._ws_remotecommand(reader, writer, head, request, runner)
-            else:
-                await self._spdy_remotecommand(reader, writer, head, request, runner)
+            session = await self._command_session(upgrade, reader, writer, head, request)
+            if session is not None:
+                await command.serve(session, runner)
         finally:
             active.dec()
             duration_ms = (asyncio.get_running_loop().time() - started) * 1000
             log.info("streaming session ended", extra={"kind": kind, **ids, "duration_ms": duration_ms})
 
-    def _runner(self, kind: str, request: Any) -> Callable[[rc.Channels], Awaitable[rc.Status]]:
+    def _runner(self, kind: str, request: Any) -> rc.Runner:
         if kind == "exec":
             return lambda ch: rc.run_exec(
                 lambda size: self.backend.exec_process(request, size), request.cmd, ch
@@ -326,6 +325,28 @@ class StreamingServer:
             return await rc.run_attach(target, ch)
 
         return attach
+
+    async def _command_session(
+        self,
+        upgrade: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: Head,
+        request: ExecRequest | AttachRequest,
+    ) -> CommandSession | None:
+        """Upgrade the connection for an exec or attach; None when a WebSocket handshake was refused."""
+        if upgrade == "websocket":
+            ws = await self._ws_accept(reader, writer, head, WS_REMOTECOMMAND, WS_CHANNELS)
+            return None if ws is None else WsCommandSession(ws, request)
+        protocol = await self._spdy_upgrade(writer, head, SPDY_REMOTECOMMAND) or V1
+        return SpdyCommandSession(
+            reader,
+            writer,
+            protocol,
+            request,
+            self.config.idle_timeout_seconds,
+            self.config.stream_creation_timeout_seconds,
+        )
 
     # --- SPDY ------------------------------------------------------------------------------------------
 
@@ -347,73 +368,6 @@ class StreamingServer:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         await writer.drain()
         return chosen or ""
-
-    async def _spdy_remotecommand(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        head: Head,
-        request: ExecRequest | AttachRequest,
-        runner: Callable[[rc.Channels], Awaitable[rc.Status]],
-    ) -> None:
-        protocol = await self._spdy_upgrade(writer, head, SPDY_REMOTECOMMAND) or V1
-        wanted = {"error"}
-        for name, on in (("stdin", request.stdin), ("stdout", request.stdout), ("stderr", request.stderr)):
-            if on:
-                wanted.add(name)
-        if request.tty and protocol in (V3, V4):
-            wanted.add("resize")
-        streams: dict[str, SpdyStream] = {}
-        all_here = asyncio.Event()
-        session: SpdySession
-
-        def on_stream(stream: SpdyStream) -> None:
-            session.reply(stream)
-            kind = stream.header("streamType")
-            if kind in wanted and kind not in streams:
-                streams[kind] = stream
-                if set(streams) == wanted:
-                    all_here.set()
-            else:
-                log.info("ignoring unexpected stream", extra={"stream_type": kind})
-
-        session = SpdySession(reader, writer, on_stream, self.config.idle_timeout_seconds)
-        loop_task = asyncio.create_task(session.run())
-        try:
-            waiter = asyncio.create_task(all_here.wait())
-            closed = asyncio.create_task(session.closed.wait())
-            await asyncio.wait(
-                [waiter, closed],
-                timeout=self.config.stream_creation_timeout_seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            waiter.cancel()
-            closed.cancel()
-            if not all_here.is_set():
-                log.info("client did not open its streams", extra={"missing": sorted(wanted - set(streams))})
-                return
-            if protocol == V1 and "stdin" in streams:
-                await streams["stdin"].close()  # as v1 servers do: our side of stdin is half-closed at once
-            channels = rc.Channels(
-                stdin=streams.get("stdin"),
-                stdout=streams.get("stdout"),
-                stderr=streams.get("stderr"),
-                resize=streams.get("resize"),
-                gone=session.closed,
-                tty=request.tty,
-            )
-            status = await runner(channels)
-            if not session.closed.is_set():
-                error = streams["error"]
-                with contextlib.suppress(ConnectionError, Exception):
-                    payload = rc.encode_status(status, json_status=protocol == V4)
-                    if payload:
-                        await error.write(payload)
-                    await error.close()
-        finally:
-            await session.close()
-            loop_task.cancel()
-            await asyncio.gather(loop_task, return_exceptions=True)
 
     async def _spdy_portforward(
         self,
@@ -448,48 +402,22 @@ class StreamingServer:
 
     # --- WebSocket -------------------------------------------------------------------------------------
 
-    async def _ws_remotecommand(
+    async def _ws_accept(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         head: Head,
-        request: ExecRequest | AttachRequest,
-        runner: Callable[[rc.Channels], Awaitable[rc.Status]],
-    ) -> None:
+        supported: list[str],
+        channels: int,
+    ) -> WsSession | None:
+        """The WebSocket opening handshake; None (logged) when it was refused."""
         try:
-            session = await WsSession.accept(
-                reader, writer, head.raw, WS_REMOTECOMMAND, 5, self.config.idle_timeout_seconds
+            return await WsSession.accept(
+                reader, writer, head.raw, supported, channels, self.config.idle_timeout_seconds
             )
         except HandshakeRejected as exc:
             log.info("websocket handshake rejected", extra={"reason": str(exc)})
-            return
-        loop_task = asyncio.create_task(session.run())
-        try:
-            # An empty message on the lowest writable channel tells the client the session is up.
-            first = STDOUT if request.stdout else STDERR if request.stderr else ERROR
-            await session.send(first, b"")
-            ch = session.channels
-            channels = rc.Channels(
-                stdin=ch[STDIN] if request.stdin else None,
-                stdout=ch[STDOUT] if request.stdout else None,
-                stderr=ch[STDERR] if request.stderr else None,
-                resize=ch[RESIZE] if request.tty else None,
-                gone=session.closed,
-                tty=request.tty,
-            )
-            status = await runner(channels)
-            if not session.closed.is_set():
-                json_status = session.protocol.startswith(("v4.", "v5."))
-                payload = rc.encode_status(status, json_status)
-                with contextlib.suppress(ConnectionError):
-                    if payload:
-                        await session.send(ERROR, payload)
-        except ConnectionError:
-            pass
-        finally:
-            await session.close()
-            loop_task.cancel()
-            await asyncio.gather(loop_task, return_exceptions=True)
+            return None
 
     async def _ws_portforward(
         self,
@@ -507,22 +435,17 @@ class StreamingServer:
         if not ports or not all(0 < p < 65536 for p in ports):
             raise HTTPError(400, "Bad Request", "at least one port between 1 and 65535 is required")
         netns = self._pod_netns(request.pod_id)
-        try:
-            session = await WsSession.accept(
-                reader, writer, head.raw, WS_PORTFORWARD, 2 * len(ports), self.config.idle_timeout_seconds
-            )
-        except HandshakeRejected as exc:
-            log.info("websocket handshake rejected", extra={"reason": str(exc)})
+        session = await self._ws_accept(reader, writer, head, WS_PORTFORWARD, 2 * len(ports))
+        if session is None:
             return
-        loop_task = asyncio.create_task(session.run())
-        work = asyncio.create_task(
-            websocket_portforward(session, request.pod_id, ports, lambda port: connect_localhost(netns, port))
-        )
-        try:
-            await asyncio.wait([work, loop_task], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            await session.close()
-            loop_task.cancel()
-            await asyncio.gather(loop_task, return_exceptions=True)
+        async with command.running(session) as loop_task:
+            work = asyncio.create_task(
+                websocket_portforward(
+                    session, request.pod_id, ports, lambda port: connect_localhost(netns, port)
+                )
+            )
+            try:
+                await asyncio.wait([work, loop_task], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from cri.streaming import spdy
+from cri.streaming.idle import IdleClock
 from cri.streaming.inbox import Inbox
 
 log = logging.getLogger("cri.streaming.spdy")
@@ -127,7 +128,6 @@ class SpdySession:
         self.reader = reader
         self.writer = writer
         self.on_stream = on_stream
-        self.idle_timeout = idle_timeout
         self._initial = initial
         self.streams: dict[int, SpdyStream] = {}
         self._compressor = spdy.HeaderCompressor()
@@ -141,9 +141,8 @@ class SpdySession:
         self._unacked: dict[int, int] = {}
         self._session_unacked = 0
         self.closed = asyncio.Event()
-        self._last_activity = asyncio.get_running_loop().time()
+        self.idle = IdleClock(idle_timeout)
         self.goaway_received = False
-        self.idle_expired = False
         self.closing = False
 
     # --- the loop -------------------------------------------------------------------------------------
@@ -160,7 +159,7 @@ class SpdySession:
                     chunk = await self.reader.read(256 * 1024)
                 if not chunk:
                     break
-                self._touch()
+                self.idle.touch()
                 for frame in parser.feed(chunk):
                     await self._handle(frame)
         except spdy.ProtocolError as exc:
@@ -179,20 +178,11 @@ class SpdySession:
         self._window_changed.set()
 
     async def _idle_watchdog(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            remaining = self._last_activity + self.idle_timeout - loop.time()
-            if remaining <= 0:
-                self.idle_expired = True
-                log.info("spdy session idle, closing", extra={"idle_timeout_s": self.idle_timeout})
-                self._write(spdy.goaway(self._last_peer_stream))
-                self.writer.close()
-                self._lost()
-                return
-            await asyncio.sleep(remaining)
-
-    def _touch(self) -> None:
-        self._last_activity = asyncio.get_running_loop().time()
+        await self.idle.wait_expired()
+        log.info("spdy session idle, closing", extra={"idle_timeout_s": self.idle.timeout})
+        self._write(spdy.goaway(self._last_peer_stream))
+        self.writer.close()
+        self._lost()
 
     async def _handle(self, frame: spdy.Frame) -> None:
         if isinstance(frame, spdy.DataFrame):
@@ -317,7 +307,7 @@ class SpdySession:
     def _write(self, frame: bytes) -> None:
         if self.writer.is_closing():
             return
-        self._touch()
+        self.idle.touch()
         self.writer.write(frame)
 
     async def _send(self, frame: bytes) -> None:

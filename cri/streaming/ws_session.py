@@ -31,6 +31,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from cri.streaming.idle import IdleClock
 from cri.streaming.inbox import Inbox
 
 log = logging.getLogger("cri.streaming.websocket")
@@ -85,13 +86,11 @@ class WsSession:
         self.v5 = protocol.startswith("v5.")
         self.ws = ws
         self.channels = [WsChannel(self, i) for i in range(channels)]
-        self.idle_timeout = idle_timeout
         self.closed = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
-        self._last_activity = asyncio.get_running_loop().time()
+        self.idle = IdleClock(idle_timeout)
         self._partial: list[bytes | str] = []
-        self.idle_expired = False
 
     # --- handshake ------------------------------------------------------------------------------------
 
@@ -139,7 +138,7 @@ class WsSession:
             while True:
                 await self._space.wait()
                 chunk = await self.reader.read(256 * 1024)
-                self._touch()
+                self.idle.touch()
                 try:
                     self.ws.receive_data(chunk or None)
                     for event in self.ws.events():
@@ -211,27 +210,18 @@ class WsSession:
             channel.inbox.close()
 
     async def _idle_watchdog(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            remaining = self._last_activity + self.idle_timeout - loop.time()
-            if remaining <= 0:
-                self.idle_expired = True
-                log.info("websocket session idle, closing", extra={"idle_timeout_s": self.idle_timeout})
-                with _suppress_local():
-                    self._write(self.ws.send(CloseConnection(code=1001, reason="idle timeout")))
-                self.writer.close()
-                self._lost()
-                return
-            await asyncio.sleep(remaining)
-
-    def _touch(self) -> None:
-        self._last_activity = asyncio.get_running_loop().time()
+        await self.idle.wait_expired()
+        log.info("websocket session idle, closing", extra={"idle_timeout_s": self.idle.timeout})
+        with _suppress_local():
+            self._write(self.ws.send(CloseConnection(code=1001, reason="idle timeout")))
+        self.writer.close()
+        self._lost()
 
     # --- writing --------------------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
         if not self.writer.is_closing():
-            self._touch()
+            self.idle.touch()
             self.writer.write(data)
 
     async def send(self, channel: int, data: bytes) -> None:
