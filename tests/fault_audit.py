@@ -121,7 +121,10 @@ def audit(cx: Cx) -> list[str]:
         problems.append(f"iptables rules of the network without pods: {iptables_lines(cx)}")
     for point in mounts(cx):
         ids = HEX64.findall(point)
-        if "/ns/" in point:
+        if "/containers/" in point and "/idmapped/" in point:
+            # idmapped staging mounts never outlive CreateContainer (cri/containers/idmapped.py)
+            problems.append(f"idmapped staging mount left: {point}")
+        elif "/ns/" in point:
             ok = bool(ids) and ids[0] in ready
         elif "/containers/" in point:
             ok = bool(ids) and ids[0] in ctrs

@@ -1,0 +1,97 @@
+"""Which mounts of a container in a pod user namespace are idmapped (cri/containers/idmapped.py): the CRI
+mounts carrying the pod's own mappings and the pod's files; any other mapping is refused naming the
+mount; a pod without a user namespace idmaps nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cri.api import api_pb2 as pb
+from cri.containers import spec as oci
+from cri.errors import InvalidArgument
+from tests.unit.test_container_userns import GMAP, MAP, FakePod
+
+
+def _built(pod: FakePod, rootfs: Path, mounts: list[pb.Mount]) -> oci.BuiltSpec:
+    config = pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name="c"), command=["sleep", "1"], mounts=mounts
+    )
+    config.linux.security_context.namespace_options.pid = pb.CONTAINER
+    inputs = oci.SpecInputs(
+        container_id="c" * 64,
+        config=config,
+        image_config={},
+        image_name="img",
+        pod=pod,
+        rootfs=rootfs,
+        cgroups_path="/x",
+        resources={},
+    )
+    return oci.build(inputs)
+
+
+def _mount(host: Path, where: str, uids: list[dict[str, int]], gids: list[dict[str, int]]) -> pb.Mount:
+    return pb.Mount(
+        host_path=str(host),
+        container_path=where,
+        uidMappings=[pb.IDMapping(**m) for m in uids],
+        gidMappings=[pb.IDMapping(**m) for m in gids],
+    )
+
+
+def _pod_with_files(tmp_path: Path, **kw: Any) -> FakePod:
+    files = {}
+    for name in ("hosts", "hostname", "resolv.conf"):
+        (tmp_path / name).write_text("x\n")
+        files[f"{name.replace('.', '_')}_path"] = str(tmp_path / name)
+    return FakePod(
+        hosts_path=files["hosts_path"],
+        hostname_path=files["hostname_path"],
+        resolv_conf_path=files["resolv_conf_path"],
+        **kw,
+    )
+
+
+def test_mounts_with_the_pods_mappings_and_the_pods_files_are_idmapped(tmp_path: Path) -> None:
+    (tmp_path / "vol").mkdir()
+    mounts = [_mount(tmp_path / "vol", "/vol", [MAP], [GMAP]), _mount(tmp_path / "vol", "/plain", [], [])]
+    built = _built(_pod_with_files(tmp_path), tmp_path / "rootfs", mounts)
+    assert sorted(m["destination"] for m in built.idmapped) == [
+        "/etc/hostname",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/vol",
+    ]
+    # they are the spec's own entries, so staging can point them at the idmapped clone
+    assert all(any(m is entry for entry in built.spec["mounts"]) for m in built.idmapped)
+
+
+def test_a_pod_without_user_namespace_idmaps_nothing_and_refuses_mappings(tmp_path: Path) -> None:
+    (tmp_path / "vol").mkdir()
+    pod = _pod_with_files(tmp_path, user_ns_path=None)
+    pod.namespace_options["userns"] = {"mode": "NODE"}
+    assert _built(pod, tmp_path / "rootfs", [_mount(tmp_path / "vol", "/plain", [], [])]).idmapped == []
+    with pytest.raises(InvalidArgument, match=r"/vol: .* own user namespace"):
+        _built(pod, tmp_path / "rootfs", [_mount(tmp_path / "vol", "/vol", [MAP], [GMAP])])
+
+
+@pytest.mark.parametrize(
+    ("uids", "gids"),
+    [
+        ([MAP], [MAP]),  # the gid mapping is the pod's uid one
+        ([MAP], []),
+        ([], [GMAP]),
+        ([MAP, GMAP], [GMAP]),
+        ([{**MAP, "length": 1}], [GMAP]),
+        ([{**MAP, "container_id": 1}], [GMAP]),
+    ],
+)
+def test_other_mappings_are_refused_naming_the_mount(
+    tmp_path: Path, uids: list[dict[str, int]], gids: list[dict[str, int]]
+) -> None:
+    (tmp_path / "vol").mkdir()
+    with pytest.raises(InvalidArgument, match="mount /data/vol: uid mappings"):
+        _built(FakePod(), tmp_path / "rootfs", [_mount(tmp_path / "vol", "/data/vol", uids, gids)])
