@@ -20,6 +20,7 @@ SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [
     cgroups.register,
     pods.register,
     register_containers,
+    pods.register_removals,  # after containers: a pod's interrupted removal removes them first
     streaming.register,
     stats.register,  # keep last: it observes the others
 ]

@@ -3,7 +3,7 @@
 from cri.pods.model import NOTREADY, READY, Pod, PodMetadata
 from cri.pods.service import PodService
 
-__all__ = ["NOTREADY", "READY", "Pod", "PodMetadata", "PodService", "register"]
+__all__ = ["NOTREADY", "READY", "Pod", "PodMetadata", "PodService", "register", "register_removals"]
 
 
 def register(runtime: object) -> None:
@@ -14,3 +14,12 @@ def register(runtime: object) -> None:
     pods = PodService(runtime)
     runtime.register("pods", pods)
     runtime.network_condition = pods.networks.condition
+
+
+def register_removals(runtime: object) -> None:
+    """Subsystem builder, after containers: finish the pod removals a crash interrupted."""
+    from cri.pods.remove import PendingRemovals
+    from cri.runtime import Runtime
+
+    assert isinstance(runtime, Runtime)
+    runtime.register("pod_removals", PendingRemovals(runtime.pods))  # type: ignore[attr-defined]

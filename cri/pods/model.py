@@ -64,6 +64,7 @@ class Pod:
     config: dict[str, Any]  # the PodSandboxConfig as given (proto field names); see config_pb()
     network: dict[str, Any] = field(default_factory=dict)  # how the pod was attached (for teardown)
     complete: bool = True  # False while RunPodSandbox is still making it (recovery removes such pods)
+    removing: bool = False  # RemovePodSandbox has begun: recovery finishes it (cri/pods/remove.py)
     # The pod's own user namespace (userns_options mode POD), owner of its NET/IPC/UTS/PID namespaces.
     user_ns_path: str | None = None
 

@@ -7,6 +7,8 @@
 - A NOTREADY pod whose stop was interrupted (it still has addresses or pins) has its teardown finished.
 - A pod whose creation was interrupted also loses the cgroup parent it prepared.
 - Pins, leases, veths and chains that belong to no ready pod are released.
+- A pod whose removal was interrupted keeps its ``removing`` intent; it is removed once containers
+  have recovered (``finish_removals`` in remove.py).
 """
 
 from __future__ import annotations

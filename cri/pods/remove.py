@@ -1,10 +1,13 @@
 """RemovePodSandbox: stop the pod if needed, remove its containers, files and record.
 
-Idempotent like stop. The record goes last, so a remove interrupted by a crash is simply retried.
+Idempotent like stop. Once the pod is stopped, the intent to remove it (``removing``) is stored before
+anything is removed, and the record goes last: a removal a crash interrupted is finished at the next
+start (``finish_removals``, once containers have recovered), so kubelet need not retry it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -32,6 +35,10 @@ def remove_pod(svc: PodService, pod_id: str) -> None:
             pod = svc.get(full_id)
         except NotFound:
             return
+        if not pod.removing:
+            pod = dataclasses.replace(pod, removing=True)
+            svc.save(pod)
+            failpoints.hit("pod.remove_after_intent", pod_id=pod.id)
         containers = svc.containers
         if containers is not None and hasattr(containers, "remove_pod_containers"):
             containers.remove_pod_containers(pod.id)
@@ -46,3 +53,30 @@ def remove_pod(svc: PodService, pod_id: str) -> None:
     log.info(
         "pod sandbox removed", extra={"pod_id": full_id, "duration_ms": (time.monotonic() - start) * 1000}
     )
+
+
+def finish_removals(svc: PodService) -> None:
+    """Complete every removal a crash interrupted (pods recorded ``removing``). Runs after the
+    containers subsystem has recovered, since the pod's containers go first; a failure is logged and
+    the pod stays listed NOTREADY for kubelet's retry of RemovePodSandbox."""
+    for pod in svc.list():
+        if not pod.removing:
+            continue
+        log.warning("finishing an interrupted pod removal", extra={"pod_id": pod.id})
+        try:
+            remove_pod(svc, pod.id)
+        except Exception as exc:
+            log.error("interrupted pod removal still fails", extra={"pod_id": pod.id, "error": str(exc)})
+
+
+class PendingRemovals:
+    """The subsystem that runs ``finish_removals`` in recovery order, after containers."""
+
+    def __init__(self, svc: PodService) -> None:
+        self.svc = svc
+
+    def recover(self) -> None:
+        finish_removals(self.svc)
+
+    def close(self) -> None:
+        pass
