@@ -23,9 +23,8 @@ from tests.net_fixtures import host_network_linux, pod_config, run_pod
 from tests.registry import free_port
 from tests.spdy_client import SpdyClient
 from tests.spdystream_client import run_spdyexec
+from tests.streaming_clients import V4, channel, portforward_get, spdy, ws_messages
 from tests.waiting import wait_for
-
-V4 = "v4.channel.k8s.io"
 
 
 @dataclass
@@ -57,15 +56,7 @@ class Env:
         url = self.daemon.runtime.PortForward(
             pb.PortForwardRequest(pod_sandbox_id=self.pod_id, port=[port])
         ).url
-        client = SpdyClient(url, ["portforward.k8s.io"])
-        h = {"port": str(port), "requestID": "0"}
-        client.open_stream({**h, "streamType": "error"})
-        data = client.open_stream({**h, "streamType": "data"})
-        data.write(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-        data.close()
-        reply = data.read_all()
-        client.close()
-        return reply
+        return portforward_get(url, port, path)
 
     def exec_url(self, cid: str, cmd: list[str], **kw) -> str:
         kw.setdefault("stdout", True)
@@ -81,24 +72,21 @@ class Env:
         raise AssertionError("no VmRSS")
 
 
+def _env(builtin_net, image_registry, short_tmp, **pod) -> Env:
+    """A daemon on the built-in network that pulls from the test registry, with one pod running."""
+    net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})
+    config = pod_config(log_directory=str(short_tmp / "logs"), **pod)
+    return Env(net.daemon, run_pod(net.daemon, config), image_registry.host)
+
+
 @pytest.fixture
 def env(builtin_net, image_registry, short_tmp) -> Env:
-    net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})
-    config = pod_config(log_directory=str(short_tmp / "logs"))
-    return Env(net.daemon, run_pod(net.daemon, config), image_registry.host)
+    return _env(builtin_net, image_registry, short_tmp)
 
 
 @pytest.fixture
 def host_env(builtin_net, image_registry, short_tmp) -> Env:
-    net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})
-    config = pod_config(log_directory=str(short_tmp / "logs"), linux=host_network_linux())
-    return Env(net.daemon, run_pod(net.daemon, config), image_registry.host)
-
-
-def spdy(url: str, types: tuple[str, ...], protocol: str = V4, **kw) -> tuple[SpdyClient, dict]:
-    client = SpdyClient(url, [protocol], **kw)
-    assert client.status == 101, client.body
-    return client, {t: client.open_stream({"streamType": t}) for t in types}
+    return _env(builtin_net, image_registry, short_tmp, linux=host_network_linux())
 
 
 def test_exec_spdy_output_stdin_and_exit_codes(env: Env) -> None:
@@ -155,15 +143,9 @@ def test_exec_websocket_v5_and_v4(env: Env) -> None:
     with connect(url, subprotocols=["v5.channel.k8s.io"]) as ws:
         ws.send(b"\x00via websocket\n")
         ws.send(b"\xff\x00")
-        messages = []
-        try:
-            while True:
-                messages.append(ws.recv(timeout=30))
-        except Exception:
-            pass
-    out = b"".join(m[1:] for m in messages if m[0] == 1)
-    assert out == b"via websocket\n"
-    status = json.loads(b"".join(m[1:] for m in messages if m[0] == 3))
+        messages = ws_messages(ws)
+    assert channel(messages, 1) == b"via websocket\n"
+    status = json.loads(channel(messages, 3))
     assert status["details"]["causes"][0]["message"] == "3"
 
 
@@ -191,15 +173,22 @@ def processes_with_cmdline(wanted: bytes) -> list[int]:
     return found
 
 
-def test_client_disconnect_kills_the_exec_process(env: Env) -> None:
-    cid = env.container(["sleep", "3600"])
-    seconds = str(100000 + int.from_bytes(os.urandom(3), "big"))  # a command line no one else runs
+def sleeping_exec(env: Env, cid: str) -> tuple[SpdyClient, bytes]:
+    """An exec session whose process is a ``sleep`` with a command line no one else runs, running: the
+    client and that command line (as /proc/<pid>/cmdline has it)."""
+    seconds = str(100000 + int.from_bytes(os.urandom(3), "big"))
     url = env.exec_url(cid, ["sh", "-c", f"echo ready; exec sleep {seconds}"])
     client, s = spdy(url, ("error", "stdout"))
     assert s["stdout"].read() == b"ready\n"
     wanted = f"sleep\0{seconds}\0".encode()
     # "ready" comes before the shell execs sleep: wait for the exec to have happened
     wait_for(lambda: bool(processes_with_cmdline(wanted)), "exec'd sleep running")
+    return client, wanted
+
+
+def test_client_disconnect_kills_the_exec_process(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    client, wanted = sleeping_exec(env, cid)
     client.close()
     wait_for(lambda: not processes_with_cmdline(wanted), "exec'd process killed after the client left")
 
@@ -227,37 +216,18 @@ def test_portforward_to_an_http_server_in_the_pod(env: Env) -> None:
         image="calyx-test/web:latest",
     )
     url = env.daemon.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=env.pod_id, port=[80])).url
-
-    def fetch() -> bytes:
-        client = SpdyClient(
-            env.daemon.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=env.pod_id, port=[80])).url,
-            ["portforward.k8s.io"],
-        )
-        h = {"port": "80", "requestID": "0"}
-        client.open_stream({**h, "streamType": "error"})
-        data = client.open_stream({**h, "streamType": "data"})
-        data.write(b"GET /index.html HTTP/1.0\r\n\r\n")
-        data.close()
-        reply = data.read_all()
-        client.close()
-        return reply
-
     replies: list[bytes] = []
-    wait_for(lambda: replies.append(fetch()) or replies[-1].endswith(b"hello-from-pod\n"), "httpd answers")
+    wait_for(
+        lambda: replies.append(env.fetch_via_portforward(80)) or replies[-1].endswith(b"hello-from-pod\n"),
+        "httpd answers",
+    )
     assert b" 200 " in replies[-1].split(b"\r\n", 1)[0]
     # the same over WebSocket, kubelet-proxy style
     with connect(url.replace("http://", "ws://"), subprotocols=[V4]) as ws:
         port = struct.pack("<H", 80)
         assert {ws.recv(timeout=10), ws.recv(timeout=10)} == {b"\x00" + port, b"\x01" + port}
         ws.send(b"\x00GET /index.html HTTP/1.0\r\n\r\n")
-        data = b""
-        try:
-            while True:
-                m = ws.recv(timeout=30)
-                if m[0] == 0:
-                    data += m[1:]
-        except Exception:
-            pass
+        data = channel(ws_messages(ws), 0)
     assert b" 200 " in data.split(b"\r\n", 1)[0] and data.endswith(b"hello-from-pod\n")
 
 
@@ -389,28 +359,14 @@ def test_crictl_exec_attach_and_port_forward(env: Env) -> None:
 
 def test_exec_process_left_by_a_killed_daemon_is_killed_at_restart(env: Env) -> None:
     cid = env.container(["sleep", "3600"])
-    seconds = str(100000 + int.from_bytes(os.urandom(3), "big"))
-    url = env.exec_url(cid, ["sh", "-c", f"echo ready; exec sleep {seconds}"])
-    client, s = spdy(url, ("error", "stdout"))
-    assert s["stdout"].read() == b"ready\n"
-    wanted = f"sleep\0{seconds}\0".encode()
-
-    def sleepers() -> list[int]:
-        found = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if f.read() == wanted:
-                        found.append(int(pid))
-            except OSError:
-                pass
-        return found
-
+    client, wanted = sleeping_exec(env, cid)
     env.daemon.kill9()
     client.close()
-    assert sleepers(), "the exec'd process outlives the killed daemon"
+    assert processes_with_cmdline(wanted), "the exec'd process outlives the killed daemon"
     env.daemon.start()
-    wait_for(lambda: not sleepers(), "orphaned exec process killed by the restarted daemon")
+    wait_for(
+        lambda: not processes_with_cmdline(wanted), "orphaned exec process killed by the restarted daemon"
+    )
     # and the container itself is untouched
     client, s = spdy(env.exec_url(cid, ["echo", "still here"]), ("error", "stdout"))
     assert s["stdout"].read_all() == b"still here\n"
@@ -437,13 +393,8 @@ def test_attach_over_websocket(env: Env) -> None:
         ws.send(b"\x00hello\n")
         assert ws.recv(timeout=30) == b"\x01ws:hello\n"
         ws.send(b"\xff\x00")  # close stdin: the loop ends, the container exits, the session ends
-        rest = []
-        try:
-            while True:
-                rest.append(ws.recv(timeout=30))
-        except Exception:
-            pass
-    assert json.loads(b"".join(m[1:] for m in rest if m[0] == 3))["status"] == "Success"
+        rest = ws_messages(ws)
+    assert json.loads(channel(rest, 3))["status"] == "Success"
 
 
 def test_concurrent_execs_in_one_container(env: Env) -> None:
@@ -465,13 +416,7 @@ def test_concurrent_execs_in_one_container(env: Env) -> None:
 
 def test_daemon_shutdown_ends_sessions_and_kills_their_processes(env: Env) -> None:
     cid = env.container(["sleep", "3600"])
-    seconds = str(100000 + int.from_bytes(os.urandom(3), "big"))
-    client, s = spdy(
-        env.exec_url(cid, ["sh", "-c", f"echo ready; exec sleep {seconds}"]), ("error", "stdout")
-    )
-    assert s["stdout"].read() == b"ready\n"
-    wanted = f"sleep\0{seconds}\0".encode()
-    wait_for(lambda: bool(processes_with_cmdline(wanted)), "exec'd sleep running")
+    client, wanted = sleeping_exec(env, cid)
     assert env.daemon.stop() == 0
     assert client.closed.wait(30)
     wait_for(lambda: not processes_with_cmdline(wanted), "exec process killed at shutdown")
@@ -483,11 +428,6 @@ def test_exec_tty_over_websocket_with_resize(env: Env) -> None:
     url = env.exec_url(cid, ["stty", "size"], tty=True).replace("http://", "ws://")
     with connect(url, subprotocols=["v5.channel.k8s.io"]) as ws:
         ws.send(b"\x04" + json.dumps({"Width": 77, "Height": 22}).encode())
-        messages = []
-        try:
-            while True:
-                messages.append(ws.recv(timeout=30))
-        except Exception:
-            pass
-    assert b"22 77" in b"".join(m[1:] for m in messages if m[0] == 1)
-    assert json.loads(b"".join(m[1:] for m in messages if m[0] == 3))["status"] == "Success"
+        messages = ws_messages(ws)
+    assert b"22 77" in channel(messages, 1)
+    assert json.loads(channel(messages, 3))["status"] == "Success"

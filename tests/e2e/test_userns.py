@@ -21,7 +21,7 @@ from tests import container_fixtures
 from tests.container_fixtures import Cx
 from tests.image_fixtures import image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import in_netns, pod_config, pod_traces
-from tests.spdy_client import SpdyClient
+from tests.streaming_clients import portforward_get, spdy
 from tests.waiting import wait_for
 
 cx = container_fixtures.cx
@@ -363,16 +363,9 @@ def test_port_forward_and_streaming_exec_into_a_user_namespace_pod(cx: Cx) -> No
     cid = cx.start(cx.create(pod, _container_config(cx, pod, "web", web)))
 
     def fetch() -> bytes:
-        url = cx.rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod[0], port=[80])).url
-        client = SpdyClient(url, ["portforward.k8s.io"])
-        h = {"port": "80", "requestID": "0"}
-        client.open_stream({**h, "streamType": "error"})
-        data = client.open_stream({**h, "streamType": "data"})
-        data.write(b"GET /index.html HTTP/1.0\r\n\r\n")
-        data.close()
-        reply = data.read_all()
-        client.close()
-        return reply
+        return portforward_get(
+            cx.rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod[0], port=[80])).url, 80
+        )
 
     replies: list[bytes] = []
     wait_for(lambda: replies.append(fetch()) or replies[-1].endswith(b"hello-userns\n"), "httpd answers")
@@ -382,12 +375,9 @@ def test_port_forward_and_streaming_exec_into_a_user_namespace_pod(cx: Cx) -> No
     assert stats.linux.network.default_interface.rx_bytes.value > 0
 
     url = cx.rt.Exec(pb.ExecRequest(container_id=cid, cmd=["cat", "/proc/self/uid_map"], stdout=True)).url
-    client = SpdyClient(url, ["v4.channel.k8s.io"])
-    assert client.status == 101, client.body
-    stdout = client.open_stream({"streamType": "stdout"})
-    error = client.open_stream({"streamType": "error"})
-    out = stdout.read_all()
-    error.read_all()
+    client, s = spdy(url, ("stdout", "error"))
+    out = s["stdout"].read_all()
+    s["error"].read_all()
     client.close()
     assert out.split() == [b"0", str(host).encode(), str(LENGTH).encode()]
 
