@@ -33,6 +33,8 @@ class Credentials:
     password: str = ""
     identity_token: str = ""
     registry_token: str = ""
+    # The registry these are for (AuthConfig.server_address); "" means the image's own registry.
+    server_address: str = ""
 
     @property
     def empty(self) -> bool:
@@ -50,7 +52,7 @@ class Credentials:
             username, sep, password = decoded.partition(":")
             if not sep:
                 raise InvalidArgument("AuthConfig.auth is not base64 of user:password")
-        return cls(username, password, auth.identity_token, auth.registry_token)
+        return cls(username, password, auth.identity_token, auth.registry_token, auth.server_address.strip())
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:

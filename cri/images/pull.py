@@ -98,6 +98,12 @@ class Puller:
             try:
                 return self._pull_from(client, ref, deadline, lease)
             except TRY_NEXT as exc:
+                withheld = not creds.empty and not reg.given_for(endpoint, ref.domain, creds)
+                if isinstance(exc, Unauthorized) and withheld:
+                    exc.message += (
+                        f" (the pull's credentials are for {creds.server_address or ref.domain!r}"
+                        f" and were not sent to {endpoint.host})"
+                    )
                 log.info(
                     "endpoint failed", extra={"image": str(ref), "endpoint": str(endpoint), "error": str(exc)}
                 )

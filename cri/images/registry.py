@@ -73,9 +73,40 @@ def endpoints(domain: str, config: ImagesConfig) -> list[Endpoint]:
     return found
 
 
+DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def registry_host(address: str) -> str:
+    """The host[:port] an address names, as registries are compared: "https://host:port/v2/",
+    "host:port/v1/" and "host:port" are the same; Docker Hub's names are all "docker.io"."""
+    text = address.strip().lower()
+    scheme = ""
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+    host = text.split("/", 1)[0]
+    name, sep, port = host.rpartition(":")
+    if sep and "]" not in port and _DEFAULT_PORTS.get(scheme) == port:
+        host = name
+    return "docker.io" if host in DOCKER_HUB_ALIASES else host
+
+
+def given_for(endpoint: Endpoint, domain: str, given: Credentials) -> bool:
+    """Whether kubelet's credentials may go to ``endpoint``: with a server_address, only to that host
+    (the registry, or a mirror that is that same host); without one, to the image's registry only."""
+    if given.empty:
+        return False
+    if not given.server_address:
+        return not endpoint.mirror
+    wanted = registry_host(given.server_address)
+    here = registry_host(f"{endpoint.scheme}://{endpoint.host}")
+    hosts = {here} | (set() if endpoint.mirror else {registry_host(domain)})
+    return wanted in hosts
+
+
 def credentials_for(endpoint: Endpoint, domain: str, given: Credentials, config: ImagesConfig) -> Credentials:
-    """Kubelet's AuthConfig is for the image's own registry; mirrors use their own configured ones."""
-    if not endpoint.mirror and not given.empty:
+    """Kubelet's AuthConfig where ``given_for`` allows it; otherwise the endpoint's configured ones."""
+    if given_for(endpoint, domain, given):
         return given
     settings = config.registries.get(endpoint.host if endpoint.mirror else domain)
     if settings is not None and settings.username:

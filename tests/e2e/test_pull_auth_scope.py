@@ -1,0 +1,177 @@
+"""PullImage honours AuthConfig.server_address: kubelet's credentials go to that registry host only.
+
+Against Debian's docker-registry with htpasswd basic auth on loopback. A small recording proxy in front
+of it (``Recorder``) keeps the Authorization header of every request it forwards, which shows whether
+the credentials reached it; it also serves as a mirror of the registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from cri.api import api_pb2 as pb
+from cri.images.registry import registry_host
+from tests.daemon import Daemon
+from tests.image_fixtures import USERS, LoopbackRegistry
+
+IMAGE = "calyx-test/busybox:latest"
+USER = next(iter(USERS))
+ELSEWHERE = "registry.elsewhere.test:5000"  # only ever a string: nothing is sent to it
+
+
+class Recorder:
+    """A plain-HTTP proxy on loopback in front of ``upstream`` that records each request's
+    Authorization header (None when there was none)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.seen: list[tuple[str, str | None]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    @property
+    def authorizations(self) -> list[str]:
+        return [a for _path, a in self.seen if a is not None]
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                recorder.seen.append((self.path, self.headers.get("authorization")))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
+                upstream = httpx.get(f"http://{recorder.upstream}{self.path}", headers=headers, timeout=30)
+                self.send_response(upstream.status_code)
+                for key in ("content-type", "docker-content-digest", "www-authenticate"):
+                    if key in upstream.headers:
+                        self.send_header(key, upstream.headers[key])
+                self.send_header("content-length", str(len(upstream.content)))
+                self.end_headers()
+                self.wfile.write(upstream.content)
+
+        return Handler
+
+
+@pytest.fixture
+def recorder(basic_registry: LoopbackRegistry) -> Iterator[Recorder]:
+    proxy = Recorder(basic_registry.host)
+    yield proxy
+    proxy.close()
+
+
+def _auth(server_address: str) -> pb.AuthConfig:
+    return pb.AuthConfig(username=USER, password=USERS[USER], server_address=server_address)
+
+
+def _pull(daemon: Daemon, ref: str, auth: pb.AuthConfig) -> str:
+    request = pb.PullImageRequest(image=pb.ImageSpec(image=ref), auth=auth)
+    return str(daemon.images.PullImage(request, timeout=120).image_ref)
+
+
+def _basic(user: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{USERS[user]}".encode()).decode()
+
+
+def _daemon(factory: Callable[..., Daemon], registries: dict[str, Any]) -> Daemon:
+    return factory({"images": {"registries": registries}})
+
+
+@pytest.mark.parametrize(
+    "form", ["{host}", "http://{host}", "https://{host}/", "{host}/v2/", "HTTP://{host}/v1/"]
+)
+def test_credentials_for_the_registry_pulled_from_are_sent(
+    daemon_factory: Callable[..., Daemon], recorder: Recorder, form: str
+) -> None:
+    d = _daemon(daemon_factory, {recorder.host: {"insecure": True}})
+    assert _pull(d, f"{recorder.host}/{IMAGE}", _auth(form.format(host=recorder.host))).startswith("sha256:")
+    assert _basic(USER) in recorder.authorizations
+
+
+def test_credentials_for_another_registry_are_not_sent(
+    daemon_factory: Callable[..., Daemon], recorder: Recorder
+) -> None:
+    d = _daemon(daemon_factory, {recorder.host: {"insecure": True}})
+    with pytest.raises(grpc.RpcError) as err:
+        _pull(d, f"{recorder.host}/{IMAGE}", _auth(f"https://{ELSEWHERE}/v2/"))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, err.value.details()
+    details = err.value.details()
+    assert "refused access (HTTP 401)" in details and ELSEWHERE in details, details
+    assert recorder.seen, "the registry was asked"
+    assert recorder.authorizations == []  # the credentials never reached it
+    assert d.images.ListImages(pb.ListImagesRequest(), timeout=30).images == []
+
+
+def test_empty_server_address_sends_to_the_registry_pulled_from(
+    daemon_factory: Callable[..., Daemon], recorder: Recorder
+) -> None:
+    d = _daemon(daemon_factory, {recorder.host: {"insecure": True}})
+    assert _pull(d, f"{recorder.host}/{IMAGE}", _auth("")).startswith("sha256:")
+    assert _basic(USER) in recorder.authorizations
+
+
+def test_credentials_for_the_registry_skip_its_mirror(
+    daemon_factory: Callable[..., Daemon], basic_registry: LoopbackRegistry, recorder: Recorder
+) -> None:
+    """The mirror (the recorder) gets no credentials and refuses; the registry itself gets them."""
+    registries = {
+        basic_registry.host: {"insecure": True, "mirrors": [f"http://{recorder.host}"]},
+        recorder.host: {"insecure": True},
+    }
+    d = _daemon(daemon_factory, registries)
+    for address in (basic_registry.host, ""):
+        recorder.seen.clear()
+        assert _pull(d, basic_registry.ref(IMAGE), _auth(address)).startswith("sha256:")
+        assert recorder.seen, "the mirror was tried first"
+        assert recorder.authorizations == []
+
+
+def test_credentials_for_the_mirror_host_go_to_the_mirror(
+    daemon_factory: Callable[..., Daemon], basic_registry: LoopbackRegistry, recorder: Recorder
+) -> None:
+    registries = {
+        basic_registry.host: {"insecure": True, "mirrors": [f"http://{recorder.host}"]},
+        recorder.host: {"insecure": True},
+    }
+    d = _daemon(daemon_factory, registries)
+    assert _pull(d, basic_registry.ref(IMAGE), _auth(f"http://{recorder.host}/")).startswith("sha256:")
+    assert _basic(USER) in recorder.authorizations
+    assert any("/blobs/" in path for path, _auth in recorder.seen)  # served by the mirror
+
+
+@pytest.mark.parametrize(
+    ("address", "host"),
+    [
+        ("https://index.docker.io/v1/", "docker.io"),
+        ("index.docker.io", "docker.io"),
+        ("registry-1.docker.io", "docker.io"),
+        ("docker.io", "docker.io"),
+        ("https://Registry.Example:5000/v2/", "registry.example:5000"),
+        ("registry.example:5000/v2/", "registry.example:5000"),
+        ("https://registry.example:443", "registry.example"),
+        ("http://registry.example:80/", "registry.example"),
+        ("registry.example:443", "registry.example:443"),
+        ("[::1]:5000", "[::1]:5000"),
+    ],
+)
+def test_server_address_forms(address: str, host: str) -> None:
+    assert registry_host(address) == host
