@@ -98,7 +98,21 @@ def volumes(short_tmp: Path) -> Path:
     return base
 
 
-def test_idmapped_dir_file_and_readonly_mounts(cx: Cx, volumes: Path) -> None:
+@pytest.fixture
+def tmpfs_volume(volumes: Path) -> Iterator[Path]:
+    """A tmpfs, as kubelet's secret and projected (service account token) volumes are."""
+    secret = volumes / "secret"
+    secret.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "secret", str(secret)], check=True)
+    try:
+        (secret / "token").write_text("s3cr3t\n")
+        (secret / "token").chmod(0o600)
+        yield secret
+    finally:
+        subprocess.run(["umount", "-l", str(secret)], check=False)
+
+
+def test_idmapped_dir_file_and_readonly_mounts(cx: Cx, volumes: Path, tmpfs_volume: Path) -> None:
     host = _host_base()
     pod = _userns_pod(cx, host)
     vol, ro = _volume(volumes, "vol"), _volume(volumes, "ro")
@@ -110,6 +124,8 @@ def test_idmapped_dir_file_and_readonly_mounts(cx: Cx, volumes: Path) -> None:
         _mapped(vol, "/vol", host),
         _mapped(single, "/dev/termination-log", host),
         _mapped(ro, "/ro", host, readonly=True),
+        _mapped(ro, "/rro", host, readonly=True, recursive_read_only=True),
+        _mapped(tmpfs_volume, "/var/run/secrets/token", host, readonly=True),
         pb.Mount(host_path=str(plain), container_path="/plain"),
     ]
     cid = cx.create(pod, _config(cx, pod, "vols", mounts))
@@ -130,12 +146,16 @@ def test_idmapped_dir_file_and_readonly_mounts(cx: Cx, volumes: Path) -> None:
     assert cx.output(cid, "sh", "-c", "echo bye > /dev/termination-log && echo ok") == "ok\n"
     assert single.read_text() == "bye\n" and single.stat().st_uid == 0
     # read-only stays read-only
-    failed = cx.exec(cid, "touch", "/ro/x")
-    assert failed.exit_code != 0 and b"Read-only file system" in failed.stderr
+    for path in ("/ro/x", "/rro/x"):
+        failed = cx.exec(cid, "touch", path)
+        assert failed.exit_code != 0 and b"Read-only file system" in failed.stderr
     assert not (ro / "x").exists()
+    # a tmpfs (secrets, tokens): a file only host root may read is the container root's to read
+    assert cx.output(cid, "stat", "-c", "%u:%g %a", "/var/run/secrets/token/token").strip() == "0:0 600"
+    assert cx.output(cid, "cat", "/var/run/secrets/token/token") == "s3cr3t\n"
     # the mounts are idmapped in the container's mount table
     mountinfo = cx.output(cid, "cat", "/proc/self/mountinfo").splitlines()
-    for point in ("/vol", "/dev/termination-log", "/ro"):
+    for point in ("/vol", "/dev/termination-log", "/ro", "/rro", "/var/run/secrets/token"):
         assert any(f" {point} " in line and "idmapped" in line for line in mountinfo), point
     # a mount without mappings is bound as it is: host root is unmapped (nobody) and may not be written
     assert cx.output(cid, "stat", "-c", "%u:%g", "/plain").strip() == NOBODY
@@ -292,6 +312,15 @@ def _kill9_while_staged(cx: Cx, short_tmp: Path) -> None:
     # kubelet creates the container again: it works, and its removal leaves nothing either
     cid = cx.start(cx.create(pod, config))
     assert cx.output(cid, "stat", "-c", "%u:%g", "/vol/data").strip() == "0:0"
+    # a running container keeps its idmapped volume across a daemon kill -9 (its mount namespace holds
+    # it; nothing of it is left in the daemon's)
+    daemon.kill9()
+    daemon.start()
+    assert cx.status(cid).status.state == pb.CONTAINER_RUNNING
+    assert cx.output(cid, "sh", "-c", "echo again > /vol/again && stat -c %u:%g /vol/again").strip() == "0:0"
+    assert (vol / "again").stat().st_uid == 0
+    assert _staging_mounts(cx) == [] and audit(cx) == []
     cx.remove(cid)
+    (vol / "again").unlink()
     assert _staging_mounts(cx) == [] and audit(cx) == []
     assert os.listdir(vol) == ["data"]
