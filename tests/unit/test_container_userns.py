@@ -47,9 +47,16 @@ class FakePod:
 
 
 def _build(pod: FakePod, rootfs: Path, **security: Any) -> dict[str, Any]:
+    return built_spec(pod, rootfs, **security).spec
+
+
+def built_spec(
+    pod: FakePod, rootfs: Path, mounts: tuple[pb.Mount, ...] = (), **security: Any
+) -> oci.BuiltSpec:
     config = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name="c"),
         command=["sleep", "1"],
+        mounts=mounts,
         linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(**security)),
     )
     config.linux.security_context.namespace_options.pid = pb.CONTAINER
@@ -63,7 +70,7 @@ def _build(pod: FakePod, rootfs: Path, **security: Any) -> dict[str, Any]:
         cgroups_path="/x",
         resources={},
     )
-    return oci.build(inputs).spec
+    return oci.build(inputs)
 
 
 def test_the_spec_joins_the_pods_user_namespace_with_its_mappings(tmp_path: Path) -> None:

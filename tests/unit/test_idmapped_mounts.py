@@ -12,25 +12,11 @@ import pytest
 from cri.api import api_pb2 as pb
 from cri.containers import spec as oci
 from cri.errors import InvalidArgument
-from tests.unit.test_container_userns import GMAP, MAP, FakePod
+from tests.unit.test_container_userns import GMAP, MAP, FakePod, built_spec
 
 
 def _built(pod: FakePod, rootfs: Path, mounts: list[pb.Mount]) -> oci.BuiltSpec:
-    config = pb.ContainerConfig(
-        metadata=pb.ContainerMetadata(name="c"), command=["sleep", "1"], mounts=mounts
-    )
-    config.linux.security_context.namespace_options.pid = pb.CONTAINER
-    inputs = oci.SpecInputs(
-        container_id="c" * 64,
-        config=config,
-        image_config={},
-        image_name="img",
-        pod=pod,
-        rootfs=rootfs,
-        cgroups_path="/x",
-        resources={},
-    )
-    return oci.build(inputs)
+    return built_spec(pod, rootfs, tuple(mounts))
 
 
 def _mount(host: Path, where: str, uids: list[dict[str, int]], gids: list[dict[str, int]]) -> pb.Mount:
