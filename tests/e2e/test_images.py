@@ -10,7 +10,8 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -237,15 +238,20 @@ def test_mirrors_serve_upstream_names_in_order(daemon_factory, image_registry) -
     assert len(status(d, pause).image.repo_tags) == 2
 
 
+ALICE = pb.AuthConfig(username="alice", password="wonderland")
+
+
+def assert_only_alice_pulls(d: Daemon, ref: str, wrong: pb.AuthConfig, repo: str) -> None:
+    """Anonymous and ``wrong`` credentials are PERMISSION_DENIED; alice's pull the image of ``repo``."""
+    assert rpc_error(lambda: pull(d, ref)).code() == grpc.StatusCode.PERMISSION_DENIED
+    assert rpc_error(lambda: pull(d, ref, wrong)).code() == grpc.StatusCode.PERMISSION_DENIED
+    assert pull(d, ref, ALICE) == config_id(repo)
+
+
 def test_basic_auth(daemon_factory, basic_registry) -> None:
     d = daemon_factory(insecure(basic_registry.host))
     ref = basic_registry.ref("calyx-test/busybox")
-    assert rpc_error(lambda: pull(d, ref)).code() == grpc.StatusCode.PERMISSION_DENIED
-    wrong = pb.AuthConfig(username="alice", password="nope")
-    assert rpc_error(lambda: pull(d, ref, wrong)).code() == grpc.StatusCode.PERMISSION_DENIED
-    assert pull(d, ref, pb.AuthConfig(username="alice", password="wonderland")) == config_id(
-        "calyx-test/busybox"
-    )
+    assert_only_alice_pulls(d, ref, pb.AuthConfig(username="alice", password="nope"), "calyx-test/busybox")
     encoded = pb.AuthConfig(auth="YWxpY2U6d29uZGVybGFuZA==")  # alice:wonderland
     assert pull(d, basic_registry.ref("calyx-test/web"), encoded) == config_id("calyx-test/web")
     assert listed(d)
@@ -265,12 +271,7 @@ def test_token_auth_anonymous_credentials_identity_and_registry_tokens(
     assert tokens is not None
     assert pull(d, token_registry.ref("public/busybox")) == config_id("calyx-test/busybox")
     private = token_registry.ref("calyx-test/web")
-    assert rpc_error(lambda: pull(d, private)).code() == grpc.StatusCode.PERMISSION_DENIED
-    bad = pb.AuthConfig(username="alice", password="wrong")
-    assert rpc_error(lambda: pull(d, private, bad)).code() == grpc.StatusCode.PERMISSION_DENIED
-    assert pull(d, private, pb.AuthConfig(username="alice", password="wonderland")) == config_id(
-        "calyx-test/web"
-    )
+    assert_only_alice_pulls(d, private, pb.AuthConfig(username="alice", password="wrong"), "calyx-test/web")
     assert any(r.get("user") == "alice" for r in tokens.requests)
     uid = token_registry.ref("calyx-test/user-uid")
     assert pull(d, uid, pb.AuthConfig(identity_token="refresh-alice")) == config_id("calyx-test/user-uid")
@@ -290,9 +291,49 @@ def unique_image(tag: str, megabytes: int = 1) -> Push:
     return Push("calyx-test/unique", [tag], busybox_image(extra=[make_layer([Entry("blob", data=data)])]))
 
 
+def push_unique(registry: LoopbackRegistry, tag: str, megabytes: int = 1) -> Push:
+    """A new image (busybox and a layer of random bytes) pushed as ``calyx-test/unique:<tag>``."""
+    push = unique_image(tag, megabytes)
+    push_all(registry.host, [push])
+    assert push.image is not None
+    return push
+
+
+def assert_nothing_stored(d: Daemon) -> None:
+    assert listed(d) == []
+    assert leftovers(d) == {"ingest": [], "blobs": [], "layers": []}
+
+
+@dataclass
+class FaultyPull:
+    """A daemon that pulls ``ref`` through a proxy misbehaving on the image's own layer."""
+
+    daemon: Daemon
+    proxy: FaultyProxy
+    ref: str
+
+
+@pytest.fixture
+def faulty_pull(daemon_factory, scratch_registry) -> Iterator[Callable[..., FaultyPull]]:
+    """``faulty_pull(tag, mode, megabytes)``: pushes a unique image and starts a daemon behind a
+    ``FaultyProxy`` in ``mode``; the proxies are closed at the end."""
+    proxies: list[FaultyProxy] = []
+
+    def make(tag: str, mode: str, megabytes: int) -> FaultyPull:
+        push = push_unique(scratch_registry, tag, megabytes)
+        assert push.image is not None
+        proxy = FaultyProxy(scratch_registry.host, push.image.layers[1].blob.digest, mode)
+        proxies.append(proxy)
+        d = daemon_factory(insecure(proxy.host))
+        return FaultyPull(d, proxy, f"{proxy.host}/calyx-test/unique:{tag}")
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
 def test_corrupted_blob_is_refused_and_nothing_is_stored(daemon_factory, scratch_registry) -> None:
-    push = unique_image("corrupt")
-    push_all(scratch_registry.host, [push])
+    push = push_unique(scratch_registry, "corrupt")
     assert push.image is not None
     layer = push.image.layers[1].blob
     path = scratch_registry.registry.blob_path("calyx-test/unique", layer.digest)
@@ -303,93 +344,64 @@ def test_corrupted_blob_is_refused_and_nothing_is_stored(daemon_factory, scratch
     err = rpc_error(lambda: pull(d, scratch_registry.ref("calyx-test/unique:corrupt")))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "digest" in err.details()
-    assert listed(d) == []
-    assert leftovers(d) == {"ingest": [], "blobs": [], "layers": []}
+    assert_nothing_stored(d)
 
 
-def test_registry_dying_mid_pull_leaves_nothing_visible(daemon_factory, scratch_registry) -> None:
-    push = unique_image("cut", megabytes=4)
-    push_all(scratch_registry.host, [push])
-    assert push.image is not None
-    proxy = FaultyProxy(scratch_registry.host, push.image.layers[1].blob.digest, "cut")
-    try:
-        d = daemon_factory(insecure(proxy.host))
-        err = rpc_error(lambda: pull(d, f"{proxy.host}/calyx-test/unique:cut"))
-        assert err.code() == grpc.StatusCode.UNAVAILABLE
-        assert proxy.blob_requests == 1
-        assert listed(d) == []
-        assert leftovers(d) == {"ingest": [], "blobs": [], "layers": []}
-    finally:
-        proxy.close()
+def test_registry_dying_mid_pull_leaves_nothing_visible(faulty_pull: Callable[..., FaultyPull]) -> None:
+    f = faulty_pull("cut", "cut", megabytes=4)
+    err = rpc_error(lambda: pull(f.daemon, f.ref))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert f.proxy.blob_requests == 1
+    assert_nothing_stored(f.daemon)
 
 
-def test_daemon_killed_mid_pull_cleans_temporary_files_at_start(daemon_factory, scratch_registry) -> None:
-    push = unique_image("kill", megabytes=4)
-    push_all(scratch_registry.host, [push])
-    assert push.image is not None
-    proxy = FaultyProxy(scratch_registry.host, push.image.layers[1].blob.digest, "stall")
-    try:
-        d = daemon_factory(insecure(proxy.host))
-        errors: list[grpc.RpcError] = []
+def test_daemon_killed_mid_pull_cleans_temporary_files_at_start(
+    faulty_pull: Callable[..., FaultyPull],
+) -> None:
+    f = faulty_pull("kill", "stall", megabytes=4)
+    d = f.daemon
+    errors: list[grpc.RpcError] = []
 
-        def background() -> None:
-            try:
-                pull(d, f"{proxy.host}/calyx-test/unique:kill")
-            except grpc.RpcError as exc:
-                errors.append(exc)
+    def background() -> None:
+        try:
+            pull(d, f.ref)
+        except grpc.RpcError as exc:
+            errors.append(exc)
 
-        thread = threading.Thread(target=background)
-        thread.start()
-        assert proxy.half_sent.wait(60)
-        wait_for(lambda: bool(leftovers(d)["ingest"]), "a partial download in ingest/")
-        d.kill9()
-        thread.join(30)
-        assert errors and errors[0].code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
-        proxy.release()
-        d.start()
-        assert listed(d) == []
-        assert leftovers(d) == {"ingest": [], "blobs": [], "layers": []}
-    finally:
-        proxy.close()
+    thread = threading.Thread(target=background)
+    thread.start()
+    assert f.proxy.half_sent.wait(60)
+    wait_for(lambda: bool(leftovers(d)["ingest"]), "a partial download in ingest/")
+    d.kill9()
+    thread.join(30)
+    assert errors and errors[0].code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    f.proxy.release()
+    d.start()
+    assert_nothing_stored(d)
 
 
-def test_pull_honours_the_grpc_deadline(daemon_factory, scratch_registry) -> None:
-    push = unique_image("slow", megabytes=4)
-    push_all(scratch_registry.host, [push])
-    assert push.image is not None
-    proxy = FaultyProxy(scratch_registry.host, push.image.layers[1].blob.digest, "stall")
-    try:
-        d = daemon_factory(insecure(proxy.host))
-        err = rpc_error(lambda: pull(d, f"{proxy.host}/calyx-test/unique:slow", timeout=3))
-        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        # The daemon gives up on its side too: the partial download goes away without a restart.
-        wait_for(lambda: leftovers(d)["ingest"] == [] and "deadline" in d.log(), "the pull aborted")
-        assert listed(d) == []
-    finally:
-        proxy.close()
+def test_pull_honours_the_grpc_deadline(faulty_pull: Callable[..., FaultyPull]) -> None:
+    f = faulty_pull("slow", "stall", megabytes=4)
+    err = rpc_error(lambda: pull(f.daemon, f.ref, timeout=3))
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The daemon gives up on its side too: the partial download goes away without a restart.
+    wait_for(lambda: leftovers(f.daemon)["ingest"] == [] and "deadline" in f.daemon.log(), "the pull aborted")
+    assert listed(f.daemon) == []
 
 
-def test_concurrent_pulls_share_one_download(daemon_factory, scratch_registry) -> None:
-    push = unique_image("shared", megabytes=2)
-    push_all(scratch_registry.host, [push])
-    assert push.image is not None
-    proxy = FaultyProxy(scratch_registry.host, push.image.layers[1].blob.digest, "gate")
-    try:
-        d = daemon_factory(insecure(proxy.host))
-        results: list[str] = []
-        ref = f"{proxy.host}/calyx-test/unique:shared"
-        threads = [threading.Thread(target=lambda: results.append(pull(d, ref))) for _ in range(4)]
-        for t in threads:
-            t.start()
-        wait_for(lambda: proxy.blob_requests >= 1, "the first blob request")
-        threading.Event().wait(1.0)  # give any duplicate download the chance to show itself
-        proxy.release()
-        for t in threads:
-            t.join(120)
-        assert len(results) == 4 and len(set(results)) == 1
-        assert proxy.blob_requests == 1
-    finally:
-        proxy.close()
+def test_concurrent_pulls_share_one_download(faulty_pull: Callable[..., FaultyPull]) -> None:
+    f = faulty_pull("shared", "gate", megabytes=2)
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(pull(f.daemon, f.ref))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: f.proxy.blob_requests >= 1, "the first blob request")
+    threading.Event().wait(1.0)  # give any duplicate download the chance to show itself
+    f.proxy.release()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 4 and len(set(results)) == 1
+    assert f.proxy.blob_requests == 1
 
 
 def test_schema1_manifest_is_refused_clearly(daemon_factory, short_tmp) -> None:
@@ -497,8 +509,7 @@ def test_remove_image_semantics(plain: Daemon, image_registry) -> None:
     assert list(status(plain, image_id).image.repo_tags) == [two]
     assert not status(plain, one).HasField("image")
     plain.images.RemoveImage(pb.RemoveImageRequest(image=spec(two)))
-    assert listed(plain) == []
-    assert leftovers(plain) == {"ingest": [], "blobs": [], "layers": []}
+    assert_nothing_stored(plain)
     # Unknown images: success, as kubelet expects.
     plain.images.RemoveImage(pb.RemoveImageRequest(image=spec("sha256:" + "2" * 64)))
     plain.images.RemoveImage(pb.RemoveImageRequest(image=spec(image_registry.ref("calyx-test/never:1"))))
@@ -615,9 +626,9 @@ def layer_dirs_offline(d: Daemon, image_id: str) -> list[Path]:
 def test_a_tag_moves_to_the_image_pulled_last(daemon_factory, scratch_registry) -> None:
     d = daemon_factory(insecure(scratch_registry.host))
     ref = scratch_registry.ref("calyx-test/unique:moving")
-    push_all(scratch_registry.host, [unique_image("moving")])
+    push_unique(scratch_registry, "moving")
     first = pull(d, ref)
-    push_all(scratch_registry.host, [unique_image("moving")])
+    push_unique(scratch_registry, "moving")
     second = pull(d, ref)
     assert first != second
     assert list(status(d, first).image.repo_tags) == []
