@@ -253,7 +253,8 @@ class FaultyProxy:
 
     ``mode``: "cut" sends half of the blob then closes the connection (a registry dying mid-pull);
     "stall" sends half and then waits until ``release()``; "gate" holds the whole response until
-    ``release()``. ``blob_requests`` counts requests for the blob.
+    ``release()``. ``blob_requests`` counts requests for the blob. ``seen`` keeps every request's path
+    and Authorization header (None without one): with ``digest=""`` it is a plain recording proxy.
     """
 
     def __init__(self, upstream: str, digest: str, mode: str) -> None:
@@ -261,6 +262,7 @@ class FaultyProxy:
         self.digest = digest
         self.mode = mode
         self.blob_requests = 0
+        self.seen: list[tuple[str, str | None]] = []
         self.released = threading.Event()
         self.half_sent = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -287,10 +289,11 @@ class FaultyProxy:
                 pass
 
             def do_GET(self) -> None:
+                proxy.seen.append((self.path, self.headers.get("authorization")))
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
                 upstream = httpx.get(f"http://{proxy.upstream}{self.path}", headers=headers, timeout=30)
                 body = upstream.content
-                faulty = self.path.endswith(f"/blobs/{proxy.digest}")
+                faulty = bool(proxy.digest) and self.path.endswith(f"/blobs/{proxy.digest}")
                 if faulty:
                     proxy.blob_requests += 1
                     if proxy.mode == "gate":

@@ -1,75 +1,39 @@
 """PullImage honours AuthConfig.server_address: kubelet's credentials go to that registry host only.
 
-Against Debian's docker-registry with htpasswd basic auth on loopback. A small recording proxy in front
-of it (``Recorder``) keeps the Authorization header of every request it forwards, which shows whether
-the credentials reached it; it also serves as a mirror of the registry.
+Against Debian's docker-registry with htpasswd basic auth on loopback. A recording proxy in front of it
+(``Recorder``, tests/registry.py's proxy with no fault) keeps the Authorization header of every request
+it forwards, which shows whether the credentials reached it; it also serves as a mirror of the registry.
 """
 
 from __future__ import annotations
 
 import base64
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 
 from cri.api import api_pb2 as pb
 from cri.images.registry import registry_host
 from tests.daemon import Daemon
 from tests.image_fixtures import USERS, LoopbackRegistry
+from tests.registry import FaultyProxy
 
 IMAGE = "calyx-test/busybox:latest"
 USER = next(iter(USERS))
 ELSEWHERE = "registry.elsewhere.test:5000"  # only ever a string: nothing is sent to it
 
 
-class Recorder:
-    """A plain-HTTP proxy on loopback in front of ``upstream`` that records each request's
-    Authorization header (None when there was none)."""
+class Recorder(FaultyProxy):
+    """A proxy that forwards everything as it is and keeps each request's Authorization header."""
 
     def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.seen: list[tuple[str, str | None]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self.host = f"127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(upstream, digest="", mode="pass")
 
     @property
     def authorizations(self) -> list[str]:
         return [a for _path, a in self.seen if a is not None]
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        recorder = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                recorder.seen.append((self.path, self.headers.get("authorization")))
-                headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "authorization")}
-                upstream = httpx.get(f"http://{recorder.upstream}{self.path}", headers=headers, timeout=30)
-                self.send_response(upstream.status_code)
-                for key in ("content-type", "docker-content-digest", "www-authenticate"):
-                    if key in upstream.headers:
-                        self.send_header(key, upstream.headers[key])
-                self.send_header("content-length", str(len(upstream.content)))
-                self.end_headers()
-                self.wfile.write(upstream.content)
-
-        return Handler
 
 
 @pytest.fixture
@@ -94,6 +58,15 @@ def _basic(user: str) -> str:
 
 def _daemon(factory: Callable[..., Daemon], registries: dict[str, Any]) -> Daemon:
     return factory({"images": {"registries": registries}})
+
+
+def _mirrored(factory: Callable[..., Daemon], registry: LoopbackRegistry, mirror: Recorder) -> Daemon:
+    """A daemon pulling ``registry``'s images through ``mirror`` first."""
+    registries = {
+        registry.host: {"insecure": True, "mirrors": [f"http://{mirror.host}"]},
+        mirror.host: {"insecure": True},
+    }
+    return _daemon(factory, registries)
 
 
 @pytest.mark.parametrize(
@@ -133,11 +106,7 @@ def test_credentials_for_the_registry_skip_its_mirror(
     daemon_factory: Callable[..., Daemon], basic_registry: LoopbackRegistry, recorder: Recorder
 ) -> None:
     """The mirror (the recorder) gets no credentials and refuses; the registry itself gets them."""
-    registries = {
-        basic_registry.host: {"insecure": True, "mirrors": [f"http://{recorder.host}"]},
-        recorder.host: {"insecure": True},
-    }
-    d = _daemon(daemon_factory, registries)
+    d = _mirrored(daemon_factory, basic_registry, recorder)
     for address in (basic_registry.host, ""):
         recorder.seen.clear()
         assert _pull(d, basic_registry.ref(IMAGE), _auth(address)).startswith("sha256:")
@@ -148,11 +117,7 @@ def test_credentials_for_the_registry_skip_its_mirror(
 def test_credentials_for_the_mirror_host_go_to_the_mirror(
     daemon_factory: Callable[..., Daemon], basic_registry: LoopbackRegistry, recorder: Recorder
 ) -> None:
-    registries = {
-        basic_registry.host: {"insecure": True, "mirrors": [f"http://{recorder.host}"]},
-        recorder.host: {"insecure": True},
-    }
-    d = _daemon(daemon_factory, registries)
+    d = _mirrored(daemon_factory, basic_registry, recorder)
     assert _pull(d, basic_registry.ref(IMAGE), _auth(f"http://{recorder.host}/")).startswith("sha256:")
     assert _basic(USER) in recorder.authorizations
     assert any("/blobs/" in path for path, _auth in recorder.seen)  # served by the mirror

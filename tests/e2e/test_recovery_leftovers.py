@@ -8,7 +8,6 @@ audit (tests/fault_audit.py) finds nothing left: on the built-in network and on 
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from cri.api import api_pb2 as pb
 from tests.container_fixtures import Cx
 from tests.fault_audit import audit, leftovers
 from tests.image_fixtures import LoopbackRegistry
-from tests.net_fixtures import Net, free_port, pod_config, run_pod
+from tests.net_fixtures import Net
 
 IMAGE = "calyx-test/busybox:latest"
 POLITE = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
@@ -28,18 +27,10 @@ STEPS = ["pod.remove_after_intent", "pod.remove_after_containers", "pod.remove_a
 
 
 def _pod_with_container(cx: Cx) -> tuple[str, str]:
-    """A pod with a hostPort and its own cgroup parent, running one container."""
-    parent = f"/cxr-{os.urandom(4).hex()}"
-    cx.parents.append(parent)
-    config = pod_config(
-        log_directory=str(cx.logs),
-        port_mappings=[pb.PortMapping(protocol=pb.TCP, container_port=80, host_port=free_port())],
-        linux=pb.LinuxPodSandboxConfig(cgroup_parent=parent),
-    )
-    pod_id = run_pod(cx.daemon, config)
-    cx.pods.append(pod_id)
+    """A pod with its own network namespace and cgroup parent, running one container."""
+    pod = cx.pod(host_network=False)
     cx.image(IMAGE)
-    return pod_id, cx.run((pod_id, config), "member", POLITE)
+    return pod[0], cx.run(pod, "member", POLITE)
 
 
 def _kill_in_remove_then_restart(cx: Cx, step: str) -> None:
