@@ -91,7 +91,8 @@ def audit(cx: Cx) -> list[str]:
         problems.extend(f"{kind} without owner: {x}" for x in sorted(have - allowed))
         problems.extend(f"{kind} missing for: {x}" for x in sorted((required or set()) - have))
 
-    # A NOTREADY pod needs no files any more (a removal interrupted after them is retried by kubelet).
+    # A NOTREADY pod needs no files any more (a removal that failed after them is retried by kubelet;
+    # one a crash interrupted is finished by recovery).
     expect("pod dir", _names(d.root / "pods"), set(pods), ready)
     for kind in ("net", "ipc", "uts", "pid", "user"):
         expect(f"{kind} pin", _names(d.run_root / "ns" / kind), ready)

@@ -23,15 +23,17 @@ from tests.net_fixtures import CNI_BIN, Net, pod_config, run_pod, stop_remove
 
 TIMEOUT_S = 5  # long enough for Debian's bridge plugin on a loaded machine, short for the test
 
-# A plugin whose ADD, in "hang" mode, starts a helper in a session of its own (so outside the plugin's
-# process group) that starts a grandchild, records the three pids and waits forever.
+# A plugin that, for the command named in its "hang" file (ADD or DEL), starts a helper in a session of
+# its own (so outside the plugin's process group) that starts a grandchild, records the three pids and
+# waits forever. Otherwise it passes the previous result on.
 HANGING_PLUGIN = """#!/usr/bin/python3
 import json, os, subprocess, sys, time
 here = os.path.dirname(os.path.abspath(sys.argv[0]))
 conf = json.load(sys.stdin)
 command = os.environ.get("CNI_COMMAND", "")
-hang = os.path.exists(os.path.join(here, "hang"))
-if command == "ADD" and hang:
+hang_file = os.path.join(here, "hang")
+hang = os.path.exists(hang_file) and open(hang_file).read().strip() == command
+if hang:
     helper = subprocess.Popen(
         ["sh", "-c", "sleep 1000 & echo $! > " + os.path.join(here, "grandchild.pid") + "; wait"],
         start_new_session=True,
@@ -52,7 +54,7 @@ def _hanging_cni(cni_net: Callable[..., Net], short_tmp: Path) -> tuple[Net, Pat
     plugin = bin_dir / "cxhang"
     plugin.write_text(HANGING_PLUGIN)
     plugin.chmod(0o755)
-    (bin_dir / "hang").touch()
+    (bin_dir / "hang").write_text("ADD")
     net = cni_net(start=False, bin_dirs=[str(bin_dir), CNI_BIN])
     conflist_path = next(net.cni_dir.glob("*.conflist"))  # type: ignore[union-attr]
     conflist = json.loads(conflist_path.read_text())
@@ -82,6 +84,14 @@ def _wait_gone(pids: list[int]) -> list[int]:
     return [p for p in pids if not _gone(p)]
 
 
+def _tree(bin_dir: Path) -> list[int]:
+    """The hanging plugin's pid, its helper's and its grandchild's (the files are consumed)."""
+    plugin, helper = map(int, (bin_dir / "tree.pid").read_text().split())
+    grandchild = int((bin_dir / "grandchild.pid").read_text())
+    (bin_dir / "tree.pid").unlink()
+    return [plugin, helper, grandchild]
+
+
 def test_hanging_plugin_is_killed_with_its_tree_and_the_pod_leaves_nothing(
     cni_net: Callable[..., Net], image_registry: LoopbackRegistry, short_tmp: Path
 ) -> None:
@@ -98,9 +108,7 @@ def test_hanging_plugin_is_killed_with_its_tree_and_the_pod_leaves_nothing(
         assert "cxhang ADD" in details and f"within {TIMEOUT_S}s" in details, details
         assert f"{config.metadata.namespace}/hangs" in details, details
 
-        plugin, helper = map(int, (bin_dir / "tree.pid").read_text().split())
-        grandchild = int((bin_dir / "grandchild.pid").read_text())
-        assert _wait_gone([plugin, helper, grandchild]) == []
+        assert _wait_gone(_tree(bin_dir)) == []
 
         assert net.records("pod") == {}
         assert audit(cx) == []
@@ -110,6 +118,32 @@ def test_hanging_plugin_is_killed_with_its_tree_and_the_pod_leaves_nothing(
         (bin_dir / "hang").unlink()  # the same network works once the plugin answers
         pod_id = run_pod(net.daemon, pod_config(name="answers"))
         stop_remove(net.daemon, pod_id)
+        assert leftovers(cx) == []
+    finally:
+        cx.cleanup()
+
+
+def test_hanging_del_fails_the_stop_naming_plugin_and_pod_and_a_retry_finishes(
+    cni_net: Callable[..., Net], image_registry: LoopbackRegistry, short_tmp: Path
+) -> None:
+    net, bin_dir = _hanging_cni(cni_net, short_tmp)
+    (bin_dir / "hang").write_text("DEL")
+    logs = short_tmp / "podlogs"
+    logs.mkdir()
+    cx = Cx(net, image_registry, logs)
+    try:
+        pod_id = run_pod(net.daemon, pod_config(name="stuck-del"))
+        stop = pb.StopPodSandboxRequest(pod_sandbox_id=pod_id)
+        with pytest.raises(grpc.RpcError) as err:
+            net.daemon.runtime.StopPodSandbox(stop, timeout=120)
+        details = err.value.details()
+        assert "cxhang DEL" in details and "/stuck-del" in details and pod_id in details, details
+        assert _wait_gone(_tree(bin_dir)) == []
+
+        (bin_dir / "hang").unlink()
+        net.daemon.runtime.StopPodSandbox(stop, timeout=120)  # kubelet's retry
+        net.daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+        assert net.records("pod") == {}
         assert leftovers(cx) == []
     finally:
         cx.cleanup()
