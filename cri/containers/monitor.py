@@ -1,4 +1,5 @@
-"""runc under conmon: create, start, signal, delete, exec-sync and log reopen of one container.
+"""runc under conmon: create, start, signal, delete and log reopen of one container (ExecSync runs
+``runc exec`` without conmon: cri.containers.execsync).
 
 conmon is launched with the bundle as its cwd and two pipes: the sync pipe (it reports the container's
 PID, or the failure, as JSON because of ``--api-version``) and the start pipe (conmon waits for one byte
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from cri import poll, proc
-from cri.containers import cri_log
+from cri.containers import execsync
+from cri.containers.execsync import ExecResult
 from cri.containers.procinfo import start_time
 from cri.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal
 from cri.instruments import observe_runtime
@@ -31,21 +33,12 @@ from cri.instruments import observe_runtime
 log = logging.getLogger("cri.containers.monitor")
 
 RUNC_TIMEOUT = 60.0
-# kubelet and our server refuse messages over 16 MiB: keep ExecSync's output (both streams) below it.
-MAX_EXEC_OUTPUT = 16 * 1024 * 1024 - 64 * 1024
 
 
 @dataclass(frozen=True)
 class Launched:
     pid: int
     conmon_pid: int
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
 
 
 class Monitor:
@@ -208,7 +201,7 @@ class Monitor:
             argv.append("-t")
         stderr_path = persist_dir / "conmon.stderr"
         started = time.monotonic()
-        data = self._launch(argv, bundle, stderr_path, timeout, container_id, start=True, messages=1)
+        data = self._launch(argv, bundle, stderr_path, timeout, container_id)
         message = _first_message(data)
         pid = int(message.get("data", message.get("pid", -1)))
         observe_runtime(self.runtime_path, "create", time.monotonic() - started, pid > 0)
@@ -225,20 +218,13 @@ class Monitor:
         stderr_path: Path,
         timeout: float,
         object_id: str,
-        start: bool,
-        messages: int = 0,
     ) -> bytes:
-        """Run conmon with the sync (and start) pipe; return what it wrote on the sync pipe.
-
-        With ``messages`` > 0, stop after that many lines; otherwise read until conmon closes the pipe.
-        """
+        """Run conmon with the sync and start pipes; return its first message on the sync pipe (or what
+        it wrote before closing it)."""
         sync_r, sync_w = os.pipe()
-        start_r, start_w = os.pipe() if start else (-1, -1)
-        env = dict(os.environ, _OCI_SYNCPIPE=str(sync_w))
-        fds = [sync_w]
-        if start:
-            env["_OCI_STARTPIPE"] = str(start_r)
-            fds.append(start_r)
+        start_r, start_w = os.pipe()
+        env = dict(os.environ, _OCI_SYNCPIPE=str(sync_w), _OCI_STARTPIPE=str(start_r))
+        fds = [sync_w, start_r]
         deadline = time.monotonic() + timeout
         try:
             with open(stderr_path, "ab") as errfile:
@@ -254,14 +240,12 @@ class Monitor:
                 )
         except OSError as exc:
             for fd in (sync_r, sync_w, start_r, start_w):
-                if fd >= 0:
-                    os.close(fd)
+                os.close(fd)
             raise CommandFailed(argv, -1, f"cannot run: {exc.strerror}", object_id) from None
         os.close(sync_w)
-        if start:
-            os.close(start_r)
-            os.write(start_w, b"0")
-            os.close(start_w)
+        os.close(start_r)
+        os.write(start_w, b"0")
+        os.close(start_w)
         chunks: list[bytes] = []
         try:
             while True:
@@ -277,8 +261,8 @@ class Monitor:
                 if not chunk:
                     break
                 chunks.append(chunk)
-                # The long-lived conmon keeps the pipe open: stop at the messages we wait for.
-                if messages and b"".join(chunks).count(b"\n") >= messages:
+                # The long-lived conmon keeps the pipe open: stop at the message we wait for.
+                if b"\n" in chunk:
                     break
         finally:
             os.close(sync_r)
@@ -290,51 +274,10 @@ class Monitor:
         return b"".join(chunks)
 
     def exec_sync(
-        self,
-        container_id: str,
-        bundle: Path,
-        work_dir: Path,
-        process: dict[str, Any],
-        timeout_s: int,
+        self, container_id: str, spec_path: Path, pid_file: Path, command: list[str], timeout_s: int
     ) -> ExecResult:
-        """Run ``process`` in the container and wait for it; conmon kills it at the timeout."""
-        work_dir.mkdir(parents=True, exist_ok=True)
-        spec_path = work_dir / "process.json"
-        log_path = work_dir / "output.log"
-        spec_path.write_text(json.dumps(process))
-        exec_id = work_dir.name
-        argv = self._conmon_argv(container_id, bundle, str(log_path), work_dir)
-        argv[argv.index("-u") + 1] = exec_id
-        argv += [
-            "-p",
-            str(work_dir / "pid"),
-            "-e",
-            "--exec-process-spec",
-            str(spec_path),
-            "--sync",
-        ]
-        if timeout_s > 0:
-            argv += ["-T", str(timeout_s)]
-        # Our own deadline backs conmon's: its timeout plus time for runc to set the process up.
-        hard = (timeout_s + 30.0) if timeout_s > 0 else 24 * 3600.0
-        data = self._launch(argv, bundle, work_dir / "conmon.stderr", hard, container_id, start=False)
-        messages = _messages(data)
-        if not messages:
-            raise Internal(
-                f"exec in container failed: {_read_tail(work_dir / 'conmon.stderr')}", container_id
-            )
-        last = messages[-1]
-        if len(messages) < 2:
-            first = int(last.get("data", -1))
-            if first <= 0:
-                raise Internal(f"exec in container failed: {last.get('message', '')}", container_id)
-        if "timed out" in str(last.get("message", "")):
-            raise DeadlineExceeded(f"command {process['args']!r} timed out after {timeout_s}s", container_id)
-        code = int(last.get("data", -1))
-        if code < 0:
-            raise Internal(f"exec in container failed: {last.get('message', '')}", container_id)
-        stdout, stderr = cri_log.read_streams(log_path, MAX_EXEC_OUTPUT)
-        return ExecResult(exit_code=code, stdout=stdout, stderr=stderr)
+        """Run the process in ``spec_path`` in the container and wait for it (see cri.containers.execsync)."""
+        return execsync.run(self._runc(), container_id, spec_path, pid_file, timeout_s, command)
 
     @staticmethod
     def reopen_log(bundle: Path) -> None:

@@ -11,7 +11,7 @@ import grpc
 
 from cri.api import api_pb2 as pb
 from cri.api import api_pb2_grpc as pb_grpc
-from cri.containers.monitor import MAX_EXEC_OUTPUT
+from cri.containers.execsync import MAX_EXEC_OUTPUT
 from tests import container_fixtures
 from tests.container_fixtures import CGROUP_ROOT, Cx
 

@@ -1,0 +1,82 @@
+"""ExecSync's runc exec (cri.containers.execsync) against real runc, below the CRI server: what runc
+says about a container that is not running, the cap over both streams, and background children that
+keep the output pipes open (the reply must not wait for them)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from cri.containers import execsync
+from cri.containers.model import EXITED
+from cri.errors import FailedPrecondition
+from tests.containers.harness import Harness
+
+
+def _pids_running(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _wait_gone(marker: str, timeout: float = 20.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := _pids_running(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def _run(
+    h: Harness, cid: str, cmd: list[str], timeout_s: int = 30, limit: int = execsync.MAX_EXEC_OUTPUT
+) -> execsync.ExecResult:
+    """execsync.run as the manager drives it, with a process spec of the container's own."""
+    c = h.containers.get(cid)
+    spec = h.containers._exec_spec_file(c, h.containers.exec_process(c, cmd, tty=False))
+    pid_file = spec.with_suffix(".pid")
+    try:
+        runc = h.containers.monitor("runc")._runc()
+        return execsync.run(runc, c.id, spec, pid_file, timeout_s, cmd, limit=limit)
+    finally:
+        spec.unlink()
+        pid_file.unlink(missing_ok=True)
+
+
+def test_runc_finding_the_container_stopped_is_failed_precondition(harness: Harness) -> None:
+    pod = harness.pod()
+    cid = harness.run(pod, "brief", ["true"])
+    deadline = time.monotonic() + 20
+    while harness.containers.get(cid).state != EXITED:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # the manager refuses before runc is asked; runc's own answer maps to the same status
+    with pytest.raises(FailedPrecondition):
+        _run(harness, cid, ["true"])
+
+
+def test_cap_counts_both_streams(harness: Harness) -> None:
+    pod = harness.pod()
+    cid = harness.run(pod, "capped", ["sleep", "1000"])
+    result = _run(harness, cid, ["sh", "-c", "echo 12345; echo abcdef >&2; echo 6789"], limit=10)
+    assert result.exit_code == 0
+    assert len(result.stdout) + len(result.stderr) == 10
+    assert (result.stdout + result.stderr).startswith(b"12345\n") or result.stderr.startswith(b"abcdef")
+
+
+def test_a_background_writer_does_not_hold_the_reply_and_dies_with_its_pipe(harness: Harness) -> None:
+    pod = harness.pod()
+    cid = harness.run(pod, "bg", ["sleep", "1000"])
+    marker = "bgwriter-" + cid[:8]
+    script = f"sh -c 'while :; do echo more; sleep 0.05; done # {marker}' & echo started; exit 4"
+    result = _run(harness, cid, ["sh", "-c", script])
+    assert result.exit_code == 4
+    assert result.stdout.startswith(b"started\n")
+    # nobody reads its stdout any more: its next write ends it (SIGPIPE)
+    assert _wait_gone(marker) == []
