@@ -69,8 +69,12 @@ def _net_pod(cx: Cx) -> str:
     return pod_id
 
 
-def _pod_with_container(cx: Cx, ids: dict[str, str]) -> None:
+def _only_net_pod(cx: Cx, ids: dict[str, str]) -> None:
     ids["pod"] = _net_pod(cx)
+
+
+def _pod_with_container(cx: Cx, ids: dict[str, str]) -> None:
+    _only_net_pod(cx, ids)
     cx.image(IMAGE)
     ids["ctr"] = cx.run((ids["pod"], cx.pod_configs[ids["pod"]]), "member", POLITE)
 
@@ -111,32 +115,39 @@ def _remove_image(cx: Cx, ids: dict[str, str]) -> None:
     cx.daemon.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=cx.registry.ref(IMAGE))))
 
 
+def _pod_cases(setup: Callable[[Cx, dict[str, str]], None]) -> list[Case]:
+    """RunPodSandbox, then Stop and Remove of a pod ``setup`` made."""
+    return [
+        Case(
+            "RunPodSandbox",
+            ["pod.after_intent", "pod.after_netns", "pod.after_network"],
+            lambda cx, ids: None,
+            _only_net_pod,
+        ),
+        Case(
+            "StopPodSandbox",
+            [
+                "pod.stop_after_containers",
+                "pod.stop_after_intent",
+                "pod.stop_after_network",
+                "pod.stop_after_namespaces",
+            ],
+            setup,
+            _stop_pod,
+            finish=_stop_pod,
+        ),
+        Case(
+            "RemovePodSandbox",
+            ["pod.remove_after_containers", "pod.remove_after_dir"],
+            setup,
+            _remove_pod,
+            finish=_remove_pod,
+        ),
+    ]
+
+
 CASES = [
-    Case(
-        "RunPodSandbox",
-        ["pod.after_intent", "pod.after_netns", "pod.after_network"],
-        lambda cx, ids: None,
-        lambda cx, ids: ids.update(pod=_net_pod(cx)),
-    ),
-    Case(
-        "StopPodSandbox",
-        [
-            "pod.stop_after_containers",
-            "pod.stop_after_intent",
-            "pod.stop_after_network",
-            "pod.stop_after_namespaces",
-        ],
-        _pod_with_container,
-        _stop_pod,
-        finish=_stop_pod,
-    ),
-    Case(
-        "RemovePodSandbox",
-        ["pod.remove_after_containers", "pod.remove_after_dir"],
-        _pod_with_container,
-        _remove_pod,
-        finish=_remove_pod,
-    ),
+    *_pod_cases(_pod_with_container),
     Case(
         "CreateContainer",
         ["container.after_intent", "container.after_rootfs", "container.after_conmon"],
@@ -208,41 +219,17 @@ def _restart_unarmed(cx: Cx) -> None:
     cx.daemon.start()
 
 
-def _remove_everything(cx: Cx) -> None:
+def _remove_everything_then_nothing_is_left(cx: Cx) -> None:
+    """What kubelet does at the end: every pod and image removed; then nothing at all may be left."""
     for pod in cx.rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=30).items:
         _stop_pod(cx, {"pod": pod.id})
         _remove_pod(cx, {"pod": pod.id})
     for image in cx.daemon.images.ListImages(pb.ListImagesRequest(), timeout=30).images:
         cx.daemon.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=image.id)), timeout=30)
+    assert leftovers(cx) == []
 
 
-CNI_CASES = [
-    Case(
-        "RunPodSandbox",
-        ["pod.after_intent", "pod.after_netns", "pod.after_network"],
-        lambda cx, ids: None,
-        lambda cx, ids: ids.update(pod=_net_pod(cx)),
-    ),
-    Case(
-        "StopPodSandbox",
-        [
-            "pod.stop_after_containers",
-            "pod.stop_after_intent",
-            "pod.stop_after_network",
-            "pod.stop_after_namespaces",
-        ],
-        lambda cx, ids: ids.update(pod=_net_pod(cx)),
-        _stop_pod,
-        finish=_stop_pod,
-    ),
-    Case(
-        "RemovePodSandbox",
-        ["pod.remove_after_containers", "pod.remove_after_dir"],
-        lambda cx, ids: ids.update(pod=_net_pod(cx)),
-        _remove_pod,
-        finish=_remove_pod,
-    ),
-]
+CNI_CASES = _pod_cases(_only_net_pod)
 
 
 @pytest.mark.parametrize(
@@ -285,8 +272,7 @@ def _kill_restart_audit(cx: Cx, case: Case, step: str) -> None:
     assert audit(cx) == []
     case.finish(cx, ids)  # kubelet retries what failed
     assert audit(cx) == []
-    _remove_everything(cx)
-    assert leftovers(cx) == []
+    _remove_everything_then_nothing_is_left(cx)
 
 
 def test_restart_without_a_crash_changes_nothing(make_cx: Callable[[dict[str, str]], Cx]) -> None:
@@ -300,11 +286,19 @@ def test_restart_without_a_crash_changes_nothing(make_cx: Callable[[dict[str, st
     _restart_unarmed(cx)
     assert audit(cx) == []
     assert cx.status(ids["ctr"]).status.state == pb.CONTAINER_RUNNING
-    _remove_everything(cx)
-    assert leftovers(cx) == []
+    _remove_everything_then_nothing_is_left(cx)
 
 
 # --- processes killed under a running daemon --------------------------------------------------------
+
+
+@pytest.fixture
+def running(make_cx: Callable[[dict[str, str]], Cx]) -> tuple[Cx, dict[str, str]]:
+    """An unarmed daemon with a running container (``ids["ctr"]``) in a host-network pod."""
+    cx = make_cx({})
+    ids: dict[str, str] = {}
+    _running(cx, ids)
+    return cx, ids
 
 
 def _proc_ids(cx: Cx, cid: str) -> tuple[int, int]:
@@ -312,12 +306,8 @@ def _proc_ids(cx: Cx, cid: str) -> tuple[int, int]:
     return int(info["pid"]), int(info["monitorPid"])
 
 
-def test_conmon_killed_container_keeps_running_and_is_stoppable(
-    make_cx: Callable[[dict[str, str]], Cx],
-) -> None:
-    cx = make_cx({})
-    ids: dict[str, str] = {}
-    _running(cx, ids)
+def test_conmon_killed_container_keeps_running_and_is_stoppable(running: tuple[Cx, dict[str, str]]) -> None:
+    cx, ids = running
     _pid, conmon = _proc_ids(cx, ids["ctr"])
     os.kill(conmon, signal.SIGKILL)
     cx.daemon.restart()  # also across a restart: the container is adopted without its monitor
@@ -328,16 +318,13 @@ def test_conmon_killed_container_keeps_running_and_is_stoppable(
     assert st.state == pb.CONTAINER_EXITED
     assert st.exit_code == 255 and "monitor" in st.message  # nobody recorded the real code
     cx.remove(ids["ctr"])
-    _remove_everything(cx)
-    assert leftovers(cx) == []
+    _remove_everything_then_nothing_is_left(cx)
 
 
 def test_container_init_killed_is_exited_137_while_the_daemon_is_down(
-    make_cx: Callable[[dict[str, str]], Cx],
+    running: tuple[Cx, dict[str, str]],
 ) -> None:
-    cx = make_cx({})
-    ids: dict[str, str] = {}
-    _running(cx, ids)
+    cx, ids = running
     pid, _conmon = _proc_ids(cx, ids["ctr"])
     cx.daemon.kill9()
     os.kill(pid, signal.SIGKILL)
@@ -349,8 +336,7 @@ def test_container_init_killed_is_exited_137_while_the_daemon_is_down(
     second = cx.run((ids["pod"], cx.pod_configs[ids["pod"]]), "second", POLITE)
     os.kill(_proc_ids(cx, second)[0], signal.SIGKILL)
     assert cx.wait_exit(second).exit_code == 137
-    _remove_everything(cx)
-    assert leftovers(cx) == []
+    _remove_everything_then_nothing_is_left(cx)
 
 
 # --- CNI plugins that fail or hang ------------------------------------------------------------------
@@ -450,14 +436,12 @@ def test_cni_plugin_hanging_then_daemon_killed_is_undone_at_restart(
     assert _cni_traces(net) == []
 
 
-def test_a_container_the_store_lost_is_removed_at_start(make_cx: Callable[[dict[str, str]], Cx]) -> None:
+def test_a_container_the_store_lost_is_removed_at_start(running: tuple[Cx, dict[str, str]]) -> None:
     """The store lost its last commits (a power cut with SQLite's synchronous=NORMAL): a container it no
     longer knows is killed and removed at start, from the copy of its record kept beside it."""
     import sqlite3
 
-    cx = make_cx({})
-    ids: dict[str, str] = {}
-    _running(cx, ids)
+    cx, ids = running
     pid, conmon = _proc_ids(cx, ids["ctr"])
     cx.daemon.kill9()
     db = sqlite3.connect(cx.daemon.root / "calyx.db")
@@ -470,5 +454,4 @@ def test_a_container_the_store_lost_is_removed_at_start(make_cx: Callable[[dict[
     for gone in (pid, conmon):
         stat = Path(f"/proc/{gone}/stat")
         assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"
-    _remove_everything(cx)
-    assert leftovers(cx) == []
+    _remove_everything_then_nothing_is_left(cx)
