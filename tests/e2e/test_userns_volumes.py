@@ -270,24 +270,27 @@ def test_a_filesystem_that_cannot_be_idmapped_fails_naming_the_mount(cx: Cx, vol
     _assert_nothing_left(cx, vol)
 
 
+# after_idmapped: staged, runc not run yet; after_conmon: runc created the container from them
+@pytest.mark.parametrize("step", ["container.after_idmapped", "container.after_conmon"])
 def test_kill9_while_mounts_are_staged_is_cleaned_at_restart(
     builtin_net,
     image_registry: LoopbackRegistry,  # noqa: F811
     short_tmp: Path,
+    step: str,
 ) -> None:
     registries = {image_registry.host: {"insecure": True}}
-    env = {"CALYX_FAILPOINTS": "container.after_idmapped=kill"}
+    env = {"CALYX_FAILPOINTS": f"{step}=kill"}
     net: Net = builtin_net(env=env, config={"images": {"registries": registries}})
     logs = short_tmp / "podlogs"
     logs.mkdir()
     helper = Cx(net, image_registry, logs)
     try:
-        _kill9_while_staged(helper, short_tmp)
+        _kill9_while_staged(helper, short_tmp, step)
     finally:
         helper.cleanup()
 
 
-def _kill9_while_staged(cx: Cx, short_tmp: Path) -> None:
+def _kill9_while_staged(cx: Cx, short_tmp: Path, step: str) -> None:
     daemon = cx.daemon
     host = _host_base()
     pod = _userns_pod(cx, host)
@@ -299,7 +302,7 @@ def _kill9_while_staged(cx: Cx, short_tmp: Path) -> None:
         cx.create(pod, config)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert daemon.proc is not None and daemon.proc.wait(30) < 0
-    assert "failpoint=container.after_idmapped" in daemon.log()
+    assert f"failpoint={step}" in daemon.log()
     # the crash left the staging mounts: the volume's and the pod's own files'
     staged = _staging_mounts(cx)
     assert len(staged) == 4 and any(f" {vol} " in line for line in staged), staged
