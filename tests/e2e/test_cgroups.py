@@ -30,8 +30,9 @@ from sandbox.cgroups.cgroupfs import CgroupfsDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.resources import host_page_sizes
 from tests.image_fixtures import LoopbackRegistry
-from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
-from tests.systemd_fixture import NamespacedSystemd, SystemdDaemon, pull_from_the_host
+from tests.net_fixtures import host_network_linux, pod_config, run_pod
+from tests.slice_pods import pod_in_a_slice, pod_slice
+from tests.systemd_fixture import NamespacedSystemd
 
 BUSYBOX = Path("/bin/busybox")
 V1 = detect().mode.value == "v1"
@@ -70,13 +71,18 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     shutil.rmtree(base, ignore_errors=True)
 
 
-def write_spec(bundle: Path, cgroups_path: str, resources: dict[str, Any]) -> None:
+def write_spec(bundle: Path, cgroups_path: str, resources: dict[str, Any]) -> Path:
+    """Complete the bundle's config.json (``sleep`` in ``cgroups_path`` with ``resources``); the new
+    state root for runc (``runc --root``), inside the bundle."""
     spec = json.loads((bundle / "config.json").read_text())
     spec["process"]["args"] = ["sleep", "3600"]
     spec["process"]["terminal"] = False
     spec["linux"]["cgroupsPath"] = cgroups_path
     spec["linux"]["resources"] = {**spec["linux"].get("resources", {}), **resources}
     (bundle / "config.json").write_text(json.dumps(spec))
+    root = bundle / "runc-root"
+    root.mkdir()
+    return root
 
 
 def runc_argv(root: Path, *args: str, systemd: bool = False) -> list[str]:
@@ -90,6 +96,36 @@ def runc_argv(root: Path, *args: str, systemd: bool = False) -> list[str]:
 # --- cgroupfs -----------------------------------------------------------------------------------------
 
 
+def _rmdir_tree(directory: Path) -> None:
+    """Remove a tree of (empty) cgroup directories, deepest first: cgroups go with rmdir only."""
+    for root, dirs, _ in os.walk(directory, topdown=False):
+        for name in dirs:
+            os.rmdir(Path(root) / name)
+    os.rmdir(directory)
+
+
+def _kill(*procs: subprocess.Popen) -> None:  # type: ignore[type-arg]
+    """Kill and reap the test's own processes that are still running."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _container_cgroup(driver: CgroupfsDriver, parent: str) -> str:
+    """The pod parent and a new container's cgroup below it, made as runc would: the container's id."""
+    cid = secrets.token_hex(32)
+    driver.prepare_parent(parent)
+    driver.prepare_parent(driver.container_path(cid, parent))
+    return cid
+
+
+def _into_container_cgroup(driver: CgroupfsDriver, cid: str, parent: str, pid: int) -> None:
+    """Put ``pid`` into the container's cgroups, as runc would have put the container's processes."""
+    for directory in driver.hierarchy.unique_dirs(driver.container_path(cid, parent)):
+        (directory / "cgroup.procs").write_text(str(pid))
+
+
 @pytest.fixture
 def cgroupfs_parent() -> Iterator[tuple[CgroupfsDriver, str]]:
     """A cgroupfs driver and a pod parent below a top cgroup of this test; both removed at the end."""
@@ -98,10 +134,7 @@ def cgroupfs_parent() -> Iterator[tuple[CgroupfsDriver, str]]:
     yield driver, f"{top}/pod{secrets.token_hex(4)}"
     for directory in driver.hierarchy.unique_dirs(top, named=True):
         if directory.exists():
-            for root, dirs, _ in os.walk(directory, topdown=False):
-                for name in dirs:
-                    os.rmdir(Path(root) / name)
-            os.rmdir(directory)
+            _rmdir_tree(directory)
 
 
 def test_cgroupfs_prepare_parent_makes_dirs_and_remove_parent_cleans(
@@ -133,9 +166,7 @@ def test_cgroupfs_remove_parent_keeps_a_busy_parent(cgroupfs_parent: tuple[Cgrou
         driver.remove_container("f" * 64, parent)  # kills a monitor still in its cgroup
         assert sleeper.wait(10) == -9
     finally:
-        if sleeper.poll() is None:
-            sleeper.kill()
-            sleeper.wait(10)
+        _kill(sleeper)
     assert driver.remove_parent(parent) is True
 
 
@@ -143,23 +174,17 @@ def test_cgroupfs_pids_and_kill_all_reach_every_process_of_the_container(
     cgroupfs_parent: tuple[CgroupfsDriver, str],
 ) -> None:
     driver, parent = cgroupfs_parent
-    cid = secrets.token_hex(32)
-    driver.prepare_parent(parent)
-    driver.prepare_parent(driver.container_path(cid, parent))  # what runc would make
+    cid = _container_cgroup(driver, parent)
     sleepers = [subprocess.Popen(["sleep", "300"]) for _ in range(2)]
     try:
         for sleeper in sleepers:
-            for directory in driver.hierarchy.unique_dirs(driver.container_path(cid, parent)):
-                (directory / "cgroup.procs").write_text(str(sleeper.pid))
+            _into_container_cgroup(driver, cid, parent, sleeper.pid)
         assert sorted(driver.pids(cid, parent)) == sorted(s.pid for s in sleepers)
         assert driver.kill_all(cid, parent) == 2
         assert [s.wait(10) for s in sleepers] == [-9, -9]
         assert driver.pids(cid, parent) == []
     finally:
-        for sleeper in sleepers:
-            if sleeper.poll() is None:
-                sleeper.kill()
-                sleeper.wait(10)
+        _kill(*sleepers)
     freezer = driver.cgroup_dirs(cid, parent).get("freezer")
     if freezer is not None:
         assert (freezer / "freezer.state").read_text().strip() == "THAWED"
@@ -221,15 +246,10 @@ def test_cgroupfs_v2_paths_on_the_cgroup2_mount(v2_on_the_cgroup2_mount: Hierarc
         assert driver.remove_parent(parent) is True
         assert not (root / parent.strip("/")).exists()
     finally:
-        if sleeper.poll() is None:
-            sleeper.kill()
-            sleeper.wait(10)
+        _kill(sleeper)
         top_dir = root / top.strip("/")
         if top_dir.exists():
-            for sub, dirs, _ in os.walk(top_dir, topdown=False):
-                for name in dirs:
-                    os.rmdir(Path(sub) / name)
-            os.rmdir(top_dir)
+            _rmdir_tree(top_dir)
 
 
 HOG = (
@@ -243,16 +263,13 @@ def test_cgroupfs_update_below_usage_is_failed_precondition(
 ) -> None:
     """The kernel refuses a memory limit below what the cgroup uses (no swap to push it to)."""
     driver, parent = cgroupfs_parent
-    cid = secrets.token_hex(32)
-    driver.prepare_parent(parent)
-    driver.prepare_parent(driver.container_path(cid, parent))
+    cid = _container_cgroup(driver, parent)
     hog = subprocess.Popen(
         [sys.executable, "-c", HOG],
         stdout=subprocess.PIPE,
     )
     try:
-        for directory in driver.hierarchy.unique_dirs(driver.container_path(cid, parent)):
-            (directory / "cgroup.procs").write_text(str(hog.pid))
+        _into_container_cgroup(driver, cid, parent, hog.pid)
         assert hog.stdout is not None and hog.stdout.readline().strip() == b"touched"
         if Path("/proc/swaps").read_text().count("\n") > 1:
             pytest.skip("with swap the kernel pushes the memory out instead of refusing")
@@ -260,8 +277,7 @@ def test_cgroupfs_update_below_usage_is_failed_precondition(
             driver.update(cid, parent, pb.LinuxContainerResources(memory_limit_in_bytes=4 << 20))
         assert hog.poll() is None  # refused, not OOM-killed
     finally:
-        hog.kill()
-        hog.wait(10)
+        _kill(hog)
     driver.remove_container(cid, parent)
     assert driver.remove_parent(parent) is True
 
@@ -281,9 +297,7 @@ def test_cgroupfs_runc_container_gets_limits_and_update_changes_them(
             cpuset_cpus="0",
         )
     )
-    write_spec(bundle, driver.container_cgroups_path(parent, cid), oci)
-    root = bundle / "runc-root"
-    root.mkdir()
+    root = write_spec(bundle, driver.container_cgroups_path(parent, cid), oci)
     try:
         subprocess.run(runc_argv(root, "run", "-d", "--bundle", str(bundle), cid), check=True, timeout=60)
         dirs = driver.cgroup_dirs(cid, parent)
@@ -346,11 +360,31 @@ def inside(systemd: NamespacedSystemd, code: str) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def pod_slice() -> tuple[str, str]:
-    uid = secrets.token_hex(6)
-    return f"kubepods-besteffort-pod{uid}.slice", (
-        f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice"
+def container_in_a_new_slice() -> tuple[str, str, str, str]:
+    """A new pod slice and container id: (cgroup parent, slice path, id, the container's scope path)."""
+    parent, path = pod_slice()
+    cid = secrets.token_hex(32)
+    return parent, path, cid, f"{path}/calyx-{cid}.scope"
+
+
+def remove_in_systemd(systemd: NamespacedSystemd, parent: str, *cids: str) -> Any:
+    """The driver removes the containers' scopes, then the pod slice: what remove_parent answered."""
+    removals = "".join(f"driver.remove_container({cid!r}, {parent!r})\n" for cid in cids)
+    return inside(systemd, f"{removals}out(driver.remove_parent({parent!r}))")
+
+
+def scope_limits(systemd: NamespacedSystemd, scope: str) -> tuple[int, int, int]:
+    """A scope's (memory limit, CPU shares, CFS quota), as the host's cgroup files hold them."""
+    memory, cpu = systemd.host_dir("memory", scope), systemd.host_dir("cpu", scope)
+    return (
+        int((memory / "memory.limit_in_bytes").read_text()),
+        int((cpu / "cpu.shares").read_text()),
+        int((cpu / "cpu.cfs_quota_us").read_text()),
     )
+
+
+def pids_max(systemd: NamespacedSystemd, scope: str) -> str:
+    return (systemd.host_dir("pids", scope) / "pids.max").read_text().strip()
 
 
 def test_systemd_missing_pod_slice_is_created_and_removed(
@@ -380,9 +414,7 @@ def test_systemd_missing_pod_slice_is_created_and_removed(
 def test_systemd_scope_with_a_process_gets_limits_and_updates(
     namespaced_systemd: NamespacedSystemd,
 ) -> None:
-    parent, path = pod_slice()
-    cid = secrets.token_hex(32)
-    scope = f"{path}/calyx-{cid}.scope"
+    parent, path, cid, scope = container_in_a_new_slice()
     started = inside(
         namespaced_systemd,
         f"""
@@ -398,10 +430,8 @@ def test_systemd_scope_with_a_process_gets_limits_and_updates(
     try:
         memory = namespaced_systemd.host_dir("memory", scope)
         cpu = namespaced_systemd.host_dir("cpu", scope)
-        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
-        assert (cpu / "cpu.shares").read_text().strip() == "256"
-        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "30000"
-        assert (namespaced_systemd.host_dir("pids", scope) / "pids.max").read_text().strip() == "64"
+        assert scope_limits(namespaced_systemd, scope) == (64 << 20, 256, 30_000)
+        assert pids_max(namespaced_systemd, scope) == "64"
         assert (memory / "cgroup.procs").read_text().split() != []
         assert inside(namespaced_systemd, f"out(open('/proc/{started}/cgroup').read())").count(scope) >= 3
 
@@ -415,21 +445,13 @@ def test_systemd_scope_with_a_process_gets_limits_and_updates(
             """,
         )
         assert limit == 128 << 20  # systemd holds the new value (SetUnitProperties) ...
-        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(128 << 20)  # ... and the files
-        assert (cpu / "cpu.shares").read_text().strip() == "512"
-        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "12345"
+        assert scope_limits(namespaced_systemd, scope) == (128 << 20, 512, 12_345)  # ... and the files
         assert (cpu / "cpu.cfs_period_us").read_text().strip() == "50000"
         if (memory / "memory.memsw.limit_in_bytes").exists():
             assert (memory / "memory.memsw.limit_in_bytes").read_text().strip() == str(128 << 20)
         assert inside(namespaced_systemd, f"out(driver.remove_parent({parent!r}))") is False  # busy
     finally:
-        removed = inside(
-            namespaced_systemd,
-            f"""
-            driver.remove_container({cid!r}, {parent!r})
-            out(driver.remove_parent({parent!r}))
-            """,
-        )
+        removed = remove_in_systemd(namespaced_systemd, parent, cid)
     assert removed is True
     assert not namespaced_systemd.host_dir("memory", scope).exists()
     assert not namespaced_systemd.host_dir("memory", path).exists()
@@ -453,13 +475,7 @@ def test_systemd_monitor_scope(
         assert f":memory:{path}/calyx-conmon-{cid}.scope\n" in cgroup
         assert f":name=systemd:{path}/calyx-conmon-{cid}.scope\n" in cgroup
     finally:
-        removed = inside(
-            namespaced_systemd,
-            f"""
-            driver.remove_container({cid!r}, {parent!r})
-            out(driver.remove_parent({parent!r}))
-            """,
-        )
+        removed = remove_in_systemd(namespaced_systemd, parent, cid)
     assert removed is True
     assert not namespaced_systemd.host_dir("systemd", path).exists()
 
@@ -498,14 +514,7 @@ def test_systemd_recovery_sweep_removes_our_orphan_scopes_and_keeps_foreign_ones
         assert not namespaced_systemd.host_dir("systemd", f"{path}/calyx-conmon-{ours}.scope").exists()
         assert namespaced_systemd.host_dir("systemd", f"{path}/calyx-{foreign}.scope").is_dir()
     finally:
-        gone = inside(
-            namespaced_systemd,
-            f"""
-            driver.remove_container({foreign!r}, {parent!r})
-            driver.remove_container({ours!r}, {parent!r})
-            out(driver.remove_parent({parent!r}))
-            """,
-        )
+        gone = remove_in_systemd(namespaced_systemd, parent, foreign, ours)
     assert gone is True
 
 
@@ -615,9 +624,7 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
     bundle: Path,
 ) -> None:
     """What the containers subsystem relies on: runc --systemd-cgroup with ``<slice>:calyx:<id>``."""
-    parent, path = pod_slice()
-    cid = secrets.token_hex(32)
-    scope = f"{path}/calyx-{cid}.scope"
+    parent, path, cid, scope = container_in_a_new_slice()
     resources = {
         "cpu_shares": 384,
         "cpu_quota": 25000,
@@ -633,9 +640,7 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
         """,
     )
     assert cgroups_path == f"{parent}:calyx:{cid}"
-    write_spec(bundle, cgroups_path, oci)
-    root = bundle / "runc-root"
-    root.mkdir()
+    root = write_spec(bundle, cgroups_path, oci)
     try:
         namespaced_systemd.run(runc_argv(root, "run", "-d", "--bundle", str(bundle), cid, systemd=True))
         state = inside(
@@ -648,13 +653,9 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
         )
         assert state[0] == "active"
         assert state[1]["memory"] == f"/sys/fs/cgroup/memory{scope}"
-        memory = namespaced_systemd.host_dir("memory", scope)
-        cpu = namespaced_systemd.host_dir("cpu", scope)
-        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(96 << 20)
-        assert (cpu / "cpu.shares").read_text().strip() == "384"
-        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "25000"
-        assert (namespaced_systemd.host_dir("pids", scope) / "pids.max").read_text().strip() == "64"
-        assert (memory / "cgroup.procs").read_text().split()
+        assert scope_limits(namespaced_systemd, scope) == (96 << 20, 384, 25_000)
+        assert pids_max(namespaced_systemd, scope) == "64"
+        assert (namespaced_systemd.host_dir("memory", scope) / "cgroup.procs").read_text().split()
 
         inside(
             namespaced_systemd,
@@ -665,9 +666,7 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
             out(True)
             """,
         )
-        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(160 << 20)
-        assert (cpu / "cpu.shares").read_text().strip() == "768"
-        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "40000"
+        assert scope_limits(namespaced_systemd, scope) == (160 << 20, 768, 40_000)
         assert (namespaced_systemd.host_dir("cpuset", scope) / "cpuset.cpus").read_text().strip() == "0"
 
         # runc kill --all reads the devices cgroup, out of which systemd (v1) has moved the process:
@@ -690,13 +689,7 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
         assert json.loads(state)["status"] == "stopped"
     finally:
         namespaced_systemd.run(runc_argv(root, "delete", "-f", cid, systemd=True), check=False)
-        removed = inside(
-            namespaced_systemd,
-            f"""
-            driver.remove_container({cid!r}, {parent!r})
-            out(driver.remove_parent({parent!r}))
-            """,
-        )
+        removed = remove_in_systemd(namespaced_systemd, parent, cid)
     assert removed is True
     for hierarchy in ("memory", "cpu", "cpuset", "pids", "systemd"):
         assert not namespaced_systemd.host_dir(hierarchy, path).exists(), hierarchy
@@ -733,55 +726,20 @@ def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
     pid_mode: int,
 ) -> None:
     """CRI end to end: pod slice created, container scope and conmon scope, limits, update, cleanup."""
-    config: dict[str, Any] = {"images": {"registries": {image_registry.host: {"insecure": True}}}}
-    ref = image_registry.ref("calyx-test/busybox:latest")
-    pull_from_the_host(short_tmp, config, ref)
-    daemon = SystemdDaemon(
-        namespaced_systemd, short_tmp, {**config, "cgroup": {"driver": "systemd", "pids_limit": 77}}
-    ).start()
-    rt = daemon.runtime
-    parent, path = pod_slice()
-    logs = short_tmp / "podlogs"
-    logs.mkdir()
-    pod_id = ""
-    try:
-        linux = host_network_linux()
-        linux.cgroup_parent = parent
-        pod = pod_config(log_directory=str(logs), linux=linux)
-        pod_id = run_pod(daemon, pod)
+    with pod_in_a_slice(namespaced_systemd, image_registry, short_tmp, {"pids_limit": 77}) as pod:
+        rt = pod.daemon.runtime
+        path = pod.path
         assert namespaced_systemd.host_dir("memory", path).is_dir()
 
         resources = pb.LinuxContainerResources(
             cpu_shares=300, cpu_quota=20_000, cpu_period=100_000, memory_limit_in_bytes=80 << 20
         )
-        cid = rt.CreateContainer(
-            pb.CreateContainerRequest(
-                pod_sandbox_id=pod_id,
-                sandbox_config=pod,
-                config=pb.ContainerConfig(
-                    metadata=pb.ContainerMetadata(name="limited"),
-                    image=pb.ImageSpec(image=ref),
-                    command=["sleep", "3600"],
-                    log_path="limited.log",
-                    linux=pb.LinuxContainerConfig(
-                        resources=resources,
-                        # POD: stop kills with runc kill --all, which needs repair_placement here
-                        security_context=pb.LinuxContainerSecurityContext(
-                            namespace_options=pb.NamespaceOption(pid=pid_mode)
-                        ),
-                    ),
-                ),
-            ),
-            timeout=120,
-        ).container_id
-        rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        # POD: stop kills with runc kill --all, which needs repair_placement here
+        cid = pod.start_container("limited", ["sleep", "3600"], resources, pid_mode)
         scope = f"{path}/calyx-{cid}.scope"
         memory = namespaced_systemd.host_dir("memory", scope)
-        cpu = namespaced_systemd.host_dir("cpu", scope)
-        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(80 << 20)
-        assert (cpu / "cpu.shares").read_text().strip() == "300"
-        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "20000"
-        assert (namespaced_systemd.host_dir("pids", scope) / "pids.max").read_text().strip() == "77"
+        assert scope_limits(namespaced_systemd, scope) == (80 << 20, 300, 20_000)
+        assert pids_max(namespaced_systemd, scope) == "77"
         seen = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["cat", "/proc/self/cgroup"], timeout=30))
         assert seen.exit_code == 0, seen.stderr
         lines = seen.stdout.decode().split()
@@ -798,22 +756,14 @@ def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
             ),
             timeout=60,
         )
-        assert (memory / "memory.limit_in_bytes").read_text().strip() == str(100 << 20)
-        assert (cpu / "cpu.shares").read_text().strip() == "600"
-        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "30000"
+        assert scope_limits(namespaced_systemd, scope) == (100 << 20, 600, 30_000)
 
         rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=120)
         rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=120)
         assert not memory.exists()
-        stop_remove(daemon, pod_id)
-        pod_id = ""
+        pod.remove()
         for hierarchy in ("memory", "cpu", "cpuset", "pids", "systemd"):
             assert not namespaced_systemd.host_dir(hierarchy, path).exists(), hierarchy
-    finally:
-        if pod_id:
-            with contextlib.suppress(grpc.RpcError):
-                stop_remove(daemon, pod_id)
-        daemon.stop()
 
 
 def test_systemd_driver_without_a_bus_refuses_pods_cleanly(daemon_factory: Any, short_tmp: Path) -> None:
@@ -874,13 +824,9 @@ def test_repair_placement_confines_a_runc_systemd_container_and_runc_kill_all_wo
 ) -> None:
     """After repair_placement every v1 controller of the container's init is its scope (runc leaves
     devices at the pod slice here), so runc's device list confines it and ``runc kill --all`` works."""
-    parent, path = pod_slice()
-    cid = secrets.token_hex(32)
-    scope = f"{path}/calyx-{cid}.scope"
+    parent, path, cid, scope = container_in_a_new_slice()
     inside(namespaced_systemd, f"driver.prepare_parent({parent!r}); out(True)")
-    write_spec(bundle, f"{parent}:calyx:{cid}", {})
-    root = bundle / "runc-root"
-    root.mkdir()
+    root = write_spec(bundle, f"{parent}:calyx:{cid}", {})
     runc = ["runc", "--systemd-cgroup", "--root", str(root)]
     try:
         namespaced_systemd.run(runc_argv(root, "create", "--bundle", str(bundle), cid, systemd=True))
@@ -908,12 +854,6 @@ def test_repair_placement_confines_a_runc_systemd_container_and_runc_kill_all_wo
         assert state == "stopped"
     finally:
         namespaced_systemd.run(runc_argv(root, "delete", "-f", cid, systemd=True), check=False)
-        removed = inside(
-            namespaced_systemd,
-            f"""
-            driver.remove_container({cid!r}, {parent!r})
-            out(driver.remove_parent({parent!r}))
-            """,
-        )
+        removed = remove_in_systemd(namespaced_systemd, parent, cid)
     assert removed is True
     assert not namespaced_systemd.host_dir("devices", path).exists()

@@ -3,17 +3,12 @@ pod slice, a container scope with CPU and memory limits, read through the CRI st
 
 from __future__ import annotations
 
-import contextlib
-import secrets
 from pathlib import Path
-from typing import Any
-
-import grpc
 
 from cri.api import api_pb2 as pb
 from tests.image_fixtures import LoopbackRegistry
-from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
-from tests.systemd_fixture import NamespacedSystemd, SystemdDaemon, pull_from_the_host
+from tests.slice_pods import pod_in_a_slice
+from tests.systemd_fixture import NamespacedSystemd
 from tests.waiting import wait_for
 
 MiB = 1024 * 1024
@@ -24,46 +19,16 @@ def test_container_in_a_systemd_scope_reports_usage_limits_and_throttling(
     image_registry: LoopbackRegistry,
     short_tmp: Path,
 ) -> None:
-    config: dict[str, Any] = {"images": {"registries": {image_registry.host: {"insecure": True}}}}
-    ref = image_registry.ref("calyx-test/busybox:latest")
-    pull_from_the_host(short_tmp, config, ref)
-    daemon = SystemdDaemon(namespaced_systemd, short_tmp, {**config, "cgroup": {"driver": "systemd"}}).start()
-    rt = daemon.runtime
-    uid = secrets.token_hex(6)
-    parent = f"kubepods-burstable-pod{uid}.slice"
-    path = f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice"
-    logs = short_tmp / "podlogs"
-    logs.mkdir()
-    pod_id = ""
-    try:
-        linux = host_network_linux()
-        linux.cgroup_parent = parent
-        pod = pod_config(log_directory=str(logs), linux=linux)
-        pod_id = run_pod(daemon, pod)
+    with pod_in_a_slice(namespaced_systemd, image_registry, short_tmp, qos="burstable") as slice_pod:
+        rt = slice_pod.daemon.runtime
+        pod, pod_id, path = slice_pod.config, slice_pod.id, slice_pod.path
         resources = pb.LinuxContainerResources(
             cpu_quota=20_000, cpu_period=100_000, memory_limit_in_bytes=80 * MiB
         )
-        cid = rt.CreateContainer(
-            pb.CreateContainerRequest(
-                pod_sandbox_id=pod_id,
-                sandbox_config=pod,
-                config=pb.ContainerConfig(
-                    metadata=pb.ContainerMetadata(name="throttled"),
-                    image=pb.ImageSpec(image=ref),
-                    command=["sh", "-c", "while :; do :; done"],
-                    log_path="throttled.log",
-                    linux=pb.LinuxContainerConfig(
-                        resources=resources,
-                        # kubelet's default: a PID namespace of its own (as test_cgroups.py does).
-                        security_context=pb.LinuxContainerSecurityContext(
-                            namespace_options=pb.NamespaceOption(pid=pb.CONTAINER)
-                        ),
-                    ),
-                ),
-            ),
-            timeout=120,
-        ).container_id
-        rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        # kubelet's default: a PID namespace of its own (as test_cgroups.py does).
+        cid = slice_pod.start_container(
+            "throttled", ["sh", "-c", "while :; do :; done"], resources, pb.CONTAINER
+        )
 
         def metrics() -> dict[str, pb.Metric]:
             (pod_metrics,) = rt.ListPodSandboxMetrics(
@@ -105,10 +70,4 @@ def test_container_in_a_systemd_scope_reports_usage_limits_and_throttling(
         assert exited.attributes.id == cid
         assert not exited.HasField("cpu") and not exited.HasField("memory")  # no cgroup left to read
         rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=120)
-        stop_remove(daemon, pod_id)
-        pod_id = ""
-    finally:
-        if pod_id:
-            with contextlib.suppress(grpc.RpcError):
-                stop_remove(daemon, pod_id)
-        daemon.stop()
+        slice_pod.remove()
