@@ -157,7 +157,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         )
         if built.idmapped and user_ns:
             undo.callback(idmapped.release, bundle)
-            idmapped.stage(built.idmapped, bundle, Path(user_ns))
+            idmapped.stage(built.idmapped, bundle, Path(user_ns), optional=built.idmap_optional)
             failpoints.hit("container.after_idmapped", container_id=container_id)
         if container_userns.pod_user_ns(pod):
             sources = [Path(m["source"]) for m in built.spec["mounts"] if m.get("type") == "bind"]

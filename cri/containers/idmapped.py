@@ -73,9 +73,17 @@ def staging_dir(container_dir: Path) -> Path:
     return container_dir / STAGING_DIR
 
 
-def stage(mounts: list[dict[str, Any]], container_dir: Path, user_ns: Path) -> None:
+def stage(
+    mounts: list[dict[str, Any]],
+    container_dir: Path,
+    user_ns: Path,
+    optional: list[dict[str, Any]] | None = None,
+) -> None:
     """Attach an idmapped clone of each OCI bind mount's source under the container dir and point the
-    mount at it. On failure what was staged so far stays for ``release`` (the caller's undo)."""
+    mount at it. On failure what was staged so far stays for ``release`` (the caller's undo).
+
+    A mount in ``optional`` (the pod's own files, which nobody asked to idmap) whose filesystem refuses
+    idmapping is bound as it is instead: its files then show as nobody/nogroup, readable as before."""
     if not mounts:
         return
     base = staging_dir(container_dir)
@@ -89,7 +97,16 @@ def stage(mounts: list[dict[str, Any]], container_dir: Path, user_ns: Path) -> N
                 target.mkdir(exist_ok=True)
             else:
                 target.touch(exist_ok=True)  # a file is bound on a file
-            _attach(source, target, userns_fd, str(mount["destination"]))
+            try:
+                _attach(source, target, userns_fd, str(mount["destination"]))
+            except FailedPrecondition as exc:
+                if not any(mount is o for o in optional or ()):
+                    raise
+                log.info(
+                    "not idmapped, bound as it is", extra={"mount": mount["destination"], "error": str(exc)}
+                )
+                _remove_entry(target)
+                continue
             mount["source"] = str(target)
     finally:
         os.close(userns_fd)
@@ -124,14 +141,18 @@ def release(container_dir: Path) -> None:
         rootfs.unmount(entry)
         if rootfs.is_mounted(entry):
             raise Internal(f"idmapped staging mount {entry} is still mounted")
-        with contextlib.suppress(FileNotFoundError):
-            if entry.is_dir() and not entry.is_symlink():
-                entry.rmdir()
-            else:
-                entry.unlink()
+        _remove_entry(entry)
     with contextlib.suppress(FileNotFoundError):
         base.rmdir()
     log.debug("idmapped staging mounts released", extra={"container_id": container_dir.name})
+
+
+def _remove_entry(entry: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if entry.is_dir() and not entry.is_symlink():
+            entry.rmdir()
+        else:
+            entry.unlink()
 
 
 def remove_dir(container_dir: Path) -> None:

@@ -84,8 +84,10 @@ class BuiltSpec:
     user: ProcessUser
     mounts: list[pb.Mount]
     # The bind mounts (entries of spec["mounts"]) to idmap through the pod's user namespace before runc
-    # runs (cri/containers/idmapped.py); empty outside a pod user namespace.
+    # runs (cri/containers/idmapped.py); empty outside a pod user namespace. Those also in
+    # ``idmap_optional`` (the pod's own files) are bound as they are where idmapping is refused.
     idmapped: list[dict[str, Any]] = field(default_factory=list)
+    idmap_optional: list[dict[str, Any]] = field(default_factory=list)
 
 
 def process_args(config: pb.ContainerConfig, image_config: dict[str, Any]) -> list[str]:
@@ -452,7 +454,13 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         "annotations": annotations,
         "linux": linux,
     }
-    return BuiltSpec(spec=spec, user=user, mounts=list(config.mounts), idmapped=to_idmap)
+    return BuiltSpec(
+        spec=spec,
+        user=user,
+        mounts=list(config.mounts),
+        idmapped=to_idmap,
+        idmap_optional=list(pod_files) if id_maps is not None else [],
+    )
 
 
 def _union(first: list[str], second: list[str]) -> list[str]:

@@ -4,14 +4,20 @@ mount; a pod without a user namespace idmaps nothing."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cri.api import api_pb2 as pb
+from cri.containers import idmapped
 from cri.containers import spec as oci
-from cri.errors import InvalidArgument
+from cri.errors import FailedPrecondition, InvalidArgument
+from sandbox import namespaces
+from sandbox import userns as sandbox_userns
+from sandbox.userns import IdMap
 from tests.unit.test_container_userns import GMAP, MAP, FakePod, built_spec
 
 
@@ -51,6 +57,12 @@ def test_mounts_with_the_pods_mappings_and_the_pods_files_are_idmapped(tmp_path:
         "/etc/resolv.conf",
         "/vol",
     ]
+    # the pod's files, which nobody asked to idmap, are bound as they are where idmapping is refused
+    assert sorted(m["destination"] for m in built.idmap_optional) == [
+        "/etc/hostname",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+    ]
     # they are the spec's own entries, so staging can point them at the idmapped clone
     assert all(any(m is entry for entry in built.spec["mounts"]) for m in built.idmapped)
 
@@ -81,3 +93,45 @@ def test_other_mappings_are_refused_naming_the_mount(
     (tmp_path / "vol").mkdir()
     with pytest.raises(InvalidArgument, match="mount /data/vol: uid mappings"):
         _built(FakePod(), tmp_path / "rootfs", [_mount(tmp_path / "vol", "/data/vol", uids, gids)])
+
+
+@pytest.fixture
+def user_ns(short_tmp: Path) -> Iterator[Path]:
+    pins = sandbox_userns.create(short_tmp, "p", IdMap(0, 600000, 10), IdMap(0, 600000, 10), [], "h")
+    try:
+        yield pins["user"]
+    finally:
+        namespaces.release(pins["user"])
+
+
+def test_staged_mounts_are_idmapped_and_released(short_tmp: Path, user_ns: Path) -> None:
+    vol = short_tmp / "vol"
+    vol.mkdir()
+    (vol / "f").write_text("x")
+    container = short_tmp / "c"
+    container.mkdir()
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/vol", "source": str(vol)},
+        {"destination": "/file", "source": str(vol / "f")},
+    ]
+    idmapped.stage(mounts, container, user_ns)
+    assert [m["source"] for m in mounts] == [str(container / "idmapped" / n) for n in ("0", "1")]
+    assert os.stat(Path(mounts[0]["source"]) / "f").st_uid == 600000  # root's file, seen through the mapping
+    assert os.stat(mounts[1]["source"]).st_uid == 600000
+    idmapped.remove_dir(container)
+    assert not container.exists()
+    assert (vol / "f").read_text() == "x"  # the volume was unmounted before the dir was deleted
+
+
+def test_a_refused_mount_fails_unless_it_is_optional(short_tmp: Path, user_ns: Path) -> None:
+    container = short_tmp / "c"
+    container.mkdir()
+    hosts = {"destination": "/etc/hosts", "source": "/proc/sys/kernel/hostname"}  # procfs: no idmapping
+    with pytest.raises(FailedPrecondition, match="mount /etc/hosts: host path /proc/sys/kernel/hostname"):
+        idmapped.stage([hosts], container, user_ns)
+    assert hosts["source"] == "/proc/sys/kernel/hostname"
+    idmapped.stage([hosts], container, user_ns, optional=[hosts])
+    assert hosts["source"] == "/proc/sys/kernel/hostname"  # bound as it is
+    assert list((container / "idmapped").iterdir()) == []
+    idmapped.release(container)
+    assert list(container.iterdir()) == []
