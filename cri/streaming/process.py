@@ -33,12 +33,28 @@ def set_nonblocking(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
 
 
+async def _wait_fd(fd: int, writable: bool) -> None:
+    """Wait (on the event loop, no thread) until ``fd`` is readable, or writable."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    if writable:
+        loop.add_writer(fd, ready.set_result, None)
+    else:
+        loop.add_reader(fd, ready.set_result, None)
+    try:
+        await ready
+    finally:
+        if writable:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
 async def read_fd(fd: int, size: int = READ_CHUNK) -> bytes:
     """Read what is available on a non-blocking fd, waiting for readability; b"" at EOF.
 
     A pty master answers EIO once the last slave is closed: that is its end of file.
     """
-    loop = asyncio.get_running_loop()
     while True:
         try:
             return os.read(fd, size)
@@ -48,17 +64,11 @@ async def read_fd(fd: int, size: int = READ_CHUNK) -> bytes:
             if exc.errno == errno.EIO:
                 return b""
             raise
-        ready = loop.create_future()
-        loop.add_reader(fd, ready.set_result, None)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(fd)
+        await _wait_fd(fd, writable=False)
 
 
 async def write_fd(fd: int, data: bytes) -> None:
     """Write all of ``data`` to a non-blocking fd, waiting for space; BrokenPipeError if closed."""
-    loop = asyncio.get_running_loop()
     view = memoryview(data)
     while view:
         try:
@@ -71,12 +81,7 @@ async def write_fd(fd: int, data: bytes) -> None:
             if exc.errno == errno.EIO:
                 raise BrokenPipeError(errno.EPIPE, "terminal closed") from None
             raise
-        ready = loop.create_future()
-        loop.add_writer(fd, ready.set_result, None)
-        try:
-            await ready
-        finally:
-            loop.remove_writer(fd)
+        await _wait_fd(fd, writable=True)
 
 
 def set_winsize(fd: int, width: int, height: int) -> None:

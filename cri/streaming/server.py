@@ -125,6 +125,15 @@ class Head:
         return self.get("upgrade").lower()
 
 
+@dataclass
+class Connection:
+    """A client connection whose request head has been read: what an upgrade to SPDY or WebSocket needs."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    head: Head
+
+
 class StreamingServer:
     def __init__(self, config: StreamingConfig, backend: Backend) -> None:
         self.config = config
@@ -295,15 +304,16 @@ class StreamingServer:
         instruments.SESSIONS.labels(kind, upgrade).inc()
         active = instruments.SESSIONS_ACTIVE.labels(kind, upgrade)
         active.inc()
+        conn = Connection(reader, writer, head)
         try:
             if kind == "portforward":
                 if upgrade == "websocket":
-                    await self._ws_portforward(reader, writer, head, request)
+                    await self._ws_portforward(conn, request)
                 else:
-                    await self._spdy_portforward(reader, writer, head, request)
+                    await self._spdy_portforward(conn, request)
                 return
             runner = self._runner(kind, request)
-            session = await self._command_session(upgrade, reader, writer, head, request)
+            session = await self._command_session(upgrade, conn, request)
             if session is not None:
                 await command.serve(session, runner)
         finally:
@@ -327,21 +337,16 @@ class StreamingServer:
         return attach
 
     async def _command_session(
-        self,
-        upgrade: str,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        head: Head,
-        request: ExecRequest | AttachRequest,
+        self, upgrade: str, conn: Connection, request: ExecRequest | AttachRequest
     ) -> CommandSession | None:
         """Upgrade the connection for an exec or attach; None when a WebSocket handshake was refused."""
         if upgrade == "websocket":
-            ws = await self._ws_accept(reader, writer, head, WS_REMOTECOMMAND, WS_CHANNELS)
+            ws = await self._ws_accept(conn, WS_REMOTECOMMAND, WS_CHANNELS)
             return None if ws is None else WsCommandSession(ws, request)
-        protocol = await self._spdy_upgrade(writer, head, SPDY_REMOTECOMMAND) or V1
+        protocol = await self._spdy_upgrade(conn, SPDY_REMOTECOMMAND) or V1
         return SpdyCommandSession(
-            reader,
-            writer,
+            conn.reader,
+            conn.writer,
             protocol,
             request,
             self.config.idle_timeout_seconds,
@@ -350,9 +355,9 @@ class StreamingServer:
 
     # --- SPDY ------------------------------------------------------------------------------------------
 
-    async def _spdy_upgrade(self, writer: asyncio.StreamWriter, head: Head, supported: list[str]) -> str:
+    async def _spdy_upgrade(self, conn: Connection, supported: list[str]) -> str:
         """Negotiate the stream protocol (the client's first one we support) and answer 101."""
-        offered = head.values("x-stream-protocol-version")
+        offered = conn.head.values("x-stream-protocol-version")
         chosen = next((p for p in offered if p in supported), None)
         if offered and chosen is None:
             raise HTTPError(
@@ -365,31 +370,25 @@ class StreamingServer:
         lines = ["HTTP/1.1 101 Switching Protocols", "Connection: Upgrade", "Upgrade: SPDY/3.1"]
         if chosen:
             lines.append(f"X-Stream-Protocol-Version: {chosen}")
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await writer.drain()
+        conn.writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        await conn.writer.drain()
         return chosen or ""
 
-    async def _spdy_portforward(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        head: Head,
-        request: PortForwardRequest,
-    ) -> None:
+    async def _spdy_portforward(self, conn: Connection, request: PortForwardRequest) -> None:
         netns = self._pod_netns(request.pod_id)
-        await self._spdy_upgrade(writer, head, SPDY_PORTFORWARD)
+        await self._spdy_upgrade(conn, SPDY_PORTFORWARD)
         forwarder = SpdyPortForward(
             request.pod_id,
             lambda port: connect_localhost(netns, port),
             self.config.stream_creation_timeout_seconds,
         )
-        session = SpdySession(reader, writer, forwarder.on_stream, self.config.idle_timeout_seconds)
+        session = SpdySession(conn.reader, conn.writer, forwarder.on_stream, self.config.idle_timeout_seconds)
         forwarder.session = session
         try:
             await session.run()
         finally:
             await forwarder.close()
-            writer.close()
+            conn.writer.close()
 
     def _pod_netns(self, pod_id: str) -> str | None:
         """Checked before the upgrade, so a pod removed since the URL was issued is a plain HTTP error."""
@@ -402,40 +401,27 @@ class StreamingServer:
 
     # --- WebSocket -------------------------------------------------------------------------------------
 
-    async def _ws_accept(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        head: Head,
-        supported: list[str],
-        channels: int,
-    ) -> WsSession | None:
+    async def _ws_accept(self, conn: Connection, supported: list[str], channels: int) -> WsSession | None:
         """The WebSocket opening handshake; None (logged) when it was refused."""
         try:
             return await WsSession.accept(
-                reader, writer, head.raw, supported, channels, self.config.idle_timeout_seconds
+                conn.reader, conn.writer, conn.head.raw, supported, channels, self.config.idle_timeout_seconds
             )
         except HandshakeRejected as exc:
             log.info("websocket handshake rejected", extra={"reason": str(exc)})
             return None
 
-    async def _ws_portforward(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        head: Head,
-        request: PortForwardRequest,
-    ) -> None:
+    async def _ws_portforward(self, conn: Connection, request: PortForwardRequest) -> None:
         ports = list(request.ports)
         if not ports:
             try:
-                ports = [int(p) for v in head.query.get("port", []) for p in v.split(",")]
+                ports = [int(p) for v in conn.head.query.get("port", []) for p in v.split(",")]
             except ValueError:
                 raise HTTPError(400, "Bad Request", "query parameter port must be a number") from None
         if not ports or not all(0 < p < 65536 for p in ports):
             raise HTTPError(400, "Bad Request", "at least one port between 1 and 65535 is required")
         netns = self._pod_netns(request.pod_id)
-        session = await self._ws_accept(reader, writer, head, WS_PORTFORWARD, 2 * len(ports))
+        session = await self._ws_accept(conn, WS_PORTFORWARD, 2 * len(ports))
         if session is None:
             return
         async with command.running(session) as loop_task:
