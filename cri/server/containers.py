@@ -12,7 +12,7 @@ from cri.api import api_pb2 as pb
 from cri.containers import status as conv
 from cri.containers.model import PB_STATE, Container
 from cri.errors import FailedPrecondition, InvalidArgument
-from cri.pbcache import PbCache, as_field1
+from cri.pbcache import LastListing, PbCache, as_field1
 from cri.runtime import Runtime
 
 STREAM_BATCH = 500
@@ -20,6 +20,7 @@ STREAM_BATCH = 500
 # One prebuilt pb.Container per container (serialized as field 1 of a list response), rebuilt when its
 # state changes (all else in it is fixed at creation); see cri/pbcache.py.
 _ITEMS: PbCache[bytes] = PbCache()
+_UNFILTERED = LastListing()
 
 
 def _containers(runtime: Runtime) -> Any:
@@ -45,12 +46,16 @@ def _item(c: Container) -> bytes:
 
 def _select(runtime: Runtime, flt: pb.ContainerFilter) -> list[bytes]:
     every = _containers(runtime).list()
-    if flt.ByteSize():
-        items = [c for c in every if c.state != "CREATING" and _matches(c, flt)]
-    else:
-        items = [c for c in every if c.state != "CREATING"]
-    items.sort(key=lambda c: c.created_at)
-    selected = [_item(c) for c in items]
+    if not flt.ByteSize():
+        # Containers change state in place: the state is part of the key.
+        return _UNFILTERED.get([(c, c.state) for c in every], lambda: _items(every, every))
+    return _items([c for c in every if _matches(c, flt)], every)
+
+
+def _items(chosen: list[Container], every: list[Container]) -> list[bytes]:
+    """The listed items of ``chosen`` (all of ``every``, or those a filter kept), oldest first."""
+    listed = sorted((c for c in chosen if c.state != "CREATING"), key=lambda c: c.created_at)
+    selected = [_item(c) for c in listed]
     _ITEMS.prune(len(every), lambda: {c.id for c in every})
     return selected
 

@@ -10,7 +10,7 @@ import grpc
 
 from cri import lifecycle
 from cri.api import api_pb2 as pb
-from cri.pbcache import PbCache, as_field1
+from cri.pbcache import LastListing, PbCache, as_field1
 from cri.pods.model import Pod
 from cri.pods.query import filtered, verbose_info
 from cri.pods.status import pod_status, sandbox_state
@@ -21,6 +21,7 @@ STREAM_BATCH = 256  # pods per StreamPodSandboxes message, well below the 16 MiB
 # One prebuilt pb.PodSandbox per pod record: a Pod is frozen and every change replaces it, so the record
 # object itself is the version (see cri/pbcache.py).
 _ITEMS: PbCache[bytes] = PbCache()
+_UNFILTERED = LastListing()
 
 
 def pod_sandbox(pod: Pod) -> pb.PodSandbox:
@@ -41,11 +42,16 @@ def _item(pod: Pod) -> bytes:
 
 def _listed(pods: Any, flt: pb.PodSandboxFilter | None) -> list[bytes]:
     """Each pod as field 1 of a list response (see cri/pbcache.py)."""
-    listed = filtered(pods, flt)
-    items = [_item(p) for p in listed]
-    if flt is None:
-        _ITEMS.prune(len(listed), lambda: {p.id for p in listed})
-    return items
+    if flt is not None:
+        return [_item(p) for p in filtered(pods, flt)]
+    every = pods.list()  # a Pod is frozen: a change is a new object, so the objects are the key
+    return _UNFILTERED.get(every, lambda: _all_items(every))
+
+
+def _all_items(every: list[Pod]) -> list[bytes]:
+    listed = sorted(every, key=lambda p: p.created_at)
+    _ITEMS.prune(len(listed), lambda: {p.id for p in listed})
+    return [_item(p) for p in listed]
 
 
 class PodRPCs:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cri.api import api_pb2 as pb
-from cri.pbcache import SLACK, PbCache
+from cri.pbcache import SLACK, LastListing, PbCache
 
 
 def test_item_is_reused_until_its_version_or_owner_changes() -> None:
@@ -53,3 +53,39 @@ def test_items_as_field1_join_into_any_list_response() -> None:
     joined = b"".join(as_field1(p) for p in pods)
     assert list(pb.ListPodSandboxResponse.FromString(joined).items) == pods
     assert list(pb.StreamPodSandboxesResponse.FromString(joined).pod_sandboxes) == pods
+
+
+class _Record:
+    """A record that compares by value, like the dataclasses listed."""
+
+    def __init__(self, name: str, state: str) -> None:
+        self.name, self.state = name, state
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Record) and (self.name, self.state) == (other.name, other.state)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_last_listing_is_reused_until_an_object_or_its_version_changes() -> None:
+    listing = LastListing()
+    builds: list[list[str]] = []
+    a, b = _Record("a", "RUNNING"), _Record("b", "RUNNING")
+
+    def build(records: list[_Record]) -> list[bytes]:
+        builds.append([f"{r.name}:{r.state}" for r in records])
+        return [f"{r.name}:{r.state}".encode() for r in records]
+
+    def listed(records: list[_Record]) -> list[bytes]:
+        return listing.get([(r, r.state) for r in records], lambda: build(records))
+
+    first = listed([a, b])
+    assert listed([a, b]) is first and len(builds) == 1
+    b.state = "EXITED"  # changed in place: the version in the key tells
+    assert listed([a, b]) == [b"a:RUNNING", b"b:EXITED"]
+    assert listed([a]) == [b"a:RUNNING"]  # one went away
+    assert listed([a, _Record("b", "EXITED")]) == [b"a:RUNNING", b"b:EXITED"]  # one came
+    assert len(builds) == 4
+    # Another object with equal fields builds equal items: the last listing stands.
+    assert listed([a, _Record("b", "EXITED")]) == [b"a:RUNNING", b"b:EXITED"]
+    assert len(builds) == 4
