@@ -154,17 +154,13 @@ class NamespacedSystemd:
 
     def _wait_pid1(self, timeout: float) -> int:
         assert self._unshare is not None
-        children = Path(f"/proc/{self._unshare.pid}/task/{self._unshare.pid}/children")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._unshare.poll() is not None:
                 raise RuntimeError(f"systemd namespaces exited early:\n{self.boot_log()}")
-            try:
-                pids = children.read_text().split()
-            except FileNotFoundError:
-                pids = []
-            if pids:
-                return int(pids[0])
+            child = _first_child(self._unshare.pid)
+            if child is not None:
+                return child
             time.sleep(0.02)
         raise TimeoutError("PID 1 of the systemd namespaces did not appear")
 
@@ -261,15 +257,11 @@ class InnerProcess(subprocess.Popen):  # type: ignore[type-arg]
     This Popen sends signals to the command (nsenter's child, by its host PID) instead."""
 
     def inner_pid(self, timeout: float = 10.0) -> int:
-        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                pids = children.read_text().split()
-            except FileNotFoundError:
-                pids = []
-            if pids:
-                return int(pids[0])
+            child = _first_child(self.pid)
+            if child is not None:
+                return child
             if self.poll() is not None:
                 return 0
             time.sleep(0.01)
@@ -316,6 +308,15 @@ def pull_from_the_host(base: Path, config: dict[str, Any], ref: str) -> None:
         puller.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
     finally:
         puller.stop()
+
+
+def _first_child(pid: int) -> int | None:
+    """The first child of a process (forked by its main thread); None while it has none."""
+    try:
+        pids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(pids[0]) if pids else None
 
 
 def _die_with_parent() -> None:

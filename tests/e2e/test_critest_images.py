@@ -10,14 +10,19 @@ import httpx
 from critest.images import DYNAMIC_BUSYBOX, calyx_images, critest_images
 
 
-def test_cli_pushes_every_image_with_its_tags(scratch_registry) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "critest.images", "push", "--registry", scratch_registry.host],
+def cli(command: str, registry: str, timeout: float) -> str:
+    """``python -m critest.images <command> --registry <registry>``, which must succeed: its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "critest.images", command, "--registry", registry],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
         check=True,
     ).stdout
+
+
+def test_cli_pushes_every_image_with_its_tags(scratch_registry) -> None:
+    out = cli("push", scratch_registry.host, timeout=300)
     lines = out.splitlines()
     expected = [(p.repo, t) for p in calyx_images() + critest_images() for t in p.tags]
     assert len(lines) == len(expected)
@@ -48,13 +53,7 @@ def test_critest_busybox_uses_the_dynamic_build_when_available() -> None:
 def test_mirror_config_serves_upstream_names_from_the_local_registry(daemon_factory, image_registry) -> None:
     from cri.api import api_pb2 as pb
 
-    dropin = subprocess.run(
-        [sys.executable, "-m", "critest.images", "mirror-config", "--registry", image_registry.host],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    dropin = cli("mirror-config", image_registry.host, timeout=60)
     d = daemon_factory(start=False)
     (d.base / "calyx.d").mkdir()
     (d.base / "calyx.d/50-mirrors.toml").write_text(dropin)

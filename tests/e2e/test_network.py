@@ -112,20 +112,25 @@ def test_builtin_host_port_reaches_the_pod_from_loopback_and_the_host_address(bu
     assert f"--dport {host_port}" not in iptables_save()
 
 
-def test_builtin_network_uses_the_pod_cidr_from_update_runtime_config(builtin_net) -> None:
-    net = builtin_net()
-    n = int(net.bridge[3:])
-    cidr = f"10.248.{n}.0/24"
+def _new_pod_cidr(net: Net) -> str:
+    """Give the daemon a pod CIDR of this test's own (as kubelet does through UpdateRuntimeConfig)."""
+    cidr = f"10.248.{int(net.bridge[3:])}.0/24"
     net.daemon.runtime.UpdateRuntimeConfig(
         pb.UpdateRuntimeConfigRequest(
             runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr=cidr))
         )
     )
+    return cidr
+
+
+def test_builtin_network_uses_the_pod_cidr_from_update_runtime_config(builtin_net) -> None:
+    net = builtin_net()
+    cidr = _new_pod_cidr(net)
     pod_id = run_pod(net.daemon, pod_config())
     ip = status(net.daemon, pod_id).status.network.ip
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
     route = in_netns(_netns(net, pod_id), "ip", "-4", "route", "show", "default").stdout
-    assert f"via 10.248.{n}.1" in route
+    assert f"via {ipaddress.ip_network(cidr)[1]}" in route  # the bridge's address in the new CIDR
     stop_remove(net.daemon, pod_id)
     assert pod_traces(net.daemon, pod_id) == []
 
@@ -440,13 +445,7 @@ def test_builtin_pods_on_old_and_new_pod_cidr_reach_each_other_unmasqueraded(bui
     reach each other with their own source addresses (only traffic leaving the bridge is masqueraded)."""
     net = builtin_net()
     old = run_pod(net.daemon, pod_config())
-    n = int(net.bridge[3:])
-    cidr = f"10.248.{n}.0/24"
-    net.daemon.runtime.UpdateRuntimeConfig(
-        pb.UpdateRuntimeConfigRequest(
-            runtime_config=pb.RuntimeConfig(network_config=pb.NetworkConfig(pod_cidr=cidr))
-        )
-    )
+    cidr = _new_pod_cidr(net)
     new = run_pod(net.daemon, pod_config())
     old_ip, new_ip = (status(net.daemon, p).status.network.ip for p in (old, new))
     assert ipaddress.ip_address(old_ip) in ipaddress.ip_network(net.subnet)

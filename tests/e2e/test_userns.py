@@ -19,6 +19,7 @@ import pytest
 from cri.api import api_pb2 as pb
 from tests import container_fixtures
 from tests.container_fixtures import Cx
+from tests.daemon import Daemon
 from tests.image_fixtures import image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import in_netns, pod_config, pod_traces
 from tests.streaming_clients import portforward_get, spdy
@@ -214,14 +215,22 @@ def _processes_in_user_ns(inode: int) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("step", ["pod.after_userns_pin", "pod.after_netns", "pod.after_network"])
-def test_kill9_while_making_a_user_namespace_pod_is_cleaned_at_restart(builtin_net, step: str) -> None:
-    net = builtin_net(env={"CALYX_FAILPOINTS": f"{step}=kill"})
-    daemon = net.daemon
+def _userns_pod_failing_at(
+    builtin_net, failpoint: str
+) -> tuple[Daemon, pb.LinuxPodSandboxConfig, grpc.RpcError]:
+    """A daemon armed with ``failpoint`` (``<step>=kill|error``), the user-namespace pod config it was
+    asked to run, and the error RunPodSandbox ended with."""
+    daemon = builtin_net(env={"CALYX_FAILPOINTS": failpoint}).daemon
     linux = _userns_linux(_host_base(), pid=pb.POD)
     with pytest.raises(grpc.RpcError) as err:
         daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config(linux=linux)), timeout=60)
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    return daemon, linux, err.value
+
+
+@pytest.mark.parametrize("step", ["pod.after_userns_pin", "pod.after_netns", "pod.after_network"])
+def test_kill9_while_making_a_user_namespace_pod_is_cleaned_at_restart(builtin_net, step: str) -> None:
+    daemon, linux, err = _userns_pod_failing_at(builtin_net, f"{step}=kill")
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
     assert daemon.proc is not None and daemon.proc.wait(30) < 0
     assert f"failpoint={step}" in daemon.log()
     assert _pins_and_mounts(daemon.run_root) != []  # the crash left a half-made pod
@@ -411,12 +420,8 @@ def test_kill9_while_stopping_a_user_namespace_pod_is_finished_at_restart(builti
 
 @pytest.mark.parametrize("step", ["pod.after_userns_pin", "pod.after_netns"])
 def test_a_failure_while_making_a_user_namespace_pod_leaves_nothing(builtin_net, step: str) -> None:
-    net = builtin_net(env={"CALYX_FAILPOINTS": f"{step}=error"})
-    daemon = net.daemon
-    linux = _userns_linux(_host_base(), pid=pb.POD)
-    with pytest.raises(grpc.RpcError) as err:
-        daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config(linux=linux)), timeout=60)
-    assert err.value.code() == grpc.StatusCode.INTERNAL
+    daemon, _linux, err = _userns_pod_failing_at(builtin_net, f"{step}=error")
+    assert err.code() == grpc.StatusCode.INTERNAL
     assert f"failpoint={step}" in daemon.log()
     assert daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
     assert _pins_and_mounts(daemon.run_root) == []
