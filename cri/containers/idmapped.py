@@ -12,7 +12,9 @@ runc 1.1 cannot make idmapped mounts, so Calyx stages them: the host path is clo
 (open_tree OPEN_TREE_CLONE|AT_RECURSIVE), the clone gets the pod's user namespace (mount_setattr
 MOUNT_ATTR_IDMAP, AT_RECURSIVE) and is attached (move_mount) at ``<container dir>/idmapped/<n>``;
 runc is given a bind of that path, and a bind of an idmapped mount keeps its idmapping. The clone of a
-shared mount joins its peer group, so host-to-container and bidirectional propagation still work.
+shared mount joins its peer group, so host-to-container and bidirectional propagation still work; a
+mount the host makes there later arrives as the host made it, not idmapped (its root's files show as
+nobody), while the submounts present at create time are idmapped with the volume.
 
 Once runc has created the container its mount namespace holds its own copy, so the staging mounts are
 released at the end of CreateContainer; a crash before that leaves them to recovery (the container is
