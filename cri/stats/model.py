@@ -48,6 +48,7 @@ class ContainerSample:
     fs: FsUsage | None = None
     fs_mountpoint: str = ""
     cpu_nano_cores: int | None = None
+    pid: int = 0  # its init process while its cgroup was read (0: not running), for the pod's netns
 
 
 @dataclass(frozen=True)

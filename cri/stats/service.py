@@ -26,6 +26,7 @@ from cri.stats.aggregate import sum_samples
 from cri.stats.model import ContainerSample, PodSample, PromLabels
 from metrics.cgroup import read_cgroup, v1_dirs
 from metrics.fsusage import FsUsageCache
+from metrics.netdev import read_via_pids
 from metrics.network import read_netns
 from metrics.rates import CpuRates
 from metrics.readings import CgroupSample, NetworkSample
@@ -185,6 +186,7 @@ class StatsService:
             fs=fs,
             fs_mountpoint=_mountpoint(str(upper.parent.parent)),
             cpu_nano_cores=rate,
+            pid=c.pid if cgroup is not None else 0,
         )
 
     # --- pods ---------------------------------------------------------------------------------------
@@ -265,7 +267,7 @@ class StatsService:
         network: NetworkSample | None = None
         if ready and pod.netns_path:
             try:
-                network = read_netns(pod.netns_path)
+                network = _pod_network(pod.netns_path, members)
             except FileNotFoundError:
                 pass  # the pod is being stopped: its pin went away after the state check
             except Exception as exc:
@@ -329,6 +331,13 @@ def _with_unified(driver: Any, dirs: dict[str, Path], path: str) -> dict[str, Pa
         return dirs
     unified = driver.hierarchy.dirs(path, named=True).get("unified")
     return {**dirs, "unified": unified} if unified is not None else dirs
+
+
+def _pod_network(netns_path: str, members: Iterable[ContainerSample]) -> NetworkSample | None:
+    """The counters of a pod's namespace: through a running container's process when there is one
+    (a file read), else over rtnetlink from inside the namespace (a thread, a socket, pyroute2)."""
+    pids = [m.pid for m in members if m.pid > 0]
+    return (read_via_pids(netns_path, pids) if pids else None) or read_netns(netns_path)
 
 
 def _with_processes(sample: CgroupSample, processes: int) -> CgroupSample:
