@@ -15,10 +15,10 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
-from prometheus_client.utils import floatToGoString
 
-from cri.stats.families import FAMILIES, Family, rows
+from cri.stats.families import FAMILIES, rows
 from cri.stats.model import ContainerSample, PodSample
+from cri.stats.render import LineCache, families_text
 
 log = logging.getLogger("cri.stats")
 
@@ -27,6 +27,7 @@ class RuntimeCollector:
     def __init__(self, stats: Any) -> None:
         self.stats = stats
         self.last_scrape_seconds = 0.0
+        self.lines = LineCache()  # the text of the latest scrape, reused by the next (render.py)
 
     def describe(self) -> list[Metric]:
         """No samples at registration time (the registry calls this instead of collect)."""
@@ -56,11 +57,9 @@ class RuntimeCollector:
         yield self._duration(start)
 
     def render_text(self) -> bytes:
-        """What ``generate_latest`` makes of ``collect()``, byte for byte, written directly: the
-        container_* series are most of a scrape (~50 per container), and prometheus-client builds a
-        Sample and a label dict for each, then validates, sorts and escapes every label again."""
+        """What ``generate_latest`` makes of ``collect()``, byte for byte, written directly (render.py)."""
         start = time.monotonic()
-        text = families_text(self._sample())
+        text = families_text(self._sample(), self.lines)
         rest = list(states(self.stats.runtime))
         rest.append(self._duration(start))
         return text.encode() + generate_latest(_Listed(rest))
@@ -96,52 +95,6 @@ class _Listed:
 
     def collect(self) -> list[Metric]:
         return self.metrics
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-
-
-def _header(family: Family) -> str:
-    """HELP and TYPE lines as the text format has them (counters named with their _total)."""
-    kind = "counter" if family.counter and family.name.endswith("_total") else "gauge"
-    doc = family.help.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {family.name} {doc}\n# TYPE {family.name} {kind}\n"
-
-
-def _line_format(family: Family) -> str:
-    """A str.format template of one series line: labels sorted by name as generate_latest sorts them,
-    each filled from its position in (base labels + the family's own), then the value."""
-    names = family.label_names
-    order = sorted(range(len(names)), key=lambda i: names[i])
-    labels = ",".join(f'{names[i]}="{{{i}}}"' for i in order)
-    name = family.name.replace("{", "{{").replace("}", "}}")
-    return f"{name}{{{{{labels}}}}} {{{len(names)}}}\n"
-
-
-_FORMATS = {family.name: (_header(family), _line_format(family)) for family in FAMILIES}
-
-
-def families_text(pods: list[PodSample]) -> str:
-    """The container_* families of ``pods`` in the Prometheus text format (as ``families`` gives them
-    to prometheus-client): pod-level series, then running containers', family by family."""
-    lines: dict[str, list[str]] = {family.name: [] for family in FAMILIES}
-    for pod in pods:
-        subjects: list[ContainerSample | PodSample] = [pod]
-        subjects.extend(c for c in pod.containers if c.cgroup is not None)
-        for subject in subjects:
-            base = tuple(_escape(v) for v in subject.prom.values())
-            for family in FAMILIES:
-                template = _FORMATS[family.name][1]
-                out = lines[family.name]
-                for extra, value in family.values(subject):
-                    labels = base + tuple(_escape(v) for v in extra) if extra else base
-                    out.append(template.format(*labels, floatToGoString(value)))
-    parts: list[str] = []
-    for family in FAMILIES:
-        parts.append(_FORMATS[family.name][0])
-        parts.extend(lines[family.name])
-    return "".join(parts)
 
 
 def states(runtime: Any) -> Iterator[Metric]:

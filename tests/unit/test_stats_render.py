@@ -1,11 +1,15 @@
-"""The collector's own Prometheus text is what prometheus-client makes of the same samples, byte for byte."""
+"""The collector's own Prometheus text is what prometheus-client makes of the same samples, byte for byte,
+also when it reuses the lines of the previous scrape."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client.exposition import generate_latest
 
-from cri.stats.collector import families, families_text
+from cri.stats.collector import families
 from cri.stats.model import ContainerSample, PodSample, PromLabels
+from cri.stats.render import LineCache, families_text
 from metrics.readings import (
     CgroupSample,
     CpuReading,
@@ -91,3 +95,46 @@ def test_families_text_is_generate_latest_of_the_families() -> None:
 
 def test_families_text_of_no_pods_is_the_headers_only() -> None:
     assert families_text([]) == generate_latest(_Families([])).decode()  # type: ignore[arg-type]
+
+
+def _with_cpu(pod: PodSample, usage_ns: int) -> PodSample:
+    """``pod`` with its running containers' CPU counter moved to ``usage_ns`` (a newer reading)."""
+    containers = []
+    for c in pod.containers:
+        if c.cgroup is not None and c.cgroup.cpu is not None:
+            cpu = dataclasses.replace(c.cgroup.cpu, usage_ns=usage_ns)
+            c = dataclasses.replace(c, cgroup=dataclasses.replace(c.cgroup, cpu=cpu))
+        containers.append(c)
+    return dataclasses.replace(pod, containers=tuple(containers))
+
+
+def test_a_cached_render_shows_new_values_and_equals_generate_latest() -> None:
+    cache = LineCache()
+    first = _pods()
+    assert families_text(first, cache) == families_text(first)
+    assert families_text(first, cache) == families_text(first)  # every line reused
+    newer = [_with_cpu(first[0], 9_876_543_210), first[1]]
+    text = families_text(newer, cache)
+    assert text == generate_latest(_Families(newer)).decode()  # type: ignore[arg-type]
+    assert text != families_text(first)
+    assert 'container_cpu_usage_seconds_total{container="c\\"1",cpu="total"' in text
+    assert "9.87654321\n" in text
+
+
+def test_the_cache_keeps_only_what_the_latest_scrape_rendered() -> None:
+    cache = LineCache()
+    pods = _pods()
+    families_text(pods, cache)
+    running = pods[0].containers[0]
+    assert set(cache.lines) == {pods[0].prom, running.prom, pods[1].prom}  # the exited one has no series
+    # The container goes away, then the whole pod: their lines leave the cache with the next scrape.
+    without = dataclasses.replace(pods[0], containers=())
+    assert families_text([without, pods[1]], cache) == families_text([without, pods[1]])
+    assert set(cache.lines) == {pods[0].prom, pods[1].prom}
+    assert families_text([pods[1]], cache) == families_text([pods[1]])
+    assert set(cache.lines) == {pods[1].prom}
+    # A container whose labels change (another cgroup path) gets lines of its new labels only.
+    moved = dataclasses.replace(running, prom=dataclasses.replace(running.prom, id="/elsewhere"))
+    again = [dataclasses.replace(pods[0], containers=(moved,))]
+    text = families_text(again, cache)
+    assert text == families_text(again) and "/parent/calyx-1" not in text and 'id="/elsewhere"' in text
