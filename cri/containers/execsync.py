@@ -1,49 +1,48 @@
-"""ExecSync: ``runc exec`` in the foreground, its output read straight from pipes (no conmon, no log file).
+"""ExecSync: ``runc exec --detach`` with the process's stdout and stderr on our pipes (no conmon, no log
+file), its exit status from the exec reaper (cri/containers/exec_reaper.py).
 
-runc starts the process in the container with pipes of its own as its stdout and stderr, copies them
-to its stdio (our pipes), waits for the process and exits with its exit code (128+N for a signal).
-Both pipes are read as data arrives, so a process writing to both never blocks on a full pipe; the
-two together are capped at ``MAX_EXEC_OUTPUT`` (the rest is read and dropped so the process can end).
+Detached, runc hands our pipes to the process itself and exits once the process runs: nothing copies
+the output and runc does not wait for it (a foreground ``runc exec`` costs about 5 ms more CPU here,
+and waits until every holder of the output pipes is gone, a background child included). The process
+is then orphaned to the reaper, a child subreaper, which reports its exit status on a pipe of the
+request's own. Both output pipes are read as data arrives, so a process writing to both never blocks
+on a full pipe; together they are capped at ``MAX_EXEC_OUTPUT`` (the rest is read and dropped so the
+process can finish). Once the status is in, what the process wrote is already in the pipes: that is
+read and the reply goes out, even if a background child keeps a pipe open.
 
-runc's own log goes to a third pipe (``--debug --log-format json``): it names runc's failures
-(the container is not running, the program does not exist), and its "process exited" record gives
-the exit status as soon as runc has reaped the process. That matters when the process leaves a
-background child holding its stdout or stderr: runc then keeps copying until that child exits,
-but the reply is due when the command has ended. So once the status is known and runc has not
-finished within ``LINGER`` (ample time to copy what the command wrote), the reply goes out and runc
-is killed; the child's later writes have no reader.
-
-``--pid-file`` tells where the process runs. At the timeout, it and its process group are killed
-(runc makes every exec'd process a session leader, so the group holds what it started without setsid);
-runc then reaps it and exits. Killing runc instead would orphan the process in the container.
+runc's own failure (the container is not running, the program does not exist) is told by the reaper;
+the process never ran, so the stderr pipe holds only runc's message. ``--pid-file`` tells where the
+process runs: at the timeout it and its process group are killed (runc makes every exec'd process a
+session leader, so its group holds what it started without setsid).
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import fcntl
 import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cri.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal
-from cri.instruments import observe_runtime
+from cri.errors import DeadlineExceeded, FailedPrecondition, Internal
 
 # kubelet and our server refuse messages over 16 MiB: keep ExecSync's output (both streams) below it.
 MAX_EXEC_OUTPUT = 16 * 1024 * 1024 - 64 * 1024
 READ_CHUNK = 256 * 1024
-# How long runc may go on after it reaped the process before we stop waiting for it (it copies what
-# the process left in its pipes, a millisecond's work; longer only while a background child holds them).
-LINGER = 1.0
-# After the process is killed at the timeout, how long runc may take to reap it and exit.
+# After the process is killed at the timeout, how long the reaper may take to report it.
 REAP_GRACE = 10.0
 # What runc says when the container has no running init (it stopped after our state check).
 NOT_RUNNING = ("cannot exec in a stopped", "not running", "container does not exist")
+REAPER_SCRIPT = Path(__file__).with_name("exec_reaper.py")
 
 
 @dataclass(frozen=True)
@@ -53,14 +52,77 @@ class ExecResult:
     stderr: bytes
 
 
-def kill_exec_process(pid: int, runner_alive: bool) -> None:
+class ReaperClient:
+    """The daemon's end of the exec reaper: started on first use, started again if it died."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def submit(self, argv: list[str], pid_file: Path, fds: tuple[int, int, int]) -> None:
+        """Ask for ``argv`` (a ``runc exec --detach``) with ``fds`` = (stdout, stderr, answer pipe)."""
+        payload = json.dumps({"argv": argv, "pid_file": str(pid_file)}).encode()
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        with self._lock:
+            for _ in range(2):  # a reaper that died is replaced once
+                sock = self._running()
+                try:
+                    sock.sendmsg([payload], rights)
+                    return
+                except OSError:
+                    self._stop()
+        raise Internal("the exec reaper does not take requests")
+
+    def _running(self) -> socket.socket:
+        if self._sock is not None and self._proc is not None and self._proc.poll() is None:
+            return self._sock
+        self._stop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", str(REAPER_SCRIPT), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            ours.close()
+            raise Internal(f"cannot start the exec reaper: {exc.strerror}") from None
+        finally:
+            theirs.close()
+        self._sock = ours
+        return ours
+
+    def _stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()  # the reaper exits when it sees the socket closed
+            self._sock = None
+        if self._proc is not None:
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+
+REAPER = ReaperClient()
+
+
+def kill_exec_process(pid: int) -> None:
     """SIGKILL the exec'd process ``pid`` and its process group.
 
-    Trusted only while its parent (runc, ``runner_alive``) has not exited: until runc reaps it, the PID
-    (and so the group ID it leads) cannot name another process. A pidfd pins the leader; the group is
-    signalled by ID, which the kernel keeps allocated while any member lives.
+    Called while the reaper has not reported the process: until it reaps it, the PID (and so the group
+    ID it leads) cannot name another process. A pidfd pins the leader; the group is signalled by ID,
+    which the kernel keeps allocated while any member lives.
     """
-    if pid <= 0 or not runner_alive:
+    if pid <= 0:
         return
     try:
         fd = os.pidfd_open(pid)
@@ -76,22 +138,18 @@ def kill_exec_process(pid: int, runner_alive: bool) -> None:
 
 
 class _Run:
-    """What one ``runc exec`` produced so far: output within the cap, runc's log records."""
+    """What one exec produced so far: output within the cap, the reaper's answer."""
 
-    def __init__(self, pid_file: Path, log_fd: int, limit: int) -> None:
-        self.pid_file = pid_file
-        self.log_fd = log_fd
+    def __init__(self, answer_fd: int, limit: int) -> None:
+        self.answer_fd = answer_fd
         self.limit = limit
         self.kept = 0
         self.chunks: dict[int, list[bytes]] = {}
-        self.log_tail = b""
-        self.errors: list[str] = []
-        self.status: int | None = None  # the process's exit status, once runc logged it
+        self.answer = b""
 
     def add(self, fd: int, data: bytes) -> None:
-        """``data`` read from ``fd``: runc's log or the process's output."""
-        if fd == self.log_fd:
-            self.log(data)
+        if fd == self.answer_fd:
+            self.answer += data
             return
         room = self.limit - self.kept
         if room > 0:
@@ -102,21 +160,12 @@ class _Run:
     def got(self, fd: int) -> bytes:
         return b"".join(self.chunks.get(fd, ()))
 
-    def log(self, data: bytes) -> None:
-        *lines, self.log_tail = (self.log_tail + data).split(b"\n")
-        for line in lines:
-            if b'"process exited"' in line or b'"level":"error"' in line:
-                self._record(line)
-
-    def _record(self, line: bytes) -> None:
+    def outcome(self) -> dict[str, int]:
         try:
-            entry = json.loads(line)
+            value = json.loads(self.answer)
         except ValueError:
-            return
-        if entry.get("level") == "error":
-            self.errors.append(str(entry.get("msg", "")))
-        elif entry.get("msg") == "process exited" and entry.get("pid") == _read_pid(self.pid_file):
-            self.status = int(entry.get("status", -1))
+            return {}
+        return value if isinstance(value, dict) else {}
 
 
 def _read_pid(path: Path) -> int:
@@ -124,14 +173,6 @@ def _read_pid(path: Path) -> int:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return 0
-
-
-def _alive(pid: int) -> bool:
-    """``pid`` (our child) has not exited yet; it is left unreaped."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
-    except ChildProcessError:
-        return False
 
 
 def run(
@@ -150,122 +191,64 @@ def run(
     DeadlineExceeded at the timeout (the process is killed), FailedPrecondition when runc finds the
     container not running, Internal when runc cannot start the process.
     """
-    started = time.monotonic()
-    deadline = started + timeout_s if timeout_s > 0 else None
+    deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+    argv = [*runc, "exec", "--detach", "--process", str(spec_path), "--pid-file", str(pid_file), container_id]
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    log_r, log_w = os.pipe2(os.O_CLOEXEC)
-    argv = [
-        *runc,
-        "--debug",  # for the "process exited" record
-        "--log",
-        f"/proc/self/fd/{log_w}",
-        "--log-format",
-        "json",
-        "exec",
-        "--process",
-        str(spec_path),
-        "--pid-file",
-        str(pid_file),
-        container_id,
-    ]
+    ans_r, ans_w = os.pipe2(os.O_CLOEXEC)
+    state = _Run(ans_r, limit)
     try:
-        child = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out_w,
-            stderr=err_w,
-            pass_fds=(log_w,),
-            start_new_session=True,
-        )
-    except OSError as exc:
-        for fd in (out_r, out_w, err_r, err_w, log_r, log_w):
-            os.close(fd)
-        raise CommandFailed(argv, -1, f"cannot run: {exc.strerror}", container_id) from None
-    for fd in (out_w, err_w, log_w):
-        os.close(fd)
-    state = _Run(pid_file, log_r, limit)
-    pidfd = os.pidfd_open(child.pid)
-    timed_out = False
-    try:
-        timed_out = _pump(state, pidfd, (out_r, err_r, log_r), deadline)
-        if timed_out:
-            pid = _read_pid(pid_file)
-            _stop(child, pid, REAP_GRACE if pid > 0 else 0)
-        else:
-            _stop(child, 0, 0 if state.status is not None else None)  # runc lingering for a child: go
-        for fd in (out_r, err_r, log_r):
+        try:
+            REAPER.submit(argv, pid_file, (out_w, err_w, ans_w))
+        finally:
+            for fd in (out_w, err_w, ans_w):
+                os.close(fd)
+        if _pump(state, (out_r, err_r, ans_r), deadline):
+            kill_exec_process(_read_pid(pid_file))
+            _pump(state, (ans_r,), time.monotonic() + REAP_GRACE)  # the reaper reports it
+            raise DeadlineExceeded(f"command {command!r} timed out after {timeout_s}s", container_id)
+        for fd in (out_r, err_r):
             _drain(fd, state)
     finally:
-        if child.returncode is None:  # an exception on the way: leave nothing running
-            _stop(child, _read_pid(pid_file), 0)
-        for fd in (out_r, err_r, log_r, pidfd):
+        for fd in (out_r, err_r, ans_r):
             os.close(fd)
-    ran = state.status is not None or pid_file.exists()
-    observe_runtime(runc[0], "exec", time.monotonic() - started, ran)
-    if timed_out:
-        raise DeadlineExceeded(f"command {command!r} timed out after {timeout_s}s", container_id)
-    if not ran:
-        message = "; ".join(state.errors) or state.got(err_r).decode(errors="replace").strip()
-        message = message or f"runc exited with {child.returncode}"
-        if any(words in message for words in NOT_RUNNING):
-            raise FailedPrecondition(f"container {container_id} is not running: {message}", container_id)
-        raise Internal(f"exec in container failed: {message}", container_id)
-    code = state.status if state.status is not None else child.returncode
-    if code < 0:  # runc itself was killed; what it says is all we know
-        code = 128 - code
-    return ExecResult(exit_code=code, stdout=state.got(out_r), stderr=state.got(err_r))
+    outcome = state.outcome()
+    if "status" in outcome:
+        return ExecResult(exit_code=int(outcome["status"]), stdout=state.got(out_r), stderr=state.got(err_r))
+    message = state.got(err_r).decode(errors="replace").strip()
+    message = message or f"runc exited with {outcome.get('runc', 'no answer from the exec reaper')}"
+    if any(words in message for words in NOT_RUNNING):
+        raise FailedPrecondition(f"container {container_id} is not running: {message}", container_id)
+    raise Internal(f"exec in container failed: {message}", container_id)
 
 
-def _stop(child: subprocess.Popen[bytes], pid: int, grace: float | None) -> None:
-    """Kill the exec'd process ``pid`` (0: none) and give runc ``grace`` seconds to exit (None: as long
-    as it takes), then kill runc."""
-    kill_exec_process(pid, _alive(child.pid))
-    try:
-        child.wait(grace)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-
-
-def _pump(state: _Run, pidfd: int, pipes: tuple[int, ...], deadline: float | None) -> bool:
-    """Read the pipes until runc exits or lingers past ``LINGER`` after the process's exit (False),
-    or until the deadline passes with the process still running (True)."""
+def _pump(state: _Run, fds: tuple[int, ...], deadline: float | None) -> bool:
+    """Read ``fds`` until the answer pipe is closed (False) or the deadline passes (True)."""
     with selectors.DefaultSelector() as sel:
-        for fd in pipes:
+        for fd in fds:
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ)
-        sel.register(pidfd, selectors.EVENT_READ)
-        linger_until: float | None = None
         while True:
-            now = time.monotonic()
-            if state.status is not None and linger_until is None:
-                linger_until = now + LINGER
-            ends = [t for t in (deadline, linger_until) if t is not None]
-            if ends and min(ends) <= now:
-                return state.status is None  # a known exit status is a result, even at the deadline
-            for key, _ in sel.select(min(ends) - now if ends else None):
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                return True
+            for key, _ in sel.select(wait):
                 fd = int(key.fd)
-                if fd == pidfd:
-                    return False
-                if not _read(fd, state):
+                try:
+                    data = os.read(fd, READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                state.add(fd, data)
+                if not data:
+                    if fd == state.answer_fd:
+                        return False
                     sel.unregister(fd)
 
 
-def _read(fd: int, state: _Run) -> bool:
-    """One read of what is ready on ``fd``; False at end of file."""
-    try:
-        data = os.read(fd, READ_CHUNK)
-    except BlockingIOError:
-        return True
-    state.add(fd, data)
-    return bool(data)
-
-
 def _drain(fd: int, state: _Run) -> None:
-    """What is left in a pipe whose writer has exited: at most one pipe's capacity, since that is all
-    that can have been written unread (a background child that holds the pipe and writes on must not
-    keep us reading)."""
+    """What is left in a pipe once the process has exited: at most one pipe's capacity, since that is
+    all it can have written unread (a background child that holds the pipe and writes on must not keep
+    us reading)."""
     budget = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
     while budget > 0:
         try:

@@ -111,10 +111,10 @@ class ContainerBackend:
     def reap_orphans(self) -> None:
         """At start: kill exec processes a previous daemon left when it died mid-session.
 
-        Each session leaves ``<container>/exec/<id>.pid`` (runc's pid file) and ``<id>.json`` (the
-        process spec) until it ends. No session survives a restart, so any such pair is an orphan; its
-        process is killed if it is still running inside that container (same mount namespace as the
-        container's init), then the files go.
+        Each session (and each ExecSync) leaves ``<container>/exec/<id>.pid`` (runc's pid file) and
+        ``<id>.json`` (the process spec) until it ends. No session survives a restart, so any such pair
+        is an orphan; its process (and its process group) is killed if it is still running inside that
+        container (same mount namespace as the container's init), then the files go.
         """
         containers = getattr(self.runtime, "containers", None)
         if containers is None:
@@ -141,6 +141,8 @@ def _kill_in_container(pid_file: Path, init_pid: int, container_id: str) -> None
     try:
         if os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink(f"/proc/{init_pid}/ns/mnt"):
             return  # the PID was reused by something else
+        with contextlib.suppress(OSError):  # what it started too (runc made it a group leader)
+            os.killpg(pid, signal.SIGKILL)
         signal.pidfd_send_signal(fd, signal.SIGKILL)
         log.info(
             "killed an exec process left by a previous run", extra={"container_id": container_id, "pid": pid}

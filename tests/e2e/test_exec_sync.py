@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +22,7 @@ cx = container_fixtures.cx
 
 
 def _processes_with(marker: str) -> list[int]:
-    """Host PIDs whose command line contains ``marker`` (a unique sleep duration)."""
+    """Host PIDs with ``marker`` (a unique sleep duration) as an argument; all of them for ""."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -29,7 +31,7 @@ def _processes_with(marker: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if marker.encode() in cmdline.split(b"\0"):
+        if not marker or marker.encode() in cmdline.split(b"\0"):
             found.append(int(entry.name))
     return found
 
@@ -158,3 +160,58 @@ def test_exec_in_a_stopped_or_unknown_container(cx: Cx) -> None:
     assert cx.code(cx.exec, "f" * 64, "true") == grpc.StatusCode.NOT_FOUND
     running = cx.run(pod, "running", ["sleep", "1000"])
     assert cx.code(cx.exec, running, timeout=5) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _reapers_of(daemon_pid: int) -> list[int]:
+    """The daemon's exec reaper processes (children of the daemon running exec_reaper.py)."""
+    found = []
+    for pid in _processes_with(""):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"exec_reaper.py" in cmdline and int(stat.rsplit(")", 1)[1].split()[1]) == daemon_pid:
+            found.append(pid)
+    return found
+
+
+def test_exec_reaper_is_replaced_and_leaves_with_the_daemon(cx: Cx) -> None:
+    pod = cx.pod()
+    cid = cx.run(pod, "reaped", ["sleep", "1000"])
+    assert cx.exec(cid, "true").exit_code == 0
+    assert cx.daemon.proc is not None
+    [reaper] = _reapers_of(cx.daemon.proc.pid)
+    os.kill(reaper, signal.SIGKILL)
+    assert cx.output(cid, "echo", "again") == "again\n"  # a new reaper took over
+    [second] = _reapers_of(cx.daemon.proc.pid)
+    assert second != reaper
+
+    # an exec in flight when the daemon dies: the reaper goes with the daemon, and the process is
+    # killed when the daemon starts again (its pid file is left in the container's exec dir)
+    marker = _marker()
+    errors: list[grpc.StatusCode] = []
+
+    def call() -> None:
+        try:
+            cx.exec(cid, "sh", "-c", f"sleep {marker}; true", timeout=0)
+        except grpc.RpcError as err:
+            errors.append(err.code())
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 30
+    while not _processes_with(marker):
+        assert time.monotonic() < deadline, "the exec'd process never ran"
+        time.sleep(0.05)
+    cx.daemon.kill9()
+    caller.join(60)
+    assert len(errors) == 1  # the call ended with the daemon (cancelled or unavailable)
+    gone_by = time.monotonic() + 20
+    while Path(f"/proc/{second}/cmdline").exists() and Path(f"/proc/{second}/cmdline").read_bytes():
+        assert time.monotonic() < gone_by, "the exec reaper outlived the daemon"
+        time.sleep(0.05)
+    assert _processes_with(marker)  # nothing killed it yet
+    cx.daemon.start()
+    assert _wait_gone(marker) == []
+    assert _exec_dir_empty(cx, cid)
