@@ -20,6 +20,7 @@ from __future__ import annotations
 import array
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import selectors
@@ -68,12 +69,66 @@ def _read_pid(path: str) -> int:
         return 0
 
 
+class SealedBinaries:
+    """Sealed in-memory copies of the runtime binaries, run instead of the files.
+
+    runc protects itself from being overwritten by a container (CVE-2019-5736) each time it re-executes
+    itself to enter a container: unless its binary is already a sealed memfd, it bind-mounts itself
+    read-only on a temporary file and unmounts it again, in the host's mount namespace. Measured here,
+    that is about 4 ms of each ``runc exec`` (the unmount waits for an RCU grace period). A copy made
+    once and sealed against writes is what runc accepts as already protected. A binary replaced on
+    disk (an upgrade) is copied again; if anything fails, the file itself is run.
+    """
+
+    SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+    def __init__(self) -> None:
+        self.copies: dict[str, tuple[tuple[int, int, int, int], int]] = {}  # path -> (identity, memfd)
+
+    def path(self, binary: str) -> str:
+        try:
+            st = os.stat(binary)
+        except OSError:
+            return binary
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        known = self.copies.get(binary)
+        if known is not None and known[0] == identity:
+            return f"/proc/self/fd/{known[1]}"
+        if known is not None:
+            os.close(known[1])
+            del self.copies[binary]
+        try:
+            fd = self._copy(binary, st.st_size)
+        except OSError as exc:
+            print(f"exec reaper: running {binary} from disk: {exc}", file=sys.stderr, flush=True)
+            return binary
+        self.copies[binary] = (identity, fd)
+        return f"/proc/self/fd/{fd}"
+
+    def _copy(self, binary: str, size: int) -> int:
+        fd = os.memfd_create(os.path.basename(binary), os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            with open(binary, "rb") as src:
+                copied = 0
+                while copied < size:
+                    n = os.sendfile(fd, src.fileno(), copied, size - copied)
+                    if n == 0:
+                        raise OSError(f"{binary} shrank while copied")
+                    copied += n
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, self.SEALS)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
 class Reaper:
     def __init__(self, control: socket.socket) -> None:
         self.control = control
         self.runcs: dict[int, Request] = {}  # runc pid -> its request
         self.targets: dict[int, Request] = {}  # exec'd process pid -> its request
         self.unclaimed: dict[int, tuple[int, float]] = {}  # pid -> (exit status, when reaped)
+        self.binaries = SealedBinaries()
 
     def receive(self) -> bool:
         """Take one request; False when the daemon has closed the socket."""
@@ -100,7 +155,7 @@ class Reaper:
             req.pid_file = str(message["pid_file"])
             argv = [str(a) for a in message["argv"]]
             pid = os.posix_spawn(
-                argv[0],
+                self.binaries.path(argv[0]),
                 argv,
                 dict(os.environ),
                 file_actions=[

@@ -4,12 +4,14 @@ keep the output pipes open (the reply must not wait for them)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from cri.containers import execsync
+from cri.containers import exec_reaper, execsync
 from cri.containers.model import EXITED
 from cri.errors import FailedPrecondition
 from tests.containers.harness import Harness
@@ -80,3 +82,24 @@ def test_a_background_writer_does_not_hold_the_reply_and_dies_with_its_pipe(harn
     assert result.stdout.startswith(b"started\n")
     # nobody reads its stdout any more: its next write ends it (SIGPIPE)
     assert _wait_gone(marker) == []
+
+
+def test_runc_runs_from_a_sealed_copy(harness: Harness) -> None:
+    """The reaper runs runc from a sealed memfd, which runc accepts as already protected (it then makes
+    no bind mount of itself in the host's mount namespace for every exec)."""
+    pod = harness.pod()
+    cid = harness.run(pod, "sealed", ["sleep", "1000"])
+    assert _run(harness, cid, ["true"]).exit_code == 0
+    proc = execsync.REAPER._proc
+    assert proc is not None
+    runc = Path(harness.containers.monitor("runc").runtime_path)
+    copies = []
+    for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
+        if os.readlink(fd).startswith("/memfd:"):
+            handle = os.open(fd, os.O_RDONLY)
+            try:
+                seals = fcntl.fcntl(handle, fcntl.F_GET_SEALS)
+                copies.append((seals, os.fstat(handle).st_size))
+            finally:
+                os.close(handle)
+    assert copies == [(exec_reaper.SealedBinaries.SEALS, runc.stat().st_size)]
