@@ -43,6 +43,7 @@ REAP_GRACE = 10.0
 # What runc says when the container has no running init (it stopped after our state check).
 NOT_RUNNING = ("cannot exec in a stopped", "not running", "container does not exist")
 REAPER_SCRIPT = Path(__file__).with_name("exec_reaper.py")
+DONE, TIMED_OUT, CANCELLED = "done", "timed out", "cancelled"
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,29 @@ class ReaperClient:
 REAPER = ReaperClient()
 
 
+class Cancel:
+    """Ends an ExecSync from another thread: the gRPC termination callback fires it when the client
+    cancels or its deadline passes (kubelet gave up), so the process does not run on unobserved.
+    Firing after ``close`` (the RPC ended normally) does nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.fd, self._w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+
+    def fire(self) -> None:
+        with self._lock:
+            if self._w >= 0:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(self._w, b"x")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._w >= 0:
+                os.close(self._w)
+                os.close(self.fd)
+                self._w = self.fd = -1
+
+
 def kill_exec_process(pid: int) -> None:
     """SIGKILL the exec'd process ``pid`` and its process group.
 
@@ -183,13 +207,15 @@ def run(
     timeout_s: int,
     command: list[str],
     limit: int = MAX_EXEC_OUTPUT,
+    cancel: Cancel | None = None,
 ) -> ExecResult:
     """Run the process ``spec_path`` describes in the container and wait for it; ``runc`` is the runc
     argv up to the subcommand (binary, --root, cgroup driver flag).
 
     ``timeout_s`` 0 waits for as long as the process runs; ``command`` names it in messages. Raises
     DeadlineExceeded at the timeout (the process is killed), FailedPrecondition when runc finds the
-    container not running, Internal when runc cannot start the process.
+    container not running, Internal when runc cannot start the process. A fired ``cancel`` kills the
+    process as the timeout does.
     """
     deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
     argv = [*runc, "exec", "--detach", "--process", str(spec_path), "--pid-file", str(pid_file), container_id]
@@ -203,9 +229,12 @@ def run(
         finally:
             for fd in (out_w, err_w, ans_w):
                 os.close(fd)
-        if _pump(state, (out_r, err_r, ans_r), deadline):
+        ended = _pump(state, (out_r, err_r, ans_r), deadline, cancel.fd if cancel else -1)
+        if ended != DONE:
             kill_exec_process(_read_pid(pid_file))
             _pump(state, (ans_r,), time.monotonic() + REAP_GRACE)  # the reaper reports it
+            if ended == CANCELLED:
+                raise DeadlineExceeded(f"command {command!r} cancelled by the client", container_id)
             raise DeadlineExceeded(f"command {command!r} timed out after {timeout_s}s", container_id)
         for fd in (out_r, err_r):
             _drain(fd, state)
@@ -222,18 +251,23 @@ def run(
     raise Internal(f"exec in container failed: {message}", container_id)
 
 
-def _pump(state: _Run, fds: tuple[int, ...], deadline: float | None) -> bool:
-    """Read ``fds`` until the answer pipe is closed (False) or the deadline passes (True)."""
+def _pump(state: _Run, fds: tuple[int, ...], deadline: float | None, cancel_fd: int = -1) -> str:
+    """Read ``fds`` until the answer pipe is closed (DONE), the deadline passes (TIMED_OUT) or
+    ``cancel_fd`` becomes readable (CANCELLED)."""
     with selectors.DefaultSelector() as sel:
         for fd in fds:
             os.set_blocking(fd, False)
             sel.register(fd, selectors.EVENT_READ)
+        if cancel_fd >= 0:
+            sel.register(cancel_fd, selectors.EVENT_READ)
         while True:
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
-                return True
+                return TIMED_OUT
             for key, _ in sel.select(wait):
                 fd = int(key.fd)
+                if fd == cancel_fd:
+                    return CANCELLED
                 try:
                     data = os.read(fd, READ_CHUNK)
                 except BlockingIOError:
@@ -241,7 +275,7 @@ def _pump(state: _Run, fds: tuple[int, ...], deadline: float | None) -> bool:
                 state.add(fd, data)
                 if not data:
                     if fd == state.answer_fd:
-                        return False
+                        return DONE
                     sel.unregister(fd)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from cri import failpoints, lifecycle, poll
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, idmapped, orphans, rootfs, shm
+from cri.containers import cgroups_compat, execsync, idmapped, orphans, rootfs, shm
 from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
@@ -361,7 +361,13 @@ class ContainerManager:
         process.pop("oomScoreAdj", None)
         return process
 
-    def exec_sync(self, container_id: str, cmd: builtins.list[str], timeout_s: int) -> ExecResult:
+    def exec_sync(
+        self,
+        container_id: str,
+        cmd: builtins.list[str],
+        timeout_s: int,
+        cancel: execsync.Cancel | None = None,
+    ) -> ExecResult:
         c = self.get(container_id)
         if c.state != RUNNING:
             raise FailedPrecondition(f"container {c.id} is not running", c.id)
@@ -371,7 +377,7 @@ class ContainerManager:
         spec_file = self._exec_spec_file(c, process)
         pid_file = spec_file.with_suffix(".pid")
         try:
-            return self._monitor_of(c).exec_sync(c.id, spec_file, pid_file, cmd, timeout_s)
+            return self._monitor_of(c).exec_sync(c.id, spec_file, pid_file, cmd, timeout_s, cancel)
         finally:
             pid_file.unlink(missing_ok=True)
             spec_file.unlink(missing_ok=True)

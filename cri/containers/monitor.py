@@ -274,10 +274,18 @@ class Monitor:
         return b"".join(chunks)
 
     def exec_sync(
-        self, container_id: str, spec_path: Path, pid_file: Path, command: list[str], timeout_s: int
+        self,
+        container_id: str,
+        spec_path: Path,
+        pid_file: Path,
+        command: list[str],
+        timeout_s: int,
+        cancel: execsync.Cancel | None = None,
     ) -> ExecResult:
         """Run the process in ``spec_path`` in the container and wait for it (see cri.containers.execsync)."""
-        return execsync.run(self._runc(), container_id, spec_path, pid_file, timeout_s, command)
+        return execsync.run(
+            self._runc(), container_id, spec_path, pid_file, timeout_s, command, cancel=cancel
+        )
 
     @staticmethod
     def reopen_log(bundle: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from cri.api import api_pb2 as pb
+from cri.containers import execsync
 from cri.containers import status as conv
 from cri.containers.model import PB_STATE, Container
 from cri.errors import FailedPrecondition, InvalidArgument
@@ -127,5 +128,13 @@ class ContainerRPCs:
     def ExecSync(self, request: pb.ExecSyncRequest, context: grpc.ServicerContext) -> pb.ExecSyncResponse:
         if request.timeout < 0:
             raise InvalidArgument("timeout must not be negative")
-        result = _containers(self.runtime).exec_sync(request.container_id, list(request.cmd), request.timeout)
+        cancel = execsync.Cancel()  # kubelet cancelled or its deadline passed: kill the process
+        if not context.add_callback(cancel.fire):
+            cancel.fire()
+        try:
+            result = _containers(self.runtime).exec_sync(
+                request.container_id, list(request.cmd), request.timeout, cancel
+            )
+        finally:
+            cancel.close()
         return pb.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)

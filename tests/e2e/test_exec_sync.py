@@ -215,3 +215,26 @@ def test_exec_reaper_is_replaced_and_leaves_with_the_daemon(cx: Cx) -> None:
     cx.daemon.start()
     assert _wait_gone(marker) == []
     assert _exec_dir_empty(cx, cid)
+
+
+def test_a_client_that_gives_up_has_the_process_killed(cx: Cx) -> None:
+    pod = cx.pod()
+    cid = cx.run(pod, "abandoned", ["sleep", "1000"])
+    marker = _marker()
+    request = pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", f"sleep {marker}; true"], timeout=0)
+    # no ExecSync timeout; the client's own gRPC deadline passes first
+    code = cx.code(cx.rt.ExecSync, request, timeout=2)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _wait_gone(marker) == []
+    assert _exec_dir_empty_soon(cx, cid)
+    assert cx.output(cid, "echo", "still") == "still\n"
+
+
+def _exec_dir_empty_soon(cx: Cx, cid: str, timeout: float = 20.0) -> bool:
+    """The server ends the call after the client has gone: its files go a moment later."""
+    deadline = time.monotonic() + timeout
+    while not _exec_dir_empty(cx, cid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
