@@ -33,6 +33,29 @@ def process_runs(pid: int, program: str) -> bool:
         return False
 
 
+def processes_with(argument: str) -> list[int]:
+    """Host PIDs with ``argument`` as one of their command-line arguments (every PID for "")."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if not argument or argument.encode() in cmdline.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_gone(argument: str, timeout: float = 20.0) -> list[int]:
+    """Wait until no process has ``argument`` (see processes_with); what is left at the timeout."""
+    deadline = time.monotonic() + timeout
+    while (left := processes_with(argument)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
 def cgroup_dirs_named(name: str) -> list[Path]:
     return [p for p in CGROUP_ROOT.glob(f"*/{name.strip('/')}") if p.is_dir()]
 

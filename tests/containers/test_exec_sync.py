@@ -14,26 +14,8 @@ import pytest
 from cri.containers import exec_reaper, execsync
 from cri.containers.model import EXITED
 from cri.errors import FailedPrecondition
+from tests.container_fixtures import processes_with, wait_gone
 from tests.containers.harness import Harness
-
-
-def _pids_running(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
-
-
-def _wait_gone(marker: str, timeout: float = 20.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := _pids_running(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 def _run(
@@ -76,12 +58,13 @@ def test_a_background_writer_does_not_hold_the_reply_and_dies_with_its_pipe(harn
     pod = harness.pod()
     cid = harness.run(pod, "bg", ["sleep", "1000"])
     marker = "bgwriter-" + cid[:8]
-    script = f"sh -c 'while :; do echo more; sleep 0.05; done # {marker}' & echo started; exit 4"
+    script = f"sh -c 'sleep 1; while :; do echo more; sleep 0.05; done' {marker} & echo started; exit 4"
     result = _run(harness, cid, ["sh", "-c", script])
     assert result.exit_code == 4
     assert result.stdout.startswith(b"started\n")
+    assert processes_with(marker)  # still there: it has not written yet
     # nobody reads its stdout any more: its next write ends it (SIGPIPE)
-    assert _wait_gone(marker) == []
+    assert wait_gone(marker) == []
 
 
 def test_runc_runs_from_a_sealed_copy(harness: Harness) -> None:

@@ -16,31 +16,9 @@ from cri.api import api_pb2 as pb
 from cri.api import api_pb2_grpc as pb_grpc
 from cri.containers.execsync import MAX_EXEC_OUTPUT
 from tests import container_fixtures
-from tests.container_fixtures import Cx
+from tests.container_fixtures import Cx, processes_with, wait_gone
 
 cx = container_fixtures.cx
-
-
-def _processes_with(marker: str) -> list[int]:
-    """Host PIDs with ``marker`` (a unique sleep duration) as an argument; all of them for ""."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if not marker or marker.encode() in cmdline.split(b"\0"):
-            found.append(int(entry.name))
-    return found
-
-
-def _wait_gone(marker: str, timeout: float = 20.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := _processes_with(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 def _exec_dir_empty(cx: Cx, cid: str) -> bool:
@@ -108,7 +86,7 @@ def test_timeout_kills_the_process_and_its_children(cx: Cx) -> None:
     child, own = _marker(), _marker()
     code = cx.code(cx.exec, cid, "sh", "-c", f"sleep {child} & sleep {own}; echo never", timeout=1)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert _wait_gone(own) == [] and _wait_gone(child) == []
+    assert wait_gone(own) == [] and wait_gone(child) == []
     assert _exec_dir_empty(cx, cid)
     # the container itself runs on
     assert cx.status(cid).status.state == pb.CONTAINER_RUNNING
@@ -122,10 +100,10 @@ def test_background_process_holding_the_output_does_not_hold_the_reply(cx: Cx) -
     # the reply comes when the command exits, although its child still has stdout open
     reply = cx.exec(cid, "sh", "-c", f"sleep {marker} & echo started", timeout=60)
     assert (reply.exit_code, reply.stdout) == (0, b"started\n")
-    pids = _processes_with(marker)
+    pids = processes_with(marker)
     assert len(pids) == 1
     os.kill(pids[0], 9)
-    assert _wait_gone(marker) == []
+    assert wait_gone(marker) == []
 
 
 def test_no_timeout_means_wait(cx: Cx) -> None:
@@ -149,7 +127,7 @@ def test_exec_in_a_pod_with_a_shared_pid_namespace(cx: Cx) -> None:
     marker = _marker()
     code = cx.code(cx.exec, cid, "sh", "-c", f"sleep {marker}; true", timeout=1)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert _wait_gone(marker) == []
+    assert wait_gone(marker) == []
 
 
 def test_exec_in_a_stopped_or_unknown_container(cx: Cx) -> None:
@@ -165,7 +143,7 @@ def test_exec_in_a_stopped_or_unknown_container(cx: Cx) -> None:
 def _reapers_of(daemon_pid: int) -> list[int]:
     """The daemon's exec reaper processes (children of the daemon running exec_reaper.py)."""
     found = []
-    for pid in _processes_with(""):
+    for pid in processes_with(""):
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -201,9 +179,13 @@ def test_exec_reaper_is_replaced_and_leaves_with_the_daemon(cx: Cx) -> None:
     caller = threading.Thread(target=call)
     caller.start()
     deadline = time.monotonic() + 30
-    while not _processes_with(marker):
+    while not processes_with(marker):
         assert time.monotonic() < deadline, "the exec'd process never ran"
         time.sleep(0.05)
+    # SIGKILL before the client lets go (Daemon.kill9 closes the channel first, a cancel the daemon
+    # would act on)
+    cx.daemon.proc.kill()
+    cx.daemon.proc.wait(10)
     cx.daemon.kill9()
     caller.join(60)
     assert len(errors) == 1  # the call ended with the daemon (cancelled or unavailable)
@@ -211,9 +193,9 @@ def test_exec_reaper_is_replaced_and_leaves_with_the_daemon(cx: Cx) -> None:
     while Path(f"/proc/{second}/cmdline").exists() and Path(f"/proc/{second}/cmdline").read_bytes():
         assert time.monotonic() < gone_by, "the exec reaper outlived the daemon"
         time.sleep(0.05)
-    assert _processes_with(marker)  # nothing killed it yet
+    assert processes_with(marker)  # nothing killed it yet
     cx.daemon.start()
-    assert _wait_gone(marker) == []
+    assert wait_gone(marker) == []
     assert _exec_dir_empty(cx, cid)
 
 
@@ -225,7 +207,7 @@ def test_a_client_that_gives_up_has_the_process_killed(cx: Cx) -> None:
     # no ExecSync timeout; the client's own gRPC deadline passes first
     code = cx.code(cx.rt.ExecSync, request, timeout=2)
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert _wait_gone(marker) == []
+    assert wait_gone(marker) == []
     assert _exec_dir_empty_soon(cx, cid)
     assert cx.output(cid, "echo", "still") == "still\n"
 
