@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -251,6 +252,10 @@ def failed(size: Size, reason: str) -> dict[str, Result]:
     return {name: Result(name, "", status=reason) for name in benchmark_names(size)}
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
@@ -260,12 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("the benchmarks run as root (runtimes, cgroups, mounts)", file=sys.stderr)
         return 2
+    # SIGTERM (timeout(1), a CI job cancelled) ends the run like Ctrl-C: through the cleanups below,
+    # which stop the runtimes, the registry and the containers this run started.
+    signal.signal(signal.SIGTERM, _interrupt)
     size = SIZES[args.size]
     tag = secrets.token_hex(2)
     base = env.make_base()
     results: dict[str, dict[str, Result]] = {}
     notes: dict[str, str] = {}
     try:
+        log.info("run tag %s, base %s", tag, base)
         log.info("registry: pushing test images (big layer %d MB)", size.pull_mb)
         images = env.start_registry(base / "reg", size.pull_mb, args.registry_port)
         try:

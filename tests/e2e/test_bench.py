@@ -7,8 +7,11 @@ the JSON every consumer reads with all its keys, and leaves nothing behind on th
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,3 +77,34 @@ def test_bench_tiny_against_calyx(short_tmp: Path) -> None:
     md = next(out_dir.glob("bench-*.md")).read_text()
     assert "| benchmark |" in md and "| target |" in md
     assert leftovers(doc["meta"]["run"]["tag"], doc["meta"]["run"]["base"]) == []
+
+
+def test_bench_stopped_by_sigterm_leaves_nothing_behind(short_tmp: Path) -> None:
+    """A run ended by SIGTERM mid-benchmark (timeout(1), a cancelled job) cleans up like one that ends."""
+    log = short_tmp / "bench.log"
+    with log.open("w") as out:  # a file, not a pipe: processes a run leaks must not hold the test up
+        run = subprocess.Popen(
+            [sys.executable, "-m", "bench", "--size", "tiny"],
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while "benchmarking" not in log.read_text():  # Calyx and the registry are up, benchmarks begin
+            assert run.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        code = run.wait(120)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    text = log.read_text()
+    found = re.search(r"run tag (\w+), base (\S+)", text)
+    assert found, text[-3000:]
+    tag, base = found.groups()
+    assert code != 0, text[-3000:]
+    assert leftovers(tag, base) == [], text[-3000:]
+    alive = subprocess.run(["pgrep", "-f", base], capture_output=True, text=True).stdout.split()
+    assert alive == [], text[-3000:]
