@@ -242,6 +242,8 @@ def run(
         for fd in (out_r, err_r, ans_r):
             os.close(fd)
     outcome = state.outcome()
+    if not outcome:  # the reaper died with the process running: it must not run on unobserved
+        kill_exec_process(_read_pid(pid_file))
     if "status" in outcome:
         return ExecResult(exit_code=int(outcome["status"]), stdout=state.got(out_r), stderr=state.got(err_r))
     message = state.got(err_r).decode(errors="replace").strip()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from cri.containers import exec_reaper, execsync
 from cri.containers.model import EXITED
-from cri.errors import FailedPrecondition
+from cri.errors import FailedPrecondition, Internal
 from tests.container_fixtures import processes_with, wait_gone
 from tests.containers.harness import Harness
 
@@ -86,3 +87,30 @@ def test_runc_runs_from_a_sealed_copy(harness: Harness) -> None:
             finally:
                 os.close(handle)
     assert copies == [(exec_reaper.SealedBinaries.SEALS, runc.stat().st_size)]
+
+
+def test_a_reaper_that_dies_mid_exec_takes_the_process_with_it(harness: Harness) -> None:
+    pod = harness.pod()
+    cid = harness.run(pod, "orphaned", ["sleep", "1000"])
+    marker = str(900000 + int(cid[:4], 16))
+    failures: list[Exception] = []
+
+    def call() -> None:
+        try:
+            _run(harness, cid, ["sh", "-c", f"sleep {marker}; true"], timeout_s=0)
+        except Exception as exc:
+            failures.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    deadline = time.monotonic() + 30
+    while not processes_with(marker):
+        assert time.monotonic() < deadline, "the exec'd process never ran"
+        time.sleep(0.05)
+    reaper = execsync.REAPER._proc
+    assert reaper is not None
+    reaper.kill()
+    caller.join(60)
+    assert [type(e) for e in failures] == [Internal]
+    assert wait_gone(marker) == []
+    assert _run(harness, cid, ["echo", "again"]).stdout == b"again\n"  # a new reaper
