@@ -93,6 +93,12 @@ class NetworkConfig:
     )
     bridge: str = opt("calyx0", "Bridge of the built-in network (used when no CNI config exists).")
     subnet: str = opt("10.88.0.0/16", "IPv4 subnet of the built-in network, unless kubelet sets a pod CIDR.")
+    subnet_v6: str = opt(
+        "",
+        "IPv6 subnet of the built-in network (e.g. fd00:10:88::/64): when set, every pod also gets an IPv6"
+        " address (dual-stack; PodSandboxStatus lists the IPv4 one first). Empty: IPv4 only. Unused when"
+        " kubelet sets a pod CIDR: its parts (one per family, in its order, IPv6 alone too) decide.",
+    )
     cni_plugin_timeout_seconds: float = opt(
         240.0,
         "How long one CNI plugin call (ADD, CHECK, DEL) may run before it and its children are killed and"
@@ -101,7 +107,7 @@ class NetworkConfig:
     )
 
     def validate(self) -> None:
-        """The bridge must be a valid interface name and the subnet an IPv4 network with room for pods;
+        """The bridge must be a valid interface name, the subnets IPv4 and IPv6 networks with room for pods;
         a plugin timeout must be a positive number of seconds."""
         if not 0 < self.cni_plugin_timeout_seconds < float("inf"):
             raise ConfigError(
@@ -121,6 +127,19 @@ class NetworkConfig:
             raise ConfigError(
                 "config", "network.subnet", f"{self.subnet!r} must be an IPv4 network of /30 or larger"
             )
+        if self.subnet_v6:
+            try:
+                subnet6 = ipaddress.ip_network(self.subnet_v6, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    "config", "network.subnet_v6", f"{self.subnet_v6!r} is not a network"
+                ) from None
+            if subnet6.version != 6 or subnet6.prefixlen > 126:
+                raise ConfigError(
+                    "config",
+                    "network.subnet_v6",
+                    f"{self.subnet_v6!r} must be an IPv6 network of /126 or larger",
+                )
 
 
 @dataclass

@@ -31,7 +31,7 @@ class PodNetworks:
         self.cni = CNINetwork(
             Path(config.cni_conf_dir), config.cni_bin_dirs, config.cni_plugin_timeout_seconds
         )
-        self.bridge = BridgeNetwork(config.bridge, config.subnet, store, pod_cidr)
+        self.bridge = BridgeNetwork(config.bridge, config.subnet, store, pod_cidr, config.subnet_v6)
 
     def condition(self) -> Condition:
         """NetworkReady: built-in network (no CNI config) or a CNI config whose plugins all exist."""
@@ -65,7 +65,7 @@ class PodNetworks:
             result = self.cni.add(netlist, pod)
             return {**plan, "result": result}, result_ips(result)
         record = self.bridge.attach(pod.pod_id, Path(pod.netns), pod.port_mappings, pod.bandwidth)
-        return record, [record["address"].split("/")[0]]
+        return record, [address.split("/")[0] for address in record["addresses"]]
 
     def teardown(self, record: dict[str, Any], pod: PodRef) -> None:
         """Detach the pod; idempotent, safe after a partial setup."""

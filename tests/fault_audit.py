@@ -1,9 +1,9 @@
 """What a Calyx daemon has on the machine, compared with what it lists: for crash and recovery tests.
 
-``audit(cx)`` returns every inconsistency: an artifact (mount, namespace pin, veth, iptables rule,
-lease, cgroup, runc state, conmon, container or pod dir, exit file, blob, layer) that no listed object
-owns, or a listed object missing a piece it must have. ``leftovers(cx)`` is everything still there,
-for the end of a test when every object has been removed.
+``audit(cx)`` returns every inconsistency: an artifact (mount, namespace pin, veth, iptables or
+ip6tables rule, IPv4 or IPv6 lease, cgroup, runc state, conmon, container or pod dir, exit file, blob,
+layer) that no listed object owns, or a listed object missing a piece it must have. ``leftovers(cx)``
+is everything still there, for the end of a test when every object has been removed.
 """
 
 from __future__ import annotations
@@ -55,8 +55,13 @@ def veths(cx: Cx) -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()}
 
 
+def all_rules() -> list[str]:
+    """Every iptables and ip6tables rule on the host (the built-in network has both for dual-stack)."""
+    return _sh("iptables-save").splitlines() + _sh("ip6tables-save").splitlines()
+
+
 def iptables_lines(cx: Cx) -> list[str]:
-    return [line for line in _sh("iptables-save").splitlines() if cx.net.bridge in line]
+    return [line for line in all_rules() if cx.net.bridge in line]
 
 
 def container_cgroups(cx: Cx) -> set[str]:
@@ -75,6 +80,13 @@ def blob_files(cx: Cx) -> set[str]:
 
 def layer_dirs(cx: Cx) -> set[str]:
     return {n for n in _names(cx.daemon.root / "images" / "layers") if not n.endswith(".usage")}
+
+
+def _reported_ips(cx: Cx, pod_id: str) -> set[str]:
+    network = cx.rt.PodSandboxStatus(
+        pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id), timeout=30
+    ).status.network
+    return {network.ip, *(extra.ip for extra in network.additional_ips)} - {""}
 
 
 def audit(cx: Cx) -> list[str]:
@@ -100,6 +112,13 @@ def audit(cx: Cx) -> list[str]:
     if cx.net.ipam_dir is None:  # the built-in network: veths named after the pod, leases in the store
         expect("veth", {v[3:] for v in veths(cx)}, {i[:12] for i in netns_pods}, {i[:12] for i in netns_pods})
         leases = {str(lease.get("pod_id")) for lease in cx.net.leases.values()}
+        # One lease per IP family of the pod (two when dual-stack): exactly the addresses it reports.
+        for pod_id in netns_pods:
+            leased = {ip for ip, lease in cx.net.leases.items() if lease.get("pod_id") == pod_id}
+            if leased != _reported_ips(cx, pod_id):
+                problems.append(
+                    f"leases {sorted(leased)} of {pod_id} are not its IPs {_reported_ips(cx, pod_id)}"
+                )
     else:  # CNI bridge + host-local: veths named by the plugin, a lease file per address
         if len(veths(cx)) != len(netns_pods):
             problems.append(f"{len(veths(cx))} veths on {cx.net.bridge} for {len(netns_pods)} pods")
@@ -110,7 +129,7 @@ def audit(cx: Cx) -> list[str]:
                     leases.add(f.read_text().split()[0])
     expect("lease", leases, netns_pods, netns_pods)
     known = set(HEX64.findall(d.log()))  # every id this daemon ever logged (also of pods it lost)
-    for line in _sh("iptables-save").splitlines():
+    for line in all_rules():
         stale = [i for i in HEX64.findall(line) if i in known and i not in ready]
         if stale:
             problems.append(f"iptables rule of a pod that is not ready: {line}")

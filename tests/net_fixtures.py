@@ -45,6 +45,10 @@ def iptables_save() -> str:
     return sh("iptables-save").stdout
 
 
+def ip6tables_save() -> str:
+    return sh("ip6tables-save").stdout
+
+
 CLAIMS = Path("/tmp/calyx-test-nets")
 
 
@@ -84,18 +88,20 @@ def _unique_n() -> int:
 
 
 def _drop_chains(predicate: Callable[[str], bool]) -> None:
-    """Delete every iptables rule jumping to, and every chain named by, ``predicate`` (test cleanup)."""
-    for table in ("nat", "filter"):
-        rules = sh("iptables", "-w", "10", "-t", table, "-S", check=False).stdout.splitlines()
-        for rule in rules:
-            parts = shlex.split(rule)
-            if parts[:1] == ["-A"] and "-j" in parts and predicate(parts[parts.index("-j") + 1]):
-                sh("iptables", "-w", "10", "-t", table, "-D", *parts[1:], check=False)
-        for rule in rules:
-            parts = rule.split()
-            if parts[:1] == ["-N"] and predicate(parts[1]):
-                sh("iptables", "-w", "10", "-t", table, "-F", parts[1], check=False)
-                sh("iptables", "-w", "10", "-t", table, "-X", parts[1], check=False)
+    """Delete every iptables and ip6tables rule jumping to, and every chain named by, ``predicate``
+    (test cleanup)."""
+    for cmd in ("iptables", "ip6tables"):
+        for table in ("nat", "filter"):
+            rules = sh(cmd, "-w", "10", "-t", table, "-S", check=False).stdout.splitlines()
+            for rule in rules:
+                parts = shlex.split(rule)
+                if parts[:1] == ["-A"] and "-j" in parts and predicate(parts[parts.index("-j") + 1]):
+                    sh(cmd, "-w", "10", "-t", table, "-D", *parts[1:], check=False)
+            for rule in rules:
+                parts = rule.split()
+                if parts[:1] == ["-N"] and predicate(parts[1]):
+                    sh(cmd, "-w", "10", "-t", table, "-F", parts[1], check=False)
+                    sh(cmd, "-w", "10", "-t", table, "-X", parts[1], check=False)
 
 
 @dataclass
@@ -328,20 +334,25 @@ def pod_traces(daemon: Daemon, pod_id: str) -> list[str]:
     links = sh("ip", "-o", "link").stdout
     found += [f"link: {line}" for line in links.splitlines() if pod_id[:12] in line]
     found += [f"iptables: {line}" for line in iptables_save().splitlines() if pod_id[:16] in line]
+    found += [f"ip6tables: {line}" for line in ip6tables_save().splitlines() if pod_id[:16] in line]
     if (daemon.root / "pods" / pod_id).exists():
         found.append(f"dir: {daemon.root / 'pods' / pod_id}")
     return found
 
 
 class Listener:
-    """A TCP or UDP server inside a pod's netns that answers ``pong`` once per connection/datagram."""
+    """A TCP or UDP server inside a pod's netns that answers ``pong`` once per connection/datagram
+    (IPv4, or IPv6 only with ``family=6``)."""
 
     SCRIPT = r"""
 import socket, sys
 kind = socket.SOCK_STREAM if sys.argv[1] == "tcp" else socket.SOCK_DGRAM
-s = socket.socket(socket.AF_INET, kind)
+v6 = sys.argv[3] == "6"
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[2])))
+if v6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.bind(("::" if v6 else "0.0.0.0", int(sys.argv[2])))
 if kind == socket.SOCK_STREAM:
     s.listen(8)
 print("ready", flush=True)
@@ -355,9 +366,19 @@ while True:
         s.sendto(b"pong " + peer[0].encode(), peer)
 """
 
-    def __init__(self, pin: str, port: int, protocol: str = "tcp") -> None:
+    def __init__(self, pin: str, port: int, protocol: str = "tcp", family: int = 4) -> None:
         self.proc = subprocess.Popen(
-            ["nsenter", f"--net={pin}", "--", sys.executable, "-c", self.SCRIPT, protocol, str(port)],
+            [
+                "nsenter",
+                f"--net={pin}",
+                "--",
+                sys.executable,
+                "-c",
+                self.SCRIPT,
+                protocol,
+                str(port),
+                str(family),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -386,7 +407,7 @@ def exchange(address: str, port: int, protocol: str = "tcp") -> str:
     import socket
 
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as sock:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, kind) as sock:
         sock.settimeout(10)
         sock.connect((address, port))
         if protocol == "tcp":

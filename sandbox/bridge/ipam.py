@@ -2,7 +2,8 @@
 
 The store's transaction makes the check-and-take atomic, and a lease outlives a daemon restart, so a
 pod keeps its address and no two pods ever get the same one. Leases of pods that no longer exist are
-released by recovery.
+released by recovery. IPv4 and IPv6 leases live side by side (a dual-stack pod holds one of each); the
+address's form tells the family.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from cri.store import Store
 
 KIND = "lease"
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-def gateway_of(subnet: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
+
+def gateway_of(subnet: Network) -> Interface:
     """The bridge's address: the subnet's first host."""
-    return ipaddress.IPv4Interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
+    return ipaddress.ip_interface(f"{subnet.network_address + 1}/{subnet.prefixlen}")
 
 
 class IPAM:
@@ -33,20 +37,20 @@ class IPAM:
     def of_pod(self, pod_id: str) -> list[str]:
         return sorted(ip for ip, lease in self.leases().items() if lease.get("pod_id") == pod_id)
 
-    def allocate(self, subnet: ipaddress.IPv4Network, pod_id: str, bridge: str) -> ipaddress.IPv4Interface:
+    def allocate(self, subnet: Network, pod_id: str, bridge: str) -> Interface:
         """The pod's address in ``subnet`` (its existing lease there, else the lowest free host)."""
         with self._lock:
             leases = self.leases()
             for ip, lease in leases.items():
                 if lease.get("pod_id") == pod_id and ipaddress.ip_address(ip) in subnet:
-                    return ipaddress.IPv4Interface(f"{ip}/{subnet.prefixlen}")
+                    return ipaddress.ip_interface(f"{ip}/{subnet.prefixlen}")
             gateway = gateway_of(subnet).ip
             for host in subnet.hosts():
                 if host == gateway or str(host) in leases:
                     continue
                 with self.store.transaction() as tx:
                     tx.put(KIND, str(host), {"pod_id": pod_id, "subnet": str(subnet), "bridge": bridge})
-                return ipaddress.IPv4Interface(f"{host}/{subnet.prefixlen}")
+                return ipaddress.ip_interface(f"{host}/{subnet.prefixlen}")
         raise ResourceExhausted(f"no free address left in {subnet} for the pod", pod_id)
 
     def release(self, pod_id: str) -> list[str]:
@@ -58,6 +62,10 @@ class IPAM:
                     for ip in mine:
                         tx.delete(KIND, ip)
         return mine
+
+    def families_of(self, pod_id: str) -> set[int]:
+        """IP versions the pod holds leases in (4, 6)."""
+        return {ipaddress.ip_address(ip).version for ip in self.of_pod(pod_id)}
 
     def bridges_in_use(self) -> set[str]:
         return {str(lease.get("bridge", "")) for lease in self.leases().values()}

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cri.errors import Internal
+from sandbox.bridge.ipam import Interface
 from sandbox.netns import iproute, netlink_socket_in
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
     from pyroute2.netlink.exceptions import NetlinkError
 
 POD_IFNAME = "eth0"
+IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection for this address
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _netlink_error() -> type[NetlinkError]:
@@ -41,8 +44,9 @@ def _index(ipr: IPRoute, name: str) -> int | None:
     return found[0] if found else None
 
 
-def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> int:
-    """Create the bridge if missing, give it the gateway address, bring it up; returns its index."""
+def ensure_bridge(name: str, gateways: list[Interface]) -> int:
+    """Create the bridge if missing, give it the gateway addresses (one per IP family), bring it up;
+    returns its index."""
     with iproute() as ipr:
         index = _index(ipr, name)
         if index is None:
@@ -54,15 +58,26 @@ def ensure_bridge(name: str, gateway: ipaddress.IPv4Interface) -> int:
             index = _index(ipr, name)
             if index is None:
                 raise Internal(f"bridge {name} vanished right after creation")
-        have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)}
-        if (str(gateway.ip), gateway.network.prefixlen) not in have:
-            try:
-                ipr.addr("add", index=index, address=str(gateway.ip), prefixlen=gateway.network.prefixlen)
-            except _netlink_error() as exc:
-                if exc.code != errno.EEXIST:
-                    raise Internal(f"cannot add {gateway} to bridge {name}: {exc}") from None
+        for gateway in gateways:
+            _ensure_address(ipr, index, gateway, name)
         ipr.link("set", index=index, state="up")
         return index
+
+
+def _ensure_address(ipr: IPRoute, index: int, address: Interface, where: str) -> None:
+    """Add ``address`` to the link unless it has it. IPv6 ones skip duplicate address detection
+    (``nodad``): the addresses come from our own leases, and DAD would keep them unusable ("tentative")
+    for a second or more after the pod starts."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=family)}
+    if (str(address.ip), address.network.prefixlen) in have:
+        return
+    extra = {"flags": IFA_F_NODAD} if address.version == 6 else {}
+    try:
+        ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, **extra)
+    except _netlink_error() as exc:
+        if exc.code != errno.EEXIST:
+            raise Internal(f"cannot add {address} to {where}: {exc}") from None
 
 
 def bridge_ports(name: str) -> list[str]:
@@ -100,10 +115,9 @@ def delete_link(name: str) -> bool:
         return True
 
 
-def attach_pod(
-    bridge: str, netns: Path, pod_id: str, address: ipaddress.IPv4Interface, gateway: ipaddress.IPv4Address
-) -> str:
-    """Create the pod's veth pair, plug the host end into ``bridge`` and configure ``eth0`` in the netns."""
+def attach_pod(bridge: str, netns: Path, pod_id: str, addresses: list[tuple[Interface, Address]]) -> str:
+    """Create the pod's veth pair, plug the host end into ``bridge`` and configure ``eth0`` in the netns
+    with each (address, default gateway) pair: one per IP family of the pod."""
     host_name, temp_name = veth_names(pod_id)
     with iproute() as ipr:
         bridge_index = _index(ipr, bridge)
@@ -126,7 +140,7 @@ def attach_pod(
     Path(f"/sys/class/net/{host_name}/brport/hairpin_mode").write_text("1")
     sock = netlink_socket_in(str(netns))  # never creates a namespace; ~1 ms against ~30 for netns=
     try:
-        _configure_pod_end(sock, netns, pod_id, temp_name, address, gateway)
+        _configure_pod_end(sock, netns, pod_id, temp_name, addresses)
     finally:
         sock.close()
     return host_name
@@ -137,20 +151,24 @@ def _configure_pod_end(
     netns: Path,
     pod_id: str,
     temp_name: str,
-    address: ipaddress.IPv4Interface,
-    gateway: ipaddress.IPv4Address,
+    addresses: list[tuple[Interface, Address]],
 ) -> None:
     with iproute(use_socket=sock) as ns:
         index = _index(ns, temp_name)
         if index is None:
             raise Internal(f"{temp_name} did not arrive in the pod netns {netns}", pod_id)
         ns.link("set", index=index, ifname=POD_IFNAME)
-        ns.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+        for address, _ in addresses:
+            _ensure_address(ns, index, address, f"{POD_IFNAME} of pod {pod_id}")
         ns.link("set", index=index, state="up")
         lo = _index(ns, "lo")
         if lo is not None:
             ns.link("set", index=lo, state="up")
-        ns.route("add", dst="0.0.0.0/0", gateway=str(gateway))
+        for address, gateway in addresses:
+            if address.version == 6:
+                ns.route("add", dst="::/0", gateway=str(gateway), family=socket.AF_INET6)
+            else:
+                ns.route("add", dst="0.0.0.0/0", gateway=str(gateway))
 
 
 def detach_pod(pod_id: str) -> None:

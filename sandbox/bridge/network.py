@@ -1,10 +1,12 @@
 """Attach and detach pods on the built-in network.
 
-Attach: lease an address, make sure the bridge and its chains exist, plug a veth into the pod's netns,
-add the pod's hostPort rules. Detach undoes it in reverse and is idempotent: every name derives from the
-pod id, so it also cleans up after an attach that a crash interrupted half-way. The network (bridge and
-chains) goes with its last pod. One lock serialises
-attach/detach, so the last pod leaving cannot remove chains a new pod is about to use.
+Attach: lease an address in each subnet (one per IP family: dual-stack when kubelet's pod CIDR or
+network.subnet_v6 has an IPv6 part), make sure the bridge, its gateway addresses and the chains of each
+family (iptables, ip6tables) exist, plug a veth into the pod's netns, add the pod's hostPort rules.
+Detach undoes it in reverse and is idempotent: every name derives from the pod id, so it also cleans up
+after an attach that a crash interrupted half-way. The network (bridge and chains) goes with its last
+pod. One lock serialises attach/detach, so the last pod leaving cannot remove chains a new pod is about
+to use.
 """
 
 from __future__ import annotations
@@ -17,19 +19,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cri import failpoints
 from cri.errors import FailedPrecondition
 from cri.store import Store
 from sandbox.bridge import links, shaping
-from sandbox.bridge.ipam import IPAM, gateway_of
+from sandbox.bridge.ipam import IPAM, Network, gateway_of
 from sandbox.bridge.iptables import BridgeRules
 
 log = logging.getLogger("sandbox.bridge")
 
 
+def ipv6_enabled() -> bool:
+    """Whether the host's kernel gives interfaces IPv6 addresses (new namespaces inherit nothing else
+    that matters here: disable_ipv6 is 0 in a fresh netns)."""
+    flag = Path("/proc/sys/net/ipv6/conf/all/disable_ipv6")
+    return flag.exists() and flag.read_text().strip() == "0"
+
+
 class BridgeNetwork:
-    def __init__(self, bridge: str, subnet: str, store: Store, pod_cidr: Callable[[], str]) -> None:
+    def __init__(
+        self, bridge: str, subnet: str, store: Store, pod_cidr: Callable[[], str], subnet_v6: str = ""
+    ) -> None:
         self.bridge = bridge
-        self.default_subnet = subnet
+        self.default_subnets = [subnet, *([subnet_v6] if subnet_v6 else [])]
         self.ipam = IPAM(store)
         self._pod_cidr = pod_cidr
         self._lock = threading.Lock()
@@ -38,18 +50,25 @@ class BridgeNetwork:
         # at the daemon's next start.)
         self._ensured: set[tuple[str, str]] = set()
 
-    def subnet(self) -> ipaddress.IPv4Network:
-        """The pod CIDR kubelet set (its IPv4 part), else the configured subnet."""
-        for part in self._pod_cidr().split(","):
-            part = part.strip()
-            if part:
-                network = ipaddress.ip_network(part, strict=False)
-                if isinstance(network, ipaddress.IPv4Network):
-                    return network
-        network = ipaddress.ip_network(self.default_subnet, strict=False)
-        if not isinstance(network, ipaddress.IPv4Network):
-            raise FailedPrecondition(f"network.subnet {self.default_subnet!r} is not an IPv4 network")
-        return network
+    def subnets(self) -> list[Network]:
+        """The subnets a new pod gets an address in, at most one per IP family, in kubelet's order (the
+        first is the pod's primary IP): the pod CIDR kubelet set (e.g. "10.88.0.0/16,fd00:10:88::/64",
+        or IPv6 only), else network.subnet and network.subnet_v6."""
+        parts = [p.strip() for p in self._pod_cidr().split(",") if p.strip()] or self.default_subnets
+        chosen: dict[int, Network] = {}
+        for part in parts:
+            network = ipaddress.ip_network(part, strict=False)
+            if network.num_addresses < 4:
+                raise FailedPrecondition(
+                    f"pod network {part!r} has no room for pods (needs /30, /126 or larger)"
+                )
+            chosen.setdefault(network.version, network)
+        if 6 in chosen and not ipv6_enabled():
+            raise FailedPrecondition(
+                f"pod network {chosen[6]} is IPv6 but IPv6 is disabled on this host"
+                " (net.ipv6.conf.all.disable_ipv6 = 1 or no IPv6 support in the kernel)"
+            )
+        return list(chosen.values())
 
     def attach(
         self,
@@ -58,48 +77,67 @@ class BridgeNetwork:
         port_mappings: list[dict[str, Any]],
         bandwidth: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Connect the pod; returns the record detach needs (bridge, address, gateway, ports).
-        ``bandwidth`` is the CNI-style capability (sandbox/cni/bandwidth.py), applied with tc."""
+        """Connect the pod, with an address in each subnet; returns the record detach needs (bridge,
+        addresses, gateways, ports). ``bandwidth`` is the CNI-style capability
+        (sandbox/cni/bandwidth.py), applied with tc."""
         start = time.monotonic()
-        subnet = self.subnet()
-        gateway = gateway_of(subnet)
+        subnets = self.subnets()
+        gateways = [gateway_of(subnet) for subnet in subnets]
         with self._lock:
-            address = self.ipam.allocate(subnet, pod_id, self.bridge)
-            links.ensure_bridge(self.bridge, gateway)
-            links.set_sysctl("net/ipv4/ip_forward", "1")
-            links.set_sysctl(f"net/ipv4/conf/{self.bridge}/route_localnet", "1")
-            rules = BridgeRules(self.bridge)
-            if (self.bridge, str(subnet)) not in self._ensured:
-                rules.ensure_network(subnet)
-                self._ensured.add((self.bridge, str(subnet)))
-            host_veth = links.attach_pod(self.bridge, netns, pod_id, address, gateway.ip)
+            addresses = [self.ipam.allocate(subnet, pod_id, self.bridge) for subnet in subnets]
+            links.ensure_bridge(self.bridge, gateways)
+            self._forwarding(subnets)
+            for subnet in subnets:
+                if (self.bridge, str(subnet)) not in self._ensured:
+                    BridgeRules(self.bridge, subnet.version).ensure_network(subnet)
+                    self._ensured.add((self.bridge, str(subnet)))
+            pairs = [(address, gateway.ip) for address, gateway in zip(addresses, gateways, strict=True)]
+            host_veth = links.attach_pod(self.bridge, netns, pod_id, pairs)
+            failpoints.hit("bridge.after_veth", pod_id=pod_id)
             if bandwidth:
                 shaping.apply(host_veth, netns, bandwidth, pod_id)
-            rules.add_pod(pod_id, str(address.ip), port_mappings)
+            for address in addresses:
+                BridgeRules(self.bridge, address.version).add_pod(pod_id, str(address.ip), port_mappings)
         log.info(
             "pod attached",
             extra={
                 "pod_id": pod_id,
                 "bridge": self.bridge,
-                "ip": str(address),
+                "ip": ",".join(str(a) for a in addresses),
                 "duration_ms": (time.monotonic() - start) * 1000,
             },
         )
         return {
             "kind": "bridge",
             "bridge": self.bridge,
-            "address": str(address),
-            "gateway": str(gateway.ip),
-            "subnet": str(subnet),
+            # The first family's address, gateway and subnet (what records before dual-stack held) ...
+            "address": str(addresses[0]),
+            "gateway": str(gateways[0].ip),
+            "subnet": str(subnets[0]),
+            # ... and every family's, in kubelet's order.
+            "addresses": [str(a) for a in addresses],
             "port_mappings": port_mappings,
         }
+
+    def _forwarding(self, subnets: list[Network]) -> None:
+        """Host sysctls the families need. IPv6 forwarding is host-wide (``all``): note that a host
+        interface with accept_ra=1 then stops taking router advertisements (kubelet's CNI bridge plugin
+        does the same)."""
+        for subnet in subnets:
+            if subnet.version == 4:
+                links.set_sysctl("net/ipv4/ip_forward", "1")
+                links.set_sysctl(f"net/ipv4/conf/{self.bridge}/route_localnet", "1")
+            else:
+                links.set_sysctl("net/ipv6/conf/all/forwarding", "1")
 
     def detach(self, pod_id: str, bridge: str | None = None) -> None:
         """Remove the pod's rules, veth and lease; the network's chains go with its last pod."""
         bridge = bridge or self.bridge
         with self._lock:
-            rules = BridgeRules(bridge)
-            rules.remove_pod(pod_id)
+            # The families the pod holds leases in; both when none is left (a detach retried after a
+            # crash between the rules and the release), so no rule can stay behind.
+            for version in sorted(self.ipam.families_of(pod_id) or {4, 6}):
+                BridgeRules(bridge, version).remove_pod(pod_id)
             links.detach_pod(pod_id)
             self.ipam.release(pod_id)
             if bridge not in self.ipam.bridges_in_use():
@@ -128,6 +166,7 @@ class BridgeNetwork:
                 "bridge still has ports; keeping the network", extra={"bridge": bridge, "ports": ports}
             )
             return
-        BridgeRules(bridge).remove_network()
+        for version in (4, 6):
+            BridgeRules(bridge, version).remove_network()
         links.delete_link(bridge)
         self._ensured = {e for e in self._ensured if e[0] != bridge}
