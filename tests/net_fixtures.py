@@ -392,6 +392,40 @@ while True:
         self.proc.wait(10)
 
 
+@dataclass
+class Outside:
+    """A network namespace standing for the world beyond the host, behind a veth of its own."""
+
+    pin: str
+    host4: str  # the host's end of the link
+    far4: str  # the outside's end
+    host6: str
+    far6: str
+
+
+@contextlib.contextmanager
+def outside_network(pin: Path, n: int) -> Iterator[Outside]:
+    """Make the outside for network number ``n``: 10.246.n.0/24 and fd42:246:n::/64 between the host
+    (.1, ::1) and the netns pinned at ``pin`` (.2, ::2); IPv6 addresses without DAD, usable at once."""
+    outside = Outside(str(pin), f"10.246.{n}.1", f"10.246.{n}.2", f"fd42:246:{n}::1", f"fd42:246:{n}::2")
+    host_end, far_end = f"cxo{n}", f"cxq{n}"
+    pin.touch()
+    sh("unshare", f"--net={pin}", "true")
+    try:
+        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", far_end)
+        sh("ip", "link", "set", far_end, "netns", str(pin))
+        sh("ip", "addr", "add", f"{outside.host4}/24", "dev", host_end)
+        sh("ip", "-6", "addr", "add", f"{outside.host6}/64", "dev", host_end, "nodad")
+        sh("ip", "link", "set", host_end, "up")
+        in_netns(str(pin), "ip", "addr", "add", f"{outside.far4}/24", "dev", far_end)
+        in_netns(str(pin), "ip", "-6", "addr", "add", f"{outside.far6}/64", "dev", far_end, "nodad")
+        in_netns(str(pin), "ip", "link", "set", far_end, "up")
+        yield outside
+    finally:
+        sh("ip", "link", "del", host_end, check=False)
+        sh("umount", str(pin), check=False)
+
+
 def host_address() -> str:
     """The host's own primary IPv4 address (traffic to it never leaves the host)."""
     for line in sh("ip", "-4", "-o", "addr", "show", "scope", "global").stdout.splitlines():

@@ -29,6 +29,7 @@ from tests.net_fixtures import (
     info,
     iptables_save,
     link_exists,
+    outside_network,
     pod_config,
     pod_traces,
     run_pod,
@@ -472,33 +473,19 @@ def test_builtin_traffic_leaving_the_pod_network_is_masqueraded(builtin_net, sho
     net = builtin_net()
     pod_id = run_pod(net.daemon, pod_config())
     pod_ip = status(net.daemon, pod_id).status.network.ip
-    n = int(net.bridge[3:])
-    outside_pin = short_tmp / "outside-netns"
-    outside_pin.touch()
-    host_end, far_end = f"cxo{n}", f"cxq{n}"
-    sh("unshare", f"--net={outside_pin}", "true")
-    try:
-        sh("ip", "link", "add", host_end, "type", "veth", "peer", "name", far_end)
-        sh("ip", "link", "set", far_end, "netns", str(outside_pin))
-        sh("ip", "addr", "add", f"10.246.{n}.1/24", "dev", host_end)
-        sh("ip", "link", "set", host_end, "up")
-        in_netns(str(outside_pin), "ip", "addr", "add", f"10.246.{n}.2/24", "dev", far_end)
-        in_netns(str(outside_pin), "ip", "link", "set", far_end, "up")
-        port = 4000 + os.getpid() % 1000
-        listener = Listener(str(outside_pin), port)
+    port = 4000 + os.getpid() % 1000
+    with outside_network(short_tmp / "outside-netns", int(net.bridge[3:])) as outside:
+        listener = Listener(outside.pin, port)
         probe = (
-            f"import socket; s = socket.create_connection(('10.246.{n}.2', {port}), 10); "
+            f"import socket; s = socket.create_connection(('{outside.far4}', {port}), 10); "
             "print(s.recv(100).decode())"
         )
         try:
             answer = in_netns(_netns(net, pod_id), sys.executable, "-c", probe).stdout.strip()
         finally:
             listener.close()
-        assert answer == f"pong 10.246.{n}.1"  # the host's address on that link
-        assert pod_ip not in answer
-    finally:
-        sh("ip", "link", "del", host_end, check=False)
-        sh("umount", str(outside_pin), check=False)
+    assert answer == f"pong {outside.host4}"  # the host's address on that link
+    assert pod_ip not in answer
 
 
 def test_cni_dual_stack_pod_reports_ipv4_and_ipv6(cni_net) -> None:

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import secrets
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tests.net_fixtures import (
     info,
     ip6tables_save,
     link_exists,
+    outside_network,
     pod_config,
     pod_traces,
     run_pod,
@@ -190,11 +192,33 @@ def test_host_port_reaches_the_pod_over_ipv6_and_an_ipv4_host_ip_maps_only_ipv4(
     assert f"--dport {both}" not in ip6tables_save()
 
 
+def test_ipv6_traffic_leaving_the_pod_network_is_masqueraded(builtin_net, short_tmp: Path) -> None:
+    """An 'outside' netns made by the test behind a veth on the host: the pod reaches it over IPv6 and
+    the outside sees the host's address on that link (ip6tables MASQUERADE), not the pod's."""
+    net = builtin_net()
+    _set_pod_cidr(net, _v4(net), _v6(net))
+    pod_id = run_pod(net.daemon, pod_config())
+    pod_ip6 = _ips(net, pod_id)[1]
+    port = 4000 + os.getpid() % 1000
+    with outside_network(short_tmp / "outside-netns", _n(net)) as outside:
+        listener = Listener(outside.pin, port, family=6)
+        probe = (
+            f"import socket; s = socket.create_connection(('{outside.far6}', {port}), 10); "
+            "print(s.recv(100).decode())"
+        )
+        try:
+            answer = in_netns(_netns(net, pod_id), sys.executable, "-c", probe).stdout.strip()
+        finally:
+            listener.close()
+    assert answer == f"pong {outside.host6}"
+    assert pod_ip6 not in answer
+
+
 def test_ipv6_pod_cidr_without_room_for_pods_is_failed_precondition_and_leaves_nothing(builtin_net) -> None:
     """(The other refusal, an IPv6 pod CIDR on a host with IPv6 disabled, cannot be shown here without
     turning IPv6 off host-wide.)"""
     net = builtin_net()
-    _set_pod_cidr(net, f"fd42:246:{_n(net)}::/127")
+    _set_pod_cidr(net, f"fd42:249:{_n(net)}::/127")
     with pytest.raises(grpc.RpcError) as err:
         run_pod(net.daemon, pod_config())
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
