@@ -426,6 +426,19 @@ def outside_network(pin: Path, n: int) -> Iterator[Outside]:
         sh("umount", str(pin), check=False)
 
 
+def answer_from(pin: str, listener_pin: str, address: str, port: int, family: int = 4) -> str:
+    """Start a TCP Listener in the netns ``listener_pin``, connect to it at ``address`` from the netns
+    ``pin``, and return its answer (``pong <the source address it saw>``)."""
+    listener = Listener(listener_pin, port, family=family)
+    probe = (
+        f"import socket; s = socket.create_connection(({address!r}, {port}), 10); print(s.recv(100).decode())"
+    )
+    try:
+        return in_netns(pin, sys.executable, "-c", probe).stdout.strip()
+    finally:
+        listener.close()
+
+
 def host_address() -> str:
     """The host's own primary IPv4 address (traffic to it never leaves the host)."""
     for line in sh("ip", "-4", "-o", "addr", "show", "scope", "global").stdout.splitlines():

@@ -22,6 +22,7 @@ from tests.net_fixtures import (
     RECORD_PLUGIN,
     Listener,
     Net,
+    answer_from,
     exchange,
     free_port,
     host_address,
@@ -475,15 +476,7 @@ def test_builtin_traffic_leaving_the_pod_network_is_masqueraded(builtin_net, sho
     pod_ip = status(net.daemon, pod_id).status.network.ip
     port = 4000 + os.getpid() % 1000
     with outside_network(short_tmp / "outside-netns", int(net.bridge[3:])) as outside:
-        listener = Listener(outside.pin, port)
-        probe = (
-            f"import socket; s = socket.create_connection(('{outside.far4}', {port}), 10); "
-            "print(s.recv(100).decode())"
-        )
-        try:
-            answer = in_netns(_netns(net, pod_id), sys.executable, "-c", probe).stdout.strip()
-        finally:
-            listener.close()
+        answer = answer_from(_netns(net, pod_id), outside.pin, outside.far4, port)
     assert answer == f"pong {outside.host4}"  # the host's address on that link
     assert pod_ip not in answer
 

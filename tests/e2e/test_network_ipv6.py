@@ -11,7 +11,6 @@ import ipaddress
 import os
 import secrets
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tests.fault_audit import audit, leftovers
 from tests.net_fixtures import (
     Listener,
     Net,
+    answer_from,
     exchange,
     free_port,
     in_netns,
@@ -201,15 +201,7 @@ def test_ipv6_traffic_leaving_the_pod_network_is_masqueraded(builtin_net, short_
     pod_ip6 = _ips(net, pod_id)[1]
     port = 4000 + os.getpid() % 1000
     with outside_network(short_tmp / "outside-netns", _n(net)) as outside:
-        listener = Listener(outside.pin, port, family=6)
-        probe = (
-            f"import socket; s = socket.create_connection(('{outside.far6}', {port}), 10); "
-            "print(s.recv(100).decode())"
-        )
-        try:
-            answer = in_netns(_netns(net, pod_id), sys.executable, "-c", probe).stdout.strip()
-        finally:
-            listener.close()
+        answer = answer_from(_netns(net, pod_id), outside.pin, outside.far6, port, family=6)
     assert answer == f"pong {outside.host6}"
     assert pod_ip6 not in answer
 
