@@ -114,3 +114,22 @@ def test_a_reaper_that_dies_mid_exec_takes_the_process_with_it(harness: Harness)
     assert [type(e) for e in failures] == [Internal]
     assert wait_gone(marker) == []
     assert _run(harness, cid, ["echo", "again"]).stdout == b"again\n"  # a new reaper
+
+
+def test_concurrent_execs_each_get_their_own_result(harness: Harness) -> None:
+    pod = harness.pod()
+    cid = harness.run(pod, "busy", ["sleep", "1000"])
+    results: dict[int, execsync.ExecResult] = {}
+
+    def one(n: int) -> None:
+        script = f"sleep 0.{n % 3}; echo out{n}; echo err{n} >&2; exit {n}"
+        results[n] = _run(harness, cid, ["sh", "-c", script])
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert {n: (r.exit_code, r.stdout, r.stderr) for n, r in results.items()} == {
+        n: (n, f"out{n}\n".encode(), f"err{n}\n".encode()) for n in range(16)
+    }
