@@ -41,6 +41,7 @@ class StatsService:
         self.runtime = runtime
         self.rates = CpuRates()
         self.fs_cache = FsUsageCache(runtime.config.metrics.fs_usage_cache_seconds)
+        # (container id or "pod:<id>", cgroup parent) -> (controller -> dir, cgroup path)
         self._cgroup_dirs: dict[tuple[str, str], tuple[dict[str, Path], str]] = {}
         self.exporter: Any = None
 
@@ -224,16 +225,26 @@ class StatsService:
         return samples
 
     def _pod_cgroup(self, pod: Any) -> tuple[dict[str, Path], str] | None:
+        """(controller -> dir, cgroup path) of pod ``pod``; fixed for its life, so computed once
+        (kept with the containers', under "pod:<id>")."""
         if not pod.cgroup_parent:
             return None  # the shared default parent holds every such pod: no per-pod cgroup to read
+        key = ("pod:" + pod.id, pod.cgroup_parent)
+        known = self._cgroup_dirs.get(key)
+        if known is not None:
+            return known
         driver = getattr(self.runtime, "cgroups", None)
         if driver is None:
-            return v1_dirs(pod.cgroup_parent, unified=True), pod.cgroup_parent
-        path = driver.parent_path(pod.cgroup_parent)
-        dirs = driver.hierarchy.dirs(path)
-        if "unified" in dirs:  # v2: the one directory
-            return {"unified": dirs["unified"]}, path
-        return _with_unified(driver, dirs, path), path
+            found = v1_dirs(pod.cgroup_parent, unified=True), pod.cgroup_parent
+        else:
+            path = driver.parent_path(pod.cgroup_parent)
+            dirs = driver.hierarchy.dirs(path)
+            if "unified" in dirs:  # v2: the one directory
+                found = {"unified": dirs["unified"]}, path
+            else:
+                found = _with_unified(driver, dirs, path), path
+        self._cgroup_dirs[key] = found
+        return found
 
     def _sample_pod(self, pod: Any, containers: Iterable[ContainerSample]) -> PodSample:
         members = tuple(containers)
