@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from cri.api import api_pb2 as pb
+from tests import container_fixtures
 from tests.container_fixtures import Cx
 from tests.fault_audit import audit, leftovers
 from tests.net_fixtures import (
@@ -38,6 +39,8 @@ from tests.net_fixtures import (
     status,
     stop_remove,
 )
+
+cx = container_fixtures.cx
 
 
 def _n(net: Net) -> int:
@@ -149,6 +152,18 @@ def test_dual_stack_pods_from_config_ping_each_other_and_the_gateway_over_ipv6(b
     assert in_netns(_netns(net, b), "ping", "-6", "-c1", "-W5", a6).returncode == 0
     assert in_netns(_netns(net, a), "ping", "-6", "-c1", "-W5", _gateway(subnet6)).returncode == 0
     assert in_netns(_netns(net, b), "ping", "-4", "-c1", "-W5", a4).returncode == 0  # IPv4 still works
+
+
+def test_containers_of_dual_stack_pods_have_the_ipv6_address_and_ping_each_other_over_ipv6(cx: Cx) -> None:
+    """Through busybox in the containers (they join the pod's netns): its eth0 and its ping -6."""
+    _set_pod_cidr(cx.net, _v4(cx.net), _v6(cx.net))
+    pods = [cx.pod(host_network=False) for _ in range(2)]
+    ctrs = [cx.run(pod, "c", ["sleep", "1000"]) for pod in pods]
+    (_, a6), (_, b6) = (_ips(cx.net, pod[0]) for pod in pods)
+    assert f"inet6 {a6}/64" in cx.output(ctrs[0], "ip", "-6", "addr", "show", "eth0")
+    assert cx.exec(ctrs[0], "ping", "-6", "-c1", "-W5", b6).exit_code == 0
+    assert cx.exec(ctrs[1], "ping", "-6", "-c1", "-W5", a6).exit_code == 0
+    assert cx.exec(ctrs[1], "ping", "-6", "-c1", "-W5", _gateway(_v6(cx.net))).exit_code == 0
 
 
 def test_ipv6_only_pod_cidr_gives_only_an_ipv6_address_and_pods_reach_each_other(builtin_net) -> None:
