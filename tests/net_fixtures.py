@@ -426,10 +426,12 @@ def outside_network(pin: Path, n: int) -> Iterator[Outside]:
         sh("umount", str(pin), check=False)
 
 
-def answer_from(pin: str, listener_pin: str, address: str, port: int, family: int = 4) -> str:
-    """Start a TCP Listener in the netns ``listener_pin``, connect to it at ``address`` from the netns
-    ``pin``, and return its answer (``pong <the source address it saw>``)."""
-    listener = Listener(listener_pin, port, family=family)
+def answer_from(
+    pin: str, listener_pin: str, address: str, port: int, family: int = 4, listen_port: int = 0
+) -> str:
+    """Start a TCP Listener in the netns ``listener_pin`` (on ``listen_port``, else ``port``), connect to
+    ``address``:``port`` from the netns ``pin``, and return its answer (``pong <the source it saw>``)."""
+    listener = Listener(listener_pin, listen_port or port, family=family)
     probe = (
         f"import socket; s = socket.create_connection(({address!r}, {port}), 10); print(s.recv(100).decode())"
     )

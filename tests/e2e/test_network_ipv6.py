@@ -184,7 +184,7 @@ def test_ipv6_only_pod_cidr_gives_only_an_ipv6_address_and_pods_reach_each_other
 
 def test_host_port_reaches_the_pod_over_ipv6_and_an_ipv4_host_ip_maps_only_ipv4(builtin_net) -> None:
     """hostPort with no host_ip: both families (here reached at the bridge's own IPv6 address from the
-    host); with host_ip 0.0.0.0: IPv4 only."""
+    host, and from another pod through it: hairpin, masqueraded); with host_ip 0.0.0.0: IPv4 only."""
     net = builtin_net()
     _set_pod_cidr(net, _v4(net), _v6(net))
     both, v4_only, pod_port = free_port(), free_port(), 8000 + os.getpid() % 1000
@@ -197,12 +197,15 @@ def test_host_port_reaches_the_pod_over_ipv6_and_an_ipv4_host_ip_maps_only_ipv4(
     rules = ip6tables_save()
     assert f"--dport {both} -j DNAT --to-destination [{ip6}]:{pod_port}" in rules
     assert f"--dport {v4_only} " not in rules
+    gateway6 = _gateway(_v6(net))
     listener = Listener(_netns(net, pod_id), pod_port, family=6)
     try:
-        gateway6 = _gateway(_v6(net))
         assert exchange(gateway6, both) == f"pong {gateway6}"
     finally:
         listener.close()
+    other = _netns(net, run_pod(net.daemon, pod_config()))
+    answer = answer_from(other, _netns(net, pod_id), gateway6, both, family=6, listen_port=pod_port)
+    assert answer == f"pong {gateway6}"
     stop_remove(net.daemon, pod_id)
     assert f"--dport {both}" not in ip6tables_save()
 
