@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from cri.errors import Internal
 from sandbox.bridge.ipam import Interface
-from sandbox.netns import iproute, netlink_socket_in
+from sandbox.netns import call_in, iproute, netlink_socket_in
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -158,6 +158,7 @@ def _configure_pod_end(
         if index is None:
             raise Internal(f"{temp_name} did not arrive in the pod netns {netns}", pod_id)
         ns.link("set", index=index, ifname=POD_IFNAME)
+        _refuse_router_advertisements(netns)
         for address, _ in addresses:
             _ensure_address(ns, index, address, f"{POD_IFNAME} of pod {pod_id}")
         ns.link("set", index=index, state="up")
@@ -169,6 +170,16 @@ def _configure_pod_end(
                 ns.route("add", dst="::/0", gateway=str(gateway), family=socket.AF_INET6)
             else:
                 ns.route("add", dst="0.0.0.0/0", gateway=str(gateway))
+
+
+def _refuse_router_advertisements(netns: Path) -> None:
+    """accept_ra=0 on the pod's eth0, before it is up: its IPv6 addresses and routes come from Calyx
+    only. Otherwise any pod on the bridge that may send raw packets could advertise itself as an IPv6
+    router to the others (IPv4-only pods too, IPv6 being on in every netns) and take their traffic, the
+    container-network flaw of CVE-2020-10749."""
+    if Path("/proc/sys/net/ipv6").is_dir():  # a kernel without IPv6 has nothing to refuse
+        sysctl = Path(f"/proc/sys/net/ipv6/conf/{POD_IFNAME}/accept_ra")
+        call_in(str(netns), lambda: sysctl.write_text("0"))
 
 
 def detach_pod(pod_id: str) -> None:

@@ -86,6 +86,11 @@ def _assert_v6_interface(net: Net, pod_id: str, ip: str, subnet: str) -> None:
     assert "tentative" not in addr and "nodad" in addr
     route = in_netns(pin, "ip", "-6", "route", "show", "default").stdout
     assert f"default via {_gateway(subnet)} dev eth0" in route
+    assert _accept_ra(pin) == "0"
+
+
+def _accept_ra(pin: str) -> str:
+    return in_netns(pin, "sysctl", "-n", "net.ipv6.conf.eth0.accept_ra").stdout.strip()
 
 
 def _v6_traces(net: Net) -> list[str]:
@@ -164,6 +169,15 @@ def test_containers_of_dual_stack_pods_have_the_ipv6_address_and_ping_each_other
     assert cx.exec(ctrs[0], "ping", "-6", "-c1", "-W5", b6).exit_code == 0
     assert cx.exec(ctrs[1], "ping", "-6", "-c1", "-W5", a6).exit_code == 0
     assert cx.exec(ctrs[1], "ping", "-6", "-c1", "-W5", _gateway(_v6(cx.net))).exit_code == 0
+
+
+def test_an_ipv4_only_pod_refuses_ipv6_router_advertisements_too(builtin_net) -> None:
+    """IPv6 is on in every pod netns: a rogue router advertisement from another pod would give it
+    addresses and routes, so eth0 takes none (accept_ra 0) even when the pod network is IPv4 only."""
+    net = builtin_net()
+    pod_id = run_pod(net.daemon, pod_config())
+    assert len(_ips(net, pod_id)) == 1
+    assert _accept_ra(_netns(net, pod_id)) == "0"
 
 
 def test_ipv6_only_pod_cidr_gives_only_an_ipv6_address_and_pods_reach_each_other(builtin_net) -> None:
