@@ -250,6 +250,28 @@ def test_ipv6_pod_cidr_without_room_for_pods_is_failed_precondition_and_leaves_n
     assert net.leases == {} and not link_exists(net.bridge)
 
 
+def test_a_pod_cidr_made_dual_stack_later_keeps_old_pods_ipv4_only_and_restart_keeps_both_kinds(
+    builtin_net, short_tmp: Path
+) -> None:
+    """kubelet widens the pod CIDR to dual-stack while a pod runs: that pod keeps its one address, new
+    pods get two; over IPv4 they reach each other; a daemon restart changes nothing (audit clean)."""
+    net = builtin_net()
+    _set_pod_cidr(net, _v4(net))
+    old = run_pod(net.daemon, pod_config())
+    _set_pod_cidr(net, _v4(net), _v6(net))
+    new = run_pod(net.daemon, pod_config())
+    assert [len(_ips(net, p)) for p in (old, new)] == [1, 2]
+    net.daemon.restart()
+    cx = Cx(net, None, short_tmp)  # type: ignore[arg-type]  # no images needed
+    assert audit(cx) == []
+    assert [len(_ips(net, p)) for p in (old, new)] == [1, 2]
+    _assert_v6_interface(net, new, _ips(net, new)[1], _v6(net))
+    assert in_netns(_netns(net, new), "ping", "-4", "-c1", "-W5", _ips(net, old)[0]).returncode == 0
+    for pod_id in (old, new):
+        stop_remove(net.daemon, pod_id)
+    assert leftovers(cx) == [] and _v6_traces(net) == []
+
+
 @pytest.mark.parametrize("step", ["bridge.after_veth", "pod.after_network"])
 def test_kill9_during_dual_stack_attach_recovers_cleanly(
     builtin_net: Callable[..., Net], short_tmp: Path, step: str
