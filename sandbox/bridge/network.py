@@ -36,6 +36,17 @@ def ipv6_enabled() -> bool:
     return flag.exists() and flag.read_text().strip() == "0"
 
 
+def _warn_unmapped(pod_id: str, families: set[int], port_mappings: list[dict[str, Any]]) -> None:
+    """A hostPort bound to a host_ip of a family the pod has no address in cannot be mapped: say so."""
+    for m in port_mappings:
+        host_ip = m.get("host_ip") or ""
+        if m.get("host_port") and host_ip and ipaddress.ip_address(host_ip).version not in families:
+            log.warning(
+                "hostPort skipped: the pod has no address of its host_ip's IP family",
+                extra={"pod_id": pod_id, "host_ip": host_ip, "host_port": m["host_port"]},
+            )
+
+
 class BridgeNetwork:
     def __init__(
         self, bridge: str, subnet: str, store: Store, pod_cidr: Callable[[], str], subnet_v6: str = ""
@@ -98,6 +109,7 @@ class BridgeNetwork:
                 shaping.apply(host_veth, netns, bandwidth, pod_id)
             for address in addresses:
                 BridgeRules(self.bridge, address.version).add_pod(pod_id, str(address.ip), port_mappings)
+            _warn_unmapped(pod_id, {a.version for a in addresses}, port_mappings)
         log.info(
             "pod attached",
             extra={

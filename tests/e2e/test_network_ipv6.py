@@ -30,6 +30,7 @@ from tests.net_fixtures import (
     in_netns,
     info,
     ip6tables_save,
+    iptables_save,
     link_exists,
     outside_network,
     pod_config,
@@ -178,6 +179,16 @@ def test_an_ipv4_only_pod_refuses_ipv6_router_advertisements_too(builtin_net) ->
     pod_id = run_pod(net.daemon, pod_config())
     assert len(_ips(net, pod_id)) == 1
     assert _accept_ra(_netns(net, pod_id)) == "0"
+
+
+def test_an_ipv6_host_port_of_an_ipv4_only_pod_is_skipped_with_a_warning(builtin_net) -> None:
+    net = builtin_net()
+    port = free_port()
+    mapping = pb.PortMapping(protocol=pb.TCP, container_port=80, host_port=port, host_ip="::")
+    pod_id = run_pod(net.daemon, pod_config(port_mappings=[mapping]))
+    assert f"--dport {port}" not in iptables_save() + ip6tables_save()
+    assert "hostPort skipped: the pod has no address of its host_ip's IP family" in net.daemon.log()
+    stop_remove(net.daemon, pod_id)
 
 
 def test_ipv6_only_pod_cidr_gives_only_an_ipv6_address_and_pods_reach_each_other(builtin_net) -> None:
