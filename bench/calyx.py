@@ -45,9 +45,12 @@ class Calyx:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.bridge = bridge
+        # The run's own CNI network name: the bridge plugin's masquerade rules carry it, so a stop
+        # removes this run's rules only, not those of another run going on.
+        self.network = f"cxbench-{bridge}"
         self.cgroup_root = cgroup_root
         self.metrics_port = free_port()
-        write_conflist(base / "cni", "cxbench-calyx", bridge, subnet, base / "ipam")
+        write_conflist(base / "cni", self.network, bridge, subnet, base / "ipam")
         wanted = {
             "server": {"log_level": "info"},
             "metrics": {"enabled": True, "address": "127.0.0.1", "port": self.metrics_port},
@@ -105,7 +108,7 @@ class Calyx:
         host.kill_pids(host.processes_mentioning(str(self.base)), grace=2.0)
         host.unmount_under(self.base)
         host.delete_link(self.bridge)
-        host.remove_iptables_rules("cxbench-calyx")
+        host.remove_iptables_rules(self.network)
         return left
 
 

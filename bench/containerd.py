@@ -73,6 +73,7 @@ class Containerd:
     cgroup_root: str
 
     def __post_init__(self) -> None:
+        self.network = f"cxbench-{self.bridge}"  # this run's own: see bench/calyx.py
         self.socket = self.base / "containerd.sock"
         self.metrics_port = free_port()
         self.log_file = self.base / "containerd.log"
@@ -147,7 +148,7 @@ oom_score = 0
 
     def start(self, timeout: float = 60.0) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
-        write_conflist(self.base / "cni", "cxbench-ctd", self.bridge, self.subnet, self.base / "ipam")
+        write_conflist(self.base / "cni", self.network, self.bridge, self.subnet, self.base / "ipam")
         for host_name in (self.registry, self.pause_image.split("/", 1)[0]):
             d = self.base / "certs.d" / host_name
             d.mkdir(parents=True, exist_ok=True)
@@ -184,5 +185,5 @@ oom_score = 0
         host.unmount_under(self.base)
         left = host.remove_cgroups(self.cgroup_root.strip("/"))
         host.delete_link(self.bridge)
-        host.remove_iptables_rules("cxbench-ctd")
+        host.remove_iptables_rules(self.network)
         return left
