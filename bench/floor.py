@@ -3,7 +3,9 @@
 The bundle's rootfs is the busybox image's layer unpacked once; the spec is runc's default with the
 benchmark's workload, a cgroup under the run's cgroup root, a private runc root, and an existing
 network namespace joined by path (as a CRI container joins its pod's). What is timed is
-``runc run -d`` (create to running) and then ``runc kill KILL`` + ``runc delete --force``.
+``runc run -d`` (create to running) and then ``runc kill KILL`` + ``runc delete --force``; and, as a
+second floor, ``runc create`` + ``runc start``: the two calls the CRI's CreateContainer/StartContainer
+split asks of any runtime built on runc (containerd's shim makes the same two).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def prepare_bundle(bundle: Path, layer_gz: bytes, cgroup_root: str, netns: Path)
 
 def run_floor(base: Path, layer_gz: bytes, reps: int, cgroup_root: str) -> dict[str, Result]:
     create = Result("runc_run", "ms")
+    create_start = Result("runc_create_start", "ms")
     delete = Result("runc_kill_delete", "ms")
     bundle = base / "bundle"
     root = base / "runc-root"
@@ -83,27 +86,20 @@ def run_floor(base: Path, layer_gz: bytes, reps: int, cgroup_root: str) -> dict[
         pin_netns(base / "netns")
         prepare_bundle(bundle, layer_gz, cgroup_root, base / "netns")
         for i in range(reps):
-            cid = f"cxbench-floor-{i}"
-            argv = [RUNC, "--root", str(root), "run", "-d", "--bundle", str(bundle), cid]
-            errors = base / "runc-run.err"
-            # The container inherits runc's stdio: give it /dev/null and a file, so that nothing
-            # waits for an end of file the container would hold off.
-            with open(errors, "wb") as err:
+            for timing, steps in ((create, [["run", "-d"]]), (create_start, [["create"], ["start"]])):
+                cid = f"cxbench-floor-{steps[0][0]}-{i}"
+                timing.samples.append(_timed_runc(root, bundle, cid, steps, base / "runc.err"))
                 start = time.perf_counter()
-                returncode = run_blocking(argv, err, 60)
-                create.samples.append((time.perf_counter() - start) * 1000)
-            if returncode != 0:
-                raise RuntimeError(f"{' '.join(argv)}: {errors.read_text(errors='replace')[-500:]}")
-            start = time.perf_counter()
-            # SIGKILL first: `delete --force` on a running container kills it and then polls every
-            # 100 ms, which would time runc's sleep rather than the work.
-            for args in (["kill", cid, "KILL"], ["delete", "--force", cid]):
-                subprocess.run(
-                    [RUNC, "--root", str(root), *args], capture_output=True, timeout=60, check=True
-                )
-            delete.samples.append((time.perf_counter() - start) * 1000)
+                # SIGKILL first: `delete --force` on a running container kills it and then polls every
+                # 100 ms, which would time runc's sleep rather than the work.
+                for args in (["kill", cid, "KILL"], ["delete", "--force", cid]):
+                    subprocess.run(
+                        [RUNC, "--root", str(root), *args], capture_output=True, timeout=60, check=True
+                    )
+                if timing is create:
+                    delete.samples.append((time.perf_counter() - start) * 1000)
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        for r in (create, delete):
+        for r in (create, create_start, delete):
             r.status = f"error: {exc}"
             r.samples = []
     finally:
@@ -117,4 +113,19 @@ def run_floor(base: Path, layer_gz: bytes, reps: int, cgroup_root: str) -> dict[
                 )
         host.remove_cgroups(cgroup_root.strip("/"))
         host.unmount_under(base)
-    return {"runc_run": create, "runc_kill_delete": delete}
+    return {"runc_run": create, "runc_create_start": create_start, "runc_kill_delete": delete}
+
+
+def _timed_runc(root: Path, bundle: Path, cid: str, steps: list[list[str]], errors: Path) -> float:
+    """Milliseconds for ``steps`` (runc subcommands with their flags) on container ``cid``, in turn.
+
+    The container inherits runc's stdio: it gets /dev/null and a file, so that nothing waits for an
+    end of file the container would hold off."""
+    with open(errors, "wb") as err:
+        start = time.perf_counter()
+        for step in steps:
+            argv = [RUNC, "--root", str(root), *step]
+            argv += ["--bundle", str(bundle), cid] if step[0] != "start" else [cid]
+            if run_blocking(argv, err, 60) != 0:
+                raise RuntimeError(f"{' '.join(argv)}: {errors.read_text(errors='replace')[-500:]}")
+        return (time.perf_counter() - start) * 1000

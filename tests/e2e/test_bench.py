@@ -66,7 +66,7 @@ def test_bench_tiny_against_calyx(short_tmp: Path) -> None:
     # Calyx always starts, so its idle memory is always measured; the floor needs only runc.
     assert calyx["daemon_rss_idle"]["status"] == "ok"
     floor = doc["results"]["floor"]
-    assert floor["runc_run"]["status"] == "ok"
+    assert floor["runc_run"]["status"] == floor["runc_create_start"]["status"] == "ok"
     # The gRPC floor answered each fast List call with Calyx's own reply, once per Calyx call.
     for n in SIZES["tiny"].list_counts:
         for rpc in ("list_containers", "list_pod_sandbox"):
