@@ -48,6 +48,15 @@ def processes_with(argument: str) -> list[int]:
     return found
 
 
+def wait_running(argument: str, timeout: float = 30.0) -> list[int]:
+    """Wait until some process has ``argument`` (see processes_with); fails the test at the timeout."""
+    deadline = time.monotonic() + timeout
+    while not (found := processes_with(argument)):
+        assert time.monotonic() < deadline, f"no process with {argument!r} ran within {timeout:g}s"
+        time.sleep(0.05)
+    return found
+
+
 def wait_gone(argument: str, timeout: float = 20.0) -> list[int]:
     """Wait until no process has ``argument`` (see processes_with); what is left at the timeout."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ import pytest
 from cri.containers import exec_reaper, execsync
 from cri.containers.model import EXITED
 from cri.errors import FailedPrecondition, Internal
-from tests.container_fixtures import processes_with, wait_gone
+from tests.container_fixtures import processes_with, wait_gone, wait_running
 from tests.containers.harness import Harness
 
 
@@ -103,10 +103,7 @@ def test_a_reaper_that_dies_mid_exec_takes_the_process_with_it(harness: Harness)
 
     caller = threading.Thread(target=call)
     caller.start()
-    deadline = time.monotonic() + 30
-    while not processes_with(marker):
-        assert time.monotonic() < deadline, "the exec'd process never ran"
-        time.sleep(0.05)
+    wait_running(marker)  # the exec'd process runs
     reaper = execsync.REAPER._proc
     assert reaper is not None
     reaper.kill()

@@ -16,7 +16,7 @@ from cri.api import api_pb2 as pb
 from cri.api import api_pb2_grpc as pb_grpc
 from cri.containers.execsync import MAX_EXEC_OUTPUT
 from tests import container_fixtures
-from tests.container_fixtures import Cx, processes_with, wait_gone
+from tests.container_fixtures import Cx, processes_with, wait_gone, wait_running
 
 cx = container_fixtures.cx
 
@@ -192,10 +192,7 @@ def test_exec_reaper_is_replaced_and_leaves_with_the_daemon(cx: Cx) -> None:
 
     caller = threading.Thread(target=call)
     caller.start()
-    deadline = time.monotonic() + 30
-    while not processes_with(marker):
-        assert time.monotonic() < deadline, "the exec'd process never ran"
-        time.sleep(0.05)
+    wait_running(marker)  # the exec'd process runs
     # SIGKILL before the client lets go (Daemon.kill9 closes the channel first, a cancel the daemon
     # would act on)
     cx.daemon.proc.kill()
