@@ -93,17 +93,14 @@ def read_memory(memory: Path) -> MemoryReading | None:
 
 
 def read_io(blkio: Path) -> IoReading | None:
+    """Bytes read and written (what the exporter's container_fs_*_bytes_total series show)."""
     served = read_text(f"{blkio}/blkio.throttle.io_service_bytes_recursive")
-    ops = read_text(f"{blkio}/blkio.throttle.io_serviced_recursive")
     if served is None:
         return None
     totals = {"Read": 0, "Write": 0}
     for kind, value in _BLKIO_LINE.findall(served):
         totals[kind] += int(value)
-    counts = {"Read": 0, "Write": 0}
-    for kind, value in _BLKIO_LINE.findall(ops or ""):
-        counts[kind] += int(value)
-    return IoReading(totals["Read"], totals["Write"], counts["Read"], counts["Write"])
+    return IoReading(totals["Read"], totals["Write"])
 
 
 def read(dirs: Mapping[str, Path]) -> CgroupSample:

@@ -15,7 +15,7 @@ from pathlib import Path
 from metrics.cgroupfs import count_lines, limit, read_int, read_keyed, read_text
 from metrics.readings import CgroupSample, CpuReading, IoReading, LimitsReading, MemoryReading
 
-_IO_FIELD = re.compile(r"\b(rbytes|wbytes|rios|wios)=(\d+)")
+_IO_FIELD = re.compile(r"\b(rbytes|wbytes)=(\d+)")
 
 
 def weight_to_shares(weight: int) -> int:
@@ -76,10 +76,10 @@ def read_io(path: Path) -> IoReading | None:
     text = read_text(f"{path}/io.stat")
     if text is None:
         return None
-    totals = {"rbytes": 0, "wbytes": 0, "rios": 0, "wios": 0}
+    totals = {"rbytes": 0, "wbytes": 0}
     for key, value in _IO_FIELD.findall(text):
         totals[key] += int(value)
-    return IoReading(totals["rbytes"], totals["wbytes"], totals["rios"], totals["wios"])
+    return IoReading(totals["rbytes"], totals["wbytes"])
 
 
 def read(path: Path) -> CgroupSample:

@@ -57,8 +57,6 @@ class LimitsReading:
 class IoReading:
     read_bytes: int = 0
     write_bytes: int = 0
-    reads: int = 0
-    writes: int = 0
 
 
 @dataclass(frozen=True)
