@@ -28,12 +28,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
+from cri import files
 from cri.api import api_pb2 as pb
 from cri.containers import rootfs
 from cri.errors import FailedPrecondition, Internal, InvalidArgument
@@ -42,6 +44,9 @@ from sandbox.userns import IdMap
 log = logging.getLogger("cri.containers.idmapped")
 
 STAGING_DIR = "idmapped"
+# {staging path: host path} of the staged mounts: config.json names the staging paths (runc binds them),
+# which are gone once runc has created the container; ContainerStatus shows the host paths instead.
+SOURCES_FILE = "idmapped-sources.json"
 SYS_MOVE_MOUNT = 429
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -90,6 +95,7 @@ def stage(
         return
     base = staging_dir(container_dir)
     base.mkdir(exist_ok=True)
+    staged: dict[str, str] = {}
     userns_fd = os.open(user_ns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         for index, mount in enumerate(mounts):
@@ -110,8 +116,20 @@ def stage(
                 _remove_entry(target)
                 continue
             mount["source"] = str(target)
+            staged[str(target)] = str(source)
     finally:
         os.close(userns_fd)
+    if staged:
+        files.replace_text(container_dir / SOURCES_FILE, json.dumps(staged))
+
+
+def host_sources(container_dir: Path) -> dict[str, str]:
+    """The host path of each staging path the container's config.json names (empty: none staged)."""
+    try:
+        value = json.loads((container_dir / SOURCES_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _attach(source: Path, target: Path, userns_fd: int, destination: str) -> None:

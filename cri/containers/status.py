@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from cri.api import api_pb2 as pb
+from cri.containers import idmapped
 from cri.containers.model import PB_STATE, Container
 
 
@@ -76,6 +77,11 @@ def verbose_info(c: Container) -> dict[str, str]:
         spec = json.loads((c.bundle / "config.json").read_text())
     except (OSError, ValueError):
         spec = None
+    staged = idmapped.host_sources(c.bundle)
+    if staged and isinstance(spec, dict):
+        for mount in spec.get("mounts", []):
+            # runc bound an idmapped staging mount, gone since: show the host path it stood for
+            mount["source"] = staged.get(mount.get("source"), mount.get("source"))
     info = {
         "sandboxID": c.pod_id,
         "pid": c.pid,

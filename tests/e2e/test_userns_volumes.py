@@ -10,6 +10,7 @@ CreateContainer, neither on success, nor after a failure, nor after a daemon kil
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -157,6 +158,12 @@ def test_idmapped_dir_file_and_readonly_mounts(cx: Cx, volumes: Path, tmpfs_volu
     mountinfo = cx.output(cid, "cat", "/proc/self/mountinfo").splitlines()
     for point in ("/vol", "/dev/termination-log", "/ro", "/rro", "/var/run/secrets/token"):
         assert any(f" {point} " in line and "idmapped" in line for line in mountinfo), point
+    # crictl inspect shows the host paths, not the staging mounts runc bound (gone since create)
+    spec = json.loads(cx.status(cid, verbose=True).info["info"])["runtimeSpec"]
+    sources = {m["destination"]: m["source"] for m in spec["mounts"]}
+    assert (sources["/vol"], sources["/dev/termination-log"]) == (str(vol), str(single))
+    assert (sources["/var/run/secrets/token"], sources["/plain"]) == (str(tmpfs_volume), str(plain))
+    assert not [m for m in spec["mounts"] if "/idmapped/" in m["source"]], spec["mounts"]
     # a mount without mappings is bound as it is: host root is unmapped (nobody) and may not be written
     assert cx.output(cid, "stat", "-c", "%u:%g", "/plain").strip() == NOBODY
     denied = cx.exec(cid, "touch", "/plain/x")
