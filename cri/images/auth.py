@@ -12,11 +12,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from cri.errors import InvalidArgument, PermissionDenied, Unavailable
+
+if TYPE_CHECKING:
+    import httpx  # the HTTP client comes with the first pull (cri/images/manager.py)
 
 log = logging.getLogger("cri.images.auth")
 
@@ -128,6 +129,8 @@ class Authenticator:
             raise Unavailable(f"registry token realm {realm!r} is not an http(s) URL")
         service = params.get("service", "")
         creds = self.credentials
+        import httpx
+
         try:
             if creds.identity_token:
                 form = {

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cri import failpoints
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -23,10 +23,12 @@ from cri.images.content import ContentStore
 from cri.images.flight import Flights
 from cri.images.layers import LayerStore
 from cri.images.model import Image, ImageRecord
-from cri.images.pull import Puller
 from cri.images.reference import ID_RE, Reference, parse
 from cri.instruments import IMAGE_PULL_DURATION
 from cri.runtime import Runtime
+
+if TYPE_CHECKING:
+    from cri.images.pull import Puller
 
 log = logging.getLogger("cri.images")
 
@@ -43,12 +45,24 @@ class ImageManager:
         self.root = runtime.config.root / "images"
         self.content = ContentStore(self.root)
         self.layers = LayerStore(self.root / "layers")
-        self.puller = Puller(self.content, self.layers, runtime.config.images)
+        self._puller: Puller | None = None
+        self._puller_lock = threading.Lock()
         self.pulls: Flights[str] = Flights()
         self._lock = threading.RLock()
         self._records: dict[str, ImageRecord] = {}
         self._specs: dict[str, dict[str, Any]] = {}
         self._leases: list[set[str]] = []
+
+    @property
+    def puller(self) -> Puller:
+        """Made on the first pull: the registry client (httpx and its ~30 modules, ~2 MB) is not loaded
+        by a daemon that has not pulled yet."""
+        with self._puller_lock:
+            if self._puller is None:
+                from cri.images.pull import Puller
+
+                self._puller = Puller(self.content, self.layers, self.runtime.config.images)
+            return self._puller
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
