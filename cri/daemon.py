@@ -33,9 +33,9 @@ class StartupError(RuntimeError):
     """The daemon cannot start; the message says why, for the operator."""
 
 
-def notify_systemd(state: str, address: str | None = None) -> None:
-    """sd_notify(3): a datagram to $NOTIFY_SOCKET (or ``address``) when run by systemd with Type=notify."""
-    address = address or os.environ.get("NOTIFY_SOCKET")
+def notify_systemd(state: str, address: str | None) -> None:
+    """sd_notify(3): a datagram to ``address`` (systemd's $NOTIFY_SOCKET, taken from the environment at
+    start) when run by systemd with Type=notify; nothing without one."""
     if not address:
         return
     if address.startswith("@"):

@@ -45,10 +45,3 @@ def read_netns(netns_path: str) -> NetworkSample:
     finally:
         sock.close()
     return NetworkSample(timestamp_ns=timestamp, interfaces=tuple(_interface(link) for link in links))
-
-
-def read_current() -> NetworkSample:
-    """The calling process's own namespace (the host's, for the daemon)."""
-    with iproute() as ipr:
-        links = ipr.get_links()
-    return NetworkSample(timestamp_ns=time.time_ns(), interfaces=tuple(_interface(link) for link in links))

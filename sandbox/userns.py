@@ -43,9 +43,6 @@ class IdMap:
     def from_dict(cls, data: dict[str, Any]) -> IdMap:
         return cls(int(data["container_id"]), int(data["host_id"]), int(data["length"]))
 
-    def to_dict(self) -> dict[str, int]:
-        return {"container_id": self.container_id, "host_id": self.host_id, "length": self.length}
-
     def host_of(self, container_id: int) -> int:
         """The host id that ``container_id`` maps to (it must be inside the range)."""
         return self.host_id + container_id - self.container_id

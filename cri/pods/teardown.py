@@ -16,15 +16,14 @@ from sandbox.cni import PodRef, bandwidth
 log = logging.getLogger("cri.pods")
 
 
-def pod_ref(pod: Pod, port_mappings: list[dict[str, Any]] | None = None) -> PodRef:
-    mappings = port_mappings if port_mappings is not None else pod.network.get("port_mappings", [])
+def pod_ref(pod: Pod) -> PodRef:
     return PodRef(
         pod_id=pod.id,
         name=pod.metadata.name,
         namespace=pod.metadata.namespace,
         uid=pod.metadata.uid,
         netns=pod.netns_path or "",
-        port_mappings=list(mappings),
+        port_mappings=list(pod.network.get("port_mappings", [])),
         bandwidth=bandwidth.from_annotations(pod.annotations),
     )
 

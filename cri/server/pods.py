@@ -41,17 +41,19 @@ def _item(pod: Pod) -> bytes:
 
 
 def _listed(pods: Any, flt: pb.PodSandboxFilter | None) -> list[bytes]:
-    """Each pod as field 1 of a list response (see cri/pbcache.py)."""
-    if flt is not None:
-        return [_item(p) for p in filtered(pods, flt)]
-    every = pods.list()  # a Pod is frozen: a change is a new object, so the objects are the key
-    return _UNFILTERED.get(every, lambda: _all_items(every))
+    """Each pod as field 1 of a list response (see cri/pbcache.py). No filter and an empty one (crictl
+    sends one) are the same listing."""
+    every = pods.list()
+    if flt is None or not flt.ByteSize():
+        # A Pod is frozen: a change is a new object, so the objects are the key.
+        return _UNFILTERED.get(every, lambda: _items(sorted(every, key=lambda p: p.created_at), every))
+    return _items(filtered(pods, flt), every)
 
 
-def _all_items(every: list[Pod]) -> list[bytes]:
-    listed = sorted(every, key=lambda p: p.created_at)
-    _ITEMS.prune(len(listed), lambda: {p.id for p in listed})
-    return [_item(p) for p in listed]
+def _items(chosen: list[Pod], every: list[Pod]) -> list[bytes]:
+    """The items of ``chosen`` (in order); entries of pods no longer in ``every`` are dropped."""
+    _ITEMS.prune(len(every), lambda: {p.id for p in every})
+    return [_item(p) for p in chosen]
 
 
 class PodRPCs:
