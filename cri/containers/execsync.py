@@ -231,8 +231,7 @@ def run(
                 os.close(fd)
         ended = _pump(state, (out_r, err_r, ans_r), deadline, cancel.fd if cancel else -1)
         if ended != DONE:
-            kill_exec_process(_read_pid(pid_file))
-            _pump(state, (ans_r,), time.monotonic() + REAP_GRACE)  # the reaper reports it
+            _kill_until_reported(state, pid_file)
             if ended == CANCELLED:
                 raise DeadlineExceeded(f"command {command!r} cancelled by the client", container_id)
             raise DeadlineExceeded(f"command {command!r} timed out after {timeout_s}s", container_id)
@@ -251,6 +250,16 @@ def run(
     if any(words in message for words in NOT_RUNNING):
         raise FailedPrecondition(f"container {container_id} is not running: {message}", container_id)
     raise Internal(f"exec in container failed: {message}", container_id)
+
+
+def _kill_until_reported(state: _Run, pid_file: Path) -> None:
+    """Kill the process until the reaper reports it (or REAP_GRACE passes): runc may still be starting
+    it, with no pid file yet, when the timeout or a cancel comes, so one kill could miss it."""
+    give_up = time.monotonic() + REAP_GRACE
+    while time.monotonic() < give_up:
+        kill_exec_process(_read_pid(pid_file))
+        if _pump(state, (state.answer_fd,), min(give_up, time.monotonic() + 0.05)) == DONE:
+            return
 
 
 def _pump(state: _Run, fds: tuple[int, ...], deadline: float | None, cancel_fd: int = -1) -> str:

@@ -527,10 +527,11 @@ class ContainerManager:
                     log.exception("exit check failed", extra={"container_id": c.id})
 
     def close(self) -> None:
-        """Stop watching; containers keep running under their monitors."""
+        """Stop watching; containers keep running under their monitors. The exec reaper goes."""
         self._closing.set()
         if self._watcher is not None:
             self._watcher.join(5)
+        execsync.REAPER.close()
 
 
 def _check_pod_ready(runtime: Runtime, pod_id: str) -> None:

@@ -12,7 +12,7 @@ from cri.api import api_pb2 as pb
 from cri.containers import execsync
 from cri.containers import status as conv
 from cri.containers.model import PB_STATE, Container
-from cri.errors import FailedPrecondition, InvalidArgument
+from cri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cri.pbcache import LastListing, PbCache, as_field1
 from cri.runtime import Runtime
 
@@ -129,8 +129,10 @@ class ContainerRPCs:
         if request.timeout < 0:
             raise InvalidArgument("timeout must not be negative")
         cancel = execsync.Cancel()  # kubelet cancelled or its deadline passed: kill the process
-        if not context.add_callback(cancel.fire):
-            cancel.fire()
+        if not context.add_callback(cancel.fire):  # the call is over already: start nothing
+            cancel.close()
+            cid = request.container_id
+            raise DeadlineExceeded(f"ExecSync in {cid}: the client is gone", cid)
         try:
             result = _containers(self.runtime).exec_sync(
                 request.container_id, list(request.cmd), request.timeout, cancel

@@ -14,13 +14,18 @@ import pytest
 
 from cri.containers import exec_reaper, execsync
 from cri.containers.model import EXITED
-from cri.errors import FailedPrecondition, Internal
+from cri.errors import DeadlineExceeded, FailedPrecondition, Internal
 from tests.container_fixtures import processes_with, wait_gone, wait_running
 from tests.containers.harness import Harness
 
 
 def _run(
-    h: Harness, cid: str, cmd: list[str], timeout_s: int = 30, limit: int = execsync.MAX_EXEC_OUTPUT
+    h: Harness,
+    cid: str,
+    cmd: list[str],
+    timeout_s: int = 30,
+    limit: int = execsync.MAX_EXEC_OUTPUT,
+    cancel: execsync.Cancel | None = None,
 ) -> execsync.ExecResult:
     """execsync.run as the manager drives it, with a process spec of the container's own."""
     c = h.containers.get(cid)
@@ -28,7 +33,7 @@ def _run(
     pid_file = spec.with_suffix(".pid")
     try:
         runc = h.containers.monitor("runc")._runc()
-        return execsync.run(runc, c.id, spec, pid_file, timeout_s, cmd, limit=limit)
+        return execsync.run(runc, c.id, spec, pid_file, timeout_s, cmd, limit=limit, cancel=cancel)
     finally:
         spec.unlink()
         pid_file.unlink(missing_ok=True)
@@ -130,3 +135,18 @@ def test_concurrent_execs_each_get_their_own_result(harness: Harness) -> None:
     assert {n: (r.exit_code, r.stdout, r.stderr) for n, r in results.items()} == {
         n: (n, f"out{n}\n".encode(), f"err{n}\n".encode()) for n in range(16)
     }
+
+
+def test_a_cancel_before_runc_has_started_the_process_still_kills_it(harness: Harness) -> None:
+    """Cancelled before runc wrote the pid file: the kill is retried until the process is gone."""
+    pod = harness.pod()
+    cid = harness.run(pod, "early", ["sleep", "1000"])
+    marker = f"{os.getpid() % 1000}{time.monotonic_ns() % 100000}.5"
+    cancel = execsync.Cancel()
+    cancel.fire()  # already fired when the call starts: runc has not even run
+    try:
+        with pytest.raises(DeadlineExceeded):
+            _run(harness, cid, ["sh", "-c", f"sleep {marker}; true"], timeout_s=0, cancel=cancel)
+    finally:
+        cancel.close()
+    assert wait_gone(marker, timeout=5) == []
