@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cri.pods.model import KIND, NOTREADY, Pod
 from cri.pods.service import PodService
-from cri.pods.stop import teardown_pending
+from cri.pods.stop import finish_teardown, teardown_pending
 from cri.pods.teardown import detach_network, pod_ref, quietly, release_namespaces, remove_dir
 from sandbox import namespaces, pidns
 
@@ -42,6 +42,16 @@ def _check_network(svc: PodService, pod: Pod) -> None:
         log.warning("pod network check failed", extra={"pod_id": pod.id, "error": str(exc)})
 
 
+def _finish_teardown(svc: PodService, pod: Pod) -> Pod:
+    """The stop's own teardown; when it fails the pod keeps its IPs, so that kubelet's StopPodSandbox
+    retry (or the next start) tries the CNI DEL again instead of leaking the address."""
+    try:
+        return finish_teardown(svc, pod)
+    except Exception as exc:
+        log.warning("teardown still due", extra={"pod_id": pod.id, "error": str(exc)})
+        return pod
+
+
 def recover_pods(svc: PodService) -> None:
     ready: set[str] = set()
     for pod_id, record in svc.store.list(KIND).items():
@@ -61,16 +71,13 @@ def recover_pods(svc: PodService) -> None:
                 quietly("remove cgroup parent", pod_id, cgroups.remove_parent, pod.cgroup_parent)
             svc.store.delete(KIND, pod_id)
             continue
-        if teardown_pending(pod):
-            log.warning("finishing the teardown of an interrupted stop", extra={"pod_id": pod_id})
-            quietly("detach network", pod_id, detach_network, svc.networks, pod)
-            quietly("release namespaces", pod_id, release_namespaces, svc.run_root, pod)
-            pod = dataclasses.replace(pod, ips=[])
         if pod.ready and not _intact(pod):
             log.warning("pod lost its namespaces; marking it not ready", extra={"pod_id": pod_id})
-            quietly("detach network", pod_id, detach_network, svc.networks, pod)
-            quietly("release namespaces", pod_id, release_namespaces, svc.run_root, pod)
-            pod = dataclasses.replace(pod, state=NOTREADY, ips=[])
+            pod = dataclasses.replace(pod, state=NOTREADY)
+            svc.save(pod)
+        if teardown_pending(pod):
+            log.warning("finishing the teardown of a stopped or broken pod", extra={"pod_id": pod_id})
+            pod = _finish_teardown(svc, pod)
         svc.save(pod)
         if pod.ready:
             ready.add(pod_id)

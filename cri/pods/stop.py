@@ -69,10 +69,13 @@ def teardown_pending(pod: Pod) -> bool:
     return bool(pod.ips) or any(os.path.lexists(p) for p in pins)
 
 
-def finish_teardown(svc: PodService, pod: Pod) -> None:
-    """Detach the network and release the namespaces of a NOTREADY pod, then record it as released."""
+def finish_teardown(svc: PodService, pod: Pod) -> Pod:
+    """Detach the network and release the namespaces of a NOTREADY pod, then record it as released.
+    A failure leaves the record as it was (its IPs say a teardown is still due)."""
     detach_network(svc.networks, pod)
     failpoints.hit("pod.stop_after_network", pod_id=pod.id)
     release_namespaces(svc.run_root, pod)
     failpoints.hit("pod.stop_after_namespaces", pod_id=pod.id)
-    svc.save(dataclasses.replace(pod, ips=[]))
+    released = dataclasses.replace(pod, ips=[])
+    svc.save(released)
+    return released

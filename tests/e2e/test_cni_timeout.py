@@ -147,3 +147,42 @@ def test_hanging_del_fails_the_stop_naming_plugin_and_pod_and_a_retry_finishes(
         assert leftovers(cx) == []
     finally:
         cx.cleanup()
+
+
+def _dels_done(net: Net, pod_id: str) -> int:
+    """CNI DELs of the pod that went through every plugin (the daemon logs each)."""
+    return sum(1 for line in net.daemon.log().splitlines() if 'msg="cni del"' in line and pod_id in line)
+
+
+def test_a_del_still_failing_at_restart_is_retried_later_not_forgotten(
+    cni_net: Callable[..., Net], image_registry: LoopbackRegistry, short_tmp: Path
+) -> None:
+    """Recovery's teardown of a stopped pod fails too (the plugin still hangs): the pod keeps what says a
+    DEL is due, so kubelet's later StopPodSandbox runs it instead of finding nothing left to do."""
+    net, bin_dir = _hanging_cni(cni_net, short_tmp)
+    (bin_dir / "hang").write_text("DEL")
+    logs = short_tmp / "podlogs"
+    logs.mkdir()
+    cx = Cx(net, image_registry, logs)
+    try:
+        pod_id = run_pod(net.daemon, pod_config(name="del-at-restart"))
+        stop = pb.StopPodSandboxRequest(pod_sandbox_id=pod_id)
+        with pytest.raises(grpc.RpcError):
+            net.daemon.runtime.StopPodSandbox(stop, timeout=120)
+        assert _wait_gone(_tree(bin_dir)) == []
+
+        net.daemon.stop()
+        net.daemon.start()  # recovery's DEL hangs and is killed as well
+        assert _wait_gone(_tree(bin_dir)) == []
+        status = net.daemon.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id))
+        assert status.status.state == pb.SANDBOX_NOTREADY
+        assert _dels_done(net, pod_id) == 0  # every DEL so far failed
+
+        (bin_dir / "hang").unlink()
+        net.daemon.runtime.StopPodSandbox(stop, timeout=120)  # kubelet's retry runs the DEL
+        assert _dels_done(net, pod_id) == 1  # by the stop itself, not only later by a removal
+        net.daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id), timeout=120)
+        assert net.records("pod") == {}
+        assert leftovers(cx) == []
+    finally:
+        cx.cleanup()
