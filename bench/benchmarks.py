@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import httpx
 
 from bench import procs
@@ -374,14 +375,23 @@ class Bench:
 
     def list_beside_floor(self, floor: GrpcFloor, result: Result, rpc: str, request: Any, reps: int) -> None:
         """Calls to the runtime and to the gRPC floor answering the runtime's own reply, alternately,
-        so that both see the same moments of the machine's load."""
+        so that both see the same moments of the machine's load. A floor that fails is reported as such
+        and the runtime's calls go on alone."""
         method = f"/runtime.v1.RuntimeService/{rpc}"
-        floor.store(method, raw_reply(self.client.channel, method, request))
         name = f"grpc_{result.name}"
         mine = self.floor_results.setdefault(name, Result(name, result.unit))
+        working: GrpcFloor | None = floor
+        try:
+            floor.store(method, raw_reply(self.client.channel, method, request))
+        except grpc.RpcError as exc:
+            mine.status, working = f"error: gRPC floor: {exc}", None
         for _ in range(reps):
             result.samples.append(timed(self.client.rt, rpc, request)[0])
-            mine.samples.append(timed(floor.client.rt, rpc, request)[0])
+            if working is not None:
+                try:
+                    mine.samples.append(timed(working.client.rt, rpc, request)[0])
+                except RPCError as exc:
+                    mine.status, mine.samples, working = f"error: gRPC floor: {exc}", [], None
 
     def scrape(self, n: int) -> None:
         result = self.results[f"metrics_scrape_{n}"]

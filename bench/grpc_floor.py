@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 
 from bench.client import Client
+from cri.config import ServerConfig
+from cri.server.service import MAX_MESSAGE_BYTES
 
 STORE = "/calyx.bench.Floor/Store"
-# As in cri/server/service.py: kubelet's 16 MiB both ways.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def _identity(data: bytes) -> bytes:
@@ -57,7 +57,7 @@ class _Replies(grpc.GenericRpcHandler):
 
 def serve(socket_path: str) -> None:
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=8),
+        futures.ThreadPoolExecutor(max_workers=ServerConfig().workers),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -253,6 +253,7 @@ def failed(size: Size, reason: str) -> dict[str, Result]:
 
 
 def _interrupt(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not cut the cleanups short
     raise KeyboardInterrupt(f"signal {signum}")
 
 
