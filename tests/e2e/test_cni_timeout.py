@@ -20,6 +20,7 @@ from tests.container_fixtures import Cx
 from tests.fault_audit import audit, leftovers
 from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import CNI_BIN, Net, pod_config, run_pod, stop_remove
+from tests.reaper import reap
 
 TIMEOUT_S = 5  # long enough for Debian's bridge plugin on a loaded machine, short for the test
 
@@ -121,6 +122,7 @@ def test_hanging_plugin_is_killed_with_its_tree_and_the_pod_leaves_nothing(
         assert leftovers(cx) == []
     finally:
         cx.cleanup()
+        reap(bin_dir)  # a plugin tree the daemon failed to kill (the test then failed on it)
 
 
 def test_hanging_del_fails_the_stop_naming_plugin_and_pod_and_a_retry_finishes(
@@ -147,6 +149,7 @@ def test_hanging_del_fails_the_stop_naming_plugin_and_pod_and_a_retry_finishes(
         assert leftovers(cx) == []
     finally:
         cx.cleanup()
+        reap(bin_dir)  # a plugin tree the daemon failed to kill (the test then failed on it)
 
 
 def _dels_done(net: Net, pod_id: str) -> int:
@@ -186,3 +189,4 @@ def test_a_del_still_failing_at_restart_is_retried_later_not_forgotten(
         assert leftovers(cx) == []
     finally:
         cx.cleanup()
+        reap(bin_dir)  # a plugin tree the daemon failed to kill (the test then failed on it)

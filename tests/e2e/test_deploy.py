@@ -23,6 +23,7 @@ from cri.api import api_pb2 as pb
 from tests.daemon import Daemon
 from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
+from tests.reaper import reap
 from tests.systemd_fixture import REPO, NamespacedSystemd, pull_from_the_host
 
 UNIT = REPO / "deploy" / "calyx.service"
@@ -98,6 +99,9 @@ def unit(
     finally:
         daemon.close_channel()
         installed.uninstall()
+        # A test that failed after stopping the unit leaves its containers running (KillMode=process).
+        leaks = reap(daemon.base)
+    assert leaks == [], "the test left these on the host (removed now):\n" + "\n".join(leaks)
 
 
 def _started(unit: Unit, pid: int) -> int:

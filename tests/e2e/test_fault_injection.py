@@ -29,6 +29,7 @@ from tests.container_fixtures import Cx as BaseCx
 from tests.fault_audit import audit, leftovers
 from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import CNI_BIN, Net, free_port, pod_config, run_pod
+from tests.reaper import reap
 
 IMAGE = "calyx-test/busybox:latest"
 # A container that ends on SIGTERM (as most workloads do) with code 0.
@@ -419,21 +420,24 @@ def test_cni_plugin_hanging_then_daemon_killed_is_undone_at_restart(
 ) -> None:
     """kubelet gives up on a RunPodSandbox stuck in a plugin; the runtime is restarted meanwhile."""
     net, bin_dir = _fault_cni(cni_net, short_tmp, "hang")
-    with pytest.raises(grpc.RpcError) as err:
-        net.daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config()), timeout=5)
-    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    pid_file = bin_dir / "hanging.pid"
-    deadline = time.monotonic() + 30
-    while not pid_file.exists():
-        assert time.monotonic() < deadline, "the plugin never ran"
-        time.sleep(0.05)
-    hanging = int(pid_file.read_text())
-    assert subprocess_out("ip", "-o", "link", "show", "master", net.bridge).strip()  # bridge ADD happened
-    net.daemon.kill9()
-    os.kill(hanging, signal.SIGKILL)  # the orphaned plugin: ours to stop (we started its daemon)
-    (bin_dir / "mode").write_text("")
-    net.daemon.start()
-    assert _cni_traces(net) == []
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            net.daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config()), timeout=5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        pid_file = bin_dir / "hanging.pid"
+        deadline = time.monotonic() + 30
+        while not pid_file.exists():
+            assert time.monotonic() < deadline, "the plugin never ran"
+            time.sleep(0.05)
+        hanging = int(pid_file.read_text())
+        assert subprocess_out("ip", "-o", "link", "show", "master", net.bridge).strip()  # bridge ADD happened
+        net.daemon.kill9()
+        os.kill(hanging, signal.SIGKILL)  # the orphaned plugin: ours to stop (we started its daemon)
+        (bin_dir / "mode").write_text("")
+        net.daemon.start()
+        assert _cni_traces(net) == []
+    finally:
+        reap(bin_dir)  # the hanging plugin, when the test failed before stopping it
 
 
 def test_a_container_the_store_lost_is_removed_at_start(running: tuple[Cx, dict[str, str]]) -> None:
