@@ -48,28 +48,31 @@ def container_statuses(runtime: Any, pod_id: str, first: Any = None) -> list[pb.
 
 def publish_pod(runtime: Any, pod: Any, event_type: int) -> None:
     """An event about the pod sandbox ``pod`` (its id is the event's container_id, as in containerd)."""
-    events = getattr(runtime, "events", None)
-    if events is None:
-        return
-    try:
-        events.emit(
-            pod.id, event_type, _pod_status(runtime, pod.id, pod), container_statuses(runtime, pod.id)
-        )
-    except Exception:
-        log.exception("pod event not published", extra={"pod_id": pod.id})
+    _publish(runtime, pod.id, event_type, pod.id, pod=pod)
 
 
 def publish_container(runtime: Any, container: Any, event_type: int) -> None:
     """An event about ``container``, with its pod's status and the statuses of the pod's containers."""
+    _publish(runtime, container.id, event_type, container.pod_id, first=container)
+
+
+def _publish(
+    runtime: Any, object_id: str, event_type: int, pod_id: str, pod: Any = None, first: Any = None
+) -> None:
+    """The statuses are built only for subscribers (kubelet's evented PLEG): without any, every create,
+    start and stop would build the pod's and all its containers' statuses for nobody."""
     events = getattr(runtime, "events", None)
     if events is None:
         return
     try:
+        if not events.subscriber_count:
+            events.emit(object_id, event_type)  # still counted in calyx's event metrics
+            return
         events.emit(
-            container.id,
+            object_id,
             event_type,
-            _pod_status(runtime, container.pod_id),
-            container_statuses(runtime, container.pod_id, container),
+            _pod_status(runtime, pod_id, pod),
+            container_statuses(runtime, pod_id, first),
         )
     except Exception:
-        log.exception("container event not published", extra={"container_id": container.id})
+        log.exception("event not published", extra={"object_id": object_id})
