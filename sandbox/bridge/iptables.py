@@ -153,8 +153,11 @@ class BridgeRules:
                 _restore_nat(self.v, [f":{chain} - [0:0]", *(f"-A {chain} {r}" for r in rules), jump])
 
     def remove_pod(self, pod_id: str) -> None:
-        """One transaction when everything is there (the usual case), else rule by rule, idempotently."""
+        """One transaction when everything is there, else rule by rule, idempotently. A pod without
+        hostPorts has no chain, and then no jump either (iptables keeps none to a missing chain)."""
         chain = pod_chain(pod_id)
+        if not _chain_exists(self.v, "nat", chain):
+            return
         try:
             _restore_nat(
                 self.v,
