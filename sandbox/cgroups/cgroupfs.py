@@ -113,11 +113,14 @@ class CgroupfsDriver(CgroupDriver):
     def remove_container(self, container_id: str, parent: str) -> None:
         """Remove the container's and its monitor's cgroups; what still runs in them (a conmon on its
         way out, leftovers of a crash) is SIGKILLed first, as the systemd driver's stop does."""
+        left = self.all_pids(container_id, parent)  # one walk of one hierarchy: v1 puts a process in all
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if left:  # killed processes leave their cgroups a moment later (bounded; rmdir then tells)
+            poll.until(lambda: not self.all_pids(container_id, parent), 5.0)
         for path in (self.container_path(container_id, parent), self.monitor_path(container_id, parent)):
-            dirs = self.hierarchy.unique_dirs(path, named=True)
-            if _kill_procs(dirs):
-                _wait_empty(dirs)
-            for directory in dirs:
+            for directory in self.hierarchy.unique_dirs(path, named=True):
                 _remove_tree(directory)
         if not parent:
             # No pod owns the default parent (runc made it): it goes with its last container.
@@ -140,29 +143,3 @@ def _remove_tree(directory: Path) -> None:
             rmdir_if_exists(Path(root) / name)
     if not rmdir_if_exists(directory):
         log.warning("cgroup still busy, kept", extra={"cgroup": str(directory)})
-
-
-def _kill_procs(dirs: list[Path]) -> bool:
-    """SIGKILL every process in these cgroup trees; True if there was any."""
-    found = False
-    for directory in dirs:
-        for root, _subdirs, _files in os.walk(directory):
-            try:
-                pids = (Path(root) / "cgroup.procs").read_text().split()
-            except FileNotFoundError:
-                continue
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-                    found = True
-    return found
-
-
-def _wait_empty(dirs: list[Path], seconds: float = 5.0) -> None:
-    """Killed processes leave their cgroups a moment later (bounded wait; rmdir then tells)."""
-
-    def empty() -> bool:
-        procs = [d / "cgroup.procs" for d in dirs]
-        return not any(f.exists() and f.read_text().strip() for f in procs)
-
-    poll.until(empty, seconds)
