@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gzip
 import hashlib
 import logging
 import os
@@ -41,6 +40,7 @@ CHUNK = 1024 * 1024
 # tarfile's stream buffer: each small read (a 512-byte header) copies what is left of it, so it stays
 # small; file data comes through in CHUNK reads regardless.
 TAR_BUFSIZE = 64 * 1024
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -144,24 +144,16 @@ class _GunzipHashing:
                 return
 
 
-def open_decompressed(blob: IO[bytes]) -> IO[bytes]:
-    """Pick the decompressor by magic bytes, whatever the media type claimed."""
+def _hashing_stream(blob: IO[bytes]) -> _Hashing | _GunzipHashing:
+    """The layer's uncompressed tar stream, hashed as it is read (for the diff id). The decompressor
+    is picked by magic bytes, whatever the media type claimed."""
     magic = blob.read(4)
     blob.seek(0)
-    if magic[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=blob, mode="rb")  # type: ignore[return-value]
-    if magic == b"\x28\xb5\x2f\xfd":
-        return zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)  # type: ignore[return-value]
-    return blob
-
-
-def _hashing_stream(blob: IO[bytes]) -> _Hashing | _GunzipHashing:
-    """The layer's uncompressed tar stream, hashed as it is read (for the diff id)."""
-    magic = blob.read(2)
-    blob.seek(0)
-    if magic == GZIP_MAGIC:
+    if magic[:2] == GZIP_MAGIC:
         return _GunzipHashing(blob)
-    return _Hashing(open_decompressed(blob))
+    if magic == ZSTD_MAGIC:
+        return _Hashing(zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True))
+    return _Hashing(blob)
 
 
 def unpack(blob_path: Path, dest: Path, diff_id: str) -> Usage:
