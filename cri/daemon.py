@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from cri import __version__
+from cri import __version__, statedirs
 from cri import log as calyx_log
 from cri.config import Config
 from cri.runtime import Runtime
@@ -54,7 +54,10 @@ def claim_socket(path: Path) -> IO[bytes]:
     stale (a crashed daemon) and is replaced.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(f"{path}.lock", "ab")  # noqa: SIM115 - held open for the daemon's lifetime
+    # held open for the daemon's lifetime
+    lock = os.fdopen(
+        os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600), "ab"
+    )
     try:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -102,6 +105,15 @@ def serve(config: Config) -> int:
     except StartupError as exc:
         log.error("cannot start", extra={"reason": str(exc)})
         raise
+    statedirs.prepare(
+        config.root,
+        config.run_root,
+        [
+            Path(h.runtime_root) if h.runtime_root else config.run_root / name
+            for name, h in config.runtime.handlers.items()
+        ],
+        keep=[socket_path, socket_path.parent],
+    )
     runtime = build_runtime(config)
     server = build_server(runtime)
     server.add_insecure_port(f"unix:{socket_path}")

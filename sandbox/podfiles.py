@@ -91,13 +91,15 @@ def hosts_text(hostname: str, ips: list[str]) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    """Replace ``path`` atomically; containers that mount it later see the whole file."""
+    """Replace ``path`` atomically; containers that mount it later see the whole file. It is 0644: a
+    container bind-mounts it and reads it as any user; host users are kept out by its dir's mode."""
     files.replace_text(path, text, 0o644)
 
 
 def write(pod_dir: Path, hostname: str, dns: DNS, ips: list[str]) -> PodFiles:
     files = paths(pod_dir)
-    pod_dir.mkdir(parents=True, exist_ok=True)
+    pod_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pod_dir.chmod(0o700)
     _write(files.resolv_conf, resolv_conf_text(dns))
     _write(files.hostname, hostname + "\n")
     _write(files.hosts, hosts_text(hostname, ips))

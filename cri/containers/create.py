@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cri import failpoints
+from cri import failpoints, files, statedirs
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, idmapped, rootfs, shm
 from cri.containers import spec as oci
@@ -121,14 +121,18 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         undo.callback(manager.store.delete, "container", container_id)
         failpoints.hit("container.after_intent", container_id=container_id)
         bundle = container.path
-        bundle.mkdir(parents=True, exist_ok=False)
+        bundle.mkdir(mode=statedirs.PRIVATE_DIR)
         undo.callback(idmapped.remove_dir, bundle)
         user_ns = container_userns.pod_user_ns(pod)
+        owner = container_userns.root_owner(pod)
+        # Nobody else passes through to the rootfs; in a pod user namespace the container's root must
+        # (runc mounts the rootfs from inside it): its group, and only it, may.
+        statedirs.private_dir(bundle, group=owner[1] if owner else None)
         rootfs.mount_overlay(
             list(image.layer_dirs),
             bundle,
             container.rootfs,
-            owner=container_userns.root_owner(pod),
+            owner=owner,
             user_ns=Path(user_ns) if user_ns else None,
         )
         undo.callback(rootfs.unmount, container.rootfs)
@@ -159,25 +163,22 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
             undo.callback(idmapped.release, bundle)
             idmapped.stage(built.idmapped, bundle, Path(user_ns), optional=built.idmap_optional)
             failpoints.hit("container.after_idmapped", container_id=container_id)
-        if container_userns.pod_user_ns(pod):
+        if owner is not None:
             sources = [Path(m["source"]) for m in built.spec["mounts"] if m.get("type") == "bind"]
-            container_userns.make_reachable(
-                [container.rootfs, *sources], [runtime.config.root, runtime.config.run_root]
-            )
+            container_userns.check_reachable([container.rootfs, *sources], owner)
         if sc.readonly_rootfs or container_userns.pod_user_ns(pod):
             # Paths runc must mount onto are made now, while the upper dir is still writable to us (and,
             # in a pod user namespace, because the container's root cannot create them in image dirs
             # owned by unmapped host ids).
             for m in built.spec["mounts"]:
                 _ensure_mount_point(container.rootfs, m)
-        owner = container_userns.root_owner(pod)
         if owner is not None:
             container_userns.give_to_root(bundle / "upper", container.rootfs, owner)
-        (bundle / "config.json").write_text(json.dumps(built.spec, indent=1))
+        files.replace_text(bundle / "config.json", json.dumps(built.spec, indent=1))  # env from Secrets: 0600
         container.uid, container.gid = built.user.uid, built.user.gid
         container.groups = list(built.user.additional_gids)
         if container.log_path:
-            Path(container.log_path).parent.mkdir(parents=True, exist_ok=True)
+            statedirs.make_dirs(Path(container.log_path).parent)
         cgroups_compat.prepare_parent(runtime, parent)
 
         undo.callback(monitor.forget, container_id)

@@ -89,8 +89,10 @@ def stage(
     """Attach an idmapped clone of each OCI bind mount's source under the container dir and point the
     mount at it. On failure what was staged so far stays for ``release`` (the caller's undo).
 
-    A mount in ``optional`` (the pod's own files, which nobody asked to idmap) whose filesystem refuses
-    idmapping is bound as it is instead: its files then show as nobody/nogroup, readable as before."""
+    A mount in ``optional`` (the pod's own files and /dev/shm, which nobody asked to idmap) whose
+    filesystem refuses idmapping is staged as a plain clone instead: its files then show as
+    nobody/nogroup, readable as before, and runc still finds it in the container dir (the pod's own
+    dirs are root's alone)."""
     if not mounts:
         return
     base = staging_dir(container_dir)
@@ -111,10 +113,9 @@ def stage(
                 if not any(mount is o for o in optional or ()):
                     raise
                 log.info(
-                    "not idmapped, bound as it is", extra={"mount": mount["destination"], "error": str(exc)}
+                    "not idmapped, staged as it is", extra={"mount": mount["destination"], "error": str(exc)}
                 )
-                _remove_entry(target)
-                continue
+                _attach(source, target, None, str(mount["destination"]))
             mount["source"] = str(target)
             staged[str(target)] = str(source)
     finally:
@@ -132,9 +133,13 @@ def host_sources(container_dir: Path) -> dict[str, str]:
     return value if isinstance(value, dict) else {}
 
 
-def _attach(source: Path, target: Path, userns_fd: int, destination: str) -> None:
+def _attach(source: Path, target: Path, userns_fd: int | None, destination: str) -> None:
+    """Attach at ``target`` a clone of ``source`` idmapped through ``userns_fd`` (None: as it is)."""
     try:
-        fd = rootfs.idmapped_clone(source, userns_fd, recursive=True)
+        if userns_fd is None:
+            fd = rootfs.clone_tree(source, recursive=True)
+        else:
+            fd = rootfs.idmapped_clone(source, userns_fd, recursive=True)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise InvalidArgument(f"mount {destination}: host path {source} is gone") from None

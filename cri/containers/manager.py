@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cri import failpoints, lifecycle, poll
+from cri import failpoints, files, lifecycle, poll, statedirs
 from cri.api import api_pb2 as pb
 from cri.containers import cgroups_compat, execsync, idmapped, orphans, rootfs, shm
 from cri.containers import create as create_mod
@@ -385,10 +385,10 @@ class ContainerManager:
     @staticmethod
     def _exec_spec_file(c: Container, process: dict[str, Any]) -> Path:
         """Write ``process`` where runc exec reads it: ``<container>/exec/<random>.json``."""
-        spec_dir = c.path / "exec"
-        spec_dir.mkdir(exist_ok=True)
+        spec_dir = c.path / statedirs.EXEC_DIR
+        spec_dir.mkdir(exist_ok=True, mode=statedirs.PRIVATE_DIR)
         spec_file = spec_dir / f"{secrets.token_hex(8)}.json"
-        spec_file.write_text(json.dumps(process))
+        files.replace_text(spec_file, json.dumps(process))  # its env may come from Secrets: 0600
         return spec_file
 
     def exec_argv(

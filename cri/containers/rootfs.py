@@ -150,14 +150,22 @@ def idmapped_layers(layers: list[Path], user_ns: Path | None) -> Iterator[list[s
             os.close(fd)
 
 
-def idmapped_clone(path: Path, userns_fd: int, recursive: bool = False) -> int:
-    """A detached clone of the mount at ``path`` (with its submounts when ``recursive``) idmapped
-    through the user namespace ``userns_fd``; the caller owns the returned fd."""
+def clone_tree(path: Path, recursive: bool = False) -> int:
+    """A detached clone of the mount at ``path`` (a bind mount not attached anywhere yet, with its
+    submounts when ``recursive``); the caller owns the returned fd."""
     rec = AT_RECURSIVE if recursive else 0
     fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, str(path).encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
+    return int(fd)
+
+
+def idmapped_clone(path: Path, userns_fd: int, recursive: bool = False) -> int:
+    """A detached clone of the mount at ``path`` (with its submounts when ``recursive``) idmapped
+    through the user namespace ``userns_fd``; the caller owns the returned fd."""
+    rec = AT_RECURSIVE if recursive else 0
+    fd = clone_tree(path, recursive)
     attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
     size = ctypes.sizeof(attr)
     if _libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH | rec, ctypes.byref(attr), size) != 0:

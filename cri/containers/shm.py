@@ -2,7 +2,8 @@
 
 A pod with an IPC namespace of its own gets one tmpfs under ``<run_root>/shm/<pod-id>``, made when its
 first container is created and unmounted with its containers; a pod on the host's IPC namespace sees
-the host's /dev/shm. Containers bind-mount it on /dev/shm.
+the host's /dev/shm. Containers bind-mount it on /dev/shm. The tmpfs is 1777 (any user of the pod
+writes it), so ``<run_root>/shm`` is root's alone: no other host user reaches it (cri/statedirs.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cri.containers import rootfs
 log = logging.getLogger("cri.containers.shm")
 
 SHM_OPTIONS = "mode=1777,size=67108864"
+HOST_SHM = "/dev/shm"
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
 
@@ -27,7 +29,7 @@ def shm_dir(run_root: Path, pod_id: str) -> Path:
 def source_for(run_root: Path, pod: Any) -> str:
     """The host dir to bind on the container's /dev/shm (made now if it is the pod's own)."""
     if not pod.ipc_ns_path:
-        return "/dev/shm"
+        return HOST_SHM
     target = shm_dir(run_root, pod.id)
     target.mkdir(parents=True, exist_ok=True)
     if not rootfs.is_mounted(target):

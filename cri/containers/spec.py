@@ -19,6 +19,7 @@ from cri.containers import capabilities as caps
 from cri.containers import idmapped, userns
 from cri.containers import mounts as mnt
 from cri.containers.seccomp_default import default_profile
+from cri.containers.shm import HOST_SHM
 from cri.containers.users import ProcessUser, make_inside, resolve_user
 from cri.errors import InvalidArgument
 
@@ -401,16 +402,22 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     mounts = mnt.base_mounts(readonly_sys=not privileged)
     taken = {m.container_path for m in config.mounts}
     mounts = [m for m in mounts if m["destination"] not in taken]
+    # Bind mounts of what Calyx made for the pod: its /dev/shm, hosts, hostname and resolv.conf.
+    pod_owned: list[dict[str, Any]] = []
     if inputs.shm_source and "/dev/shm" not in taken:
         mounts = [m for m in mounts if m["destination"] != "/dev/shm"]
         options = ["rbind", "rprivate", "nosuid", "nodev", "noexec", "rw"]
-        mounts.append(
-            {"destination": "/dev/shm", "type": "bind", "source": inputs.shm_source, "options": options}
-        )
+        shm = {"destination": "/dev/shm", "type": "bind", "source": inputs.shm_source, "options": options}
+        mounts.append(shm)
+        if inputs.shm_source != HOST_SHM:
+            pod_owned.append(shm)
     pod_files = _pod_file_mounts(inputs, taken, sc.readonly_rootfs)
     mounts.extend(pod_files)
-    # The pod's own files (written by Calyx as host root) read as root's in a pod user namespace too.
-    to_idmap = list(pod_files) if id_maps is not None else []
+    pod_owned += pod_files
+    # In a pod user namespace they are staged in the container dir (the pod's dirs are root's alone and
+    # runc binds them as the container's root: cri/statedirs.py), idmapped where the kernel can: files
+    # Calyx wrote as host root are root's inside too.
+    to_idmap = list(pod_owned) if id_maps is not None else []
     rootfs_propagation = ""
     for cri_mount in sorted(config.mounts, key=lambda m: m.container_path.rstrip("/").count("/")):
         oci, propagation = mnt.oci_mount(cri_mount)
@@ -459,7 +466,7 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         user=user,
         mounts=list(config.mounts),
         idmapped=to_idmap,
-        idmap_optional=list(pod_files) if id_maps is not None else [],
+        idmap_optional=list(pod_owned) if id_maps is not None else [],
     )
 
 

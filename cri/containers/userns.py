@@ -63,26 +63,32 @@ def root_owner(pod: Any) -> tuple[int, int] | None:
     return maps[0].host_of(0), maps[1].host_of(0)
 
 
-def make_reachable(paths: list[Path], owned: list[Path]) -> None:
-    """Let the container's root (an unprivileged host uid) reach ``paths``: runc mounts the rootfs and
-    the bind sources from inside the user namespace, so every dir above them must be searchable by
-    others. Dirs at or below one of Calyx's own ``owned`` roots get o+x; any other dir that lacks it is
-    reported, since changing the modes of the operator's dirs is not ours to do."""
+def check_reachable(paths: list[Path], owner: tuple[int, int]) -> None:
+    """Refuse clearly when the container's root (``owner``, an unprivileged host uid and gid) cannot
+    reach one of ``paths``: runc mounts the rootfs and the bind sources from inside the user namespace,
+    so every dir above them must be searchable by that uid or gid. Calyx's own dirs are made so (see
+    cri/statedirs.py: the container dir lets the root's group through, and the pod's files and /dev/shm
+    are staged in it); the modes of an operator's or kubelet's dirs are not ours to change."""
+    uid, gid = owner
     for path in paths:
-        for directory in [*reversed(path.parents)]:
+        for directory in reversed(path.parents):
             try:
-                mode = directory.stat().st_mode
+                st = directory.stat()
             except OSError:
                 continue
-            if mode & stat.S_IXOTH:
-                continue
-            if any(directory == root or root in directory.parents for root in owned):
-                os.chmod(directory, stat.S_IMODE(mode) | stat.S_IXOTH)
-                continue
-            raise FailedPrecondition(
-                f"{directory} is not searchable by others (o+x): a container in a pod user namespace "
-                f"cannot reach {path} below it"
-            )
+            if not _searchable(st, uid, gid):
+                raise FailedPrecondition(
+                    f"{directory} is not searchable by the container's root (host uid {uid}, gid {gid}): "
+                    f"a container in a pod user namespace cannot reach {path} below it (give others o+x)"
+                )
+
+
+def _searchable(st: os.stat_result, uid: int, gid: int) -> bool:
+    if st.st_uid == uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
 
 
 def give_to_root(upper: Path, rootfs: Path, owner: tuple[int, int]) -> None:

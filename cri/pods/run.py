@@ -14,7 +14,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from cri import failpoints, lifecycle
+from cri import failpoints, lifecycle, statedirs
 from cri.api import api_pb2 as pb
 from cri.pods.model import KIND, NOTREADY, READY, Pod
 from cri.pods.service import PodService
@@ -98,7 +98,7 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
         undo.callback(quietly, "remove pod dir", pod_id, remove_dir, Path(pod.pod_dir))
         podfiles.write(Path(pod.pod_dir), spec.hostname, spec.dns, [])
         if spec.log_directory:
-            Path(spec.log_directory).mkdir(parents=True, exist_ok=True)
+            statedirs.make_dirs(Path(spec.log_directory))
 
         undo.callback(quietly, "release namespaces", pod_id, release_namespaces, svc.run_root, pod)
         kinds = [k for k, on in (("net", spec.own_net), ("ipc", spec.own_ipc), ("uts", spec.own_net)) if on]

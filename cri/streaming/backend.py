@@ -23,6 +23,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from cri import files
 from cri.errors import FailedPrecondition, Unavailable
 from cri.runtime import Runtime
 from cri.streaming.process import ExecProcess
@@ -73,7 +74,7 @@ class ContainerBackend:
             # through our pty and runc's SIGWINCH relay.
             process = json.loads(spec_path.read_text())
             process["consoleSize"] = {"width": size[0], "height": size[1]}
-            spec_path.write_text(json.dumps(process))
+            files.replace_text(spec_path, json.dumps(process))
         pid_file = spec_path.with_suffix(".pid")
         argv = [*argv[:-1], "--pid-file", str(pid_file), argv[-1]]
         try:

@@ -319,9 +319,9 @@ def _kill9_while_staged(cx: Cx, short_tmp: Path, step: str) -> None:
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert daemon.proc is not None and daemon.proc.wait(30) < 0
     assert f"failpoint={step}" in daemon.log()
-    # the crash left the staging mounts: the volume's and the pod's own files'
+    # the crash left the staging mounts: the volume's, the pod's own files' and its /dev/shm
     staged = _staging_mounts(cx)
-    assert len(staged) == 4 and any(f" {vol} " in line for line in staged), staged
+    assert len(staged) == 5 and any(f" {vol} " in line for line in staged), staged
     daemon.env.pop("CALYX_FAILPOINTS", None)
     daemon.start()
     assert _staging_mounts(cx) == []

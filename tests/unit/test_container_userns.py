@@ -1,6 +1,6 @@
 """Containers of a pod with its own user namespace: the OCI spec joins it with the pod's mappings, the
-container's own userns_options must agree with the pod's, and the dirs above its mounts are made
-reachable for the mapped root (Calyx's own) or reported (the operator's)."""
+container's own userns_options must agree with the pod's, and the dirs above its mounts are checked to
+be reachable for the mapped root (refused clearly where they are not)."""
 
 from __future__ import annotations
 
@@ -125,21 +125,24 @@ def test_privileged_is_refused_in_a_pod_user_namespace(tmp_path: Path) -> None:
         _build(pod, tmp_path, privileged=True)
 
 
-def test_make_reachable_opens_our_dirs_and_reports_others(short_tmp: Path) -> None:
+def test_check_reachable_takes_the_roots_uid_group_and_others_into_account(short_tmp: Path) -> None:
     short_tmp.chmod(0o711)  # /tmp/cx-*: pytest's own tmp_path sits below a 0700 dir
+    root_id = 600000
     foreign = short_tmp / "foreign"
-    ours = foreign / "ours"
-    inner = ours / "containers" / "c"
-    inner.mkdir(parents=True)
-    for d in (ours, ours / "containers", inner):
-        d.chmod(0o711)
+    containers = foreign / "containers"
+    bundle = containers / "c"
+    bundle.mkdir(parents=True)
+    containers.chmod(0o711)
+    os.chown(bundle, 0, root_id)
+    bundle.chmod(0o710)  # as cri/statedirs.private_dir makes it for a user-namespaced pod
     foreign.chmod(0o700)
     with pytest.raises(FailedPrecondition, match=str(foreign)):
-        userns.make_reachable([inner / "rootfs"], [ours])
+        userns.check_reachable([bundle / "rootfs"], (root_id, root_id))
     foreign.chmod(0o711)
-    (ours / "containers").chmod(0o700)
-    userns.make_reachable([inner / "rootfs"], [ours])
-    assert os.stat(ours / "containers").st_mode & 0o777 == 0o701
+    userns.check_reachable([bundle / "rootfs"], (root_id, root_id))  # through the group's x bit
+    with pytest.raises(FailedPrecondition, match=str(bundle)):  # another pod's root: no way through
+        userns.check_reachable([bundle / "rootfs"], (root_id + 1, root_id + 1))
+    assert os.stat(bundle).st_mode & 0o777 == 0o710  # checked, never opened up
 
 
 def test_layers_are_idmapped_through_a_user_namespace_and_the_fds_closed(short_tmp: Path) -> None:
