@@ -344,6 +344,24 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+REDACTED = "(redacted)"
+# Option names whose values are secrets (a registry's password, and any token or secret added later).
+_SECRET = re.compile(r"(password|passwd|secret|token|auth)$", re.IGNORECASE)
+
+
+def redacted(value: Any) -> Any:
+    """``value`` (a config as to_dict gives it) with every secret replaced by REDACTED, for output that
+    leaves the host's root: Status(verbose) goes to anyone who can reach the socket, and into logs."""
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if _SECRET.search(str(k)) and isinstance(v, str) and v else redacted(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value
+
+
 def to_toml(config: Config) -> str:
     return tomli_w.dumps(to_dict(config))
 

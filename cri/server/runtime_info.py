@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import json
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import grpc
 
 import cri
+from cri import config
 from cri.api import api_pb2 as pb
 from cri.errors import InvalidArgument
 from cri.runtime import Runtime
@@ -48,7 +48,7 @@ class RuntimeInfoRPCs:
         )
         info: dict[str, str] = {}
         if request.verbose:
-            info["config"] = json.dumps(dataclasses.asdict(self.runtime.config), sort_keys=True)
+            info["config"] = json.dumps(config.redacted(config.to_dict(self.runtime.config)), sort_keys=True)
             info["podCIDR"] = self.runtime.pod_cidr
         # runc 1.1 applies "rro" with mount_setattr (tests/e2e/test_container_security.py checks it).
         features = pb.RuntimeHandlerFeatures(

@@ -41,6 +41,23 @@ def test_status_verbose_carries_the_effective_config(daemon: Daemon) -> None:
     assert "runc" in [h.name for h in response.runtime_handlers]
 
 
+def test_status_verbose_never_shows_a_registry_password(daemon_factory) -> None:
+    password = "hunter2-registry-password"
+    registries = {
+        "registry.example:5000": {"username": "ci", "password": password},
+        "mirror.example": {"mirrors": ["m.example"]},  # no password: nothing to redact
+    }
+    daemon = daemon_factory(config={"images": {"registries": registries}})
+    response = daemon.runtime.Status(pb.StatusRequest(verbose=True))
+    assert password not in str(response)
+    config = json.loads(response.info["config"])
+    registry = config["images"]["registries"]["registry.example:5000"]
+    assert registry["username"] == "ci"
+    assert registry["password"] == "(redacted)"
+    assert config["images"]["registries"]["mirror.example"]["password"] == ""
+    assert password not in daemon.log()
+
+
 def test_status_reports_the_features_calyx_implements(daemon: Daemon) -> None:
     response = daemon.runtime.Status(pb.StatusRequest())
     assert response.features.supplemental_groups_policy is True
