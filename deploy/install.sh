@@ -50,9 +50,9 @@ venv=/opt/calyx/venv
 [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
 "$venv/bin/pip" install -q --disable-pip-version-check "$here"
 ln -sf "$venv/bin/calyx" /usr/local/bin/calyx
-install -d -m 0755 /etc/calyx /etc/calyx/calyx.d
-# An operator's edited config is never overwritten.
-[ -e /etc/calyx/calyx.toml ] || install -m 0644 "$here/deploy/calyx.toml" /etc/calyx/calyx.toml
+# /etc/calyx/calyx.toml (0600) and calyx.d (0700): they may hold registry passwords. An operator's edited
+# config is never overwritten.
+bash "$here/deploy/install-config.sh" /etc/calyx
 [ -e /etc/crictl.yaml ] || install -m 0644 "$here/deploy/crictl.yaml" /etc/crictl.yaml
 install -d /opt/calyx && install -m 0644 "$here/README.md" /opt/calyx/README.md
 install -m 0644 "$here/deploy/calyx.service" /etc/systemd/system/calyx.service
