@@ -54,10 +54,10 @@ class RuntimeInfoRPCs:
         features = pb.RuntimeHandlerFeatures(
             recursive_read_only_mounts=True, user_namespaces=user_namespaces_supported()
         )
-        handlers = [
-            pb.RuntimeHandler(name=name, features=features)
-            for name in sorted(self.runtime.config.runtime.handlers)
-        ]
+        # The default handler is listed under the empty name too, as containerd does: kubelet (for pods
+        # without a RuntimeClass) and critest look its features up under "".
+        names = ["", *sorted(self.runtime.config.runtime.handlers)]
+        handlers = [pb.RuntimeHandler(name=name, features=features) for name in names]
         # The Strict supplemental-groups policy is honoured (cri/containers/users.py).
         runtime_features = pb.RuntimeFeatures(supplemental_groups_policy=True)
         return pb.StatusResponse(

@@ -58,6 +58,18 @@ def test_status_verbose_never_shows_a_registry_password(daemon_factory) -> None:
     assert password not in daemon.log()
 
 
+def test_status_lists_the_default_handler_under_the_empty_name_too(daemon_factory) -> None:
+    """kubelet (pods without a RuntimeClass) and critest (--runtime-handler, empty by default) look the
+    default handler's features up under "": listed there too, as containerd does."""
+    handlers = {"runc": {}, "other": {"runtime_path": "runc"}}
+    d = daemon_factory({"runtime": {"handlers": handlers, "default_handler": "other"}})
+    listed = d.runtime.Status(pb.StatusRequest()).runtime_handlers
+    assert [h.name for h in listed] == ["", "other", "runc"]
+    by_name = {h.name: h.features for h in listed}
+    assert by_name[""] == by_name["other"]
+    assert by_name[""].recursive_read_only_mounts is True
+
+
 def test_status_reports_the_features_calyx_implements(daemon: Daemon) -> None:
     response = daemon.runtime.Status(pb.StatusRequest())
     assert response.features.supplemental_groups_policy is True
