@@ -27,13 +27,14 @@ from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive
-from cri.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from cri.runtime import Runtime
 
 log = logging.getLogger("cri.containers")
 
 KILL_WAIT_SECONDS = 30.0
 POLL_SECONDS = 0.02
+REOPEN_WAIT_SECONDS = 10.0  # conmon answers a log reopen within milliseconds
 EXIT_POLL_SECONDS = 0.25
 LIVENESS_EVERY = 4  # exit-watcher ticks between checks that each live container's conmon still runs
 
@@ -137,6 +138,11 @@ class ContainerManager:
                 found = matches[0]
         self.refresh(found)
         return found
+
+    def _prefixed(self, text: str) -> bool:
+        """Whether some container's id starts with ``text``."""
+        with self._lock:
+            return any(cid.startswith(text) for cid in self._containers)
 
     def list(self) -> builtins.list[Container]:
         """Every container, from memory. Exits conmon has recorded are picked up first with one listing
@@ -271,8 +277,16 @@ class ContainerManager:
         return poll.until(exited, timeout, POLL_SECONDS)
 
     def stop(self, container_id: str, timeout_s: float) -> None:
-        """Stop signal, then SIGKILL after ``timeout_s``; an exited container is left as it is."""
-        c = self.get(container_id)
+        """Stop signal, then SIGKILL after ``timeout_s``; an exited container is left as it is, and so is
+        one that does not exist (CRI: stopping an unknown container succeeds; kubelet retries a stop
+        whose container was removed meanwhile). An ambiguous id prefix is still NotFound."""
+        try:
+            c = self.get(container_id)
+        except NotFound:
+            if container_id and not self._prefixed(container_id):
+                log.info("stop of an unknown container: nothing to do", extra={"container_id": container_id})
+                return
+            raise
         with self._lock_of(c.id):
             self._stop_locked(c, timeout_s)
 
@@ -347,6 +361,25 @@ class ContainerManager:
         if c.state != RUNNING:
             raise FailedPrecondition(f"container {c.id} is not running", c.id)
         Monitor.reopen_log(c.bundle)
+        if not c.log_path:
+            return
+        # conmon reopens after it reads the request from its ctl fifo, on its own time; kubelet (and
+        # critest) look for the new file as soon as this returns, so wait until conmon has made it.
+        log_file = Path(c.log_path)
+
+        def settled() -> bool:
+            return log_file.exists() or not alive(c.conmon_pid, c.conmon_start)
+
+        start = time.monotonic()
+        if not poll.until(settled, REOPEN_WAIT_SECONDS, POLL_SECONDS):
+            raise DeadlineExceeded(
+                f"container {c.id}: its monitor did not reopen {log_file} in {REOPEN_WAIT_SECONDS:g}s", c.id
+            )
+        if not log_file.exists():
+            raise FailedPrecondition(
+                f"container {c.id}: its monitor exited before it reopened {log_file}", c.id
+            )
+        log.info("container log reopened", extra={"container_id": c.id, "duration_ms": _ms(start)})
 
     # --- exec -------------------------------------------------------------------------------------
 

@@ -81,6 +81,8 @@ class ContainerRPCs:
     def StopContainer(
         self, request: pb.StopContainerRequest, context: grpc.ServicerContext
     ) -> pb.StopContainerResponse:
+        if not request.container_id:
+            raise InvalidArgument("container_id is required")
         if request.timeout < 0:
             raise InvalidArgument("timeout must not be negative")
         _containers(self.runtime).stop(request.container_id, float(request.timeout))

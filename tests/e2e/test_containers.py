@@ -193,21 +193,37 @@ def test_oom_kill_reports_137_and_oomkilled(cx: Cx) -> None:
 
 
 def test_reopen_container_log_after_rotation(cx: Cx) -> None:
+    """kubelet (and critest) look for the new log file as soon as ReopenContainerLog returns: the call
+    returns only once conmon, which reopens on its own time, has made it."""
     pod = cx.pod()
     cid = cx.run(pod, "ticker", ["sh", "-c", "while true; do echo tick; sleep 0.1; done"])
     log = cx.logs / "ticker.log"
     while not log.exists() or "tick" not in log.read_text():
         time.sleep(0.05)
-    rotated = cx.logs / "ticker.log.1"
-    log.rename(rotated)
-    cx.rt.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+    for rotation in range(1, 6):
+        log.rename(cx.logs / f"ticker.log.{rotation}")
+        cx.rt.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid), timeout=60)
+        assert log.exists(), f"rotation {rotation}: no new log file when ReopenContainerLog returned"
     deadline = time.monotonic() + 20
-    while not log.exists() or "stdout F tick" not in log.read_text():
-        assert time.monotonic() < deadline, "conmon did not reopen the log"
+    while "stdout F tick" not in log.read_text():
+        assert time.monotonic() < deadline, "conmon does not write to the reopened log"
         time.sleep(0.05)
     cx.stop(cid)
     code = cx.code(cx.rt.ReopenContainerLog, pb.ReopenContainerLogRequest(container_id=cid))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_stop_of_an_unknown_or_removed_container_succeeds(cx: Cx) -> None:
+    """CRI: StopContainer of a container that is not there is no error (kubelet retries stops whose
+    container went meanwhile; critest's idempotence spec). An empty id is still a bad request."""
+    cx.rt.StopContainer(pb.StopContainerRequest(container_id="f" * 64, timeout=0), timeout=60)
+    pod = cx.pod()
+    cid = cx.run(pod, "gone", ["sleep", "1000"])
+    cx.remove(cid)
+    cx.rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=10), timeout=60)
+    code = cx.code(cx.rt.StopContainer, pb.StopContainerRequest(container_id=""))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "stop of an unknown container" in cx.daemon.log()
 
 
 def test_daemon_kill9_restart_adopts_containers_and_reports_exits_made_while_down(cx: Cx) -> None:
