@@ -27,6 +27,7 @@ from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive
+from cri.containers.spec import TTY_TERM
 from cri.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from cri.runtime import Runtime
 
@@ -392,6 +393,9 @@ class ContainerManager:
         process["args"] = list(cmd)
         process["terminal"] = tty
         process.pop("oomScoreAdj", None)
+        env = list(process.get("env") or [])
+        if tty and not any(item.startswith("TERM=") for item in env):
+            process["env"] = [*env, f"TERM={TTY_TERM}"]
         return process
 
     def exec_sync(

@@ -27,6 +27,7 @@ log = logging.getLogger("cri.containers.spec")
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TTY_TERM = "xterm"  # TERM of a process with a terminal whose env names none (CRI-O's choice too)
 
 DEFAULT_MASKED_PATHS = [
     "/proc/acpi",
@@ -107,7 +108,8 @@ def process_args(config: pb.ContainerConfig, image_config: dict[str, Any]) -> li
 
 
 def process_env(config: pb.ContainerConfig, image_config: dict[str, Any], hostname: str) -> list[str]:
-    """Image env first, then the CRI's; a key set by both takes the CRI value in the image's position."""
+    """Image env first, then the CRI's; a key set by both takes the CRI value in the image's position.
+    A process with a terminal gets TERM=xterm unless either sets TERM (as CRI-O does)."""
     merged: dict[str, str] = {}
     for item in image_config.get("Env") or []:
         key, _, value = str(item).partition("=")
@@ -120,6 +122,8 @@ def process_env(config: pb.ContainerConfig, image_config: dict[str, Any], hostna
         merged["PATH"] = DEFAULT_PATH.partition("=")[2]
     if hostname and "HOSTNAME" not in merged:
         merged["HOSTNAME"] = hostname
+    if config.tty and "TERM" not in merged:
+        merged["TERM"] = TTY_TERM
     return [f"{k}={v}" for k, v in merged.items()]
 
 

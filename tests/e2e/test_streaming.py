@@ -431,3 +431,43 @@ def test_exec_tty_over_websocket_with_resize(env: Env) -> None:
         messages = ws_messages(ws)
     assert b"22 77" in channel(messages, 1)
     assert json.loads(channel(messages, 3))["status"] == "Success"
+
+def _exec_sync(env: Env, cid: str, script: str) -> str:
+    request = pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=60)
+    result = env.daemon.runtime.ExecSync(request, timeout=120)
+    assert result.exit_code == 0, result.stderr
+    return result.stdout.decode()
+
+
+def _tty_exec(env: Env, cid: str, script: str) -> str:
+    # a client of a tty opens the resize stream too (kubelet's server waits for it, and so does ours)
+    client, s = spdy(env.exec_url(cid, ["sh", "-c", script], tty=True), ("error", "stdout", "resize"))
+    out = s["stdout"].read_all().decode()
+    assert json.loads(s["error"].read_all())["status"] == "Success"
+    client.close()
+    return out
+
+
+def test_term_is_xterm_with_a_terminal_unless_the_container_sets_it(env: Env) -> None:
+    """As CRI-O: a process with a terminal (a tty exec, a tty container) gets TERM=xterm where its
+    environment has no TERM; without a terminal TERM stays unset; a TERM of the config is kept."""
+    show = 'echo "TERM=[${TERM-unset}]"'
+    plain = env.container(["sleep", "3600"])
+    assert _tty_exec(env, plain, show).strip() == "TERM=[xterm]"
+    assert _exec_sync(env, plain, show) == "TERM=[unset]\n"
+
+    # the container's own process writes what it got
+    own = f"{show} > /tmp/term; exec sleep 3600"
+
+    def own_term(cid: str) -> str:
+        return wait_for(lambda: _exec_sync(env, cid, "cat /tmp/term 2>/dev/null || true"), "/tmp/term")
+
+    tty = env.container(["sh", "-c", own], tty=True)
+    assert own_term(tty) == "TERM=[xterm]\n"
+    assert _exec_sync(env, tty, show) == "TERM=[xterm]\n"  # an exec inherits the container's env
+    assert _tty_exec(env, tty, show).strip() == "TERM=[xterm]"
+    assert own_term(env.container(["sh", "-c", own])) == "TERM=[unset]\n"
+
+    chosen = env.container(["sh", "-c", own], tty=True, envs=[pb.KeyValue(key="TERM", value=b"vt100")])
+    assert own_term(chosen) == "TERM=[vt100]\n"
+    assert _tty_exec(env, chosen, show).strip() == "TERM=[vt100]"
