@@ -75,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from cri.daemon import StartupError, serve
 
+    def load_again() -> config_mod.Config:  # SIGHUP: the same files and flags as at start
+        return config_mod.load(args.config, args.config_dir, _overrides(args))
+
     try:
-        return serve(config)
+        return serve(config, load_again)
     except StartupError as exc:
         print(f"calyx: {exc}", file=sys.stderr)
         return 1

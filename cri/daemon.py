@@ -2,7 +2,8 @@
 
 Order: take the socket lock, open the store, build the subsystems, serve on the socket (Version and
 Status answer at once, everything else waits), recover, mark ready, tell systemd READY=1. SIGTERM or
-SIGINT stop serving, wait for calls in flight, close the subsystems; containers keep running.
+SIGINT stop serving, wait for calls in flight, close the subsystems; containers keep running. SIGHUP
+reloads registries, pinned images and the log level from the config files (cri/reload.py).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from cri import __version__, statedirs
 from cri import log as calyx_log
 from cri.config import Config
+from cri.reload import reload as reload_config
 from cri.runtime import Runtime
 from cri.server.service import build_server
 from cri.store import Store
@@ -93,7 +96,16 @@ def build_runtime(config: Config) -> Runtime:
     return runtime
 
 
-def serve(config: Config) -> int:
+def _reload(config: Config, load_config: Callable[[], Config] | None) -> None:
+    """SIGHUP (cri/reload.py): take up the config files again."""
+    if load_config is None:
+        log.warning("SIGHUP ignored: this daemon was given no config files to reload")
+        return
+    reload_config(config, load_config)
+
+
+def serve(config: Config, load_config: Callable[[], Config] | None = None) -> int:
+    """Serve until SIGTERM or SIGINT; SIGHUP reloads what it can from ``load_config()``."""
     calyx_log.setup(config.server.log_level)
     # Ours only: runc, conmon and CNI plugins must not inherit it. runc given NOTIFY_SOCKET forwards
     # the container's sd_notify to it (binding a socket in its state dir, which fails on long paths).
@@ -122,20 +134,31 @@ def serve(config: Config) -> int:
     log.info("serving", extra={"socket": str(socket_path), "version": __version__, "pid": os.getpid()})
 
     stop = threading.Event()
+    reload_wanted = threading.Event()
+    wake = threading.Event()  # the main thread sleeps on it; signal handlers only set flags
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("stopping", extra={"signal": signal.Signals(signum).name})
-        stop.set()
+        if signum == signal.SIGHUP:
+            reload_wanted.set()
+        else:
+            log.info("stopping", extra={"signal": signal.Signals(signum).name})
+            stop.set()
+        wake.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
 
     try:
         runtime.recover()
         notify_systemd("READY=1", notify_address)
         log.info("ready", extra={"startup_ms": (time.monotonic() - started) * 1000})
-        while not stop.wait(3600):
-            pass
+        while not stop.is_set():
+            wake.wait(3600)
+            wake.clear()
+            if reload_wanted.is_set() and not stop.is_set():
+                reload_wanted.clear()
+                _reload(config, load_config)
     finally:
         notify_systemd("STOPPING=1", notify_address)
         events = getattr(runtime, "events", None)
