@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import stat
-import time
 
 import grpc
 import pytest
@@ -147,34 +146,37 @@ def test_restart_after_kill9_serves_again(daemon: Daemon) -> None:
     assert daemon.runtime.Version(pb.VersionRequest()).runtime_name == "calyx"
 
 
-def test_every_unimplemented_rpc_answers_unimplemented_naming_it(daemon: Daemon) -> None:
-    """Whatever is not built yet must say so cleanly; nothing may crash or hang the daemon."""
-    from cri.api import api_pb2_grpc
-    from cri.server.service import ImageService, RuntimeService
+# The one RPC Calyx answers UNIMPLEMENTED on purpose (checkpointing needs CRIU; README's CRI table).
+NOT_IMPLEMENTED = {"CheckpointContainer"}
 
-    services = [
-        ("RuntimeService", RuntimeService, daemon.runtime),
-        ("ImageService", ImageService, daemon.images),
-    ]
-    checked = 0
-    for name, servicer, stub in services:
-        base = getattr(api_pb2_grpc, f"{name}Servicer")
-        for method in pb.DESCRIPTOR.services_by_name[name].methods:
-            if getattr(servicer, method.name) is not getattr(base, method.name):
-                continue  # implemented: covered by its own tests
+
+def test_every_rpc_of_the_proto_is_implemented_but_checkpoint(daemon: Daemon) -> None:
+    """Every method of both services, enumerated from the proto (a new RPC is covered by itself), is
+    called with an empty request: each may refuse it, none may be UNIMPLEMENTED but CheckpointContainer,
+    and the daemon keeps serving."""
+    called: dict[str, grpc.StatusCode] = {}
+    for service in pb.DESCRIPTOR.services_by_name.values():
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
             request = getattr(pb, method.input_type.name)()
-            call = getattr(stub, method.name)
-            with pytest.raises(grpc.RpcError) as err:
-                result = call(request, timeout=10)
+            response = getattr(pb, method.output_type.name)
+            kind = daemon.channel.unary_stream if method.server_streaming else daemon.channel.unary_unary
+            call = kind(path, request_serializer=type(request).SerializeToString,
+                        response_deserializer=response.FromString)  # fmt: skip
+            code = grpc.StatusCode.OK
+            try:
+                result = call(request, timeout=5)
                 if method.server_streaming:
-                    list(result)
-            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED, method.name
-            assert method.name in err.value.details()
-            checked += 1
+                    next(iter(result), None)  # events and metrics streams go on: the first message will do
+                    result.cancel()
+            except grpc.RpcError as err:
+                code = err.code()
+            called[method.name] = code
+    assert {"RunPodSandbox", "CreateContainer", "PullImage", "ImageFsInfo"} <= called.keys()
+    unimplemented = {name for name, code in called.items() if code == grpc.StatusCode.UNIMPLEMENTED}
+    assert unimplemented == NOT_IMPLEMENTED, called
     assert daemon.runtime.Version(pb.VersionRequest()).runtime_name == "calyx"
-    # the daemon logged every one of them with its code
-    time.sleep(0.1)
-    assert daemon.log().count("code=UNIMPLEMENTED") == checked
+    assert daemon.proc is not None and daemon.proc.poll() is None
 
 
 def test_readiness_is_notified_to_systemd_after_recovery(daemon_factory, short_tmp) -> None:
