@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ BUSYBOX = Path("/bin/busybox")
 # Debian's dynamically linked busybox, unpacked (not installed: it conflicts with busybox-static) by
 # deploy/install.sh --dev. Its applets do not run inside the shell, which critest's MaskedPaths spec needs.
 DYNAMIC_BUSYBOX = Path("/var/cache/calyx-test/busybox-dynamic/bin/busybox")
+NONEWPRIVS_SOURCE = Path(__file__).parent / "nonewprivs" / "main.go"
 CRITEST_REGISTRY = "k8s-staging-cri-tools"  # repository path under gcr.io
 E2E_IMAGES = "e2e-test-images"  # repository path under registry.k8s.io
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -103,7 +106,24 @@ def dynamic_base_layer() -> Layer:
     entries += [Entry(a, "link", target="bin/busybox", mode=0o755) for a in applets() if a != "bin/busybox"]
     entries += [Entry(str(lib).lstrip("/"), data=lib.resolve().read_bytes(), mode=0o755) for lib in libs]
     entries += [Entry("etc/passwd", data=PASSWD.encode()), Entry("etc/group", data=GROUP.encode())]
+    entries += [Entry(f"usr/bin/{name}", data=script.encode(), mode=0o755) for name, script in TOOLS.items()]
     return make_layer(entries)
+
+
+# Commands critest runs in its busybox image that Debian's busybox lacks, as small scripts.
+TOOLS = {
+    # "pgrep NAME": the PIDs whose command name is NAME, one a line (critest: "pgrep sleep || true").
+    "pgrep": '#!/bin/sh\npids=$(pidof "$1") || exit 1\nfor pid in $pids; do echo "$pid"; done\n',
+    # "ipcs -m": the SysV shared-memory segments of this IPC namespace (critest: HostIpc specs).
+    "ipcs": (
+        "#!/bin/sh\n"
+        'echo "------ Shared Memory Segments --------"\n'
+        'echo "key shmid owner perms bytes nattch"\n'
+        "tail -n +2 /proc/sysvipc/shm | while read -r key shmid perms size cpid lpid nattch uid rest; do\n"
+        '  echo "$key $shmid $uid $perms $size $nattch"\n'
+        "done\n"
+    ),
+}
 
 
 def busybox_image(
@@ -115,6 +135,61 @@ def busybox_image(
 ) -> Image:
     cfg: dict[str, object] = {"Env": [PATH_ENV], "Cmd": ["sh"], **(config or {})}
     return make_image([base_layer(compression, docker), *(extra or [])], cfg, docker=docker, labels=labels)
+
+
+def nginx_like() -> Image:
+    """What critest asks of its nginx image, from busybox: a web server on port 80 that writes
+    /var/run/nginx.pid, is named ``nginx`` (pidof) and shows "master process" in /proc/1/cmdline."""
+    script = (
+        "echo $$ > /var/run/nginx.pid && "
+        "exec -a httpd /usr/sbin/nginx -f -p 80 -h /www 'nginx: master process (busybox httpd)'"
+    )
+    layer = make_layer(  # a copy, not a link: a hard link cannot reach into a lower layer
+        [
+            Entry("usr", "dir", mode=0o755),
+            Entry("usr/sbin", "dir", mode=0o755),
+            Entry("usr/sbin/nginx", data=busybox_path().read_bytes(), mode=0o755),
+            Entry("var", "dir", mode=0o755),
+            Entry("var/run", "dir", mode=0o755),
+        ]
+    )
+    config: dict[str, object] = {"Entrypoint": ["/bin/sh", "-c", script], "Cmd": []}
+    config["ExposedPorts"] = {"80/tcp": {}}
+    return busybox_image(config, extra=[layer])
+
+
+def httpd_like() -> Image:
+    """critest's httpd image: a web server on port 80 whose log names it."""
+    script = 'echo "httpd: busybox httpd serving /www on port 80" && exec httpd -f -p 80 -h /www'
+    return busybox_image({"Entrypoint": ["/bin/sh", "-c", script], "Cmd": [], "ExposedPorts": {"80/tcp": {}}})
+
+
+@functools.cache
+def nonewprivs_binary() -> bytes:
+    """critest/nonewprivs/main.go, built static with Debian's Go toolchain (a test dependency)."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("critest's nonewprivs image needs the Go toolchain: run deploy/install.sh --dev")
+    with tempfile.TemporaryDirectory(prefix="cx-nnp-") as work:
+        env = dict(os.environ, GO111MODULE="off", GOCACHE=f"{work}/cache", CGO_ENABLED="0", GOFLAGS="")
+        out = Path(work, "nnp")
+        subprocess.run(
+            [go, "build", "-ldflags=-s -w", "-o", str(out), str(NONEWPRIVS_SOURCE)],
+            check=True, env=env, timeout=300, capture_output=True,
+        )  # fmt: skip
+        return out.read_bytes()
+
+
+def nonewprivs_image() -> Image:
+    """critest's nonewprivs image: a setuid-root program printing its effective uid, run as uid 1000."""
+    layer = make_layer(
+        [
+            Entry("usr/local", "dir", mode=0o755),
+            Entry("usr/local/bin", "dir", mode=0o755),
+            Entry("usr/local/bin/nnp", data=nonewprivs_binary(), mode=0o4755),
+        ]
+    )
+    return busybox_image({"Entrypoint": ["/usr/local/bin/nnp"], "Cmd": [], "User": "1000"}, extra=[layer])
 
 
 def marker(path: str, text: str, compression: str = "gzip") -> Layer:
@@ -204,11 +279,9 @@ def critest_images() -> list[Push]:
             ["latest"],
             busybox_image({"Cmd": ["httpd", "-f", "-p", "12003", "-h", "/www"]}),
         ),
-        Push(
-            f"{E2E_IMAGES}/nginx",
-            ["1.14-2"],
-            busybox_image({"Cmd": ["httpd", "-f", "-p", "80", "-h", "/www"], "ExposedPorts": {"80/tcp": {}}}),
-        ),
+        Push(f"{E2E_IMAGES}/nginx", ["1.14-2"], nginx_like()),
+        Push(f"{E2E_IMAGES}/httpd", ["2.4.39-4"], httpd_like()),
+        Push(f"{E2E_IMAGES}/nonewprivs", ["1.3"], nonewprivs_image()),
         Push(
             f"{E2E_IMAGES}/busybox",
             ["1.29-2", "1.29-4", "1.36.1-1"],
@@ -240,9 +313,10 @@ def push_all(registry: str, pushes: list[Push], auth: tuple[str, str] | None = N
 
 
 def mirror_config(registry: str) -> str:
-    """A Calyx config drop-in that makes ``registry`` the mirror of every registry critest names."""
+    """A Calyx config drop-in that makes ``registry`` the mirror of every registry critest names
+    (k8s.gcr.io too: critest pulls pause from it and from registry.k8s.io and compares the ids)."""
     lines = [f'[images.registries."{registry}"]', "insecure = true", ""]
-    for upstream in ("gcr.io", "registry.k8s.io", "docker.io"):
+    for upstream in ("gcr.io", "registry.k8s.io", "k8s.gcr.io", "docker.io"):
         lines += [f'[images.registries."{upstream}"]', f'mirrors = ["http://{registry}"]', ""]
     return "\n".join(lines)
 
