@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import subprocess
 import time
 from dataclasses import dataclass
 
@@ -311,52 +309,6 @@ def test_exec_in_a_stopped_container_is_failed_precondition(env: Env) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-@pytest.mark.skipif(shutil.which("crictl") is None, reason="crictl is not installed on this machine")
-def test_crictl_exec_attach_and_port_forward(env: Env) -> None:
-    import urllib.request
-
-    crictl = ["crictl", "--runtime-endpoint", f"unix://{env.daemon.socket}", "--timeout", "60s"]
-    cid = env.container(["sleep", "3600"])
-    out = subprocess.run(
-        [*crictl, "exec", cid, "sh", "-c", "echo via-crictl; exit 3"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.stdout == "via-crictl\n"
-    assert out.returncode == 3
-
-    echo = env.container(["sh", "-c", "read l; echo got:$l"], stdin=True, stdin_once=True)
-    out = subprocess.run(
-        [*crictl, "attach", "--stdin", echo], input="hi\n", capture_output=True, text=True, timeout=120
-    )
-    assert "got:hi" in out.stdout
-
-    env.container(
-        ["sh", "-c", "mkdir /srv && echo crictl-pf > /srv/index.html && exec httpd -f -p 80 -h /srv"],
-        image="calyx-test/web:latest",
-    )
-    local = free_port()
-    forward = subprocess.Popen(
-        [*crictl, "port-forward", env.pod_id, f"{local}:80"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-
-        def answered() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{local}/index.html", timeout=5) as reply:
-                    return bool(reply.read() == b"crictl-pf\n")
-            except OSError:
-                return False
-
-        wait_for(answered, "crictl port-forward reaches httpd in the pod")
-    finally:
-        forward.terminate()
-        forward.wait(30)
-
-
 def test_exec_process_left_by_a_killed_daemon_is_killed_at_restart(env: Env) -> None:
     cid = env.container(["sleep", "3600"])
     client, wanted = sleeping_exec(env, cid)
@@ -431,6 +383,7 @@ def test_exec_tty_over_websocket_with_resize(env: Env) -> None:
         messages = ws_messages(ws)
     assert b"22 77" in channel(messages, 1)
     assert json.loads(channel(messages, 3))["status"] == "Success"
+
 
 def _exec_sync(env: Env, cid: str, script: str) -> str:
     request = pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=60)
