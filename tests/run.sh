@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: lint, type check, then every test (as root, against the real
-# kernel, runc, conmon, CNI plugins, registry, systemd and Prometheus).
+# The whole test suite, as CI runs it: lint, type check, every test (as root, against the real kernel,
+# runc, conmon, CNI plugins, registry, systemd and Prometheus), then upstream critest against Calyx
+# (critest/run.py; it prints critest's own summary). Arguments select pytest tests and skip critest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv/bin
 "$venv/ruff" check .
 "$venv/mypy" cri sandbox metrics bench critest
-exec "$venv/pytest" -p no:cacheprovider "$@"
+status=0
+"$venv/pytest" -p no:cacheprovider "$@" || status=$?
+if [ $# -eq 0 ]; then
+    "$venv/python" -m critest.run || status=$?
+fi
+exit "$status"
