@@ -24,14 +24,15 @@ RELOADABLE = ("images.registries", "images.pinned", "server.log_level")
 
 
 def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Every option as a dotted name -> value; named tables (registries, handlers) by entry."""
+    """Every option as a dotted name -> value; named tables (registries, handlers) by entry, so an
+    entry added or removed shows as its options."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
             out.update(_leaves(item, f"{prefix}{key}."))
-        return out or {prefix.rstrip("."): {}}
+        return out
     return {prefix.rstrip("."): value}
 
 
