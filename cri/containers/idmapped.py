@@ -26,7 +26,6 @@ Deleting a dir with a staging mount still attached would delete the volume's fil
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import json
 import logging
@@ -39,6 +38,7 @@ from cri import files
 from cri.api import api_pb2 as pb
 from cri.containers import rootfs
 from cri.errors import FailedPrecondition, Internal, InvalidArgument
+from sandbox import mountapi
 from sandbox.userns import IdMap
 
 log = logging.getLogger("cri.containers.idmapped")
@@ -47,9 +47,6 @@ STAGING_DIR = "idmapped"
 # {staging path: host path} of the staged mounts: config.json names the staging paths (runc binds them),
 # which are gone once runc has created the container; ContainerStatus shows the host paths instead.
 SOURCES_FILE = "idmapped-sources.json"
-SYS_MOVE_MOUNT = 429
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _shape(maps: list[IdMap]) -> str:
@@ -148,10 +145,11 @@ def _attach(source: Path, target: Path, userns_fd: int | None, destination: str)
             "or this kernel does not support idmapped mounts; mount it without uid/gid mappings"
         ) from None
     try:
-        flags = MOVE_MOUNT_F_EMPTY_PATH
-        if _libc.syscall(SYS_MOVE_MOUNT, fd, b"", rootfs.AT_FDCWD, str(target).encode(), flags) != 0:
-            err = ctypes.get_errno()
-            raise Internal(f"mount {destination}: attaching the idmapped {source} failed: {os.strerror(err)}")
+        mountapi.attach(fd, target)
+    except OSError as exc:
+        raise Internal(
+            f"mount {destination}: attaching the idmapped {source} failed: {exc.strerror}"
+        ) from None
     finally:
         os.close(fd)
 

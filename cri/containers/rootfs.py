@@ -16,14 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cri.errors import Internal
+from sandbox import mountapi
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 log = logging.getLogger("cri.containers.rootfs")
 
-# x86_64/arm64 share these numbers (generic syscall table since 5.2/5.12).
-SYS_OPEN_TREE = 428
-SYS_MOUNT_SETATTR = 442
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 # struct statx: stx_attributes at byte 8, stx_attributes_mask at byte 56; the struct is 256 bytes.
@@ -31,22 +29,6 @@ STATX_SIZE = 256
 STATX_ATTRIBUTES = 8
 STATX_ATTRIBUTES_MASK = 56
 STATX_ATTR_MOUNT_ROOT = 0x2000
-AT_EMPTY_PATH = 0x1000
-OPEN_TREE_CLONE = 1
-AT_RECURSIVE = 0x8000
-OPEN_TREE_CLOEXEC = os.O_CLOEXEC
-MOUNT_ATTR_IDMAP = 0x00100000
-
-
-class _MountAttr(ctypes.Structure):
-    """struct mount_attr (linux/mount.h)."""
-
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
 
 
 def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
@@ -153,26 +135,13 @@ def idmapped_layers(layers: list[Path], user_ns: Path | None) -> Iterator[list[s
 def clone_tree(path: Path, recursive: bool = False) -> int:
     """A detached clone of the mount at ``path`` (a bind mount not attached anywhere yet, with its
     submounts when ``recursive``); the caller owns the returned fd."""
-    rec = AT_RECURSIVE if recursive else 0
-    fd = _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, str(path).encode(), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"open_tree {path}: {os.strerror(err)}")
-    return int(fd)
+    return mountapi.clone(path, recursive=recursive)
 
 
 def idmapped_clone(path: Path, userns_fd: int, recursive: bool = False) -> int:
     """A detached clone of the mount at ``path`` (with its submounts when ``recursive``) idmapped
     through the user namespace ``userns_fd``; the caller owns the returned fd."""
-    rec = AT_RECURSIVE if recursive else 0
-    fd = clone_tree(path, recursive)
-    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
-    size = ctypes.sizeof(attr)
-    if _libc.syscall(SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH | rec, ctypes.byref(attr), size) != 0:
-        err = ctypes.get_errno()
-        os.close(fd)
-        raise OSError(err, f"mount_setattr idmap {path}: {os.strerror(err)}")
-    return fd
+    return mountapi.clone(path, recursive=recursive, userns_fd=userns_fd)
 
 
 def unmount(target: Path) -> None:
