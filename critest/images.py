@@ -224,6 +224,31 @@ def multilayer_layers() -> list[Layer]:
     return [second, third]
 
 
+def volume_layers() -> list[Layer]:
+    """Data for image volume tests (no busybox): the second layer whites out a file of the first; the
+    symlinks stay inside the image or lead out of it (absolute, or climbing above its root)."""
+    first = make_layer(
+        [
+            Entry("content", "dir", mode=0o755),
+            Entry("content/hello", data=b"hello from an image volume\n"),
+            Entry("content/gone", data=b"whited out\n"),
+            Entry("content/dir", "dir", mode=0o755),
+            Entry("content/dir/file", data=b"file in dir\n"),
+            Entry("content/inside", "symlink", target="dir"),
+            Entry("content/out-abs", "symlink", target="/etc"),
+            Entry("content/out-rel", "symlink", target="../../.."),
+        ]
+    )
+    second = make_layer(
+        [
+            Entry("content", "dir", mode=0o755),
+            Entry("content/.wh.gone", data=b""),
+            Entry("content/second", data=b"from the second layer\n"),
+        ]
+    )
+    return [first, second]
+
+
 def calyx_images() -> list[Push]:
     """The images Calyx's own tests use."""
     web: dict[str, object] = {"Cmd": ["httpd", "-f", "-p", "80", "-h", "/www"]}
@@ -250,6 +275,7 @@ def calyx_images() -> list[Push]:
         ),
         Push("calyx-test/docker", ["latest"], busybox_image(docker=True)),
         Push("calyx-test/multiarch", ["latest"], index=multi, children=[amd64, arm64]),
+        Push("calyx-test/volume", ["latest"], make_image(volume_layers(), {"Env": [PATH_ENV]})),
     ]
 
 

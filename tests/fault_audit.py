@@ -141,9 +141,9 @@ def audit(cx: Cx) -> list[str]:
         problems.append(f"iptables rules of the network without pods: {iptables_lines(cx)}")
     for point in mounts(cx):
         ids = HEX64.findall(point)
-        if "/containers/" in point and "/idmapped/" in point:
-            # idmapped staging mounts never outlive CreateContainer (cri/containers/idmapped.py)
-            problems.append(f"idmapped staging mount left: {point}")
+        if "/containers/" in point and ("/idmapped/" in point or "/image-volumes/" in point):
+            # staging mounts never outlive CreateContainer (cri/containers/staging.py)
+            problems.append(f"staging mount left: {point}")
         elif "/ns/" in point:
             ok = bool(ids) and ids[0] in ready
         elif "/containers/" in point:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cri import failpoints, files, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, idmapped, rootfs, shm
+from cri.containers import cgroups_compat, idmapped, image_volumes, rootfs, shm, staging
 from cri.containers import spec as oci
 from cri.containers import userns as container_userns
 from cri.containers.model import CREATED, CREATING, RUNNING, Container, encode_config
@@ -73,6 +73,8 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
     if images is None:
         raise FailedPrecondition("this calyx has no images subsystem")
     image = images.resolve(config.image.image)
+    # Refused before anything is made: an image volume kubelet did not pull.
+    volumes = image_volumes.resolve(config.mounts, images)
 
     sc = config.linux.security_context
     target_pid_ns = None
@@ -113,6 +115,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         stop_signal=_stop_signal(config, image.config),
         shared_pid_ns=sc.namespace_options.pid != pb.CONTAINER,
         config_b64=encode_config(config),
+        image_volumes=[v.volume.to_record() for v in volumes],
     )
     container.set_resources(config.linux.resources)
 
@@ -122,7 +125,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         failpoints.hit("container.after_intent", container_id=container_id)
         bundle = container.path
         bundle.mkdir(mode=statedirs.PRIVATE_DIR)
-        undo.callback(idmapped.remove_dir, bundle)
+        undo.callback(staging.remove_dir, bundle)
         user_ns = container_userns.pod_user_ns(pod)
         owner = container_userns.root_owner(pod)
         # Nobody else passes through to the rootfs; in a pod user namespace the container's root must
@@ -137,6 +140,10 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         )
         undo.callback(rootfs.unmount, container.rootfs)
         failpoints.hit("container.after_rootfs", container_id=container_id)
+        undo.callback(image_volumes.release, bundle)
+        volume_sources = image_volumes.stage(volumes, bundle, Path(user_ns) if user_ns else None)
+        if volumes:
+            failpoints.hit("container.after_image_volumes", container_id=container_id)
 
         built = oci.build(
             oci.SpecInputs(
@@ -151,6 +158,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
                 target_pid_ns=target_pid_ns,
                 cgroup_namespace=_cgroup_v2(runtime),
                 shm_source=shm.source_for(runtime.config.run_root, pod),
+                image_volume_sources=volume_sources,
                 extra_annotations={
                     "io.kubernetes.cri.container-type": "container",
                     "io.kubernetes.cri.container-name": name,
@@ -195,7 +203,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         )
         failpoints.hit("container.after_conmon", container_id=container_id)
         # runc has made the container's mounts from the staging ones: its mount namespace keeps them.
-        idmapped.release(bundle)
+        staging.release(bundle)
         container.pid = launched.pid
         container.pid_start = start_time(launched.pid)
         container.conmon_pid = launched.conmon_pid
@@ -212,6 +220,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
             "container_id": container_id,
             "pod_id": pod.id,
             "container_name": name,
+            **({"image_volumes": len(volumes)} if volumes else {}),
             "duration_ms": (time.monotonic() - start) * 1000,
         },
     )

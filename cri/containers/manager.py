@@ -22,7 +22,7 @@ from typing import Any
 
 from cri import failpoints, files, lifecycle, poll, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, execsync, idmapped, orphans, rootfs, shm
+from cri.containers import cgroups_compat, execsync, orphans, rootfs, shm, staging
 from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
@@ -164,8 +164,12 @@ class ContainerManager:
             self.refresh(c)
 
     def uses_image(self, image_id: str) -> bool:
+        """Whether a container runs ``image_id`` or mounts it as an image volume (RemoveImage asks)."""
         with self._lock:
-            return any(c.image_id == image_id for c in self._containers.values())
+            return any(
+                c.image_id == image_id or any(v.get("image_id") == image_id for v in c.image_volumes)
+                for c in self._containers.values()
+            )
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -339,7 +343,7 @@ class ContainerManager:
         rootfs.unmount(c.rootfs)
         failpoints.hit("container.remove_after_unmount", container_id=c.id)
         wait_monitor_gone(c.id, c.bundle, c.conmon_pid)
-        idmapped.remove_dir(c.path)  # staging mounts of a create cut short are released first
+        staging.remove_dir(c.path)  # staging mounts of a create cut short are released first
         failpoints.hit("container.remove_after_dir", container_id=c.id)
         mon.forget(c.id)
         self.store.delete(KIND, c.id)
@@ -487,6 +491,8 @@ class ContainerManager:
                 self.store.delete(KIND, cid)
                 continue
             self.index(c)
+            with contextlib.suppress(Exception):  # staging mounts never outlive CreateContainer
+                staging.release(c.path)
             self.refresh(c)
             if c.state == CREATED:
                 self._adopt_started(c)
@@ -508,7 +514,7 @@ class ContainerManager:
                 c = Container.from_record(json.loads((path / "state.json").read_text()))
             except (OSError, ValueError, TypeError):
                 rootfs.unmount(path / "rootfs")
-                idmapped.remove_dir(path)
+                staging.remove_dir(path)
                 continue
             try:
                 self._cleanup(c)

@@ -75,6 +75,8 @@ class Container:
     shared_pid_ns: bool = False
     config_b64: str = ""
     resources_b64: str = ""
+    # image volumes (cri/containers/image_volumes.py ImageVolume records)
+    image_volumes: list[dict[str, Any]] = field(default_factory=list)
 
     # --- paths -------------------------------------------------------------------------------------
 

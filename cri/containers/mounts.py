@@ -70,8 +70,6 @@ def oci_mount(mount: pb.Mount) -> tuple[dict[str, Any], str]:
     """The OCI mount of a CRI mount and the rootfs propagation it needs ("", "rslave" or "rshared")."""
     if not mount.container_path.startswith("/"):
         raise InvalidArgument(f"mount container path {mount.container_path!r} must be absolute")
-    if mount.image.image:
-        raise InvalidArgument("image volume mounts are not supported")
     source = prepare_host_path(mount.host_path)
     options = ["rbind"]
     propagation = ""
@@ -111,6 +109,17 @@ def oci_mount(mount: pb.Mount) -> tuple[dict[str, Any], str]:
         "source": source,
         "options": options,
     }, propagation
+
+
+def image_volume_mount(mount: pb.Mount, source: str) -> dict[str, Any]:
+    """The OCI mount of an image volume staged at ``source`` (cri/containers/image_volumes.py): always
+    read-only and private (nothing propagates out of an image)."""
+    if not mount.container_path.startswith("/"):
+        raise InvalidArgument(f"mount container path {mount.container_path!r} must be absolute")
+    if mount.propagation != pb.PROPAGATION_PRIVATE:
+        raise InvalidArgument(f"image volume {mount.container_path}: propagation must be private")
+    options = ["rbind", "rprivate", "rro" if mount.recursive_read_only else "ro"]
+    return {"destination": mount.container_path, "type": "bind", "source": source, "options": options}
 
 
 def base_mounts(readonly_sys: bool) -> list[dict[str, Any]]:

@@ -77,6 +77,8 @@ class SpecInputs:
     cgroup_namespace: bool = False
     # Host dir bound on /dev/shm (the pod's shared tmpfs, or the host's); None: a tmpfs of its own.
     shm_source: str | None = None
+    # {index in config.mounts: staged host path} of the image volumes (cri/containers/image_volumes.py).
+    image_volume_sources: dict[int, str] = field(default_factory=dict)
     extra_annotations: dict[str, str] = field(default_factory=dict)
 
 
@@ -423,7 +425,14 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     # Calyx wrote as host root are root's inside too.
     to_idmap = list(pod_owned) if id_maps is not None else []
     rootfs_propagation = ""
-    for cri_mount in sorted(config.mounts, key=lambda m: m.container_path.rstrip("/").count("/")):
+    by_depth = sorted(enumerate(config.mounts), key=lambda m: m[1].container_path.rstrip("/").count("/"))
+    for index, cri_mount in by_depth:
+        if cri_mount.image.image:
+            # An image volume's layers are idmapped as they are staged (as the rootfs layers are); its
+            # mappings, if kubelet sent them, must still be the pod's.
+            idmapped.wanted(cri_mount, id_maps)
+            mounts.append(mnt.image_volume_mount(cri_mount, inputs.image_volume_sources[index]))
+            continue
         oci, propagation = mnt.oci_mount(cri_mount)
         mounts.append(oci)
         if idmapped.wanted(cri_mount, id_maps):

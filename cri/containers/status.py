@@ -58,7 +58,7 @@ def to_status(c: Container) -> pb.ContainerStatus:
         message=c.message,
         labels=c.labels,
         annotations=c.annotations,
-        mounts=list(config.mounts),
+        mounts=_mounts(c, config),
         log_path=c.log_path,
         resources=pb.ContainerResources(linux=c.resources),
         user=pb.ContainerUser(
@@ -68,6 +68,19 @@ def to_status(c: Container) -> pb.ContainerStatus:
         ),
         stop_signal=_stop_signal(c.stop_signal),  # type: ignore[arg-type]
     )
+
+
+def _mounts(c: Container, config: pb.ContainerConfig) -> list[pb.Mount]:
+    """The CRI mounts; an image volume's carries the ref of the image mounted (a repo digest or id)."""
+    mounts = list(config.mounts)
+    for record in c.image_volumes:
+        index = record.get("index", -1)
+        if 0 <= index < len(mounts):
+            mount = pb.Mount()
+            mount.CopyFrom(mounts[index])
+            mount.image.image_ref = str(record.get("image_ref", ""))
+            mounts[index] = mount
+    return mounts
 
 
 def verbose_info(c: Container) -> dict[str, str]:

@@ -1,0 +1,26 @@
+"""Mounts Calyx stages under a container dir for runc to bind (idmapped volumes, image volumes).
+
+They are needed only while runc creates the container, which then holds its own copies, so they are
+released right after; a create cut short or a crash leaves them to the undo path and to recovery. A
+container dir is removed only once they are gone: ``rm -r`` through a staged volume would delete the
+volume's files.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from cri.containers import idmapped, image_volumes
+
+
+def release(container_dir: Path) -> None:
+    """Release every staging mount of the container (raises when one cannot be)."""
+    idmapped.release(container_dir)
+    image_volumes.release(container_dir)
+
+
+def remove_dir(container_dir: Path) -> None:
+    """Remove a container dir once its staging mounts are released (it stays if one cannot be)."""
+    release(container_dir)
+    shutil.rmtree(container_dir, ignore_errors=True)
