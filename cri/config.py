@@ -83,6 +83,11 @@ class RuntimeConfig:
     default_handler: str = opt("runc", "Runtime handler used when a pod names none.")
     handlers: dict[str, RuntimeHandler] = opt_factory(_default_handlers, "Runtime handlers by name.")
     conmon_path: str = opt("conmon", "Container monitor binary.")
+    cdi_spec_dirs: list[str] = opt_factory(
+        lambda: ["/etc/cdi", "/var/run/cdi"],
+        "CDI spec directories (JSON and YAML device specs), in increasing precedence: a device defined in a"
+        " later one replaces an earlier one's. Re-read when they change. Empty: CDI devices are refused.",
+    )
 
 
 @dataclass
@@ -213,6 +218,9 @@ class Config:
                 "runtime.default_handler",
                 f"{self.runtime.default_handler!r} is not in runtime.handlers",
             )
+        for i, directory in enumerate(self.runtime.cdi_spec_dirs):
+            if not directory.startswith("/"):
+                raise ConfigError("config", f"runtime.cdi_spec_dirs[{i}]", f"{directory!r} must be absolute")
         self.network.validate()
 
     @property

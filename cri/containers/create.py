@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cri import failpoints, files, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, idmapped, image_volumes, rootfs, shm, staging
+from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs, shm, staging
 from cri.containers import spec as oci
 from cri.containers import userns as container_userns
 from cri.containers.model import CREATED, CREATING, RUNNING, Container, encode_config
@@ -73,8 +73,10 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
     if images is None:
         raise FailedPrecondition("this calyx has no images subsystem")
     image = images.resolve(config.image.image)
-    # Refused before anything is made: an image volume kubelet did not pull.
+    # Refused before anything is made: an image volume kubelet did not pull, an unknown CDI device.
     volumes = image_volumes.resolve(config.mounts, images)
+    wanted = cdi.requested([d.name for d in config.CDI_devices], config.annotations)
+    devices = manager.cdi.resolve(wanted)
 
     sc = config.linux.security_context
     target_pid_ns = None
@@ -116,6 +118,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         shared_pid_ns=sc.namespace_options.pid != pb.CONTAINER,
         config_b64=encode_config(config),
         image_volumes=[v.volume.to_record() for v in volumes],
+        cdi_devices=[str(d.name) for d in devices],
     )
     container.set_resources(config.linux.resources)
 
@@ -167,6 +170,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
                 },
             )
         )
+        cdi.inject(built.spec, devices)
         if built.idmapped and user_ns:
             undo.callback(idmapped.release, bundle)
             idmapped.stage(built.idmapped, bundle, Path(user_ns), optional=built.idmap_optional)
@@ -220,6 +224,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
             "container_id": container_id,
             "pod_id": pod.id,
             "container_name": name,
+            **({"cdi_devices": ",".join(container.cdi_devices)} if devices else {}),
             **({"image_volumes": len(volumes)} if volumes else {}),
             "duration_ms": (time.monotonic() - start) * 1000,
         },

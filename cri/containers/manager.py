@@ -22,7 +22,7 @@ from typing import Any
 
 from cri import failpoints, files, lifecycle, poll, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import cgroups_compat, execsync, orphans, rootfs, shm, staging
+from cri.containers import cdi, cgroups_compat, execsync, orphans, rootfs, shm, staging
 from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
@@ -41,8 +41,10 @@ LIVENESS_EVERY = 4  # exit-watcher ticks between checks that each live container
 
 
 class ContainerManager:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, cdi_registry: cdi.Registry | None = None) -> None:
         self.runtime = runtime
+        # The CDI devices of this node (runtime.cdi_spec_dirs unless the builder hands one over).
+        self.cdi = cdi_registry or cdi.Registry(runtime.config.runtime.cdi_spec_dirs)
         self.store = runtime.store
         self.containers_dir = runtime.config.root / "containers"
         self.run_dir = runtime.config.run_root
@@ -592,4 +594,5 @@ def _ms(start: float) -> float:
 
 
 def register(runtime: Runtime) -> None:
-    runtime.register("containers", ContainerManager(runtime))
+    registry = cdi.Registry(runtime.config.runtime.cdi_spec_dirs)
+    runtime.register("containers", ContainerManager(runtime, registry))

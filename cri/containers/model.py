@@ -75,8 +75,9 @@ class Container:
     shared_pid_ns: bool = False
     config_b64: str = ""
     resources_b64: str = ""
-    # image volumes (cri/containers/image_volumes.py ImageVolume records)
+    # image volumes (cri/containers/image_volumes.py ImageVolume records) and the CDI devices applied
     image_volumes: list[dict[str, Any]] = field(default_factory=list)
+    cdi_devices: list[str] = field(default_factory=list)
 
     # --- paths -------------------------------------------------------------------------------------
 

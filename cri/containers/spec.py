@@ -363,14 +363,6 @@ def build(inputs: SpecInputs) -> BuiltSpec:
             "apparmor requested, not available on this host: ignored",
             extra={"container_id": inputs.container_id},
         )
-    if config.CDI_devices:
-        log.info(
-            "CDI devices requested, no CDI registry on this host: ignored",
-            extra={
-                "container_id": inputs.container_id,
-                "devices": ",".join(d.name for d in config.CDI_devices),
-            },
-        )
     if sc.selinux_options.type or sc.selinux_options.level:
         log.info(
             "selinux requested, not available on this host: ignored",

@@ -50,6 +50,10 @@ class RuntimeInfoRPCs:
         if request.verbose:
             info["config"] = json.dumps(config.redacted(config.to_dict(self.runtime.config)), sort_keys=True)
             info["podCIDR"] = self.runtime.pod_cidr
+            # What CRI has no feature field for: CDI devices and image volumes (Mount.image).
+            info["features"] = json.dumps(
+                {"cdiSpecDirs": self.runtime.config.runtime.cdi_spec_dirs, "imageVolumes": True}
+            )
         # runc 1.1 applies "rro" with mount_setattr (tests/e2e/test_container_security.py checks it).
         features = pb.RuntimeHandlerFeatures(
             recursive_read_only_mounts=True, user_namespaces=user_namespaces_supported()

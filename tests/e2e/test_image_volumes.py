@@ -5,6 +5,7 @@ after removal or after a daemon kill -9, and user-namespaced pods seeing the fil
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -14,13 +15,15 @@ import grpc
 import pytest
 
 from cri.api import api_pb2 as pb
-from tests import container_fixtures
+from tests import cdi_fixtures, container_fixtures
+from tests.cdi_fixtures import CdiCx, write_spec
 from tests.container_fixtures import Cx
 from tests.fault_audit import audit
 from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import Net
 
 cx = container_fixtures.cx
+cdx = cdi_fixtures.cdx
 
 VOLUME = "calyx-test/volume:latest"  # two layers: content/{hello,second,dir/file,inside,out-abs,out-rel}
 SINGLE = "calyx-test/busybox:latest"  # one layer
@@ -217,3 +220,36 @@ def test_user_namespaced_pods_see_image_files_as_root_owned(cx: Cx) -> None:
     assert result.exit_code != 0 and b"Read-only file system" in result.stderr
     cx.remove(cid)
     assert _mounted(cx) == [] and audit(cx) == []
+
+
+def test_a_container_with_a_cdi_device_and_an_image_volume_sees_both(cdx: CdiCx) -> None:
+    volume = cdx.image(VOLUME)
+    null = os.stat("/dev/null").st_rdev
+    write_spec(
+        cdx.cdi_high,
+        "null.yaml",
+        {
+            "cdiVersion": "0.5.0",
+            "kind": "calyx.test/null",
+            "devices": [
+                {
+                    "name": "alias",
+                    "containerEdits": {
+                        "deviceNodes": [{"path": "/dev/cdi-test-null", "hostPath": "/dev/null"}]
+                    },
+                }
+            ],
+        },
+    )
+    pod = cdx.pod()
+    config = cdx.config("both", ["sleep", "1000"], mounts=[_vol(volume, "/data", "content")])
+    config.CDI_devices.append(pb.CDIDevice(name="calyx.test/null=alias"))
+    cid = cdx.start(cdx.create(pod, config))
+    assert cdx.output(cid, "stat", "-c", "%t:%T", "/dev/cdi-test-null").strip() == (
+        f"{os.major(null):x}:{os.minor(null):x}"
+    )
+    assert cdx.output(cid, "cat", "/data/hello") == "hello from an image volume\n"
+    cdx.stop(cid)
+    cdx.remove(cid)
+    assert _mounted(cdx) == [] and audit(cdx) == []
+    assert _remove_image(cdx, volume) == grpc.StatusCode.OK
