@@ -1,53 +1,42 @@
 """Bytes and inodes used by a directory tree (a container's writable layer), cheaply.
 
-A walk with os.scandir (whose entries carry the lstat from getdents where possible) that stays on the
-directory's filesystem, counts allocated blocks (what the disk really lost, like du) and each inode once
-(hard links share one). Files that vanish during the walk are skipped: a running container writes while
-we count. ``FsUsageCache`` keeps each result for a while, because kubelet and Prometheus ask far more
-often than a writable layer changes meaningfully and a walk costs time proportional to the file count.
+A walk through directory descriptors (cri.trees.scan: a container's writable layer may be thousands of
+directories deep, past PATH_MAX) that stays on the directory's filesystem, counts allocated blocks (what
+the disk really lost, like du) and each inode once (hard links share one). Files that vanish during
+the walk are skipped: a running container writes while we count. ``FsUsageCache`` keeps each result
+for a while, because kubelet and Prometheus ask far more often than a writable layer changes
+meaningfully and a walk costs time proportional to the file count.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 
+from cri import trees
 from metrics.readings import FsUsage
 
 
 def dir_usage(path: str) -> FsUsage:
-    """Walk ``path`` now. Raises FileNotFoundError if ``path`` itself does not exist."""
+    """Walk ``path`` now (any depth or path length: cri.trees.scan). Raises FileNotFoundError if
+    ``path`` itself does not exist."""
     timestamp = time.time_ns()
     root = os.lstat(path)
     device = root.st_dev
     linked: set[int] = set()  # inodes with several names, counted once
     inodes = 1
     used = root.st_blocks * 512
-    stack = [path]
-    while stack:
-        current = stack.pop()
-        try:
-            entries = os.scandir(current)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                    is_dir = entry.is_dir(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if st.st_dev != device:
-                    continue  # a mount inside the tree belongs to another filesystem
-                if st.st_nlink > 1 and not is_dir:
-                    if st.st_ino in linked:
-                        continue
-                    linked.add(st.st_ino)
-                inodes += 1
-                used += st.st_blocks * 512
-                if is_dir:
-                    stack.append(entry.path)
+    for st in trees.scan(path):
+        if st.st_dev != device:
+            continue  # a mount inside the tree belongs to another filesystem
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            if st.st_ino in linked:
+                continue
+            linked.add(st.st_ino)
+        inodes += 1
+        used += st.st_blocks * 512
     return FsUsage(timestamp_ns=timestamp, path=path, used_bytes=used, inodes_used=inodes)
 
 

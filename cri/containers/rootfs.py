@@ -11,10 +11,10 @@ import ctypes
 import errno
 import logging
 import os
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
+from cri import trees
 from cri.errors import Internal
 from sandbox import mountapi
 
@@ -22,13 +22,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 log = logging.getLogger("cri.containers.rootfs")
 
-AT_FDCWD = -100
-AT_SYMLINK_NOFOLLOW = 0x100
-# struct statx: stx_attributes at byte 8, stx_attributes_mask at byte 56; the struct is 256 bytes.
-STATX_SIZE = 256
-STATX_ATTRIBUTES = 8
-STATX_ATTRIBUTES_MASK = 56
-STATX_ATTR_MOUNT_ROOT = 0x2000
 
 
 def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
@@ -42,25 +35,12 @@ def mount_fs(source: str, target: Path, fstype: str, flags: int, data: str) -> N
     _mount(source, str(target), fstype, flags, data)
 
 
-def _mount_root(path: str) -> bool | None:
-    """statx's STATX_ATTR_MOUNT_ROOT of ``path`` (is it the root of a mount?); None where the kernel
-    does not report it. Exact, same-filesystem bind mounts included, in a few microseconds."""
-    buf = ctypes.create_string_buffer(STATX_SIZE)
-    if _libc.statx(AT_FDCWD, path.encode(), AT_SYMLINK_NOFOLLOW, 0, buf) != 0:
-        return False if ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR) else None
-    (attributes,) = struct.unpack_from("=Q", buf, STATX_ATTRIBUTES)
-    (supported,) = struct.unpack_from("=Q", buf, STATX_ATTRIBUTES_MASK)
-    if not supported & STATX_ATTR_MOUNT_ROOT:
-        return None
-    return bool(attributes & STATX_ATTR_MOUNT_ROOT)
-
-
 def is_mounted(target: Path) -> bool:
     """Whether something is mounted at ``target``: asked of statx (reading /proc/self/mountinfo costs
     ~7 ms in the kernel on a node with ~900 mounts, and CreateContainer asked twice); the mount
     table is read only where statx cannot tell (kernels before 5.8)."""
     wanted = os.path.realpath(target)
-    answer = _mount_root(wanted)
+    answer = trees.mount_root(wanted)
     if answer is not None:
         return answer
     for line in Path("/proc/self/mountinfo").read_text().splitlines():

@@ -36,3 +36,33 @@ def test_cache_serves_a_recent_walk_and_forgets_removed_dirs(tmp_path):
     again = cache.get(str(tmp_path))
     assert again.used_bytes >= first.used_bytes + MiB
     assert FsUsageCache(ttl_seconds=0).get(str(tmp_path)).inodes_used == 2
+
+
+def test_a_tree_deeper_than_path_max_is_counted_and_a_mount_in_it_is_not(tmp_path):
+    """A container can grow a chain of directories whose paths no path-based walk can open."""
+    import subprocess
+
+    root = tmp_path / "upper"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):  # "d/" * 3000: 6000 bytes of path
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(os.open("bottom", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    os.close(fd)
+    (root / "mnt").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    for i in range(10):
+        (tmp_path / "elsewhere" / f"f{i}").write_text("x")
+    subprocess.run(
+        ["mount", "--bind", str(tmp_path / "elsewhere"), str(root / "mnt")], check=True, timeout=30
+    )
+    try:
+        assert dir_usage(str(root)).inodes_used == 1 + 3000 + 1 + 1  # root, the chain, bottom, mnt
+    finally:
+        subprocess.run(["umount", str(root / "mnt")], check=True, timeout=30)
+    from cri.trees import remove_tree
+
+    remove_tree(root)
