@@ -57,6 +57,11 @@ class ServerConfig:
 class StateConfig:
     root: str = opt("/var/lib/calyx", "Persistent state: metadata store, image content, container dirs.")
     run_root: str = opt("/run/calyx", "Volatile state: pinned namespaces, runc root, monitor sockets.")
+    cleanup_retry_seconds: float = opt(
+        60.0,
+        "How often a cleanup that failed (a leftover recovery or garbage collection could not remove) is"
+        " tried again; each failure is logged and counted in calyx_recovery_failures_total.",
+    )
 
 
 @dataclass
@@ -222,6 +227,8 @@ class Config:
             if not directory.startswith("/"):
                 raise ConfigError("config", f"runtime.cdi_spec_dirs[{i}]", f"{directory!r} must be absolute")
         self.network.validate()
+        if not 0 < self.state.cleanup_retry_seconds < float("inf"):
+            raise ConfigError("config", "state.cleanup_retry_seconds", "must be a positive number of seconds")
 
     @property
     def root(self) -> Path:

@@ -2,7 +2,8 @@
 
 The gRPC request counter and latency histogram live in cri/server/interceptor.py; the rest are here so
 that a subsystem records with one line and without knowing about the exporter: image pulls count their
-bytes as they arrive and time each pull; cri/proc.py times every runc and CNI plugin call it runs.
+bytes as they arrive and time each pull; cri/proc.py times every runc and CNI plugin call it runs; failed
+cleanups (cri/cleanups.py) are counted by what they were about.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -70,3 +71,16 @@ def observe_command(
 def observe_runtime(runtime_path: str, command: str, seconds: float, ok: bool) -> None:
     """Record an OCI runtime call made on Calyx's behalf by another program (conmon runs runc create)."""
     RUNC_DURATION.labels(os.path.basename(runtime_path), command, "ok" if ok else "error").observe(seconds)
+
+
+RECOVERY_FAILURES = Counter(
+    "calyx_recovery_failures_total",
+    "Cleanups that failed (at start, in garbage collection, or when retried later), by what they were"
+    " about: each failure is logged with the id and the cleanup retried until it succeeds.",
+    ["what"],
+)
+RECOVERY_PENDING = Gauge(
+    "calyx_recovery_pending",
+    "Failed cleanups waiting for their next retry, by what they are about.",
+    ["what"],
+)

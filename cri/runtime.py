@@ -1,8 +1,9 @@
 """The runtime: the one object that holds Calyx's subsystems and their shared state.
 
 The daemon builds it, runs ``recover()`` (each subsystem reconciles its store with the machine), then
-marks it ready. gRPC servicers reach every subsystem through it. Subsystems register here as they are
-built: ``images``, ``pods``, ``containers``, ``streaming``, ``stats``, ``events``.
+marks it ready, whatever recovery could not do: that is logged, counted and retried (``cleanups``).
+gRPC servicers reach every subsystem through it. Subsystems register here as they are built:
+``images``, ``pods``, ``containers``, ``streaming``, ``stats``, ``events``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from cri.cleanups import Cleanups
 from cri.config import Config
 from cri.store import Store
 
@@ -46,6 +48,8 @@ class Runtime:
         self.store = store
         self._ready = threading.Event()
         self._subsystems: list[tuple[str, Subsystem]] = []
+        # Cleanups that failed (in recovery, garbage collection...), retried until they succeed.
+        self.cleanups = Cleanups(config.state.cleanup_retry_seconds)
         # Replaced by the networking subsystem; until one exists pods cannot get a network.
         self.network_condition: Callable[[], Condition] = lambda: Condition(
             "NetworkReady", False, "NetworkPluginNotReady", "calyx has no pod network configured"
@@ -59,13 +63,21 @@ class Runtime:
         self._subsystems.append((name, subsystem))
 
     def recover(self) -> None:
+        """Recover every subsystem, then be ready. A subsystem whose recovery fails (each handles its
+        own leftovers one by one; this is for what none expected) is logged, counted and recovered
+        again later: the daemon serves regardless, since a crash loop helps no pod."""
         for name, subsystem in self._subsystems:
             start = time.monotonic()
-            subsystem.recover()
-            log.info("recovered", extra={"subsystem": name, "duration_ms": (time.monotonic() - start) * 1000})
+            done = self.cleanups.attempt("subsystem", name, subsystem.recover)
+            log.info(
+                "recovered" if done else "recovery failed; retried later",
+                extra={"subsystem": name, "duration_ms": (time.monotonic() - start) * 1000},
+            )
         self._ready.set()
+        self.cleanups.start()
 
     def close(self) -> None:
+        self.cleanups.close()
         for name, subsystem in reversed(self._subsystems):
             try:
                 subsystem.close()

@@ -128,7 +128,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         failpoints.hit("container.after_intent", container_id=container_id)
         bundle = container.path
         bundle.mkdir(mode=statedirs.PRIVATE_DIR)
-        undo.callback(staging.remove_dir, bundle)
+        undo.callback(manager.discard_dir, bundle)
         user_ns = container_userns.pod_user_ns(pod)
         owner = container_userns.root_owner(pod)
         # Nobody else passes through to the rootfs; in a pod user namespace the container's root must

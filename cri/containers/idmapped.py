@@ -30,11 +30,10 @@ import errno
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-from cri import files
+from cri import files, trees
 from cri.api import api_pb2 as pb
 from cri.containers import rootfs
 from cri.errors import FailedPrecondition, Internal, InvalidArgument
@@ -179,6 +178,8 @@ def _remove_entry(entry: Path) -> None:
 
 
 def remove_dir(container_dir: Path) -> None:
-    """Remove a container dir: its staging mounts are released first (and it stays if one cannot be)."""
+    """Remove a container dir: its staging mounts are released first (and it stays if one cannot be).
+    The writable layer in it may be any tree a container could make (cri/trees.py); RemoveFailed says
+    what could not go."""
     release(container_dir)
-    shutil.rmtree(container_dir, ignore_errors=True)
+    trees.remove_tree(container_dir)

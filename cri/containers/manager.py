@@ -17,6 +17,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,14 @@ from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNN
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive
 from cri.containers.spec import TTY_TERM
-from cri.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from cri.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+)
 from cri.runtime import Runtime
 
 log = logging.getLogger("cri.containers")
@@ -388,6 +396,11 @@ class ContainerManager:
             )
         log.info("container log reopened", extra={"container_id": c.id, "duration_ms": _ms(start)})
 
+    def discard_dir(self, path: Path) -> None:
+        """Remove the dir of a container whose creation failed; if it cannot go now, it is retried
+        later (the error being undone is the one the client must see)."""
+        self.runtime.cleanups.attempt("container", path.name, lambda: staging.remove_dir(path), "dir")
+
     # --- exec -------------------------------------------------------------------------------------
 
     def exec_process(self, c: Container, cmd: builtins.list[str], tty: bool) -> dict[str, Any]:
@@ -480,68 +493,96 @@ class ContainerManager:
     # --- subsystem --------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Rebuild the index from the store; clean half-made containers; pick up exits made while down."""
+        """Rebuild the index from the store; clean half-made containers; pick up exits made while down.
+        A cleanup that fails is logged, counted and retried (``runtime.cleanups``); the rest goes on."""
         self.containers_dir.mkdir(parents=True, exist_ok=True)
-        records = self.store.list(KIND)
-        self._sweep_unrecorded(set(records))
-        for cid, record in records.items():
-            c = Container.from_record(record)
+        cleanups = self.runtime.cleanups
+        records: dict[str, Container] = {}
+        for cid, record in self.store.list(KIND).items():
+            try:
+                records[cid] = Container.from_record(record)
+            except (KeyError, TypeError, ValueError) as exc:  # its dir is swept below, from state.json
+                log.error(
+                    "unreadable container record dropped", extra={"container_id": cid, "error": repr(exc)}
+                )
+                self.store.delete(KIND, cid)
+        for path in self.containers_dir.iterdir():
+            if path.name not in records and path.is_dir():
+                log.warning("removing a container the store does not know", extra={"container_id": path.name})
+                cleanups.attempt("container", path.name, partial(self._remove_unrecorded, path), "unrecorded")
+        for cid, c in records.items():
             if c.state in (CREATING, REMOVING):
                 log.info("removing half-created or half-removed container", extra={"container_id": cid})
-                with contextlib.suppress(Exception):
-                    self._cleanup(c)
-                self.store.delete(KIND, cid)
+                cleanups.attempt("container", cid, partial(self._finish_removal, c), "remove")
                 continue
             self.index(c)
-            with contextlib.suppress(Exception):  # staging mounts never outlive CreateContainer
-                staging.release(c.path)
-            self.refresh(c)
-            if c.state == CREATED:
-                self._adopt_started(c)
+            cleanups.attempt("container", cid, partial(staging.release, c.path), "staging")
+            try:
+                self.refresh(c)
+                if c.state == CREATED:
+                    self._adopt_started(c)
+            except Exception as exc:  # listed as recorded; the exit watcher looks again
+                cleanups.report("container", cid, exc)
             log.info("container recovered", extra={"container_id": cid, "state": c.state})
-        self._sweep_orphan_cgroups(set(records))
-        shm.release_orphans(self.run_dir, getattr(self.runtime, "pods", None))
+        cleanups.attempt("cgroup", "orphans", self._sweep_orphan_cgroups)
+        for pod_id in shm.orphans(self.run_dir, getattr(self.runtime, "pods", None)):
+            cleanups.attempt("pod", pod_id, partial(shm.release, self.run_dir, pod_id), "shm")
         self._watcher = threading.Thread(target=self._watch_exits, name="container-exits", daemon=True)
         self._watcher.start()
 
-    def _sweep_unrecorded(self, known: set[str]) -> None:
-        """Container dirs no record owns (a store that lost its last commits, e.g. at a power cut):
-        their container is killed and deleted from runc, rootfs unmounted, cgroups and dir removed,
-        using the copy of the record kept beside the container (state.json)."""
-        for path in self.containers_dir.iterdir():
-            if path.name in known or not path.is_dir():
-                continue
-            log.warning("removing a container the store does not know", extra={"container_id": path.name})
-            try:
-                c = Container.from_record(json.loads((path / "state.json").read_text()))
-            except (OSError, ValueError, TypeError):
-                rootfs.unmount(path / "rootfs")
-                staging.remove_dir(path)
-                continue
-            try:
-                self._cleanup(c)
-            except Exception:
-                log.exception("orphan container cleanup failed", extra={"container_id": c.id})
+    def _finish_removal(self, c: Container) -> None:
+        """Finish a creation or removal a crash interrupted; the record goes once all of it is gone."""
+        with self._lock_of(c.id):
+            self._cleanup(c)
+        with self._lock:
+            self._locks.pop(c.id, None)
 
-    def _sweep_orphan_cgroups(self, known: set[str]) -> None:
-        """Container cgroups below our parents that no record owns (see orphans.py)."""
+    def _remove_unrecorded(self, path: Path) -> None:
+        """A container dir no record owns (a store that lost its last commits, e.g. at a power cut):
+        its container is killed and deleted from runc, rootfs unmounted, cgroups and dir removed,
+        using the copy of the record kept beside the container (state.json)."""
+        if self.store.get(KIND, path.name) is not None:
+            return  # ids are random: only a retry racing nothing could see this; stay safe anyway
+        try:
+            c = Container.from_record(json.loads((path / "state.json").read_text()))
+        except FileNotFoundError:
+            if not path.exists():
+                return
+            c = None
+        except (OSError, ValueError, TypeError, KeyError):
+            c = None
+        if c is None:
+            rootfs.unmount(path / "rootfs")
+            staging.remove_dir(path)
+            return
+        self._cleanup(c)
+
+    def _sweep_orphan_cgroups(self) -> None:
+        """Container cgroups below our parents that no record owns (see orphans.py); what could not be
+        removed is reported by raising, after the others went."""
+        known = set(self.store.list(KIND))  # now, not at start: containers made since have records
         pods = getattr(self.runtime, "pods", None)
-        parents = {""} | {c.cgroup_parent for c in self._containers.values()}
+        with self._lock:
+            parents = {""} | {c.cgroup_parent for c in self._containers.values()}
         if pods is not None and hasattr(pods, "list"):
             parents |= {getattr(p, "cgroup_parent", "") or "" for p in pods.list()}
         monitors = [self.monitor(h) for h in self.runtime.config.runtime.handlers]
+        failed: dict[str, str] = {}
         removed = orphans.sweep_orphan_cgroups(
             getattr(self.runtime, "cgroups", None),
             known,
             parents,
             self.run_dir / "exits",
             [m.runtime_root for m in monitors],
+            failed,
         )
         for cid in removed:  # and runc's state of them, if it kept any
             for mon in monitors:
                 if (mon.runtime_root / cid).exists():
                     with contextlib.suppress(Exception):
                         mon.delete(cid)
+        if failed:
+            raise Internal(f"cgroups of unknown containers not removed: {failed}")
 
     def _watch_exits(self) -> None:
         """Notice exits soon (for events and status) by watching conmon's exit files appear.

@@ -20,9 +20,15 @@ log = logging.getLogger("cri.containers")
 
 
 def sweep_orphan_cgroups(
-    driver: Any, known: set[str], parents: Iterable[str], exit_dir: Path, runtime_roots: Iterable[Path]
+    driver: Any,
+    known: set[str],
+    parents: Iterable[str],
+    exit_dir: Path,
+    runtime_roots: Iterable[Path],
+    failed: dict[str, str] | None = None,
 ) -> list[str]:
-    """Remove the container cgroups below ``parents`` whose id is not in ``known``; returns the ids."""
+    """Remove the container cgroups below ``parents`` whose id is not in ``known``; returns the ids.
+    Those whose removal failed go to ``failed`` (id -> error), the others are removed regardless."""
     if driver is None or not hasattr(driver, "container_ids_under"):
         return []
     roots = list(runtime_roots)
@@ -47,8 +53,10 @@ def sweep_orphan_cgroups(
             try:
                 driver.remove_container(cid, parent)
                 removed.append(cid)
-            except Exception:
+            except Exception as exc:
                 log.exception("orphan cgroup removal failed", extra={"container_id": cid})
+                if failed is not None:
+                    failed[cid] = str(exc)
     return removed
 
 

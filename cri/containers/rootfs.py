@@ -23,7 +23,6 @@ MNT_DETACH = 2
 log = logging.getLogger("cri.containers.rootfs")
 
 
-
 def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
     rc = _libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags), data.encode())
     if rc != 0:

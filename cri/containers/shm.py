@@ -44,14 +44,17 @@ def release(run_root: Path, pod_id: str) -> None:
         target.rmdir()
 
 
-def release_orphans(run_root: Path, pods: Any) -> None:
-    """Unmount the shm of pods that no longer exist (removed while the daemon was down)."""
+def orphans(run_root: Path, pods: Any) -> list[str]:
+    """Ids of pods that no longer exist (removed while the daemon was down) but keep their shm here,
+    for ``release``."""
     base = run_root / "shm"
     if not base.is_dir() or pods is None:
-        return
+        return []
+    found = []
     for entry in base.iterdir():
         try:
             pods.get(entry.name)
         except Exception:
             log.info("releasing shm of a removed pod", extra={"pod_id": entry.name})
-            release(run_root, entry.name)
+            found.append(entry.name)
+    return found

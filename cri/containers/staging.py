@@ -8,9 +8,9 @@ volume's files.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from cri import trees
 from cri.containers import idmapped, image_volumes
 
 
@@ -21,6 +21,8 @@ def release(container_dir: Path) -> None:
 
 
 def remove_dir(container_dir: Path) -> None:
-    """Remove a container dir once its staging mounts are released (it stays if one cannot be)."""
+    """Remove a container dir once its staging mounts are released (it stays if one cannot be). The
+    writable layer in it may be any tree a container could make (cri/trees.py); RemoveFailed says what
+    could not go."""
     release(container_dir)
-    shutil.rmtree(container_dir, ignore_errors=True)
+    trees.remove_tree(container_dir)

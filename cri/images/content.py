@@ -2,7 +2,8 @@
 
 A blob streams into ``ingest/`` while its sha256 and size are computed; only when both match the
 descriptor is it fsynced and renamed to ``blobs/sha256/<hex>``. A blob at its final path is therefore
-always complete and correct; whatever is left in ``ingest/`` after a crash is removed by ``recover()``.
+always complete and correct; whatever a crash left in ``ingest/`` is listed by ``leftovers()`` for the
+image manager to remove.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -109,18 +109,9 @@ class ContentStore:
     def digests(self) -> set[str]:
         return {f"sha256:{p.name}" for p in self.blobs.iterdir() if len(p.name) == 64}
 
-    def recover(self) -> int:
-        """Remove what interrupted downloads left in ingest/; returns how many files."""
-        removed = 0
-        for entry in self.ingest.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed += 1
-        if removed:
-            log.info("removed interrupted downloads", extra={"count": removed})
-        return removed
+    def leftovers(self) -> list[Path]:
+        """What interrupted downloads left in ingest/ (each name is random: no later download reuses it)."""
+        return list(self.ingest.iterdir())
 
     def usage(self) -> tuple[int, int]:
         """(bytes, inodes) used by stored blobs."""

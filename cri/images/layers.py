@@ -1,8 +1,9 @@
 """Unpacked layers: one directory per chain id, shared by every image (and container) that uses it.
 
 A layer is unpacked into ``layers/tmp-<chain>-<rand>`` and renamed to ``layers/<chain>`` only when
-complete, so a directory named by a chain id is always whole; leftovers of a crash are removed by
-``recover()``. The same chain id is never unpacked twice at once (coalesced through Flights).
+complete, so a directory named by a chain id is always whole; leftovers of a crash are listed by
+``leftovers()`` for the image manager to remove. The same chain id is never unpacked twice at once
+(coalesced through Flights).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -96,11 +96,6 @@ class LayerStore:
     def chain_ids(self) -> set[str]:
         return {f"sha256:{p.name}" for p in self.root.iterdir() if len(p.name) == 64 and p.is_dir()}
 
-    def recover(self) -> int:
-        """Remove half-unpacked dirs left by a crash."""
-        removed = 0
-        for entry in self.root.iterdir():
-            if entry.name.startswith("tmp-"):
-                shutil.rmtree(entry, ignore_errors=True)
-                removed += 1
-        return removed
+    def leftovers(self) -> list[Path]:
+        """Half-unpacked dirs a crash left (each name is random: no later unpack reuses it)."""
+        return [entry for entry in self.root.iterdir() if entry.name.startswith("tmp-")]

@@ -3,7 +3,9 @@
 Records live in the store (kind "image", keyed by image id = config digest) and in memory for fast
 lookups. An image becomes visible only when its record is written, after every blob is verified and
 every layer unpacked; blobs and layer dirs no record (and no pull in flight) needs are removed when an
-image goes and at start, which is also when interrupted downloads and unpacks are cleaned up.
+image goes and at start, which is also when interrupted downloads and unpacks are cleaned up. A removal
+that fails is logged, counted and retried (``runtime.cleanups``), never a reason to fail RemoveImage or
+the start: the image itself is gone, what is left is garbage.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cri import failpoints
+from cri import failpoints, trees
 from cri.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.auth import Credentials
 from cri.images.content import ContentStore
@@ -67,12 +71,24 @@ class ImageManager:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        ingest = self.content.recover()
-        unpacks = self.layers.recover()
+        cleanups = self.runtime.cleanups
+        ingest = sum(
+            cleanups.attempt("blob", p.name, partial(trees.remove_tree, p)) for p in self.content.leftovers()
+        )
+        unpacks = sum(
+            cleanups.attempt("layer", p.name, partial(trees.remove_tree, p)) for p in self.layers.leftovers()
+        )
         have_blobs, have_layers = self.content.digests(), self.layers.chain_ids()
         with self._lock:
             for image_id, data in self.store.list(KIND).items():
-                record = ImageRecord.from_dict(data)
+                try:
+                    record = ImageRecord.from_dict(data)
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.error(
+                        "unreadable image record dropped", extra={"image_id": image_id, "error": repr(exc)}
+                    )
+                    self.store.delete(KIND, image_id)
+                    continue
                 missing = [b for b in record.blobs if b not in have_blobs]
                 missing += [c for c in record.chain_ids if c not in have_layers]
                 if missing:
@@ -270,21 +286,38 @@ class ImageManager:
             removed = self._collect_garbage()
         log.info("image removed", extra={"image_id": record.id, **removed})
 
-    def _collect_garbage(self) -> dict[str, int]:
-        """Delete blobs and layer dirs that no image and no pull in flight needs (lock held)."""
+    def _needed(self) -> set[str]:
+        """Blobs and chain ids some image or pull in flight needs (lock held)."""
         keep: set[str] = set()
         for record in self._records.values():
             keep.update(record.blobs)
             keep.update(record.chain_ids)
         for lease in self._leases:
             keep.update(lease)
+        return keep
+
+    def _collect_garbage(self) -> dict[str, int]:
+        """Delete blobs and layer dirs that no image and no pull in flight needs (lock held); one that
+        cannot go now is retried later."""
+        keep = self._needed()
         blobs = [d for d in self.content.digests() if d not in keep]
         layers = [c for c in self.layers.chain_ids() if c not in keep]
-        for digest in blobs:
-            self.content.delete(digest)
-        for chain in layers:
-            self.layers.remove(chain)
-        return {"blobs_removed": len(blobs), "layers_removed": len(layers)}
+        attempt = self.runtime.cleanups.attempt
+        return {
+            "blobs_removed": sum(
+                attempt("blob", d, partial(self._collect, d, self.content.delete)) for d in blobs
+            ),
+            "layers_removed": sum(
+                attempt("layer", c, partial(self._collect, c, self.layers.remove)) for c in layers
+            ),
+        }
+
+    def _collect(self, name: str, delete: Callable[[str], None]) -> None:
+        """Delete the blob or layer ``name`` unless something needs it (again: a retry may come after a
+        pull that uses it)."""
+        with self._lock:
+            if name not in self._needed():
+                delete(name)
 
     # --- usage --------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from typing import IO
 
 import zstandard
 
+from cri import trees
 from cri.errors import FailedPrecondition
 
 log = logging.getLogger("cri.images.unpack")
@@ -238,7 +239,7 @@ class Extractor:
             return
         if keep_dir and stat.S_ISDIR(st.st_mode):
             return
-        _remove_tree(parent, base)
+        trees.remove_at(parent, base)
 
     # --- members ------------------------------------------------------------------------------------
 
@@ -368,23 +369,6 @@ class Extractor:
                 os.close(fd)
 
 
-def _remove_tree(parent: int, name: str) -> None:
-    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-    if stat.S_ISDIR(st.st_mode):
-        fd = os.open(name, DIR_FLAGS, dir_fd=parent)
-        try:
-            for entry in os.listdir(fd):
-                _remove_tree(fd, entry)
-        finally:
-            os.close(fd)
-        os.rmdir(name, dir_fd=parent)
-    else:
-        os.unlink(name, dir_fd=parent)
-
-
 def remove_layer_dir(path: Path) -> None:
-    """Remove an unpacked layer (read-only dirs and all) without following any link inside it."""
-    if path.is_symlink() or not path.exists():
-        path.unlink(missing_ok=True)
-        return
-    shutil.rmtree(path)
+    """Remove an unpacked layer (read-only dirs, any depth) without following any link inside it."""
+    trees.remove_tree(path)

@@ -9,18 +9,23 @@
 - Pins, leases, veths and chains that belong to no ready pod are released.
 - A pod whose removal was interrupted keeps its ``removing`` intent; it is removed once containers
   have recovered (``finish_removals`` in remove.py).
+
+Each of these steps is about one pod (or lease); one that fails is logged, counted and retried
+(``runtime.cleanups``) while the others go on, so no leftover keeps the daemon from serving.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from functools import partial
 from pathlib import Path
 
+from cri.errors import Internal, NotFound
 from cri.pods.model import KIND, NOTREADY, Pod
 from cri.pods.service import PodService
 from cri.pods.stop import finish_teardown, teardown_pending
-from cri.pods.teardown import detach_network, pod_ref, quietly, release_namespaces, remove_dir
+from cri.pods.teardown import detach_network, pod_ref, release_namespaces, remove_dir
 from sandbox import namespaces, pidns
 
 log = logging.getLogger("cri.pods")
@@ -44,15 +49,50 @@ def _check_network(svc: PodService, pod: Pod) -> None:
 
 def _finish_teardown(svc: PodService, pod: Pod) -> Pod:
     """The stop's own teardown; when it fails the pod keeps its IPs, so that kubelet's StopPodSandbox
-    retry (or the next start) tries the CNI DEL again instead of leaking the address."""
+    retry, the cleanup retries or the next start try the CNI DEL again instead of leaking the address."""
     try:
         return finish_teardown(svc, pod)
     except Exception as exc:
-        log.warning("teardown still due", extra={"pod_id": pod.id, "error": str(exc)})
+        svc.runtime.cleanups.defer("network", pod.id, lambda: _retry_teardown(svc, pod.id), exc, "teardown")
         return pod
 
 
+def _retry_teardown(svc: PodService, pod_id: str) -> None:
+    """The teardown of a stopped pod, under its lock, if it is still due (kubelet's stop or remove may
+    have done it meanwhile)."""
+    with svc.locked(pod_id):
+        try:
+            pod = svc.get(pod_id)
+        except NotFound:
+            return
+        if teardown_pending(pod):
+            finish_teardown(svc, pod)
+
+
+def _undo_interrupted_run(svc: PodService, pod: Pod) -> None:
+    """Undo what a RunPodSandbox a crash interrupted made, from its recorded intent. Every step runs;
+    the record goes only once all succeeded, so the failed ones are tried again (all are idempotent)."""
+    errors = []
+    steps = [
+        ("detach network", lambda: detach_network(svc.networks, pod)),
+        ("release namespaces", lambda: release_namespaces(svc.run_root, pod)),
+        ("remove pod dir", lambda: remove_dir(Path(pod.pod_dir))),
+    ]
+    cgroups = svc.cgroups
+    if cgroups is not None and pod.cgroup_parent and hasattr(cgroups, "remove_parent"):
+        steps.append(("remove cgroup parent", lambda: cgroups.remove_parent(pod.cgroup_parent)))
+    for what, step in steps:
+        try:
+            step()
+        except Exception as exc:
+            errors.append(f"{what}: {exc}")
+    if errors:
+        raise Internal(f"undoing the interrupted creation of pod {pod.id}: {'; '.join(errors)}", pod.id)
+    svc.store.delete(KIND, pod.id)
+
+
 def recover_pods(svc: PodService) -> None:
+    cleanups = svc.runtime.cleanups
     ready: set[str] = set()
     for pod_id, record in svc.store.list(KIND).items():
         try:
@@ -63,13 +103,7 @@ def recover_pods(svc: PodService) -> None:
             continue
         if not pod.complete:
             log.warning("cleaning up a pod whose creation was interrupted", extra={"pod_id": pod_id})
-            quietly("detach network", pod_id, detach_network, svc.networks, pod)
-            quietly("release namespaces", pod_id, release_namespaces, svc.run_root, pod)
-            quietly("remove pod dir", pod_id, remove_dir, Path(pod.pod_dir))
-            cgroups = svc.cgroups
-            if cgroups is not None and pod.cgroup_parent and hasattr(cgroups, "remove_parent"):
-                quietly("remove cgroup parent", pod_id, cgroups.remove_parent, pod.cgroup_parent)
-            svc.store.delete(KIND, pod_id)
+            cleanups.attempt("pod", pod_id, partial(_undo_interrupted_run, svc, pod), "undo run")
             continue
         if pod.ready and not _intact(pod):
             log.warning("pod lost its namespaces; marking it not ready", extra={"pod_id": pod_id})
@@ -86,14 +120,20 @@ def recover_pods(svc: PodService) -> None:
                 holder = pidns.init_pid(Path(pod.pid_ns_path))
                 if holder is not None:
                     svc.watch.add(pod.id, holder)
+    # Pins, holders and leases of pods that are not ready: a pod that is not ready now never will be
+    # (kubelet makes a new one), so a retry of these later cannot hit a pod in use.
     for kind, ids in namespaces.leftover_pins(svc.run_root).items():
         for pod_id in ids:
             if pod_id not in ready:
                 log.warning("releasing a namespace pin no pod owns", extra={"pod_id": pod_id, "kind": kind})
-                namespaces.release(namespaces.pin_path(svc.run_root, kind, pod_id))
+                pin = namespaces.pin_path(svc.run_root, kind, pod_id)
+                cleanups.attempt("pod", pod_id, partial(namespaces.release, pin), f"{kind} pin")
     pid_dir = namespaces.pin_dir(svc.run_root, "pid")
     if pid_dir.is_dir():
         for pin in pid_dir.iterdir():
             if pin.name not in ready:
-                quietly("release pid holder", pin.name, pidns.release, pin)
-    quietly("release unknown leases", "-", svc.networks.bridge.release_unknown, ready)
+                cleanups.attempt("pod", pin.name, partial(pidns.release, pin), "pid holder")
+    bridge = svc.networks.bridge
+    for pod_id, name in bridge.stale_leases(ready):
+        cleanups.attempt("network", pod_id, partial(bridge.detach, pod_id, name), "lease")
+    cleanups.attempt("network", bridge.bridge, bridge.remove_if_unused, "bridge")

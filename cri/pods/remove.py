@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 from cri import failpoints, lifecycle
@@ -57,16 +58,13 @@ def remove_pod(svc: PodService, pod_id: str) -> None:
 
 def finish_removals(svc: PodService) -> None:
     """Complete every removal a crash interrupted (pods recorded ``removing``). Runs after the
-    containers subsystem has recovered, since the pod's containers go first; a failure is logged and
-    the pod stays listed NOTREADY for kubelet's retry of RemovePodSandbox."""
+    containers subsystem has recovered, since the pod's containers go first; a failure is logged,
+    counted and retried, and the pod stays listed NOTREADY for kubelet's retry of RemovePodSandbox."""
     for pod in svc.list():
         if not pod.removing:
             continue
         log.warning("finishing an interrupted pod removal", extra={"pod_id": pod.id})
-        try:
-            remove_pod(svc, pod.id)
-        except Exception as exc:
-            log.error("interrupted pod removal still fails", extra={"pod_id": pod.id, "error": str(exc)})
+        svc.runtime.cleanups.attempt("pod", pod.id, partial(remove_pod, svc, pod.id), "remove")
 
 
 class PendingRemovals:

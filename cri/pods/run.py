@@ -95,7 +95,9 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
         undo.callback(quietly, "forget record", pod_id, svc.store.delete, KIND, pod_id)
         failpoints.hit("pod.after_intent", pod_id=pod_id)
 
-        undo.callback(quietly, "remove pod dir", pod_id, remove_dir, Path(pod.pod_dir))
+        undo.callback(
+            svc.runtime.cleanups.attempt, "pod", pod_id, lambda: remove_dir(Path(pod.pod_dir)), "dir"
+        )
         podfiles.write(Path(pod.pod_dir), spec.hostname, spec.dns, [])
         if spec.log_directory:
             statedirs.make_dirs(Path(spec.log_directory))

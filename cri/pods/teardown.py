@@ -4,11 +4,11 @@ derives what to remove from the pod record, so run's undo stack, stop, remove an
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cri import trees
 from cri.pods.model import Pod
 from sandbox import namespaces, pidns
 from sandbox.cni import PodRef, bandwidth
@@ -44,7 +44,8 @@ def release_namespaces(run_root: Path, pod: Pod) -> None:
 
 
 def remove_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove the pod's dir (any tree, cri/trees.py); RemoveFailed says what could not go."""
+    trees.remove_tree(path)
 
 
 def quietly(what: str, pod_id: str, fn: Callable[..., Any], *args: Any) -> None:

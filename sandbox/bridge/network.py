@@ -156,12 +156,18 @@ class BridgeNetwork:
                 self._remove_network(bridge)
         log.info("pod detached", extra={"pod_id": pod_id, "bridge": bridge})
 
-    def release_unknown(self, live: set[str]) -> None:
-        """Recovery: leases, veths and chains of pods that are not live (crashed mid-run or mid-stop)."""
+    def stale_leases(self, live: set[str]) -> list[tuple[str, str]]:
+        """Recovery: (pod id, bridge) of the leases of pods that are not live (crashed mid-run or
+        mid-stop), each for ``detach``."""
+        stale = []
         for lease in list(self.ipam.leases().values()):
             pod_id = str(lease.get("pod_id", ""))
             if pod_id and pod_id not in live:
-                self.detach(pod_id, str(lease.get("bridge") or self.bridge))
+                stale.append((pod_id, str(lease.get("bridge") or self.bridge)))
+        return stale
+
+    def remove_if_unused(self) -> None:
+        """Recovery: the network of a node without pods on it goes (see _remove_network)."""
         with self._lock:
             if self.bridge not in self.ipam.bridges_in_use():
                 self._remove_network(self.bridge)
