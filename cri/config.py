@@ -169,6 +169,13 @@ class Registry:
 class ImagesConfig:
     registries: dict[str, Registry] = opt_factory(dict, "Per-registry settings, keyed by host[:port].")
     pinned: list[str] = opt_factory(list, "Images kubelet's image GC must never remove.")
+    max_layer_unpacked_bytes: int = opt(
+        16 * 1024**3,
+        "Most bytes one layer may unpack to: what its tar stream decompresses to, sparse files at their"
+        " full size. A layer over it is refused (RESOURCE_EXHAUSTED naming the layer and this cap) before"
+        " it can fill the disk; decompression bombs and sparse-file bombs stop here. The default, 16 GiB,"
+        " leaves room for the largest real layers (machine-learning images carry layers over 10 GiB).",
+    )
 
 
 @dataclass
@@ -227,6 +234,10 @@ class Config:
             if not directory.startswith("/"):
                 raise ConfigError("config", f"runtime.cdi_spec_dirs[{i}]", f"{directory!r} must be absolute")
         self.network.validate()
+        if self.images.max_layer_unpacked_bytes <= 0:
+            raise ConfigError(
+                "config", "images.max_layer_unpacked_bytes", "must be a positive number of bytes"
+            )
         if not 0 < self.state.cleanup_retry_seconds < float("inf"):
             raise ConfigError("config", "state.cleanup_retry_seconds", "must be a positive number of seconds")
 

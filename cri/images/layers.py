@@ -34,8 +34,9 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 
 
 class LayerStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_unpacked_bytes: int) -> None:
         self.root = root
+        self.max_unpacked_bytes = max_unpacked_bytes
         root.mkdir(parents=True, exist_ok=True)
         # Layers hold setuid binaries and device nodes: no host user may reach them. Overlayfs reads
         # lower dirs with the mounter's credentials, so containers are unaffected.
@@ -48,14 +49,15 @@ class LayerStore:
     def has(self, chain_id: str) -> bool:
         return self.path(chain_id).is_dir()
 
-    def ensure(self, chain_id: str, blob: Path, diff_id: str) -> Path:
-        """The unpacked dir of ``chain_id``, unpacking ``blob`` into it unless that was done already."""
+    def ensure(self, chain_id: str, blob: Path, diff_id: str, digest: str = "") -> Path:
+        """The unpacked dir of ``chain_id``, unpacking ``blob`` (the layer ``digest``) into it unless
+        that was done already."""
         final = self.path(chain_id)
         if final.is_dir():
             return final
-        return self._flights.do(chain_id, lambda: self._unpack(chain_id, blob, diff_id))
+        return self._flights.do(chain_id, lambda: self._unpack(chain_id, blob, diff_id, digest))
 
-    def _unpack(self, chain_id: str, blob: Path, diff_id: str) -> Path:
+    def _unpack(self, chain_id: str, blob: Path, diff_id: str, digest: str) -> Path:
         final = self.path(chain_id)
         if final.is_dir():
             return final
@@ -64,7 +66,7 @@ class LayerStore:
         tmp.mkdir(mode=0o755)
         start = time.monotonic()
         try:
-            usage = unpack(blob, tmp, diff_id)
+            usage = unpack(blob, tmp, diff_id, self.max_unpacked_bytes, digest)
             os.rename(tmp, final)
         except BaseException:
             remove_layer_dir(tmp)

@@ -48,7 +48,7 @@ class ImageManager:
         self.store = runtime.store
         self.root = runtime.config.root / "images"
         self.content = ContentStore(self.root)
-        self.layers = LayerStore(self.root / "layers")
+        self.layers = LayerStore(self.root / "layers", runtime.config.images.max_layer_unpacked_bytes)
         self._puller: Puller | None = None
         self._puller_lock = threading.Lock()
         self.pulls: Flights[str] = Flights()

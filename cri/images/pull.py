@@ -197,7 +197,7 @@ class Puller:
         for desc, diff_id, chain in zip(layer_descs, diff_ids, chains, strict=True):
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(f"pull of {ref}: deadline passed while unpacking")
-            self.layers.ensure(chain, self.content.path(desc["digest"]), diff_id)
+            self.layers.ensure(chain, self.content.path(desc["digest"]), diff_id, desc["digest"])
             layers.append(
                 {"digest": desc["digest"], "diff_id": diff_id, "chain_id": chain, "size": desc["size"]}
             )

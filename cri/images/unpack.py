@@ -7,15 +7,18 @@ whose target is not a file already inside the layer. Symlinks are created but ne
 
 OCI whiteouts become overlayfs ones so the directory can be a lower dir as is: ``.wh.NAME`` becomes a
 0:0 character device NAME, ``.wh..wh..opq`` the ``trusted.overlay.opaque=y`` xattr on its directory.
-Ownership, modes (with setuid bits), mtimes, xattrs, device nodes and hard links are kept. The sha256
-of the uncompressed stream is checked against the config's diff id.
+Ownership, modes (with setuid bits), mtimes, xattrs, device nodes and hard links are kept; sparse
+files keep their holes. The sha256 of the uncompressed stream is checked against the config's diff id.
+
+No archive can exhaust the node either: headers are bounded before tarfile reads them (tarbounds.py),
+names in length and depth, and what the layer unpacks to by ``images.max_layer_unpacked_bytes``
+(layerstream.Budget: the decompressed stream as it is read, each file's full size before it is written).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -24,12 +27,14 @@ import tarfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import zstandard
 
 from cri import trees
-from cri.errors import FailedPrecondition
+from cri.images.layerstream import CHUNK, Budget, LayerTooLarge, tar_stream
+from cri.images.tarbounds import LayerTar, UnsafeLayer, check_sparse, sparse_map, split_name
+
+__all__ = ["LayerTooLarge", "UnsafeLayer", "Usage", "remove_layer_dir", "split_name", "unpack"]
 
 log = logging.getLogger("cri.images.unpack")
 
@@ -37,17 +42,11 @@ WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 XATTR_PAX = "SCHILY.xattr."
-CHUNK = 1024 * 1024
 # tarfile's stream buffer: each small read (a 512-byte header) copies what is left of it, so it stays
 # small; file data comes through in CHUNK reads regardless.
 TAR_BUFSIZE = 64 * 1024
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-GZIP_MAGIC = b"\x1f\x8b"
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-class UnsafeLayer(FailedPrecondition):
-    """The archive tried to write outside its directory, or is not a layer we can unpack."""
+MAX_LINK_BYTES = 4095  # a symlink's target: the kernel's own limit, refused here with a clear message
 
 
 @dataclass
@@ -56,121 +55,31 @@ class Usage:
     inodes: int = 0
 
 
-class _Hashing:
-    """A read-only file object that hashes what passes through it."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.hasher = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.hasher.update(data)
-        return data
-
-    def drain(self) -> None:
-        while self.read(CHUNK):
-            pass
-
-
-class _GunzipHashing:
-    """Gzip layers decompressed with zlib over CHUNK-sized reads, hashing the output as it is made.
-
-    gzip.GzipFile reads 8 KiB at a time through Python-level buffering (a 50 MB layer: ~6,400 reads,
-    each with its own crc32 call); here zlib reads 1 MiB of the blob at once and checks each member's
-    CRC and length itself (wbits 31), and ``read`` hands out slices of the decompressed block.
-    Concatenated gzip members are decompressed one after the other, as gzip does; zero padding after
-    the last member is allowed (as gzip allows it), anything else after it is an error.
-    """
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.hasher = hashlib.sha256()
-        self._z = zlib.decompressobj(31)
-        self._buf = b""
-        self._pos = 0
-        self._eof = False
-
-    def _next_member(self) -> bytes:
-        """After a member's end, the start of the next one (a fresh decompressor for it), or b"" when
-        the stream ends. Zero padding between or after members is skipped, as gzip does."""
-        rest = self._z.unused_data
-        while True:
-            rest = rest.lstrip(b"\0")
-            if rest:
-                break
-            rest = self.raw.read(CHUNK)
-            if not rest:
-                return b""
-        if len(rest) < 2:
-            rest += self.raw.read(CHUNK)
-        if rest[:2] != GZIP_MAGIC:
-            raise EOFError("data after the end of a gzip layer is not another gzip member")
-        self._z = zlib.decompressobj(31)
-        return rest
-
-    def _fill(self) -> None:
-        """Decompress the next block into the buffer (left empty only at the end of the stream)."""
-        while not self._eof:
-            if self._z.eof:
-                data = self._next_member()
-                if not data:
-                    self._eof = True
-                    return
-            else:
-                data = self._z.unconsumed_tail or self.raw.read(CHUNK)
-                if not data:
-                    raise EOFError("compressed layer ended before the end of its gzip stream")
-            out = self._z.decompress(data, CHUNK)
-            if out:
-                self.hasher.update(out)
-                self._buf, self._pos = out, 0
-                return
-
-    def read(self, size: int = -1) -> bytes:
-        if self._pos >= len(self._buf):
-            self._fill()
-            if self._pos >= len(self._buf):
-                return b""
-        end = len(self._buf) if size < 0 else self._pos + size
-        data = self._buf[self._pos : end]
-        self._pos += len(data)
-        return data
-
-    def drain(self) -> None:
-        while True:
-            self._pos = len(self._buf)
-            self._fill()
-            if self._pos >= len(self._buf):
-                return
-
-
-def _hashing_stream(blob: IO[bytes]) -> _Hashing | _GunzipHashing:
-    """The layer's uncompressed tar stream, hashed as it is read (for the diff id). The decompressor
-    is picked by magic bytes, whatever the media type claimed."""
-    magic = blob.read(4)
-    blob.seek(0)
-    if magic[:2] == GZIP_MAGIC:
-        return _GunzipHashing(blob)
-    if magic == ZSTD_MAGIC:
-        return _Hashing(zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True))
-    return _Hashing(blob)
-
-
-def unpack(blob_path: Path, dest: Path, diff_id: str) -> Usage:
-    """Unpack the layer at ``blob_path`` into the empty dir ``dest``; UnsafeLayer if it cannot be done."""
+def unpack(blob_path: Path, dest: Path, diff_id: str, max_bytes: int, layer: str = "") -> Usage:
+    """Unpack the layer at ``blob_path`` into the empty dir ``dest``: UnsafeLayer if it cannot be done
+    safely, LayerTooLarge if it unpacks to more than ``max_bytes``. ``layer`` (the blob's digest) names
+    it in errors."""
+    layer = layer or diff_id
     with open(blob_path, "rb") as blob:
-        stream = _hashing_stream(blob)
-        extractor = Extractor(dest)
+        budget = Budget(max_bytes, layer)
+        stream = tar_stream(blob, budget)
+        extractor = Extractor(dest, budget)
         try:
-            with tarfile.open(fileobj=stream, mode="r|", errorlevel=2, bufsize=TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
-                for member in tar:
-                    extractor.add(member, tar)
+            with LayerTar.open(fileobj=stream, mode="r|", errorlevel=2, bufsize=TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
+                while (member := tar.next()) is not None:
+                    try:
+                        extractor.add(member, tar)
+                    except (OverflowError, ValueError) as exc:  # ids, times, device numbers out of range
+                        raise UnsafeLayer(f"layer {layer}: member {member.name[:200]!r}: {exc}") from None
             stream.drain()
+        except UnsafeLayer as exc:
+            if layer not in exc.message:
+                exc.message = f"layer {layer}: {exc.message}"
+            raise
         except (tarfile.TarError, EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            raise UnsafeLayer(f"layer {diff_id}: not a readable tar archive: {exc}") from None
+            raise UnsafeLayer(f"layer {layer}: not a readable tar archive: {exc}") from None
         finally:
             extractor.close()
     actual = "sha256:" + stream.hasher.hexdigest()
@@ -179,25 +88,17 @@ def unpack(blob_path: Path, dest: Path, diff_id: str) -> Usage:
     return extractor.usage
 
 
-def split_name(name: str) -> list[str]:
-    """Path components of a member name; UnsafeLayer for absolute names and any ``..``."""
-    if name.startswith("/"):
-        raise UnsafeLayer(f"layer member {name!r}: absolute path refused")
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise UnsafeLayer(f"layer member {name!r}: '..' refused")
-    return parts
-
-
 class Extractor:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, budget: Budget) -> None:
         self.root_fd = os.open(root, DIR_FLAGS)
+        self.budget = budget
         self.usage = Usage()
-        self._dir_meta: list[tuple[list[str], tarfile.TarInfo]] = []
+        # Directory mtimes are set last (their children change them meanwhile): path -> mtime in ns.
+        self._dir_mtimes: dict[str, int] = {}
 
     def close(self) -> None:
         try:
-            self._apply_dir_meta()
+            self._apply_dir_mtimes()
         finally:
             os.close(self.root_fd)
 
@@ -248,7 +149,7 @@ class Extractor:
         self.usage.inodes += 1
         if not parts:  # the layer root itself ("./")
             if member.isdir():
-                self._dir_meta.append(([], member))
+                self._dir(self.root_fd, parts, member)
             return
         base = parts[-1]
         if base.startswith(WHITEOUT):
@@ -260,10 +161,18 @@ class Extractor:
             if member.isdir():
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(base, 0o700, dir_fd=parent)
-                self._dir_meta.append((parts, member))
+                fd = os.open(base, DIR_FLAGS, dir_fd=parent)
+                try:
+                    self._dir(fd, parts, member)
+                finally:
+                    os.close(fd)
             elif member.isreg():
                 self._file(parent, base, member, tar)
             elif member.issym():
+                if len(member.linkname.encode("utf-8", "surrogateescape")) > MAX_LINK_BYTES:
+                    raise UnsafeLayer(
+                        f"layer member {member.name!r}: symlink target over {MAX_LINK_BYTES} bytes"
+                    )
                 os.symlink(member.linkname, base, dir_fd=parent)
                 self._meta(parent, base, member, is_link=True)
             elif member.islnk():
@@ -296,16 +205,27 @@ class Extractor:
         finally:
             os.close(parent)
 
+    def _dir(self, fd: int, parts: list[str], member: tarfile.TarInfo) -> None:
+        os.fchown(fd, member.uid, member.gid)
+        os.fchmod(fd, member.mode & 0o7777)
+        self._xattrs(fd, member)
+        self._dir_mtimes["/".join(parts)] = int(member.mtime * 1e9)
+
     def _file(self, parent: int, base: str, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        stored = check_sparse(member) if member.issparse() else member.size
+        self.budget.room_for(member.size, f"file {member.name[:200]!r}")
+        self.budget.charge(member.size - stored)  # a sparse file's holes: the stream never carries them
         fd = os.open(
             base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
         )
         try:
-            source = tar.extractfile(member)
-            if source is not None:
+            source = None if member.issparse() else tar.extractfile(member)
+            if member.issparse():
+                _copy_sparse(tar, fd, member)
+            elif source is not None:
                 with os.fdopen(os.dup(fd), "wb") as out:
                     shutil.copyfileobj(source, out, CHUNK)
-            self.usage.bytes += member.size
+            self.usage.bytes += stored
             os.fchown(fd, member.uid, member.gid)
             os.fchmod(fd, member.mode & 0o7777)
             self._xattrs(fd, member)
@@ -352,21 +272,39 @@ class Extractor:
             except OSError as exc:
                 log.warning("xattr not kept", extra={"xattr": name, "member": member.name, "error": str(exc)})
 
-    def _apply_dir_meta(self) -> None:
-        """Directory owners, modes and mtimes last (their children changed the mtimes meanwhile)."""
-        for parts, member in reversed(self._dir_meta):
+    def _apply_dir_mtimes(self) -> None:
+        for path, ns in self._dir_mtimes.items():
+            parts = path.split("/") if path else []
             try:
-                fd = self._open_dir(parts, False, member.name)
+                fd = self._open_dir(parts, False, path)
             except (UnsafeLayer, OSError):
                 continue  # replaced by a later member
             try:
-                os.fchown(fd, member.uid, member.gid)
-                os.fchmod(fd, member.mode & 0o7777)
-                self._xattrs(fd, member)
-                ns = int(member.mtime * 1e9)
                 os.utime(fd, ns=(ns, ns))
             finally:
                 os.close(fd)
+
+
+def _copy_sparse(tar: tarfile.TarFile, fd: int, member: tarfile.TarInfo) -> None:
+    """Write a sparse member's data segments (stored back to back after its header) where its map
+    puts them; the holes stay holes."""
+    data = tar.fileobj
+    assert data is not None
+    segments = sparse_map(member)
+    if sum(length for _, length in segments) > tar.offset - member.offset_data:
+        raise UnsafeLayer(f"layer member {member.name[:200]!r}: its sparse map names more data than it holds")
+    data.seek(member.offset_data)  # where the stream already is: tarfile streams only go forward
+    for offset, length in segments:
+        os.lseek(fd, offset, os.SEEK_SET)
+        while length:
+            chunk = data.read(min(length, CHUNK))
+            if not chunk:
+                raise UnsafeLayer(f"layer member {member.name[:200]!r}: its data ends early")
+            length -= len(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    os.ftruncate(fd, member.size)
 
 
 def remove_layer_dir(path: Path) -> None:

@@ -11,6 +11,8 @@ import pytest
 from cri.images.unpack import OPAQUE_XATTR, UnsafeLayer, unpack
 from critest.oci import Entry, make_layer, tar_bytes
 
+CAP = 1 << 30  # images.max_layer_unpacked_bytes for these tests
+
 
 def write_layer(tmp: Path, entries: list[Entry], compression: str = "gzip") -> tuple[Path, str]:
     layer = make_layer(entries, compression)
@@ -58,7 +60,7 @@ def test_unpack_keeps_types_owners_modes_times_xattrs_and_links(box, compression
         Entry("deep/a/b/c", data=b"implicit parents"),
     ]
     blob, diff_id = write_layer(box["tmp"], entries, compression)
-    usage = unpack(blob, box["dest"], diff_id)
+    usage = unpack(blob, box["dest"], diff_id, CAP)
     d = box["dest"]
     st = os.stat(d / "etc/conf")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), int(st.st_mtime)) == (
@@ -95,7 +97,7 @@ def test_whiteouts_become_overlay_whiteouts_and_opaque_dirs(box) -> None:
         Entry(".wh..wh..opq", data=b""),
     ]
     blob, diff_id = write_layer(box["tmp"], entries)
-    unpack(blob, box["dest"], diff_id)
+    unpack(blob, box["dest"], diff_id, CAP)
     gone = os.stat(box["dest"] / "data/gone", follow_symlinks=False)
     assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == os.makedev(0, 0)
     assert os.getxattr(box["dest"] / "data/dir", OPAQUE_XATTR) == b"y"
@@ -141,7 +143,7 @@ def test_escape_attempts_are_refused_and_write_nothing_outside(box, case: str) -
     blob, diff_id = write_layer(box["tmp"], ESCAPES[case])
     before = everything_outside(box)
     with pytest.raises(UnsafeLayer):
-        unpack(blob, box["dest"], diff_id)
+        unpack(blob, box["dest"], diff_id, CAP)
     assert everything_outside(box) == before
     assert (box["victim"] / "secret").read_text() == "keep"
     assert os.stat(box["victim"] / "secret").st_nlink == 1
@@ -154,14 +156,14 @@ def test_escape_attempts_are_refused_and_write_nothing_outside(box, case: str) -
 def test_wrong_diff_id_is_refused(box) -> None:
     blob, _ = write_layer(box["tmp"], [Entry("f", data=b"x")])
     with pytest.raises(UnsafeLayer, match="diff id"):
-        unpack(blob, box["dest"], "sha256:" + "0" * 64)
+        unpack(blob, box["dest"], "sha256:" + "0" * 64, CAP)
 
 
 def test_garbage_is_not_a_layer(box) -> None:
     blob = box["tmp"] / "garbage"
     blob.write_bytes(b"\x1f\x8b" + os.urandom(1000))
     with pytest.raises(UnsafeLayer, match="not a readable tar"):
-        unpack(blob, box["dest"], "sha256:" + "0" * 64)
+        unpack(blob, box["dest"], "sha256:" + "0" * 64, CAP)
 
 
 def test_later_member_replaces_earlier_one(box) -> None:
@@ -170,7 +172,7 @@ def test_later_member_replaces_earlier_one(box) -> None:
     blob.write_bytes(raw)
     import hashlib
 
-    unpack(blob, box["dest"], "sha256:" + hashlib.sha256(raw).hexdigest())
+    unpack(blob, box["dest"], "sha256:" + hashlib.sha256(raw).hexdigest(), CAP)
     assert (box["dest"] / "f").read_bytes() == b"two"
 
 
@@ -199,7 +201,7 @@ def test_gzip_layer_of_several_members_and_zero_padding(box, padding: bytes) -> 
     raw, diff_id = _big_tar()
     cut = 1024 * 1024 + 5
     data = gzip.compress(raw[:cut], mtime=0) + gzip.compress(raw[cut:], mtime=0) + padding
-    unpack(_gzip_layer(box["tmp"], data), box["dest"], diff_id)
+    unpack(_gzip_layer(box["tmp"], data), box["dest"], diff_id, CAP)
     assert (box["dest"] / "big").read_bytes() == raw[512 : 512 + 3 * 1024 * 1024 + 17]
     assert (box["dest"] / "small").read_bytes() == b"tail"
     assert (box["dest"] / "f49").read_bytes() == bytes([49]) * 49
@@ -218,4 +220,4 @@ def test_damaged_gzip_layer_is_refused(box, damage: str) -> None:
     else:
         data += b"\0\0garbage"
     with pytest.raises(UnsafeLayer, match="not a readable tar"):
-        unpack(_gzip_layer(box["tmp"], bytes(data)), box["dest"], diff_id)
+        unpack(_gzip_layer(box["tmp"], bytes(data)), box["dest"], diff_id, CAP)
