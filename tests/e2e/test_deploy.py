@@ -25,6 +25,7 @@ from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import host_network_linux, pod_config, run_pod, stop_remove
 from tests.reaper import reap
 from tests.systemd_fixture import REPO, NamespacedSystemd, pull_from_the_host
+from tests.waiting import wait_for
 
 UNIT = REPO / "deploy" / "calyx.service"
 UNIT_DIR = "/run/calyx-sd/units"  # in the unit path of the test systemd (its private /run)
@@ -126,6 +127,19 @@ def test_calyx_runs_under_its_unit_and_containers_survive_a_stop(
     assert _ready(daemon)  # no waiting: READY=1 is sent only after recovery
     main_pid = unit.property("MainPID")
     assert main_pid != "0"
+
+    # systemctl reload (ExecReload: SIGHUP) takes up a new pinned image without a restart
+    busybox = pb.ImageSpec(image=image_registry.ref("calyx-test/busybox:latest"))
+    assert daemon.images.ImageStatus(pb.ImageStatusRequest(image=busybox)).image.pinned is False
+    (daemon.base / "calyx.d").mkdir(exist_ok=True)
+    (daemon.base / "calyx.d" / "60-pinned.toml").write_text(f'[images]\npinned = ["{busybox.image}"]\n')
+    unit.systemctl("reload", "calyx.service")
+    wait_for(
+        lambda: daemon.images.ImageStatus(pb.ImageStatusRequest(image=busybox)).image.pinned,
+        "the reloaded config pins busybox",
+    )
+    assert unit.property("MainPID") == main_pid
+    assert unit.systemctl("is-active", "calyx.service") == "active"
 
     uid = secrets.token_hex(6)
     linux = host_network_linux()
