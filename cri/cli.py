@@ -1,4 +1,4 @@
-"""The ``calyx`` command: ``serve``, ``config`` and ``version``."""
+"""The ``calyx`` command: ``serve``, ``config``, ``cleanup`` and ``version``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def _parser() -> argparse.ArgumentParser:
     group = cfg.add_mutually_exclusive_group()
     group.add_argument("--defaults", action="store_true", help="print every option, its default and its doc")
     group.add_argument("--reference", action="store_true", help="print the option reference as Markdown")
+    cleanup = sub.add_parser(
+        "cleanup",
+        help="remove the built-in network's bridge, chains and rules (kept while the daemon runs pods)",
+        description="Remove the bridge, the iptables and ip6tables chains and the rules of the configured"
+        " built-in network (network.bridge). Refused while pods use it, unless --force.",
+    )
+    add_config_flags(cleanup)
+    cleanup.add_argument("--force", action="store_true", help="remove it even while pods use it")
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -73,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(config_mod.to_toml(config), end="")
         return 0
+    if args.command == "cleanup":
+        return _cleanup(config, args.force)
     from cri.daemon import StartupError, serve
 
     def load_again() -> config_mod.Config:  # SIGHUP: the same files and flags as at start
@@ -83,6 +93,31 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"calyx: {exc}", file=sys.stderr)
         return 1
+
+
+def _cleanup(config: config_mod.Config, force: bool) -> int:
+    """``calyx cleanup``: the built-in network's shared parts go (sandbox.bridge.cleanup_network). The
+    store, when there is one, says which pods hold addresses on it; none is made when there is not."""
+    from cri.errors import CalyxError
+    from cri.store import Store
+    from sandbox.bridge import cleanup_network
+
+    db = config.root / "calyx.db"
+    store = Store(db) if db.exists() else None
+    bridge = config.network.bridge
+    try:
+        removed = cleanup_network(bridge, store, force)
+    except CalyxError as exc:
+        print(f"calyx: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if store is not None:
+            store.close()
+    for item in removed:
+        print(f"removed {item}")
+    if not removed:
+        print(f"nothing of the built-in network on bridge {bridge} was left")
+    return 0
 
 
 if __name__ == "__main__":

@@ -73,7 +73,8 @@ class PodNetworks:
             netlist = NetworkList.from_record(record["network"])
             self.cni.delete(netlist, pod, record.get("result"))
         elif record.get("kind") == "bridge":
-            self.bridge.detach(pod.pod_id, record.get("bridge"))
+            # Records have always held the pod's port mappings; None (unknown) has the rules looked up.
+            self.bridge.detach(pod.pod_id, record.get("bridge"), record.get("port_mappings"))
 
     def check(self, record: dict[str, Any], pod: PodRef) -> None:
         if record.get("kind") == "cni" and record.get("result"):

@@ -137,8 +137,6 @@ def audit(cx: Cx) -> list[str]:
         owner = re.search(r"[0-9a-f]{16}", line.split(cx.net.bridge, 1)[-1])
         if owner and not any(i.startswith(owner.group(0)) for i in ready):
             problems.append(f"iptables rule without owner: {line}")
-    if not ready and iptables_lines(cx):
-        problems.append(f"iptables rules of the network without pods: {iptables_lines(cx)}")
     for point in mounts(cx):
         ids = HEX64.findall(point)
         if "/containers/" in point and ("/idmapped/" in point or "/image-volumes/" in point):

@@ -2,8 +2,10 @@
 and checks run inside a pod's netns (nsenter), plus a record of what a pod leaves on the host.
 
 Every bridge is named ``cxp<N>`` (built-in) or ``cxc<N>`` (CNI) with subnet 10.250.N.0/24 or
-10.249.N.0/24, N unique per test, so tests do not step on each other or on other helpers. Teardown
-deletes the bridge, the test's iptables chains and restores ip_forward.
+10.249.N.0/24, N unique per test, so tests do not step on each other or on other helpers. The built-in
+network's bridge and chains outlive the last pod (until ``calyx cleanup``): teardown removes every pod,
+runs ``calyx cleanup`` with the test daemon's config, then deletes whatever of the bridge and the test's
+chains is still there and restores ip_forward.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import pytest
 
 from cri.api import api_pb2 as pb
-from tests.daemon import Daemon
+from tests.daemon import Daemon, calyx_command
 
 CNI_BIN = "/usr/lib/cni"
 
@@ -167,8 +169,15 @@ def builtin_net(daemon_factory: Callable[..., Daemon]) -> Iterator[Callable[...,
 
     with stack:
         yield make
-        for net in made:  # stop the daemons (and remove their pods) before the host is restored
+        for net in made:  # remove their pods and their network before the host is restored
             _remove_all_pods(net.daemon)
+            cleanup(net.daemon, "--force")
+
+
+def cleanup(daemon: Daemon, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``calyx cleanup`` with the daemon's config: its built-in network's bridge and chains go."""
+    config = ["--config", str(daemon.config_file), "--config-dir", str(daemon.base / "calyx.d")]
+    return calyx_command("cleanup", *config, *flags, timeout=60)
 
 
 def cni_conflist(

@@ -6,7 +6,8 @@
   and marked NOTREADY, as kubelet expects of a sandbox that lost its network.
 - A NOTREADY pod whose stop was interrupted (it still has addresses or pins) has its teardown finished.
 - A pod whose creation was interrupted also loses the cgroup parent it prepared.
-- Pins, leases, veths and chains that belong to no ready pod are released.
+- Pins, leases, veths and hostPort chains that belong to no ready pod are released; the built-in
+  network's shared parts are checked and repaired, never removed (sandbox/bridge/network.py).
 - A pod whose removal was interrupted keeps its ``removing`` intent; it is removed once containers
   have recovered (``finish_removals`` in remove.py).
 
@@ -136,4 +137,7 @@ def recover_pods(svc: PodService) -> None:
     bridge = svc.networks.bridge
     for pod_id, name in bridge.stale_leases(ready):
         cleanups.attempt("network", pod_id, partial(bridge.detach, pod_id, name), "lease")
-    cleanups.attempt("network", bridge.bridge, bridge.remove_if_unused, "bridge")
+    # The built-in network's shared parts are checked and repaired (never removed), the live pods'
+    # hostPort rules with them; a failure is retried.
+    ports = {pod_id: list(svc.get(pod_id).network.get("port_mappings", [])) for pod_id in ready}
+    cleanups.attempt("network", bridge.bridge, partial(bridge.recover, ports), "bridge")

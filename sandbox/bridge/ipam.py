@@ -66,6 +66,3 @@ class IPAM:
     def families_of(self, pod_id: str) -> set[int]:
         """IP versions the pod holds leases in (4, 6)."""
         return {ipaddress.ip_address(ip).version for ip in self.of_pod(pod_id)}
-
-    def bridges_in_use(self) -> set[str]:
-        return {str(lease.get("bridge", "")) for lease in self.leases().values()}

@@ -1,194 +1,259 @@
-"""Kernel links of the built-in network through pyroute2: the bridge and each pod's veth pair.
+"""Kernel links of the built-in network: the bridge, and each pod's veth pair.
 
-The pod end is created in the host with a temporary name, moved into the pod's pinned netns and renamed
-``eth0`` there. Names derive from the pod id, so teardown and recovery find them without stored state.
-Inside the netns pyroute2 speaks over a netlink socket opened there by a thread that joined the pinned
-namespace (sandbox.netns.netlink_socket_in): it never creates a namespace that is missing, and costs a
-millisecond where ``IPRoute(netns=...)`` forks a helper.
+A pod's pair is made by one netlink request: the host end plugged into the bridge and up, the pod end
+created directly inside the pod's pinned netns as ``eth0`` (moving an interface between namespaces
+afterwards costs 10-25 ms of the kernel's time here; creating it there costs nothing extra). Inside
+the pod, its addresses, links and default routes are one batch of requests over a netlink socket
+opened in the netns (sandbox.netns). Teardown deletes the host end (the pod end goes with it) and the
+host's neighbour entries for the pod's addresses, which the next pod given the same address would
+otherwise find pointing at a MAC address that is gone, in one batch. Names derive from the pod id, so
+teardown and recovery find them without stored state; presence is read from sysfs, without netlink.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from cri.errors import Internal
 from sandbox.bridge.ipam import Interface
-from sandbox.netns import call_in, iproute, netlink_socket_in
-
-if TYPE_CHECKING:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+from sandbox.bridge.nlbatch import NetlinkBatch, NetlinkError, addresses_of, host_socket
+from sandbox.netns import call_in
 
 POD_IFNAME = "eth0"
 IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection for this address
+IFF_UP = 0x1
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _netlink_error() -> type[NetlinkError]:
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    return NetlinkError
-
-
 def veth_names(pod_id: str) -> tuple[str, str]:
-    """(host end, temporary pod end); both fit IFNAMSIZ (15 characters)."""
+    """(host end, the pod end's temporary host name of earlier versions); both fit IFNAMSIZ."""
     return f"cxv{pod_id[:12]}", f"cxe{pod_id[:12]}"
 
 
-def _index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
-
-
-def ensure_bridge(name: str, gateways: list[Interface]) -> int:
-    """Create the bridge if missing, give it the gateway addresses (one per IP family), bring it up;
-    returns its index."""
-    with iproute() as ipr:
-        index = _index(ipr, name)
-        if index is None:
-            try:
-                ipr.link("add", ifname=name, kind="bridge")
-            except _netlink_error() as exc:
-                if exc.code != errno.EEXIST:
-                    raise Internal(f"cannot create bridge {name}: {exc}") from None
-            index = _index(ipr, name)
-            if index is None:
-                raise Internal(f"bridge {name} vanished right after creation")
-        for gateway in gateways:
-            _ensure_address(ipr, index, gateway, name)
-        ipr.link("set", index=index, state="up")
-        return index
-
-
-def _ensure_address(ipr: IPRoute, index: int, address: Interface, where: str) -> None:
-    """Add ``address`` to the link unless it has it. IPv6 ones skip duplicate address detection
-    (``nodad``): the addresses come from our own leases, and DAD would keep them unusable ("tentative")
-    for a second or more after the pod starts."""
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=family)}
-    if (str(address.ip), address.network.prefixlen) in have:
-        return
-    extra = {"flags": IFA_F_NODAD} if address.version == 6 else {}
+def ifindex(name: str) -> int | None:
+    """The host interface's index from sysfs; None when there is no such interface."""
     try:
-        ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen, **extra)
-    except _netlink_error() as exc:
-        if exc.code != errno.EEXIST:
-            raise Internal(f"cannot add {address} to {where}: {exc}") from None
+        return int(Path("/sys/class/net", name, "ifindex").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def link_exists(name: str) -> bool:
+    return Path("/sys/class/net", name).exists()
+
+
+def is_up(name: str) -> bool:
+    try:
+        return bool(int(Path("/sys/class/net", name, "flags").read_text(), 16) & IFF_UP)
+    except (OSError, ValueError):
+        return False
+
+
+def _family(version: int) -> int:
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
+def _addr_request(batch: NetlinkBatch, index: int, address: Interface, where: str) -> None:
+    """IPv6 addresses skip duplicate address detection (``nodad``): they come from our own leases,
+    and DAD would keep them unusable ("tentative") for a second or more after the pod starts."""
+    extra: dict[str, Any] = {"flags": IFA_F_NODAD} if address.version == 6 else {}
+    batch.add(
+        f"add {address} to {where}",
+        "addr",
+        "add",
+        index=index,
+        address=str(address.ip),
+        prefixlen=address.network.prefixlen,
+        family=_family(address.version),
+        **extra,
+    )
+
+
+def missing_gateways(name: str, gateways: list[Interface]) -> list[Interface]:
+    """The gateway addresses the bridge lacks (all of them when it does not exist): one dump."""
+    index = ifindex(name)
+    if index is None:
+        return list(gateways)
+    with host_socket() as sock:
+        have = addresses_of(sock, index)
+    return [g for g in gateways if (str(g.ip), g.network.prefixlen) not in have]
+
+
+def ensure_bridge(name: str, gateways: list[Interface]) -> tuple[int, bool]:
+    """Create the bridge if missing, give it the gateway addresses it lacks (one per subnet), bring it
+    up; returns its index and whether it was created."""
+    created = ifindex(name) is None
+    if created:
+        batch = NetlinkBatch()
+        create = {"ifname": name, "kind": "bridge"}
+        batch.add(f"create bridge {name}", "link", "add", tolerate=(errno.EEXIST,), **create)
+        _send(batch, f"cannot create bridge {name}")
+    index = ifindex(name)
+    if index is None:
+        raise Internal(f"bridge {name} vanished right after creation")
+    batch = NetlinkBatch()
+    for gateway in missing_gateways(name, gateways):
+        _addr_request(batch, index, gateway, name)
+    batch.add(f"bring {name} up", "link", "set", index=index, state="up")
+    _send(batch, f"cannot set up bridge {name}")
+    return index, created
+
+
+def _send(batch: NetlinkBatch, failure: str, object_id: str | None = None) -> None:
+    """Send ``batch`` over a host socket; a failure is Internal, quoting the request that failed."""
+    with host_socket() as sock:
+        try:
+            batch.send(sock)
+        except NetlinkError as exc:
+            raise Internal(f"{failure}: {exc}", object_id) from None
 
 
 def bridge_ports(name: str) -> list[str]:
     """Names of the interfaces plugged into bridge ``name`` (empty when it has none or does not exist)."""
-    if not link_exists(name):
-        return []
-    with iproute() as ipr:
-        index = _index(ipr, name)
-        if index is None:
-            return []
-        return [
-            str(link.get_attr("IFLA_IFNAME"))
-            for link in ipr.get_links()
-            if link.get_attr("IFLA_MASTER") == index
-        ]
-
-
-def link_exists(name: str) -> bool:
-    """Whether the host has an interface ``name`` (sysfs: no netlink socket for the common "no")."""
-    return Path("/sys/class/net", name).exists()
+    brif = Path("/sys/class/net", name, "brif")
+    return sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
 
 
 def delete_link(name: str) -> bool:
-    if not link_exists(name):
+    index = ifindex(name)
+    if index is None:
         return False
-    with iproute() as ipr:
-        index = _index(ipr, name)
-        if index is None:
-            return False
-        try:
-            ipr.link("del", index=index)
-        except _netlink_error() as exc:
-            if exc.code != errno.ENODEV:
-                raise
-        return True
+    batch = NetlinkBatch()
+    batch.add(f"delete {name}", "link", "del", index=index, tolerate=(errno.ENODEV,))
+    _send(batch, f"cannot delete {name}")
+    return True
 
 
-def attach_pod(bridge: str, netns: Path, pod_id: str, addresses: list[tuple[Interface, Address]]) -> str:
-    """Create the pod's veth pair, plug the host end into ``bridge`` and configure ``eth0`` in the netns
-    with each (address, default gateway) pair: one per IP family of the pod."""
-    host_name, temp_name = veth_names(pod_id)
-    with iproute() as ipr:
-        bridge_index = _index(ipr, bridge)
-        if bridge_index is None:
-            raise Internal(f"bridge {bridge} does not exist", pod_id)
-        if _index(ipr, host_name) is not None:  # left from an interrupted attempt
-            ipr.link("del", index=_index(ipr, host_name))
-        stale = _index(ipr, temp_name)
-        if stale is not None:
-            ipr.link("del", index=stale)
-        ipr.link("add", ifname=host_name, kind="veth", peer=temp_name)
-        host_index = _index(ipr, host_name)
-        peer_index = _index(ipr, temp_name)
-        if host_index is None or peer_index is None:
-            raise Internal(f"veth pair {host_name}/{temp_name} was not created", pod_id)
-        ipr.link("set", index=peer_index, net_ns_fd=str(netns))
-        ipr.link("set", index=host_index, master=bridge_index, state="up")
-    # Hairpin: with br_netfilter, a pod's packet to its own hostPort is DNATed back to it and bridged
-    # out of the port it came in on, which a bridge port only does in hairpin mode.
+def plug(bridge_index: int, pod_ids: list[str]) -> list[str]:
+    """Plug the host ends of these pods' veths (those that exist) into the bridge again, after the
+    bridge was made anew; returns their names."""
+    names = [n for n in (veth_names(p)[0] for p in pod_ids) if link_exists(n)]
+    if not names:
+        return []
+    batch = NetlinkBatch()
+    for name in names:
+        index = ifindex(name)
+        if index is not None:
+            batch.add(f"plug {name}", "link", "set", index=index, master=bridge_index, state="up")
+    _send(batch, "cannot plug pods into the bridge again")
+    for name in names:
+        _hairpin(name)
+    return names
+
+
+def _hairpin(host_name: str) -> None:
+    """With br_netfilter, a pod's packet to its own hostPort is DNATed back to it and bridged out of
+    the port it came in on, which a bridge port only does in hairpin mode."""
     Path(f"/sys/class/net/{host_name}/brport/hairpin_mode").write_text("1")
-    sock = netlink_socket_in(str(netns))  # never creates a namespace; ~1 ms against ~30 for netns=
+
+
+def attach_pod(
+    bridge_index: int, netns: Path, pod_id: str, addresses: list[tuple[Interface, Address]]
+) -> str:
+    """Create the pod's veth pair (host end on the bridge, ``eth0`` in the netns) and configure
+    ``eth0`` with each (address, default gateway) pair, one per IP family of the pod: two batches of
+    requests. Returns the host end's name."""
+    host_name, temp_name = veth_names(pod_id)
+    batch = NetlinkBatch()
+    for stale in (host_name, temp_name):  # left from an interrupted attempt: its pod end goes with it
+        index = ifindex(stale)
+        if index is not None:
+            batch.add(f"delete the stale {stale}", "link", "del", index=index, tolerate=(errno.ENODEV,))
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)  # the pin; FileNotFoundError when it is gone
     try:
-        _configure_pod_end(sock, netns, pod_id, temp_name, addresses)
+        batch.add(
+            f"create the veth pair {host_name}/{POD_IFNAME} of pod {pod_id}",
+            "link",
+            "add",
+            ifname=host_name,
+            kind="veth",
+            master=bridge_index,
+            state="up",
+            peer={"ifname": POD_IFNAME, "net_ns_fd": fd},
+        )
+        _send(batch, "cannot create the pod's veth pair", pod_id)
+    finally:
+        os.close(fd)
+    _hairpin(host_name)
+    sock, eth0, lo = call_in(str(netns), _pod_side)
+    try:
+        batch = NetlinkBatch()
+        for address, _ in addresses:
+            _addr_request(batch, eth0, address, f"{POD_IFNAME} of pod {pod_id}")
+        batch.add(f"bring {POD_IFNAME} up", "link", "set", index=eth0, state="up")
+        batch.add("bring lo up", "link", "set", index=lo, state="up")
+        for address, gateway in addresses:
+            dst = "::/0" if address.version == 6 else "0.0.0.0/0"
+            batch.add(
+                f"add the default route via {gateway}",
+                "route",
+                "add",
+                dst=dst,
+                gateway=str(gateway),
+                family=_family(address.version),
+            )
+        batch.send(sock)
+    except NetlinkError as exc:
+        raise Internal(f"cannot configure {POD_IFNAME} in the pod's netns {netns}: {exc}", pod_id) from None
     finally:
         sock.close()
     return host_name
 
 
-def _configure_pod_end(
-    sock: socket.socket,
-    netns: Path,
-    pod_id: str,
-    temp_name: str,
-    addresses: list[tuple[Interface, Address]],
-) -> None:
-    with iproute(use_socket=sock) as ns:
-        index = _index(ns, temp_name)
-        if index is None:
-            raise Internal(f"{temp_name} did not arrive in the pod netns {netns}", pod_id)
-        ns.link("set", index=index, ifname=POD_IFNAME)
-        _refuse_router_advertisements(netns)
-        for address, _ in addresses:
-            _ensure_address(ns, index, address, f"{POD_IFNAME} of pod {pod_id}")
-        ns.link("set", index=index, state="up")
-        lo = _index(ns, "lo")
-        if lo is not None:
-            ns.link("set", index=lo, state="up")
-        for address, gateway in addresses:
-            if address.version == 6:
-                ns.route("add", dst="::/0", gateway=str(gateway), family=socket.AF_INET6)
-            else:
-                ns.route("add", dst="0.0.0.0/0", gateway=str(gateway))
+def _pod_side() -> tuple[socket.socket, int, int]:
+    """Run inside the pod's netns: refuse router advertisements on eth0 (before it is up) and open the
+    netlink socket the pod's batch goes through; returns it with the indexes of eth0 and lo.
 
-
-def _refuse_router_advertisements(netns: Path) -> None:
-    """accept_ra=0 on the pod's eth0, before it is up: its IPv6 addresses and routes come from Calyx
-    only. Otherwise any pod on the bridge that may send raw packets could advertise itself as an IPv6
-    router to the others (IPv4-only pods too, IPv6 being on in every netns) and take their traffic, the
-    container-network flaw of CVE-2020-10749."""
+    accept_ra=0: the pod's IPv6 addresses and routes come from Calyx only. Otherwise any pod on the
+    bridge that may send raw packets could advertise itself as an IPv6 router to the others (IPv4-only
+    pods too, IPv6 being on in every netns) and take their traffic, the flaw of CVE-2020-10749."""
     if Path("/proc/sys/net/ipv6").is_dir():  # a kernel without IPv6 has nothing to refuse
-        sysctl = Path(f"/proc/sys/net/ipv6/conf/{POD_IFNAME}/accept_ra")
-        call_in(str(netns), lambda: sysctl.write_text("0"))
+        Path(f"/proc/sys/net/ipv6/conf/{POD_IFNAME}/accept_ra").write_text("0")
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        return sock, socket.if_nametoindex(POD_IFNAME), socket.if_nametoindex("lo")
+    except OSError:
+        sock.close()
+        raise
 
 
-def detach_pod(pod_id: str) -> None:
-    """Delete the pod's veth pair (deleting the host end removes the pod end with it)."""
-    host_name, temp_name = veth_names(pod_id)
-    delete_link(host_name)
-    delete_link(temp_name)
+def detach_pod(pod_id: str, bridge: str, ips: list[str]) -> None:
+    """Delete the pod's veth pair and forget the host's neighbour entries for ``ips`` on the bridge,
+    in one batch; nothing when none of it is there."""
+    batch = NetlinkBatch()
+    for name in veth_names(pod_id):
+        index = ifindex(name)
+        if index is not None:
+            batch.add(f"delete {name}", "link", "del", index=index, tolerate=(errno.ENODEV,))
+    bridge_index = ifindex(bridge)
+    if bridge_index is not None:
+        for ip in ips:
+            family = _family(ipaddress.ip_address(ip).version)
+            batch.add(
+                f"forget the neighbour {ip}",
+                "neigh",
+                "del",
+                dst=ip,
+                ifindex=bridge_index,
+                family=family,
+                tolerate=(errno.ENOENT, errno.ENODEV),
+            )
+    if len(batch):
+        _send(batch, "cannot remove the pod's veth pair", pod_id)
 
 
 def set_sysctl(path: str, value: str) -> None:
     """A host sysctl under /proc/sys (the daemon runs in the host's namespaces)."""
     Path("/proc/sys", path).write_text(value)
+
+
+def sysctl(path: str) -> str:
+    try:
+        return Path("/proc/sys", path).read_text().strip()
+    except OSError:
+        return ""

@@ -1,12 +1,16 @@
-"""Attach and detach pods on the built-in network.
+"""Attach and detach pods on the built-in network; its shared parts are made once and kept.
 
 Attach: lease an address in each subnet (one per IP family: dual-stack when kubelet's pod CIDR or
-network.subnet_v6 has an IPv6 part), make sure the bridge, its gateway addresses and the chains of each
-family (iptables, ip6tables) exist, plug a veth into the pod's netns, add the pod's hostPort rules.
-Detach undoes it in reverse and is idempotent: every name derives from the pod id, so it also cleans up
-after an attach that a crash interrupted half-way. The network (bridge and chains) goes with its last
-pod. One lock serialises attach/detach, so the last pod leaving cannot remove chains a new pod is about
-to use.
+network.subnet_v6 has an IPv6 part), make sure of the network's shared parts (sandbox/bridge/shared.py:
+a cheap look for every pod, the full check only the first time and when the look finds something gone),
+plug a veth into the pod's netns, add the pod's hostPort rules. Detach undoes the pod's own part and is
+idempotent: every name derives from the pod id, so it also cleans up after an attach that a crash
+interrupted half-way. The shared parts stay when the last pod goes (made again for the next pod they
+would cost more than all its own work); they are checked and repaired at every start (``recover``),
+and removed only by ``calyx cleanup`` (``cleanup_network``).
+
+The store records, per bridge, the subnets its shared parts were made for (kind ``bridge_network``),
+before they are made: a start after a crash finds them, and cleanup knows the network was there.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from cri import failpoints
-from cri.errors import FailedPrecondition
+from cri.errors import CommandFailed, FailedPrecondition
 from cri.store import Store
 from sandbox.bridge import links, shaping
 from sandbox.bridge.ipam import IPAM, Network, gateway_of
-from sandbox.bridge.iptables import BridgeRules
+from sandbox.bridge.iptables import BridgeRules, Ruleset, host_port_rules
+from sandbox.bridge.shared import SharedParts
 
 log = logging.getLogger("sandbox.bridge")
+
+NETWORK_KIND = "bridge_network"
 
 
 def ipv6_enabled() -> bool:
@@ -47,19 +54,25 @@ def _warn_unmapped(pod_id: str, families: set[int], port_mappings: list[dict[str
             )
 
 
+def _networks(subnets: set[str]) -> list[Network]:
+    return [ipaddress.ip_network(s) for s in sorted(subnets)]
+
+
 class BridgeNetwork:
     def __init__(
         self, bridge: str, subnet: str, store: Store, pod_cidr: Callable[[], str], subnet_v6: str = ""
     ) -> None:
         self.bridge = bridge
         self.default_subnets = [subnet, *([subnet_v6] if subnet_v6 else [])]
+        self.store = store
         self.ipam = IPAM(store)
+        self.shared = SharedParts(bridge)
         self._pod_cidr = pod_cidr
-        self._lock = threading.Lock()
-        # (bridge, subnet) whose chains this process made sure of; cleared when they are removed, so a
-        # pod run costs one iptables call instead of a dozen. (Rules flushed by someone else come back
-        # at the daemon's next start.)
-        self._ensured: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()  # one check or repair of the shared parts at a time
+        # Subnets of the configured bridge whose shared parts this process has checked whole.
+        self._checked: set[str] = set()
+        # Live pods with hostPorts: (addresses, port mappings), to make their rules again in a repair.
+        self._host_ports: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}
 
     def subnets(self) -> list[Network]:
         """The subnets a new pod gets an address in, at most one per IP family, in kubelet's order (the
@@ -81,6 +94,68 @@ class BridgeNetwork:
             )
         return list(chosen.values())
 
+    # --- shared parts ---------------------------------------------------------------------------------
+
+    def _recorded(self, bridge: str) -> set[str]:
+        return set((self.store.get(NETWORK_KIND, bridge) or {}).get("subnets", []))
+
+    def _record(self, bridge: str, subnets: set[str]) -> None:
+        if self._recorded(bridge) != subnets:
+            self.store.put(NETWORK_KIND, bridge, {"subnets": sorted(subnets)})
+
+    def _pods_on(self, bridge: str) -> list[str]:
+        leases = self.ipam.leases().values()
+        return sorted({str(lease["pod_id"]) for lease in leases if lease.get("bridge") == bridge})
+
+    def _ensure_shared(self, subnets: list[Network], check_all: bool = False) -> int:
+        """The bridge's index, once the shared parts a pod in ``subnets`` needs are there: a cheap look
+        when this process has checked them before, the full check (and repair) the first time, when the
+        look finds something gone, or with ``check_all``."""
+        wanted = {str(s) for s in subnets}
+        with self._lock:
+            index = links.ifindex(self.bridge)
+            if (
+                not check_all
+                and index is not None
+                and wanted <= self._checked
+                and self.shared.intact(_networks(self._checked))
+            ):
+                return index
+            every = self._recorded(self.bridge) | self._checked | wanted
+            self._record(self.bridge, every)  # before it is made: a crash meanwhile is repaired at start
+            repair = self.shared.ensure(_networks(every))
+            index = links.ifindex(self.bridge)
+            if index is None:
+                raise FailedPrecondition(f"bridge {self.bridge} vanished while it was being set up")
+            if repair.bridge_created:
+                plugged = links.plug(index, self._pods_on(self.bridge))
+                if plugged:
+                    log.warning("pods plugged into the bridge made anew", extra={"veths": ",".join(plugged)})
+            self._repair_host_ports(self.bridge, repair.saved, dict(self._host_ports))
+            self._checked = every
+            return index
+
+    def _repair_host_ports(
+        self,
+        bridge: str,
+        saved: dict[int, Ruleset],
+        pods: dict[str, tuple[list[str], list[dict[str, Any]]]],
+    ) -> None:
+        """Make again the hostPort rules of live pods that ``saved`` (the rules as a repair found them)
+        lacks: a flushed ruleset loses the pods' chains with the network's."""
+        for pod_id, (ips, mappings) in pods.items():
+            for ip in ips:
+                version = ipaddress.ip_address(ip).version
+                if version not in saved or not host_port_rules(version, ip, mappings):
+                    continue
+                rules = BridgeRules(bridge, version)
+                filled, jumped = rules.pod_intact(saved[version], pod_id)
+                if not (filled and jumped):
+                    rules.add_pod(pod_id, ip, mappings, jump=not jumped)
+                    log.warning("hostPort rules of a pod made again", extra={"pod_id": pod_id, "ip": ip})
+
+    # --- pods -----------------------------------------------------------------------------------------
+
     def attach(
         self,
         pod_id: str,
@@ -94,22 +169,24 @@ class BridgeNetwork:
         start = time.monotonic()
         subnets = self.subnets()
         gateways = [gateway_of(subnet) for subnet in subnets]
-        with self._lock:
-            addresses = [self.ipam.allocate(subnet, pod_id, self.bridge) for subnet in subnets]
-            links.ensure_bridge(self.bridge, gateways)
-            self._forwarding(subnets)
-            for subnet in subnets:
-                if (self.bridge, str(subnet)) not in self._ensured:
-                    BridgeRules(self.bridge, subnet.version).ensure_network(subnet)
-                    self._ensured.add((self.bridge, str(subnet)))
-            pairs = [(address, gateway.ip) for address, gateway in zip(addresses, gateways, strict=True)]
-            host_veth = links.attach_pod(self.bridge, netns, pod_id, pairs)
-            failpoints.hit("bridge.after_veth", pod_id=pod_id)
-            if bandwidth:
-                shaping.apply(host_veth, netns, bandwidth, pod_id)
-            for address in addresses:
-                BridgeRules(self.bridge, address.version).add_pod(pod_id, str(address.ip), port_mappings)
-            _warn_unmapped(pod_id, {a.version for a in addresses}, port_mappings)
+        addresses = [self.ipam.allocate(subnet, pod_id, self.bridge) for subnet in subnets]
+        index = self._ensure_shared(subnets)
+        pairs = [(address, gateway.ip) for address, gateway in zip(addresses, gateways, strict=True)]
+        host_veth = links.attach_pod(index, netns, pod_id, pairs)
+        failpoints.hit("bridge.after_veth", pod_id=pod_id)
+        if bandwidth:
+            shaping.apply(host_veth, netns, bandwidth, pod_id)
+        for address in addresses:
+            rules = BridgeRules(self.bridge, address.version)
+            try:
+                rules.add_pod(pod_id, str(address.ip), port_mappings)
+            except CommandFailed:
+                # The network's hostPort chain may be gone (a firewall reload): check, repair, try again.
+                self._ensure_shared(subnets, check_all=True)
+                rules.add_pod(pod_id, str(address.ip), port_mappings)
+        if any(m.get("host_port") for m in port_mappings):
+            self._host_ports[pod_id] = ([str(a.ip) for a in addresses], port_mappings)
+        _warn_unmapped(pod_id, {a.version for a in addresses}, port_mappings)
         log.info(
             "pod attached",
             extra={
@@ -131,34 +208,35 @@ class BridgeNetwork:
             "port_mappings": port_mappings,
         }
 
-    def _forwarding(self, subnets: list[Network]) -> None:
-        """Host sysctls the families need. IPv6 forwarding is host-wide (``all``): note that a host
-        interface with accept_ra=1 then stops taking router advertisements (kubelet's CNI bridge plugin
-        does the same)."""
-        for subnet in subnets:
-            if subnet.version == 4:
-                links.set_sysctl("net/ipv4/ip_forward", "1")
-                links.set_sysctl(f"net/ipv4/conf/{self.bridge}/route_localnet", "1")
-            else:
-                links.set_sysctl("net/ipv6/conf/all/forwarding", "1")
-
-    def detach(self, pod_id: str, bridge: str | None = None) -> None:
-        """Remove the pod's rules, veth and lease; the network's chains go with its last pod."""
+    def detach(
+        self, pod_id: str, bridge: str | None = None, port_mappings: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Remove the pod's hostPort rules, veth and lease; the network's shared parts stay. With
+        ``port_mappings`` known, a family without hostPorts costs no iptables call; unknown (None), the
+        rules are looked up."""
+        start = time.monotonic()
         bridge = bridge or self.bridge
-        with self._lock:
-            # The families the pod holds leases in; both when none is left (a detach retried after a
-            # crash between the rules and the release), so no rule can stay behind.
-            for version in sorted(self.ipam.families_of(pod_id) or {4, 6}):
+        self._host_ports.pop(pod_id, None)
+        leased = self.ipam.of_pod(pod_id)
+        # The families the pod holds leases in: rules are added after the leases and removed before
+        # their release, so a pod without leases has no rules left.
+        for ip in leased:
+            version = ipaddress.ip_address(ip).version
+            if port_mappings is None:
+                BridgeRules(bridge, version).remove_pod(pod_id, known=False)
+            elif host_port_rules(version, ip, port_mappings):
                 BridgeRules(bridge, version).remove_pod(pod_id)
-            links.detach_pod(pod_id)
-            self.ipam.release(pod_id)
-            if bridge not in self.ipam.bridges_in_use():
-                self._remove_network(bridge)
-        log.info("pod detached", extra={"pod_id": pod_id, "bridge": bridge})
+        links.detach_pod(pod_id, bridge, leased)
+        self.ipam.release(pod_id)
+        log.info(
+            "pod detached",
+            extra={"pod_id": pod_id, "bridge": bridge, "duration_ms": (time.monotonic() - start) * 1000},
+        )
 
-    def stale_leases(self, live: set[str]) -> list[tuple[str, str]]:
+    def stale_leases(self, live: set[str] | dict[str, Any]) -> list[tuple[str, str]]:
         """Recovery: (pod id, bridge) of the leases of pods that are not live (crashed mid-run or
-        mid-stop), each for ``detach``."""
+        mid-stop), each for ``detach`` (which looks their hostPort rules up: their port mappings are
+        not known here)."""
         stale = []
         for lease in list(self.ipam.leases().values()):
             pod_id = str(lease.get("pod_id", ""))
@@ -166,25 +244,55 @@ class BridgeNetwork:
                 stale.append((pod_id, str(lease.get("bridge") or self.bridge)))
         return stale
 
-    def remove_if_unused(self) -> None:
-        """Recovery: the network of a node without pods on it goes (see _remove_network)."""
-        with self._lock:
-            if self.bridge not in self.ipam.bridges_in_use():
-                self._remove_network(self.bridge)
+    def recover(self, live: dict[str, list[dict[str, Any]]]) -> None:
+        """At start, once the leases of pods that are gone are released (``stale_leases``), given the
+        live pods and their port mappings: check the shared parts of each network that has live pods,
+        and of the configured one if it was set up, repairing what is missing (one iptables-save per
+        family, a restore only if needed), the live pods' hostPort rules included. The shared parts are
+        kept, pods or not."""
+        subnets: dict[str, set[str]] = {}
+        if self._recorded(self.bridge):
+            subnets[self.bridge] = self._recorded(self.bridge)
+        host_ports: dict[str, dict[str, tuple[list[str], list[dict[str, Any]]]]] = {}  # by bridge
+        for ip, lease in self.ipam.leases().items():
+            pod_id, bridge = str(lease.get("pod_id", "")), str(lease.get("bridge") or self.bridge)
+            if pod_id not in live:
+                continue
+            recorded = self._recorded(bridge) if bridge not in subnets else set()
+            subnets.setdefault(bridge, recorded).add(str(lease.get("subnet", "")))
+            if any(m.get("host_port") for m in live[pod_id]):
+                pod = host_ports.setdefault(bridge, {}).setdefault(pod_id, ([], live[pod_id]))
+                pod[0].append(ip)
+        for bridge, nets in subnets.items():
+            nets.discard("")
+            with self._lock:
+                self._record(bridge, nets)
+                repair = SharedParts(bridge).ensure(_networks(nets))
+                index = links.ifindex(bridge)
+                if repair.bridge_created and index is not None:
+                    links.plug(index, [p for p in self._pods_on(bridge) if p in live])
+                self._repair_host_ports(bridge, repair.saved, host_ports.get(bridge, {}))
+                if bridge == self.bridge:
+                    self._checked = nets
+                    self._host_ports = dict(host_ports.get(bridge, {}))
 
-    def _remove_network(self, bridge: str) -> None:
-        """The last pod of ``bridge`` is gone: its chains and the bridge itself go too (made again, in a
-        few milliseconds, for the next pod), so a node without pods carries nothing of Calyx's.
 
-        Not while other interfaces are still plugged in: then someone else (another Calyx configured
-        with the same bridge, by mistake) still uses the network, and pulling it would cut them off."""
-        ports = links.bridge_ports(bridge)
-        if ports:
-            log.warning(
-                "bridge still has ports; keeping the network", extra={"bridge": bridge, "ports": ports}
-            )
-            return
-        for version in (4, 6):
-            BridgeRules(bridge, version).remove_network()
-        links.delete_link(bridge)
-        self._ensured = {e for e in self._ensured if e[0] != bridge}
+def cleanup_network(bridge: str, store: Store | None, force: bool = False) -> list[str]:
+    """``calyx cleanup``: remove the shared parts of the built-in network on ``bridge`` (its chains in
+    iptables and ip6tables, the chains of its pods' hostPorts, the bridge) and their record. Refused
+    while pods hold addresses on it (``store``'s leases) or interfaces are plugged into it, unless
+    ``force``. Returns what was removed. Host-wide sysctls (ip_forward) are left as they are."""
+    leases = IPAM(store).leases().values() if store is not None else []
+    users = sorted({str(lease.get("pod_id")) for lease in leases if lease.get("bridge") == bridge})
+    ports = links.bridge_ports(bridge)
+    if (users or ports) and not force:
+        what = [f"pods {', '.join(users)}"] if users else []
+        what += [f"interfaces {', '.join(ports)}"] if ports else []
+        raise FailedPrecondition(
+            f"the built-in network on bridge {bridge} is in use ({'; '.join(what)}): remove those pods"
+            " first, or pass --force to cut them off"
+        )
+    removed = SharedParts(bridge).remove()
+    if store is not None:
+        store.delete(NETWORK_KIND, bridge)
+    return removed

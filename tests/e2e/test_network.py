@@ -23,6 +23,7 @@ from tests.net_fixtures import (
     Listener,
     Net,
     answer_from,
+    cleanup,
     exchange,
     free_port,
     host_address,
@@ -137,7 +138,7 @@ def test_builtin_network_uses_the_pod_cidr_from_update_runtime_config(builtin_ne
     assert pod_traces(net.daemon, pod_id) == []
 
 
-def test_builtin_stop_and_remove_leave_nothing_behind(builtin_net) -> None:
+def test_builtin_stop_and_remove_leave_nothing_of_the_pods_and_the_network_stays(builtin_net) -> None:
     net = builtin_net()
     mapping = pb.PortMapping(container_port=80, host_port=free_port())
     pods = [run_pod(net.daemon, pod_config(port_mappings=[mapping] if i == 0 else [])) for i in range(2)]
@@ -145,15 +146,22 @@ def test_builtin_stop_and_remove_leave_nothing_behind(builtin_net) -> None:
     stop_remove(net.daemon, pods[0])
     assert pod_traces(net.daemon, pods[0]) == []
     assert list(net.leases) == [ips[1]]
-    assert f"CALYX-HP-{net.bridge}" in iptables_save()  # the network stays for the other pod
     stop_remove(net.daemon, pods[1])
     assert pod_traces(net.daemon, pods[1]) == []
     assert net.leases == {}
     assert _ports_on_bridge(net.bridge) == []
-    assert net.bridge not in iptables_save()  # the network's chains went with its last pod
-    assert not link_exists(net.bridge)  # and so did the bridge
     addresses = sh("ip", "-o", "addr").stdout
     assert not any(ip in addresses for ip in ips)
+    # The network's shared parts stay for the next pod (until calyx cleanup): the bridge with its
+    # gateway address, the chains and the jumps into them.
+    assert link_exists(net.bridge)
+    gateway = f"{ipaddress.ip_network(net.subnet).network_address + 1}/24"
+    assert gateway in sh("ip", "-o", "addr", "show", "dev", net.bridge).stdout
+    saved = iptables_save()
+    assert f"-A POSTROUTING -j CALYX-PR-{net.bridge}" in saved
+    assert f"-A FORWARD -j CALYX-FW-{net.bridge}" in saved
+    assert f"-A PREROUTING -m addrtype --dst-type LOCAL -j CALYX-HP-{net.bridge}" in saved
+    assert f"-A CALYX-PR-{net.bridge} -s {net.subnet} ! -o {net.bridge} -j MASQUERADE" in saved
 
 
 def test_builtin_address_is_reused_after_release_and_never_shared(builtin_net) -> None:
@@ -369,7 +377,7 @@ def test_pod_whose_namespaces_vanished_is_not_ready_after_restart(builtin_net) -
     assert st.network.ip == ""
     assert net.leases == {}
     assert pod_id[:16] not in iptables_save()
-    assert net.bridge not in iptables_save()
+    assert f"-A POSTROUTING -j CALYX-PR-{net.bridge}" in iptables_save()  # the network stays
     stop_remove(net.daemon, pod_id)
     assert pod_traces(net.daemon, pod_id) == []
 
@@ -465,7 +473,11 @@ def test_builtin_pods_on_old_and_new_pod_cidr_reach_each_other_unmasqueraded(bui
     stop_remove(net.daemon, old)
     stop_remove(net.daemon, new)
     assert net.leases == {}
-    assert net.bridge not in iptables_save()
+    saved = iptables_save()  # the network, kept, masquerades both subnets
+    assert all(
+        f"-A CALYX-PR-{net.bridge} -s {s} ! -o {net.bridge} -j MASQUERADE" in saved
+        for s in (net.subnet, cidr)
+    )
 
 
 def test_builtin_traffic_leaving_the_pod_network_is_masqueraded(builtin_net, short_tmp: Path) -> None:
@@ -511,8 +523,9 @@ def test_cni_dual_stack_pod_reports_ipv4_and_ipv6(cni_net) -> None:
 def test_builtin_network_shared_by_mistake_is_not_pulled_from_under_the_other_daemon(
     builtin_net, daemon_factory
 ) -> None:
-    """Two daemons configured with the same bridge (different subnets): the first one's last pod
-    leaving must not take the bridge and chains the other's pod still uses."""
+    """Two daemons configured with the same bridge (different subnets): the first one's last pod leaving
+    keeps the network, and its calyx cleanup is refused while the other's pod is plugged into the
+    bridge; once that pod is gone too, cleanup removes the bridge and the chains."""
     net = builtin_net()
     n = int(net.bridge[3:])
     other = daemon_factory(
@@ -526,6 +539,8 @@ def test_builtin_network_shared_by_mistake_is_not_pulled_from_under_the_other_da
     )
     stop_remove(net.daemon, mine)
     assert link_exists(net.bridge)
+    refused = cleanup(net.daemon)
+    assert refused.returncode == 1 and f"interfaces cxv{theirs[:12]}" in refused.stderr
     their_netns = json.loads(
         other.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=theirs, verbose=True)).info[
             "info"
@@ -537,5 +552,8 @@ def test_builtin_network_shared_by_mistake_is_not_pulled_from_under_the_other_da
     finally:
         listener.close()
     stop_remove(other, theirs)
+    assert link_exists(net.bridge)
+    done = cleanup(net.daemon)
+    assert done.returncode == 0, done.stderr
     assert not link_exists(net.bridge)
     assert net.bridge not in iptables_save()

@@ -25,6 +25,7 @@ from tests.net_fixtures import (
     Listener,
     Net,
     answer_from,
+    cleanup,
     exchange,
     free_port,
     in_netns,
@@ -95,13 +96,18 @@ def _accept_ra(pin: str) -> str:
 
 
 def _v6_traces(net: Net) -> list[str]:
-    """IPv6 pieces of the test's network left on the host: leases, ip6tables lines, bridge addresses."""
+    """IPv6 pieces of the test's pods left on the host: leases, hostPort rules (the network's own
+    chains and the bridge's gateway address stay until calyx cleanup: ``_v6_network``)."""
     found = [f"lease {ip}" for ip in net.leases if ":" in ip]
-    found += [f"ip6tables {line}" for line in ip6tables_save().splitlines() if net.bridge in line]
+    return found + [f"ip6tables {line}" for line in ip6tables_save().splitlines() if "calyx pod" in line]
+
+
+def _v6_network(net: Net) -> list[str]:
+    """The network's shared IPv6 parts on the host: ip6tables lines of its chains, bridge addresses."""
+    found = [f"ip6tables {line}" for line in ip6tables_save().splitlines() if net.bridge in line]
     if link_exists(net.bridge):
-        found += [
-            f"address {line}" for line in sh("ip", "-6", "-o", "addr", "show", "dev", net.bridge).stdout
-        ]
+        addresses = sh("ip", "-6", "-o", "addr", "show", "dev", net.bridge, "scope", "global").stdout
+        found += [f"address {line}" for line in addresses.splitlines()]
     return found
 
 
@@ -131,7 +137,11 @@ def test_dual_stack_pod_cidr_gives_each_pod_both_addresses_and_teardown_removes_
     stop_remove(net.daemon, pod_id)
     assert pod_traces(net.daemon, pod_id) == []
     assert _v6_traces(net) == []
-    assert not link_exists(net.bridge)
+    kept = "\n".join(_v6_network(net))  # the network stays for the next pod, until calyx cleanup
+    assert f"-A CALYX-PR-{net.bridge} -s {_v6(net)} ! -o {net.bridge} -j MASQUERADE" in kept
+    assert f"inet6 {_gateway(_v6(net))}/64" in kept
+    assert cleanup(net.daemon).returncode == 0
+    assert _v6_network(net) == [] and not link_exists(net.bridge)
 
 
 def test_ipv6_first_pod_cidr_makes_the_ipv6_address_the_primary_ip(builtin_net) -> None:

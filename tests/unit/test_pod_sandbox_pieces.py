@@ -257,39 +257,63 @@ def test_ipam_leases_are_unique_persisted_and_released(short_tmp: Path) -> None:
 # --- iptables rules of the built-in network --------------------------------------------------------------
 
 
-def test_bridge_rules_are_removed_even_when_half_of_them_is_already_gone() -> None:
+@pytest.mark.parametrize("version", [4, 6])
+def test_bridge_rules_are_made_once_found_whole_and_removed_even_when_half_gone(version: int) -> None:
+    """Against the real iptables/ip6tables: the network's chains made from what iptables-save lacks are
+    then found whole (our rules compare equal to what iptables-save prints, so nothing is ever added
+    twice); a pod's rules go in and out in one transaction each, also when someone removed half of them;
+    the removal takes every chain of the bridge and leaves another bridge's alone."""
+    from sandbox.bridge import iptables
     from sandbox.bridge.iptables import BridgeRules, pod_chain
-    from tests.net_fixtures import _drop_chains, iptables_save, sh
+    from tests.net_fixtures import _drop_chains
 
-    bridge = f"cxu{os.getpid() % 100000}"
-    rules = BridgeRules(bridge)
+    def saved_text() -> str:
+        return subprocess.run([f"{iptables.BINARIES[version]}-save"], capture_output=True, text=True).stdout
+
+    n = os.getpid() % 100000
+    bridge, other = f"cxu{n}", f"cxw{n}"
+    subnet = ipaddress.ip_network("10.247.1.0/24" if version == 4 else "fd42:247:1::/64")
+    ip = str(subnet.network_address + 5)
+    rules, others = BridgeRules(bridge, version), BridgeRules(other, version)
     pod_id = "ab" * 32
     try:
-        rules.ensure_network(ipaddress.IPv4Network("10.247.1.0/24"))
-        rules.ensure_network(ipaddress.IPv4Network("10.247.1.0/24"))  # idempotent
+        for r in (rules, others):
+            lines = r.missing(iptables.save(version), [subnet])
+            assert lines["nat"] and lines["filter"]
+            iptables.restore(version, lines)
+        assert rules.missing(iptables.save(version), [subnet]) == {"nat": [], "filter": []}
         mappings = [
             {"host_port": 31001, "container_port": 80, "protocol": "tcp", "host_ip": ""},
             {"host_port": 31002, "container_port": 53, "protocol": "udp", "host_ip": "127.0.0.1"},
-            {"host_port": 31003, "container_port": 1, "protocol": "tcp", "host_ip": "fd00::1"},  # skipped
+            {"host_port": 31003, "container_port": 1, "protocol": "tcp", "host_ip": "fd00::1"},
             {"host_port": 0, "container_port": 2, "protocol": "tcp", "host_ip": ""},  # no host port
         ]
-        rules.add_pod(pod_id, "10.247.1.5", mappings)
-        saved = iptables_save()
-        assert "-p tcp -m tcp --dport 31001 -j DNAT --to-destination 10.247.1.5:80" in saved
-        assert "-d 127.0.0.1/32 -p udp -m udp --dport 31002 -j DNAT --to-destination 10.247.1.5:53" in saved
-        assert "31003" not in saved
+        rules.add_pod(pod_id, ip, mappings)
+        saved = saved_text()
+        target = ip if version == 4 else f"[{ip}]"
+        assert f"-p tcp -m tcp --dport 31001 -j DNAT --to-destination {target}:80" in saved
+        assert ("--dport 31002" in saved) == (version == 4)  # a host_ip of the other family: not here
+        assert ("--dport 31003" in saved) == (version == 6)
         assert saved.count(f"-A CALYX-HP-{bridge} ") == 1
-        # someone deleted the jump: the one-transaction removal fails, the rule-by-rule one still works
-        sh("iptables", "-w", "-t", "nat", "-D", f"CALYX-HP-{bridge}", "-m", "comment", "--comment",
-           f"calyx pod {pod_id}", "-j", pod_chain(pod_id))  # fmt: skip
+        rules.remove_pod(pod_id)  # one transaction
+        assert pod_chain(pod_id) not in saved_text()
+        rules.add_pod(pod_id, ip, mappings)
+        # someone deleted the jump: the one-transaction removal fails, the one from iptables-save works
+        jump = ["-m", "comment", "--comment", f"calyx pod {pod_id}", "-j", pod_chain(pod_id)]
+        subprocess.run(
+            [iptables.BINARIES[version], "-w", "-t", "nat", "-D", f"CALYX-HP-{bridge}", *jump], check=True
+        )
         rules.remove_pod(pod_id)
-        rules.remove_pod(pod_id)
-        assert pod_chain(pod_id) not in iptables_save()
-        rules.remove_network()
-        rules.remove_network()
-        assert bridge not in iptables_save()
+        rules.remove_pod(pod_id, known=False)  # nothing left: no error
+        assert pod_chain(pod_id) not in saved_text()
+        rules.add_pod(pod_id, ip, mappings)  # a pod chain the removal of the network takes along
+        iptables.restore(version, rules.removal(iptables.save(version)))
+        saved = saved_text()
+        assert bridge not in saved and pod_chain(pod_id) not in saved
+        assert rules.removal(iptables.save(version)) == {"nat": [], "filter": []}
+        assert others.missing(iptables.save(version), [subnet]) == {"nat": [], "filter": []}
     finally:
-        _drop_chains(lambda chain: chain.endswith(bridge) or chain == pod_chain(pod_id))
+        _drop_chains(lambda chain: chain.endswith((bridge, other)) or chain == pod_chain(pod_id))
 
 
 @pytest.mark.parametrize(
