@@ -32,6 +32,7 @@ GROUPS = [
     "daemon_rss_idle",
     "pull",
     "pod_lifecycle",
+    "pods_alive",
     "shared_pid_pods",
     "container_lifecycle",
     "whole_path",
@@ -148,6 +149,13 @@ class Bench:
             ([("run_pod_sandbox", "ms"), ("pod_teardown_empty", "ms")], self.pod_lifecycle),
             (
                 [
+                    (f"run_pod_sandbox_{self.size.alive_pods}_alive", "ms"),
+                    (f"pod_teardown_{self.size.alive_pods}_alive", "ms"),
+                ],
+                self.pods_alive,
+            ),
+            (
+                [
                     ("run_pod_sandbox_shared_pid", "ms"),
                     ("helper_rss_per_pod_shared_pid", "MB"),
                     ("helper_pss_per_pod_shared_pid", "MB"),
@@ -218,11 +226,33 @@ class Bench:
             log.warning("%s: pull of %s: %s", self.t.name, self.t.image, exc)
 
     def pod_lifecycle(self) -> None:
+        """One pod at a time, no other pod alive (``crictl runp``, ``stopp``, ``rmp`` in a loop): the
+        first and last pod of a node, where a network made for the first pod and taken away with the
+        last one would cost most."""
         run, teardown = self.results["run_pod_sandbox"], self.results["pod_teardown_empty"]
+        self.note_others_alive(run, teardown)
+        self.pod_loop(run, teardown)
+
+    def pods_alive(self) -> None:
+        """The same loop with ``alive_pods`` other pods running meanwhile."""
+        n = self.size.alive_pods
+        run, teardown = self.results[f"run_pod_sandbox_{n}_alive"], self.results[f"pod_teardown_{n}_alive"]
+        for _ in range(n):
+            self.work.run_pod()
+        self.note_others_alive(run, teardown)
+        self.pod_loop(run, teardown)
+
+    def pod_loop(self, run: Result, teardown: Result) -> None:
         for _ in range(self.size.reps):
             ms, pod = timed(self.work.run_pod)
             run.samples.append(ms)
             teardown.samples.append(timed(self.work.remove_pod, pod)[0])
+
+    def note_others_alive(self, *results: Result) -> None:
+        """How many pods were alive while ``results`` were measured (an --endpoint may have its own)."""
+        alive = len(self.client.rt("ListPodSandbox", pb.ListPodSandboxRequest()).items)
+        for result in results:
+            result.extra["pods_alive"] = alive
 
     def shared_pid_pods(self) -> None:
         """Pods sharing one PID namespace (NamespaceMode POD): their start and the process that holds

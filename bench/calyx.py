@@ -1,8 +1,11 @@
 """Calyx as the runtime under test: started by the benchmark on private dirs, or an endpoint given.
 
-The daemon is the test suite's ``Daemon`` (tests/daemon.py), given a config of the run's own: its
-CNI conflist (a bridge name and subnet unique to the run), the loopback registry as insecure, the
-Prometheus exporter on a free port, and info-level logs (debug logs would be measured too).
+The daemon is the test suite's ``Daemon`` (tests/daemon.py), given a config of the run's own: on the
+CNI network, its conflist (a bridge name and subnet unique to the run); on the built-in network (what a
+new user gets: no CNI config), that bridge name and subnet and an empty CNI conf dir; the loopback
+registry as insecure, the Prometheus exporter on a free port, and info-level logs (debug logs would be
+measured too). The built-in network's bridge and chains outlive the pods: stopping runs ``calyx
+cleanup``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from bench import host
 from bench.cni import CNI_BIN_DIR, write_conflist
 from cri import __version__
 from cri.config import Config
-from tests.daemon import Daemon
+from tests.daemon import Daemon, calyx_command
 from tests.registry import free_port
 
 DURATION = re.compile(r"\bduration_ms=([0-9.]+)")
@@ -40,21 +43,33 @@ def known_options(table: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return kept, dropped
 
 
+NETWORKS = ("cni", "builtin")
+
+
 class Calyx:
-    def __init__(self, base: Path, registry: str, bridge: str, subnet: str, cgroup_root: str) -> None:
+    def __init__(
+        self, base: Path, registry: str, bridge: str, subnet: str, cgroup_root: str, network: str = "cni"
+    ) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.bridge = bridge
+        self.builtin = network == "builtin"
         # The run's own CNI network name: the bridge plugin's masquerade rules carry it, so a stop
         # removes this run's rules only, not those of another run going on.
         self.network = f"cxbench-{bridge}"
         self.cgroup_root = cgroup_root
         self.metrics_port = free_port()
-        write_conflist(base / "cni", self.network, bridge, subnet, base / "ipam")
+        net: dict[str, Any] = {"cni_conf_dir": str(base / "cni"), "bridge": bridge}
+        if self.builtin:
+            (base / "cni").mkdir(exist_ok=True)  # empty: the built-in network
+            net["subnet"] = subnet
+        else:
+            write_conflist(base / "cni", self.network, bridge, subnet, base / "ipam")
+            net["cni_bin_dirs"] = [CNI_BIN_DIR]
         wanted = {
             "server": {"log_level": "info"},
             "metrics": {"enabled": True, "address": "127.0.0.1", "port": self.metrics_port},
-            "network": {"cni_conf_dir": str(base / "cni"), "cni_bin_dirs": [CNI_BIN_DIR], "bridge": bridge},
+            "network": net,
             "images": {"registries": {registry: {"insecure": True}}},
             "cgroup": {"driver": "cgroupfs"},
         }
@@ -107,6 +122,9 @@ class Calyx:
         left = host.remove_cgroups(self.cgroup_root.strip("/"))
         host.kill_pids(host.processes_mentioning(str(self.base)), grace=2.0)
         host.unmount_under(self.base)
+        if self.builtin:
+            config = ["--config", str(self.daemon.config_file), "--config-dir", str(self.base / "calyx.d")]
+            calyx_command("cleanup", "--force", *config, timeout=60)
         host.delete_link(self.bridge)
         host.remove_iptables_rules(self.network)
         return left

@@ -2,6 +2,9 @@
 
 Ratios follow the issue's targets: Calyx over containerd for latencies and memory (lower is better),
 containerd over Calyx turned around for throughput (higher is better), and Calyx against runc's floor.
+Calyx is measured on each pod network asked for (``calyx``: a CNI conflist; ``calyx-builtin``: the
+built-in network, no CNI config), each against the same containerd (CNI bridge), and every target is
+checked for each network.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any
 from bench.sizes import Size
 from bench.stats import Result, short
 
-CALYX, REFERENCE, FLOOR = "calyx", "containerd", "floor"
+CALYX, CALYX_BUILTIN, REFERENCE, FLOOR = "calyx", "calyx-builtin", "containerd", "floor"
+CALYX_TARGETS = (CALYX, CALYX_BUILTIN)
+NETWORK = {CALYX: "CNI", CALYX_BUILTIN: "built-in"}
 
 
 @dataclass(frozen=True)
@@ -31,13 +36,18 @@ class Goal:
 
 
 def goals(size: Size) -> list[Goal]:
-    high = size.list_counts[1]
+    high, alive = size.list_counts[1], size.alive_pods
+    run_alive, teardown_alive = f"run_pod_sandbox_{alive}_alive", f"pod_teardown_{alive}_alive"
+    empty = "pod_teardown_empty"
     return [
-        Goal("RunPodSandbox median", "run_pod_sandbox", "run_pod_sandbox", REFERENCE, "<=", 0.5),
+        Goal("RunPodSandbox, one pod at a time", "run_pod_sandbox", "run_pod_sandbox", REFERENCE, "<=", 0.5),
+        Goal(f"RunPodSandbox, {alive} pods alive", run_alive, run_alive, REFERENCE, "<=", 0.5),
         Goal(
             "container create+start", "container_create_start", "container_create_start", REFERENCE, "<=", 1.0
         ),
-        Goal("pod teardown", "pod_teardown", "pod_teardown", REFERENCE, "<=", 1.0),
+        Goal("pod teardown, pod with a container", "pod_teardown", "pod_teardown", REFERENCE, "<=", 1.0),
+        Goal("pod teardown, one empty pod at a time", empty, empty, REFERENCE, "<=", 1.0),
+        Goal(f"pod teardown, {alive} pods alive", teardown_alive, teardown_alive, REFERENCE, "<=", 1.0),
         Goal(
             f"ListContainers {high}",
             f"list_containers_{high}",
@@ -76,11 +86,22 @@ def goals(size: Size) -> list[Goal]:
 
 
 def evaluate(results: dict[str, dict[str, Result]], size: Size) -> list[dict[str, Any]]:
+    """Every goal for each Calyx (each network) in ``results``."""
+    return [row for name in CALYX_TARGETS if name in results for row in _evaluate(results, size, name)]
+
+
+def _evaluate(results: dict[str, dict[str, Result]], size: Size, name: str) -> list[dict[str, Any]]:
     rows = []
     for g in goals(size):
-        ours = results.get(CALYX, {}).get(g.ours)
+        ours = results[name].get(g.ours)
         theirs = results.get(g.against, {}).get(g.theirs)
-        row: dict[str, Any] = {"goal": g.label, "ours": g.ours, "theirs": f"{g.against}:{g.theirs}"}
+        row: dict[str, Any] = {
+            "goal": g.label,
+            "runtime": name,
+            "network": NETWORK[name],
+            "ours": g.ours,
+            "theirs": f"{g.against}:{g.theirs}",
+        }
         a = ours.median if ours else None
         b = theirs.median if theirs else None
         row.update(calyx=a, other=b, ratio=None, met=None)
@@ -115,20 +136,21 @@ def machine() -> dict[str, Any]:
 
 
 def table(results: dict[str, dict[str, Result]], markdown: bool) -> str:
-    runtimes = [r for r in (CALYX, REFERENCE) if r in results]
+    """Medians of every runtime side by side, then each Calyx's ratio to the reference."""
+    runtimes = [r for r in (*CALYX_TARGETS, REFERENCE) if r in results]
+    ratios = [r for r in CALYX_TARGETS if r in results] if REFERENCE in results else []
     names: list[str] = []
     for r in runtimes:
         names += [n for n in results[r] if n not in names]
     header = ["benchmark", *[f"{r} median (min..p95)" for r in runtimes]]
-    if len(runtimes) == 2:
-        header.append("ratio")
+    header += [f"{r} / {REFERENCE}" for r in ratios]
     rows = []
     for n in names:
         cells = [n]
         for r in runtimes:
             cells.append(short(results[r].get(n)))
-        if len(runtimes) == 2:
-            a, b = results[CALYX].get(n), results[REFERENCE].get(n)
+        for r in ratios:
+            a, b = results[r].get(n), results[REFERENCE].get(n)
             ma, mb = (a.median if a else None), (b.median if b else None)
             cells.append(f"{ma / mb:.2f}x" if ma is not None and mb else "-")
         rows.append(cells)
@@ -148,8 +170,8 @@ def goals_table(rows: list[dict[str, Any]], markdown: bool) -> str:
         else:
             value = f"{row['ratio']:.2f}x"
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
-        out.append([row["goal"], value, row["target"], met])
-    return render(["target", "measured", "goal", "met"], out, markdown)
+        out.append([row["goal"], row["network"], value, row["target"], met])
+    return render(["target", "network", "measured", "goal", "met"], out, markdown)
 
 
 def render(header: list[str], rows: list[list[str]], markdown: bool) -> str:
@@ -185,11 +207,14 @@ def write(
     versions = ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
     m = meta["machine"]
     loads = "; ".join(f"{r} {a:g} -> {b:g}" for r, (a, b) in meta.get("load_1m", {}).items())
+    networks = "; ".join(f"{r}: {n}" for r, n in meta.get("networks", {}).items() if r in results)
     md = [
         f"Benchmark run {meta['date']} (size {meta['size']}), {m['nproc']} CPUs, "
         f"{m['memory_mb']} MB RAM, kernel {m['kernel']}; {versions}.",
         "",
         f"Load average (1 min) before -> after each runtime: {loads or 'not recorded'}.",
+        "",
+        f"Pod networks: {networks or 'not recorded'}.",
         "",
         table(results, markdown=True),
         "",

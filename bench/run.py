@@ -2,11 +2,12 @@
 containerd as the reference, and against runc's floor; print a table and write JSON and Markdown.
 
     python -m bench [--endpoint unix:///run/calyx/calyx.sock] [--reference containerd]
-                    [--size tiny|full] [--out bench/results/]
+                    [--network cni|builtin|both] [--size tiny|full] [--out bench/results/]
 
-Without ``--endpoint`` a Calyx is started on private dirs and stopped after. With a reference, both
-daemons run for the whole run and the benchmarks alternate between them step by step (never two
-benchmarks at the same time), on the same images from the same loopback registry.
+Without ``--endpoint`` Calyx is started on private dirs and stopped after: one daemon per network
+measured, on a CNI conflist (``calyx``) and on the built-in network a new user gets (``calyx-builtin``).
+With a reference, every daemon runs for the whole run and the benchmarks alternate between them step by
+step (never two benchmarks at the same time), on the same images from the same loopback registry.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="port of the loopback registry (default: a free one); an --endpoint must allow plain HTTP to it",
     )
     parser.add_argument("--reference", choices=["containerd", "none"], default="none")
+    parser.add_argument(
+        "--network",
+        choices=["cni", "builtin", "both"],
+        default="both",
+        help="the pod networks Calyx is measured on, a daemon each (default: both); not with --endpoint",
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--no-floor", action="store_true", help="skip the runc floor")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -71,12 +78,20 @@ def subnet(octet: int) -> str:
     return f"10.{octet}.{secrets.randbelow(64) * 4}.0/22"
 
 
+def calyx_name(network: str) -> str:
+    """The name of Calyx on ``network`` in results: ``calyx`` (CNI) or ``calyx-builtin``."""
+    return report.CALYX if network == "cni" else report.CALYX_BUILTIN
+
+
 @contextlib.contextmanager
 def calyx_target(
-    args: argparse.Namespace, images: env.Images, base: Path, tag: str
+    args: argparse.Namespace, images: env.Images, base: Path, tag: str, network: str = "cni"
 ) -> Iterator[Target | str]:
-    """Calyx as a Target (started on private dirs unless --endpoint), or why it cannot be measured."""
-    cgroup_root = f"/cxbench-{tag}-c"
+    """Calyx as a Target (started on private dirs on ``network`` unless --endpoint), or why it cannot
+    be measured."""
+    name = calyx_name(network)
+    letter = "c" if network == "cni" else "b"
+    cgroup_root = f"/cxbench-{tag}-{letter}"
     if args.endpoint:
         client = Client(args.endpoint)
         try:
@@ -101,26 +116,29 @@ def calyx_target(
             # The cgroup root is the run's own even on a daemon we did not start.
             host.remove_cgroups(cgroup_root.strip("/"))
         return
-    daemon = calyx.Calyx(base / "calyx", images.registry.host, f"cxb{tag}c", subnet(231), cgroup_root)
+    octet = 231 if network == "cni" else 233
+    daemon = calyx.Calyx(
+        base / name, images.registry.host, f"cxb{tag}{letter}", subnet(octet), cgroup_root, network
+    )
     if daemon.dropped:
-        log.info("calyx: options this build lacks (left out): %s", ", ".join(daemon.dropped))
+        log.info("%s: options this build lacks (left out): %s", name, ", ".join(daemon.dropped))
     try:
         try:
             daemon.start()
         except (RuntimeError, TimeoutError) as exc:
-            yield f"error: calyx did not start: {' '.join(str(exc).split())[:400]}"
+            yield f"error: {name} did not start: {' '.join(str(exc).split())[:400]}"
             return
         client = Client(daemon.endpoint)
         try:
             yield Target(
-                "calyx",
+                name,
                 client,
                 daemon.pid,
                 daemon.metrics_url,
                 images.busybox,
                 images.big,
                 images.big_bytes,
-                base / "calyx" / "pod-logs",
+                base / name / "pod-logs",
                 cgroup_root,
                 pull_phases=daemon.pull_phases,
                 markers=[str(daemon.base)],
@@ -130,7 +148,7 @@ def calyx_target(
     finally:
         left = daemon.stop()
         if left:
-            log.warning("calyx: cgroups left behind: %s", left)
+            log.warning("%s: cgroups left behind: %s", name, left)
 
 
 @contextlib.contextmanager
@@ -207,12 +225,13 @@ def _measure(
     benches: list[Bench], args: argparse.Namespace, beside: dict[str, Callable[[], None]] | None
 ) -> dict[str, dict[str, Result]]:
     targets = [b.t for b in benches]
-    recorder = None
-    calyx_pid = next((t.pid for t in targets if t.name == "calyx"), None)
-    if args.profile and calyx_pid is not None:
+    recorders: dict[str, profile.Recorder] = {}
+    if args.profile:
         args.out.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        recorder = profile.Recorder(calyx_pid, args.out / f"profile-calyx-{stamp}.txt")
+        for t in targets:
+            if t.name in report.CALYX_TARGETS and t.pid is not None:
+                recorders[t.name] = profile.Recorder(t.pid, args.out / f"profile-{t.name}-{stamp}.txt")
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     names = "+".join(t.name for t in targets)
@@ -233,15 +252,15 @@ def _measure(
                 if follow is not None:
                     follow()
     finally:
-        if recorder is not None:
+        for who, recorder in recorders.items():
             raw = recorder.stop()
             if raw.exists():
                 summary = profile.summarize(raw)
                 raw.with_suffix(".summary.txt").write_text(summary + "\n")
-                print(f"profile of calyx ({raw}):\n{summary}\n")
+                print(f"profile of {who} ({raw}):\n{summary}\n")
             else:
                 err = recorder.proc.stderr.read().decode()[-500:] if recorder.proc.stderr else ""
-                log.warning("py-spy wrote no profile: %s", err)
+                log.warning("py-spy wrote no profile of %s: %s", who, err)
     LOADS[names] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     log.info("%s: done in %.0f s", names, time.monotonic() - started)
     return {b.t.name: b.results for b in benches}
@@ -281,11 +300,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with contextlib.ExitStack() as stack:
                 targets: list[Target] = []
-                ours = stack.enter_context(calyx_target(args, images, base, tag))
-                if isinstance(ours, str):
-                    results[report.CALYX] = failed(size, ours)
-                else:
-                    targets.append(ours)
+                networks = ["cni", "builtin"] if args.network == "both" else [args.network]
+                for network in ["cni"] if args.endpoint else networks:
+                    ours = stack.enter_context(calyx_target(args, images, base, tag, network))
+                    if isinstance(ours, str):
+                        results[report.CALYX if network == "cni" else report.CALYX_BUILTIN] = failed(
+                            size, ours
+                        )
+                    else:
+                        targets.append(ours)
                 if args.reference == "containerd":
                     theirs = stack.enter_context(containerd_target(images, base, tag))
                     if isinstance(theirs, str):
@@ -320,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "size": size.name,
         "endpoint": args.endpoint or "calyx (started by the benchmark)",
+        "networks": {
+            report.CALYX: "the given endpoint's" if args.endpoint else "CNI (bridge + host-local)",
+            report.CALYX_BUILTIN: "built-in (no CNI config)",
+            report.REFERENCE: "CNI (bridge + host-local)",
+        },
         "machine": report.machine(),
         "versions": {
             "calyx": f"{calyx.version()} ({calyx.git_version()})",

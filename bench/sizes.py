@@ -13,6 +13,7 @@ class Size:
     parallel_pods: int
     parallel_reps: int
     pods: int  # pods of the population stage (daemon RSS "with N pods", helper memory)
+    alive_pods: int  # pods alive while pods_alive times one more pod's run and teardown
     list_counts: tuple[int, int]  # containers at which List* is measured
     scrape_containers: int
     list_reps: int  # calls of ListContainerStats and of the scrape
@@ -26,8 +27,8 @@ class Size:
 
 
 SIZES = {
-    "tiny": Size("tiny", 2, 3, 3, 1, 2, (2, 4), 3, 3, 3, 2, 1),
-    "full": Size("full", 20, 30, 10, 5, 100, (100, 500), 200, 20, 500, 50, 5),
+    "tiny": Size("tiny", 2, 3, 3, 1, 2, 2, (2, 4), 3, 3, 3, 2, 1),
+    "full": Size("full", 20, 30, 10, 5, 100, 20, (100, 500), 200, 20, 500, 50, 5),
 }
 
 
@@ -42,6 +43,8 @@ def benchmark_names(size: Size) -> list[str]:
         "pull_unpack",
         "run_pod_sandbox",
         "pod_teardown_empty",
+        f"run_pod_sandbox_{size.alive_pods}_alive",
+        f"pod_teardown_{size.alive_pods}_alive",
         "run_pod_sandbox_shared_pid",
         "helper_rss_per_pod_shared_pid",
         "helper_pss_per_pod_shared_pid",
