@@ -291,11 +291,14 @@ def test_forced_cleanup_cuts_the_pods_off_and_the_next_pod_plugs_them_in_again(b
     assert not link_exists(net.bridge) and _network_lines(net.bridge) == []
     assert not any(old[:16] in line for line in iptables_save().splitlines())  # its hostPort chain too
     new = run_pod(net.daemon, pod_config())
-    assert _shared_parts(net)["bridge up"] and _network_lines(net.bridge)
-    assert f"cxv{old[:12]}" in sh("ip", "-o", "link", "show", "master", net.bridge).stdout
+    parts = _shared_parts(net)
+    assert parts["bridge up"] and parts["rules"], parts
+    ports = sh("ip", "-o", "link", "show", "master", net.bridge).stdout
+    assert f"cxv{old[:12]}" in ports, ports
     new_ip = status(net.daemon, new).status.network.ip
-    assert in_netns(_netns(net, old), "ping", "-c1", "-W5", new_ip).returncode == 0
-    assert _answers(net, old, host_port, pod_port)  # its hostPort rules were made again with the chains
+    ping = in_netns(_netns(net, old), "ping", "-c1", "-W5", new_ip, check=False)
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert _answers(net, old, host_port, pod_port), net.daemon.log()[-3000:]  # its hostPort rules too
 
 
 def test_a_removed_pod_leaves_no_neighbour_entry_for_the_next_pod_given_its_address(builtin_net) -> None:
