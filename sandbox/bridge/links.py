@@ -12,22 +12,17 @@ teardown and recovery find them without stored state; presence is read from sysf
 
 from __future__ import annotations
 
-import errno
-import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
 from cri.errors import Internal
 from sandbox.bridge.ipam import Interface
-from sandbox.bridge.nlbatch import NetlinkBatch, NetlinkError, addresses_of, host_socket
+from sandbox.bridge.nlbatch import Address, NetlinkBatch, NetlinkError, addresses_of, host_socket
 from sandbox.netns import call_in
 
 POD_IFNAME = "eth0"
-IFA_F_NODAD = 0x02  # linux/if_addr.h: no duplicate address detection for this address
 IFF_UP = 0x1
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def veth_names(pod_id: str) -> tuple[str, str]:
@@ -54,26 +49,6 @@ def is_up(name: str) -> bool:
         return False
 
 
-def _family(version: int) -> int:
-    return socket.AF_INET6 if version == 6 else socket.AF_INET
-
-
-def _addr_request(batch: NetlinkBatch, index: int, address: Interface, where: str) -> None:
-    """IPv6 addresses skip duplicate address detection (``nodad``): they come from our own leases,
-    and DAD would keep them unusable ("tentative") for a second or more after the pod starts."""
-    extra: dict[str, Any] = {"flags": IFA_F_NODAD} if address.version == 6 else {}
-    batch.add(
-        f"add {address} to {where}",
-        "addr",
-        "add",
-        index=index,
-        address=str(address.ip),
-        prefixlen=address.network.prefixlen,
-        family=_family(address.version),
-        **extra,
-    )
-
-
 def missing_gateways(name: str, gateways: list[Interface]) -> list[Interface]:
     """The gateway addresses the bridge lacks (all of them when it does not exist): one dump."""
     index = ifindex(name)
@@ -90,16 +65,15 @@ def ensure_bridge(name: str, gateways: list[Interface]) -> tuple[int, bool]:
     created = ifindex(name) is None
     if created:
         batch = NetlinkBatch()
-        create = {"ifname": name, "kind": "bridge"}
-        batch.add(f"create bridge {name}", "link", "add", tolerate=(errno.EEXIST,), **create)
+        batch.create_bridge(name)
         _send(batch, f"cannot create bridge {name}")
     index = ifindex(name)
     if index is None:
         raise Internal(f"bridge {name} vanished right after creation")
     batch = NetlinkBatch()
     for gateway in missing_gateways(name, gateways):
-        _addr_request(batch, index, gateway, name)
-    batch.add(f"bring {name} up", "link", "set", index=index, state="up")
+        batch.add_address(f"add {gateway} to {name}", index, gateway)
+    batch.set_up(f"bring {name} up", index)
     _send(batch, f"cannot set up bridge {name}")
     return index, created
 
@@ -124,7 +98,7 @@ def delete_link(name: str) -> bool:
     if index is None:
         return False
     batch = NetlinkBatch()
-    batch.add(f"delete {name}", "link", "del", index=index, tolerate=(errno.ENODEV,))
+    batch.delete_link(f"delete {name}", index)
     _send(batch, f"cannot delete {name}")
     return True
 
@@ -139,7 +113,7 @@ def plug(bridge_index: int, pod_ids: list[str]) -> list[str]:
     for name in names:
         index = ifindex(name)
         if index is not None:
-            batch.add(f"plug {name}", "link", "set", index=index, master=bridge_index, state="up")
+            batch.set_up(f"plug {name}", index, master=bridge_index)
     _send(batch, "cannot plug pods into the bridge again")
     for name in names:
         _hairpin(name)
@@ -163,19 +137,11 @@ def attach_pod(
     for stale in (host_name, temp_name):  # left from an interrupted attempt: its pod end goes with it
         index = ifindex(stale)
         if index is not None:
-            batch.add(f"delete the stale {stale}", "link", "del", index=index, tolerate=(errno.ENODEV,))
+            batch.delete_link(f"delete the stale {stale}", index)
     fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)  # the pin; FileNotFoundError when it is gone
     try:
-        batch.add(
-            f"create the veth pair {host_name}/{POD_IFNAME} of pod {pod_id}",
-            "link",
-            "add",
-            ifname=host_name,
-            kind="veth",
-            master=bridge_index,
-            state="up",
-            peer={"ifname": POD_IFNAME, "net_ns_fd": fd},
-        )
+        what = f"create the veth pair {host_name}/{POD_IFNAME} of pod {pod_id}"
+        batch.create_veth(what, host_name, bridge_index, POD_IFNAME, fd)
         _send(batch, "cannot create the pod's veth pair", pod_id)
     finally:
         os.close(fd)
@@ -184,19 +150,11 @@ def attach_pod(
     try:
         batch = NetlinkBatch()
         for address, _ in addresses:
-            _addr_request(batch, eth0, address, f"{POD_IFNAME} of pod {pod_id}")
-        batch.add(f"bring {POD_IFNAME} up", "link", "set", index=eth0, state="up")
-        batch.add("bring lo up", "link", "set", index=lo, state="up")
-        for address, gateway in addresses:
-            dst = "::/0" if address.version == 6 else "0.0.0.0/0"
-            batch.add(
-                f"add the default route via {gateway}",
-                "route",
-                "add",
-                dst=dst,
-                gateway=str(gateway),
-                family=_family(address.version),
-            )
+            batch.add_address(f"add {address} to {POD_IFNAME} of pod {pod_id}", eth0, address)
+        batch.set_up(f"bring {POD_IFNAME} up", eth0)
+        batch.set_up("bring lo up", lo)
+        for _, gateway in addresses:
+            batch.add_default_route(gateway)
         batch.send(sock)
     except NetlinkError as exc:
         raise Internal(f"cannot configure {POD_IFNAME} in the pod's netns {netns}: {exc}", pod_id) from None
@@ -229,20 +187,11 @@ def detach_pod(pod_id: str, bridge: str, ips: list[str]) -> None:
     for name in veth_names(pod_id):
         index = ifindex(name)
         if index is not None:
-            batch.add(f"delete {name}", "link", "del", index=index, tolerate=(errno.ENODEV,))
+            batch.delete_link(f"delete {name}", index)
     bridge_index = ifindex(bridge)
     if bridge_index is not None:
         for ip in ips:
-            family = _family(ipaddress.ip_address(ip).version)
-            batch.add(
-                f"forget the neighbour {ip}",
-                "neigh",
-                "del",
-                dst=ip,
-                ifindex=bridge_index,
-                family=family,
-                tolerate=(errno.ENOENT, errno.ENODEV),
-            )
+            batch.forget_neighbour(ip, bridge_index)
     if len(batch):
         _send(batch, "cannot remove the pod's veth pair", pod_id)
 
