@@ -271,8 +271,10 @@ def _procs_below(directory: Path) -> list[int]:
     for root, _dirs, _files in os.walk(directory):
         try:
             pids.extend(int(p) for p in (Path(root) / "cgroup.procs").read_text().split())
-        except FileNotFoundError:
-            continue
+        except OSError as exc:
+            # Gone meanwhile; a cgroup being removed answers ENODEV for a moment before it vanishes.
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
     return pids
 
 
