@@ -176,6 +176,11 @@ class ImagesConfig:
         " it can fill the disk; decompression bombs and sparse-file bombs stop here. The default, 16 GiB,"
         " leaves room for the largest real layers (machine-learning images carry layers over 10 GiB).",
     )
+    loopback_plain_http: bool = opt(
+        True,
+        "Speak plain HTTP to a registry on loopback (localhost, 127.0.0.0/8, ::1) even when it is not"
+        " marked insecure, as containerd and Docker do; false: HTTPS to every registry not marked insecure.",
+    )
 
 
 @dataclass

@@ -1,20 +1,22 @@
 """A client for the OCI distribution API v2: manifests and blobs from one registry endpoint.
 
 Endpoints for an image's registry are its configured mirrors, in order, then the registry itself
-(``endpoints``). Every request carries a timeout no later than the pull's deadline, so a registry that
-stops answering cannot hold a PullImage past what kubelet allowed.
+(``endpoints``); a registry on loopback is spoken to in plain HTTP unless configured otherwise, as
+containerd and Docker do. Every request carries a timeout no later than the pull's deadline, so a
+registry that stops answering cannot hold a PullImage past what kubelet allowed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import logging
 import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import httpx
 
@@ -54,22 +56,47 @@ class Endpoint:
         return f"{self.scheme}://{self.host}" + (f"/{self.prefix}" if self.prefix else "")
 
 
+def hostname(host: str) -> str:
+    """The host of host[:port] without port or brackets ("[::1]:5000" -> "::1")."""
+    return (urlsplit(f"//{host}").hostname or "").lower()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host[:port] names this machine: localhost, 127.0.0.0/8 or ::1."""
+    name = hostname(host)
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def scheme_for(host: str, config: ImagesConfig) -> str:
+    """Plain HTTP for an insecure registry, and for one on loopback unless images.loopback_plain_http
+    is off; HTTPS for every other."""
+    settings = config.registries.get(host)
+    if settings is not None and settings.insecure:
+        return "http"
+    return "http" if config.loopback_plain_http and is_loopback(host) else "https"
+
+
 def _endpoint(text: str, config: ImagesConfig, mirror: bool) -> Endpoint:
     if "://" in text:
         parsed = urlparse(text)
         return Endpoint(parsed.scheme, parsed.netloc, parsed.path.strip("/"), mirror)
     host, _, prefix = text.strip("/").partition("/")
-    settings = config.registries.get(host)
-    scheme = "http" if settings is not None and settings.insecure else "https"
-    return Endpoint(scheme, host, prefix, mirror)
+    return Endpoint(scheme_for(host, config), host, prefix, mirror)
 
 
 def endpoints(domain: str, config: ImagesConfig) -> list[Endpoint]:
     """Mirrors of ``domain`` in configured order, then ``domain`` itself."""
     settings = config.registries.get(domain)
     found = [_endpoint(m, config, True) for m in (settings.mirrors if settings else [])]
-    upstream = DOCKER_HUB if domain == "docker.io" else domain
-    found.append(Endpoint("http" if settings is not None and settings.insecure else "https", upstream))
+    if domain == "docker.io":
+        found.append(Endpoint("http" if settings is not None and settings.insecure else "https", DOCKER_HUB))
+    else:
+        found.append(Endpoint(scheme_for(domain, config), domain))
     return found
 
 

@@ -117,6 +117,22 @@ def test_pull_by_tag_gives_config_digest_id_names_and_unpacked_layers(plain: Dae
     assert not leftovers(plain)["ingest"]
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_registry_on_loopback_speaks_plain_http_without_config(daemon_factory, image_registry, host):
+    """As containerd and Docker do: no `insecure` entry is needed for localhost or 127.0.0.0/8."""
+    d = daemon_factory()
+    port = image_registry.host.rsplit(":", 1)[1]
+    assert pull(d, f"{host}:{port}/calyx-test/busybox") == config_id("calyx-test/busybox")
+
+
+def test_loopback_plain_http_can_be_turned_off(daemon_factory, image_registry) -> None:
+    d = daemon_factory({"images": {"loopback_plain_http": False}})
+    err = rpc_error(lambda: pull(d, image_registry.ref("calyx-test/busybox")))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE
+    assert "https://" in err.details() and "SSL" in err.details(), err.details()
+    assert listed(d) == []
+
+
 def test_pull_without_tag_means_latest_and_by_digest_keeps_the_digest(plain: Daemon, image_registry) -> None:
     image_id = pull(plain, image_registry.ref("calyx-test/busybox"))
     assert image_registry.ref("calyx-test/busybox:latest") in status(plain, image_id).image.repo_tags
