@@ -181,6 +181,31 @@ class ImagesConfig:
         "Speak plain HTTP to a registry on loopback (localhost, 127.0.0.0/8, ::1) even when it is not"
         " marked insecure, as containerd and Docker do; false: HTTPS to every registry not marked insecure.",
     )
+    pull_timeout_seconds: float = opt(
+        1800.0,
+        "How long one PullImage may take when the client gives no deadline (kubelet gives none): past it"
+        " the pull fails with DEADLINE_EXCEEDED and leaves nothing behind. A client's deadline is used as"
+        " is. Bodies trickled a byte at a time are cut at the deadline too.",
+    )
+
+    def validate(self) -> None:
+        """A pull timeout must be a positive number of seconds; mirrors host[:port][/prefix] or http(s)
+        URLs."""
+        if not 0 < self.pull_timeout_seconds < float("inf"):
+            raise ConfigError(
+                "config",
+                "images.pull_timeout_seconds",
+                f"{self.pull_timeout_seconds!r} must be a positive number of seconds",
+            )
+        for name, registry in self.registries.items():
+            for mirror in registry.mirrors:
+                scheme = mirror.partition("://")[0] if "://" in mirror else "https"
+                if scheme not in ("http", "https") or not mirror.split("://")[-1].strip("/"):
+                    raise ConfigError(
+                        "config",
+                        f"images.registries.{name}.mirrors",
+                        f"{mirror!r} is not host[:port][/prefix] or an http(s) URL",
+                    )
 
 
 @dataclass
@@ -245,6 +270,7 @@ class Config:
             )
         if not 0 < self.state.cleanup_retry_seconds < float("inf"):
             raise ConfigError("config", "state.cleanup_retry_seconds", "must be a positive number of seconds")
+        self.images.validate()
 
     @property
     def root(self) -> Path:

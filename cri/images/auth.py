@@ -7,21 +7,34 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import json
 import logging
+import os
 import re
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from cri.errors import InvalidArgument, PermissionDenied, Unavailable
+from cri.images import validate
 
 if TYPE_CHECKING:
     import httpx  # the HTTP client comes with the first pull (cri/images/manager.py)
 
+    from cri.images.transport import Http
+
 log = logging.getLogger("cri.images.auth")
 
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+# A bearer token goes into a header: visible ASCII only (RFC 6750's b64token and JWTs are narrower).
+_TOKEN = re.compile(r"[\x21-\x7e]{1,65536}\Z")
+MAX_CHALLENGE = 8192
+# Keys flights of pulls by credentials without keeping the credentials themselves in the key.
+_FINGERPRINT_KEY = os.urandom(32)
 
 
 class Unauthorized(PermissionDenied):
@@ -40,6 +53,14 @@ class Credentials:
     @property
     def empty(self) -> bool:
         return not (self.username or self.password or self.identity_token or self.registry_token)
+
+    @property
+    def fingerprint(self) -> str:
+        """Equal for equal credentials, "" for none; a keyed hash, so it reveals nothing of them."""
+        if self.empty:
+            return ""
+        fields = "\0".join([self.username, self.password, self.identity_token, self.registry_token])
+        return hmac.new(_FINGERPRINT_KEY, fields.encode(), hashlib.sha256).hexdigest()[:32]
 
     @classmethod
     def from_auth_config(cls, auth: Any) -> Credentials:
@@ -66,15 +87,31 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
-class Authenticator:
-    """Answers challenges for one registry endpoint and caches bearer tokens by scope."""
+def may_send_credentials(realm: str, registry_scheme: str, registry_hostname: str) -> bool:
+    """Whether credentials may go to a token realm the registry's own challenge named: over HTTPS to any
+    host (Docker Hub's realm is auth.docker.io), over plain HTTP only to the registry's own host when the
+    registry itself is spoken to in plain HTTP (an insecure or loopback registry)."""
+    parts = urlsplit(realm)
+    if parts.scheme == "https":
+        return True
+    return registry_scheme == "http" and (parts.hostname or "").lower() == registry_hostname
 
-    def __init__(self, client: httpx.Client, credentials: Credentials) -> None:
-        self.client = client
+
+class Authenticator:
+    """Answers challenges for one registry endpoint and caches bearer tokens by scope.
+
+    Only challenges of the endpoint itself reach ``learn`` (cri/images/registry.py): a host a redirect led
+    to never names a realm that gets credentials."""
+
+    def __init__(self, http: Http, credentials: Credentials, scheme: str, hostname: str) -> None:
+        self.http = http
         self.credentials = credentials
+        self.scheme = scheme
+        self.hostname = hostname
         self._tokens: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
         self.challenge: tuple[str, dict[str, str]] | None = None
+        self.withheld = ""  # a realm that was asked for a token without the credentials
 
     def headers(self, scope: str) -> dict[str, str]:
         """Authorization for a request, from what earlier challenges taught us."""
@@ -86,8 +123,7 @@ class Authenticator:
         if scheme == "basic":
             if not self.credentials.username:
                 return {}
-            raw = f"{self.credentials.username}:{self.credentials.password}".encode()
-            return {"authorization": "Basic " + base64.b64encode(raw).decode()}
+            return {"authorization": _basic(self.credentials)}
         if scheme == "bearer":
             return {"authorization": f"Bearer {self._token(params, scope)}"}
         return {}
@@ -95,7 +131,7 @@ class Authenticator:
     def learn(self, response: httpx.Response, scope: str) -> bool:
         """Remember the challenge of a 401; True if retrying with new headers may help."""
         header = response.headers.get("www-authenticate", "")
-        if not header or self.credentials.registry_token:
+        if not header or len(header) > MAX_CHALLENGE or self.credentials.registry_token:
             return False
         scheme, params = parse_challenge(header)
         if scheme not in ("basic", "bearer"):
@@ -125,35 +161,54 @@ class Authenticator:
 
     def _fetch_token(self, params: dict[str, str], scope: str) -> tuple[str, float]:
         realm = params.get("realm", "")
-        if not realm.startswith(("http://", "https://")):
-            raise Unavailable(f"registry token realm {realm!r} is not an http(s) URL")
+        try:
+            validate.url(realm)
+        except ValueError as exc:
+            raise Unavailable(f"registry token realm {validate.shown(realm)} {exc}") from None
         service = params.get("service", "")
         creds = self.credentials
-        import httpx
-
-        try:
-            if creds.identity_token:
-                form = {
-                    "grant_type": "refresh_token",
-                    "refresh_token": creds.identity_token,
-                    "service": service,
-                    "scope": scope,
-                    "client_id": "calyx",
-                }
-                response = self.client.post(realm, data=form)
-            else:
-                query = {"service": service, "scope": scope} if service else {"scope": scope}
-                auth = (creds.username, creds.password) if creds.username else None
-                response = self.client.get(realm, params=query, auth=auth)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"token server {realm}: {exc}") from None
-        if response.status_code in (401, 403):
-            raise Unauthorized(f"token server {realm} refused the credentials (HTTP {response.status_code})")
+        if not creds.empty and not may_send_credentials(realm, self.scheme, self.hostname):
+            log.warning(
+                "not sending credentials to a plain-HTTP token realm on another host",
+                extra={"realm": realm, "registry": self.hostname},
+            )
+            self.withheld = realm
+            creds = Credentials()
+        what = f"token server {realm}"
+        if creds.identity_token:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": creds.identity_token,
+                "service": service,
+                "scope": scope,
+                "client_id": "calyx",
+            }
+            response = self.http.send("POST", realm, what, data=form)
+        else:
+            query = {"service": service, "scope": scope} if service else {"scope": scope}
+            headers = {"authorization": _basic(creds)} if creds.username else {}
+            response = self.http.send("GET", realm, what, headers=headers, params=query)
         if response.status_code != 200:
-            raise Unavailable(f"token server {realm}: HTTP {response.status_code}")
-        body = response.json()
-        token = body.get("token") or body.get("access_token")
-        if not token:
-            raise Unavailable(f"token server {realm} answered without a token")
+            self.http.head(response, validate.MAX_ERROR_BYTES, what)
+            if response.status_code in (401, 403):
+                raise Unauthorized(f"{what} refused the credentials (HTTP {response.status_code})")
+            raise Unavailable(f"{what}: HTTP {response.status_code}")
+        raw = self.http.read(response, validate.MAX_TOKEN_BYTES, what)
+        if raw is None:
+            raise Unavailable(f"{what}: reply larger than the {validate.MAX_TOKEN_BYTES} bytes Calyx accepts")
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise Unavailable(f"{what} answered with something that is not JSON") from None
+        token = body.get("token") or body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not _TOKEN.match(token):
+            raise Unavailable(f"{what} answered without a usable token")
+        expires = body.get("expires_in")
+        ttl = float(expires) if isinstance(expires, int | float) and 0 < expires < 86400 * 365 else 60.0
         log.debug("got registry token", extra={"realm": realm, "scope": scope})
-        return str(token), float(body.get("expires_in") or 60)
+        return token, ttl
+
+
+def _basic(creds: Credentials) -> str:
+    raw = f"{creds.username}:{creds.password}".encode()
+    return "Basic " + base64.b64encode(raw).decode()

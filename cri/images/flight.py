@@ -25,7 +25,9 @@ class Flights(Generic[T]):
         self._running: dict[str, Future[T]] = {}
         self.shared = 0  # how many callers got a result they did not compute (for tests and logs)
 
-    def do(self, key: str, fn: Callable[[], T], deadline: float | None = None) -> T:
+    def do(self, key: str, fn: Callable[[], T], deadline: float | None = None, what: str = "") -> T:
+        """``fn``'s result, computed once for every caller with this ``key`` at the same time; ``what``
+        names the work in errors (the key may hold more than a reader needs)."""
         while True:
             with self._lock:
                 future = self._running.get(key)
@@ -40,7 +42,7 @@ class Flights(Generic[T]):
                 result = future.result(timeout)
             except FutureTimeout:
                 raise DeadlineExceeded(
-                    f"{key}: deadline passed while waiting for a pull in progress"
+                    f"{what or key}: deadline passed while waiting for a pull in progress"
                 ) from None
             except Exception:
                 continue  # the leader failed: try again, perhaps as the leader

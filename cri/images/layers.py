@@ -4,11 +4,14 @@ A layer is unpacked into ``layers/tmp-<chain>-<rand>`` and renamed to ``layers/<
 complete, so a directory named by a chain id is always whole; leftovers of a crash are listed by
 ``leftovers()`` for the image manager to remove. The same chain id is never unpacked twice at once
 (coalesced through Flights).
+
+A directory found on disk is reused only under a chain id, which ``validate.chain_ids`` makes from
+verified sha256 diff ids alone (as containerd does): no other string names a layer directory, and every
+path is checked to lie directly under the store root.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,35 +19,34 @@ import time
 import uuid
 from pathlib import Path
 
+from cri.errors import InvalidArgument
+from cri.images import validate
+from cri.images.content import inside, real_dir
 from cri.images.flight import Flights
 from cri.images.unpack import Usage, remove_layer_dir, unpack
 
 log = logging.getLogger("cri.images.layers")
 
+chain_ids = validate.chain_ids
 
-def chain_ids(diff_ids: list[str]) -> list[str]:
-    """OCI chain ids: ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))."""
-    chains: list[str] = []
-    for diff_id in diff_ids:
-        if not chains:
-            chains.append(diff_id)
-        else:
-            chains.append("sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
-    return chains
+
+def _hex(chain_id: str) -> str:
+    if not validate.is_sha256(chain_id):
+        raise InvalidArgument(f"refusing layer chain id {validate.shown(chain_id)}: not a sha256 digest")
+    return chain_id[len("sha256:") :]
 
 
 class LayerStore:
     def __init__(self, root: Path, max_unpacked_bytes: int) -> None:
-        self.root = root
+        self.root = real_dir(root)
         self.max_unpacked_bytes = max_unpacked_bytes
-        root.mkdir(parents=True, exist_ok=True)
         # Layers hold setuid binaries and device nodes: no host user may reach them. Overlayfs reads
         # lower dirs with the mounter's credentials, so containers are unaffected.
-        os.chmod(root, 0o700)
+        os.chmod(self.root, 0o700)
         self._flights: Flights[Path] = Flights()
 
     def path(self, chain_id: str) -> Path:
-        return self.root / chain_id.split(":", 1)[1]
+        return inside(self.root, _hex(chain_id))
 
     def has(self, chain_id: str) -> bool:
         return self.path(chain_id).is_dir()
@@ -61,8 +63,8 @@ class LayerStore:
         final = self.path(chain_id)
         if final.is_dir():
             return final
-        hexd = chain_id.split(":", 1)[1]
-        tmp = self.root / f"tmp-{hexd[:16]}-{uuid.uuid4().hex[:8]}"
+        hexd = _hex(chain_id)
+        tmp = inside(self.root, f"tmp-{hexd[:16]}-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(mode=0o755)
         start = time.monotonic()
         try:
@@ -71,7 +73,9 @@ class LayerStore:
         except BaseException:
             remove_layer_dir(tmp)
             raise
-        (self.root / f"{hexd}.usage").write_text(json.dumps({"bytes": usage.bytes, "inodes": usage.inodes}))
+        inside(self.root, f"{hexd}.usage").write_text(
+            json.dumps({"bytes": usage.bytes, "inodes": usage.inodes})
+        )
         log.info(
             "layer unpacked",
             extra={
@@ -85,18 +89,22 @@ class LayerStore:
 
     def usage(self, chain_id: str) -> Usage:
         try:
-            data = json.loads((self.root / f"{chain_id.split(':', 1)[1]}.usage").read_text())
+            data = json.loads(inside(self.root, f"{_hex(chain_id)}.usage").read_text())
             return Usage(int(data["bytes"]), int(data["inodes"]))
         except (OSError, ValueError, KeyError):
             return Usage()
 
     def remove(self, chain_id: str) -> None:
-        hexd = chain_id.split(":", 1)[1]
         remove_layer_dir(self.path(chain_id))
-        (self.root / f"{hexd}.usage").unlink(missing_ok=True)
+        inside(self.root, f"{_hex(chain_id)}.usage").unlink(missing_ok=True)
 
     def chain_ids(self) -> set[str]:
-        return {f"sha256:{p.name}" for p in self.root.iterdir() if len(p.name) == 64 and p.is_dir()}
+        """Chain ids of the unpacked layers: directories (not symlinks) named by a sha256 hex."""
+        return {
+            f"sha256:{p.name}"
+            for p in self.root.iterdir()
+            if validate.is_sha256(f"sha256:{p.name}") and p.is_dir() and not p.is_symlink()
+        }
 
     def leftovers(self) -> list[Path]:
         """Half-unpacked dirs a crash left (each name is random: no later unpack reuses it)."""

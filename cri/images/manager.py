@@ -28,6 +28,7 @@ from cri.images.flight import Flights
 from cri.images.layers import LayerStore
 from cri.images.model import Image, ImageRecord
 from cri.images.reference import ID_RE, Reference, parse
+from cri.images.validate import InvalidImage, stored_record
 from cri.instruments import IMAGE_PULL_DURATION
 from cri.runtime import Runtime
 
@@ -82,10 +83,11 @@ class ImageManager:
         with self._lock:
             for image_id, data in self.store.list(KIND).items():
                 try:
-                    record = ImageRecord.from_dict(data)
-                except (KeyError, TypeError, ValueError) as exc:
+                    record = stored_record(data, image_id)
+                except InvalidImage as exc:
                     log.error(
-                        "unreadable image record dropped", extra={"image_id": image_id, "error": repr(exc)}
+                        "image record refused, dropping image",
+                        extra={"image_id": image_id, "error": str(exc)},
                     )
                     self.store.delete(KIND, image_id)
                     continue
@@ -117,6 +119,8 @@ class ImageManager:
     def _find(self, text: str) -> ImageRecord | None:
         """The record named by ``text``: id, unique id prefix, tag or digest reference."""
         with self._lock:
+            if text in self._records:  # a full id, sha512 ones included
+                return self._records[text]
             match = ID_RE.match(text)
             if match:
                 return self._records.get(f"sha256:{match.group(1)}")
@@ -198,10 +202,15 @@ class ImageManager:
     # --- pull ---------------------------------------------------------------------------------------
 
     def pull(self, text: str, creds: Credentials | None = None, deadline: float | None = None) -> str:
-        """Pull ``text`` (a reference) and return the image id; concurrent pulls of one name share one."""
+        """Pull ``text`` (a reference) and return the image id. Concurrent pulls of one name share one
+        when they carry the same credentials (a pull with others, or none, must earn the image itself).
+        Without a deadline from the client, the pull gets images.pull_timeout_seconds."""
         ref = parse(text)
         creds = creds or Credentials()
-        return self.pulls.do(str(ref), lambda: self._pull(ref, creds, deadline), deadline)
+        if deadline is None:
+            deadline = time.monotonic() + self.runtime.config.images.pull_timeout_seconds
+        key = f"{ref} {creds.fingerprint}"
+        return self.pulls.do(key, lambda: self._pull(ref, creds, deadline), deadline, what=str(ref))
 
     def _pull(self, ref: Reference, creds: Credentials, deadline: float | None) -> str:
         start = time.monotonic()

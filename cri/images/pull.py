@@ -1,14 +1,15 @@
 """One image pull: manifest (through an index when there is one), config, layers, unpacked layer dirs.
 
 The pull tries each endpoint (mirrors, then the registry) until one serves the manifest, then takes
-every blob from that endpoint. Each blob lands in the content store only once verified; layers already
-there are not downloaded again, and concurrent downloads of one blob are shared. The result is an
-ImageRecord that the caller (the image manager) records in the store; until then nothing is visible.
+every blob from that endpoint. Every document is checked by cri/images/validate.py before any of it is
+used, and each blob lands in the content store only once verified; layers already there are not
+downloaded again, and concurrent downloads of one blob with the same credentials are shared. The
+result is an ImageRecord that the caller (the image manager) records in the store; until then nothing
+is visible.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -21,27 +22,20 @@ from cri import failpoints
 from cri.config import ImagesConfig
 from cri.errors import CalyxError, DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
 from cri.images import registry as reg
+from cri.images import validate
 from cri.images.auth import Credentials, Unauthorized
 from cri.images.content import ContentStore, DigestMismatch
 from cri.images.flight import Flights
-from cri.images.layers import LayerStore, chain_ids
+from cri.images.layers import LayerStore
 from cri.images.model import ImageRecord
 from cri.images.reference import Reference
+from cri.images.validate import InvalidImage
 
 log = logging.getLogger("cri.images.pull")
 
 ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le"}
-INDEX_TYPES = {reg.MEDIA_OCI_INDEX, reg.MEDIA_DOCKER_LIST}
-SCHEMA1_TYPES = {reg.MEDIA_DOCKER_V1, reg.MEDIA_DOCKER_V1_SIGNED, "application/json"}
-LAYER_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.diff.tar",
-}
-# Endpoint failures after which the next endpoint is worth a try.
-TRY_NEXT = (NotFound, Unavailable, Unauthorized, DigestMismatch)
+# Endpoint failures after which the next endpoint is worth a try (a mirror may be broken or hostile).
+TRY_NEXT = (NotFound, Unavailable, Unauthorized, DigestMismatch, InvalidImage)
 PROGRESS_EVERY_S = 2.0
 PARALLEL_DOWNLOADS = 3
 
@@ -92,11 +86,10 @@ class Puller:
     ) -> ImageRecord:
         failures: list[CalyxError] = []
         for endpoint in reg.endpoints(ref.domain, self.config):
-            client = reg.RegistryClient(
-                endpoint, ref.path, reg.credentials_for(endpoint, ref.domain, creds, self.config), deadline
-            )
+            used = reg.credentials_for(endpoint, ref.domain, creds, self.config)
+            client = reg.RegistryClient(endpoint, ref.path, used, deadline)
             try:
-                return self._pull_from(client, ref, deadline, lease)
+                return self._pull_from(client, ref, deadline, lease, used.fingerprint)
             except TRY_NEXT as exc:
                 withheld = not creds.empty and not reg.given_for(endpoint, ref.domain, creds)
                 if isinstance(exc, Unauthorized) and withheld:
@@ -118,116 +111,111 @@ class Puller:
     # --- one endpoint -------------------------------------------------------------------------------
 
     def _manifest(
-        self, client: reg.RegistryClient, reference: str, expect: str = ""
+        self, client: reg.RegistryClient, image: str, reference: str, expect: str = ""
     ) -> tuple[bytes, str, dict[str, Any]]:
+        """A manifest or index: its body, digest (checked against ``expect``) and JSON object."""
         body, media = client.manifest(reference)
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        digest = validate.digest_of(body, expect)
         if expect and digest != expect:
             raise DigestMismatch(f"manifest {reference}: content has digest {digest}, expected {expect}")
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            raise Unavailable(f"manifest {reference} from {client.endpoint} is not JSON") from None
+        doc = _json(body, f"image {image}: manifest {reference} from {client.endpoint}")
         if not isinstance(doc, dict):
-            raise Unavailable(f"manifest {reference} from {client.endpoint} is not a JSON object")
+            raise InvalidImage(
+                f"image {image}: manifest {reference} from {client.endpoint} is not a JSON object"
+            )
         media = str(doc.get("mediaType") or media)
-        if doc.get("schemaVersion") == 1 or media in (reg.MEDIA_DOCKER_V1, reg.MEDIA_DOCKER_V1_SIGNED):
+        if doc.get("schemaVersion") == 1 or media in (
+            validate.MEDIA_DOCKER_V1,
+            validate.MEDIA_DOCKER_V1_SIGNED,
+        ):
             raise FailedPrecondition(
                 f"{client.repo}:{reference} is a Docker schema 1 image, which Calyx does not support"
                 " (deprecated by Docker; re-push it as schema 2 or OCI)"
             )
         return body, digest, doc
 
-    def _pick(self, index: dict[str, Any], name: str) -> dict[str, Any]:
+    def _pick(self, entries: list[validate.IndexEntry], name: str) -> validate.Descriptor:
         arch = host_arch()
-        candidates = [
-            m
-            for m in index.get("manifests", [])
-            if m.get("platform", {}).get("os") == "linux"
-            and m.get("platform", {}).get("architecture") == arch
-        ]
-        if not candidates:
-            offered = sorted(
-                f"{m.get('platform', {}).get('os')}/{m.get('platform', {}).get('architecture')}"
-                for m in index.get("manifests", [])
-            )
-            raise NotFound(f"{name} has no image for linux/{arch} (it has {', '.join(offered) or 'none'})")
-        return dict(candidates[0])
+        for entry in entries:
+            if entry.os == "linux" and entry.architecture == arch:
+                if entry.descriptor.media_type not in validate.MANIFEST_TYPES:
+                    raise InvalidImage(
+                        f"image {name}: its linux/{arch} entry is a {entry.descriptor.media_type!r},"
+                        " not an image manifest"
+                    )
+                return entry.descriptor
+        offered = sorted(f"{e.os}/{e.architecture}" for e in entries)
+        raise NotFound(f"{name} has no image for linux/{arch} (it has {', '.join(offered) or 'none'})")
 
     def _pull_from(
-        self, client: reg.RegistryClient, ref: Reference, deadline: float | None, lease: set[str]
+        self,
+        client: reg.RegistryClient,
+        ref: Reference,
+        deadline: float | None,
+        lease: set[str],
+        creds_key: str,
     ) -> ImageRecord:
-        body, top_digest, doc = self._manifest(client, ref.object, ref.digest)
+        image = str(ref)
+        body, top_digest, doc = self._manifest(client, image, ref.object, ref.digest)
         blobs: list[str] = []
-        if "manifests" in doc or doc.get("mediaType") in INDEX_TYPES:
+        if "manifests" in doc or doc.get("mediaType") in validate.INDEX_TYPES:
+            chosen = self._pick(validate.index(doc, image), image)
             lease.add(top_digest)
             self.content.put(top_digest, body)
             blobs.append(top_digest)
-            chosen = self._pick(doc, str(ref))
-            body, manifest_digest, doc = self._manifest(client, chosen["digest"], chosen["digest"])
+            body, manifest_digest, doc = self._manifest(client, image, chosen.digest, chosen.digest)
         else:
             manifest_digest = top_digest
+        manifest = validate.manifest(doc, image)
         lease.add(manifest_digest)
         self.content.put(manifest_digest, body)
         blobs.append(manifest_digest)
-        failpoints.hit("image.pull_after_manifest", image=str(ref))
-        config_desc = doc.get("config") or {}
-        layer_descs = doc.get("layers") or []
-        for desc in layer_descs:
-            if desc.get("mediaType") not in LAYER_TYPES:
-                raise FailedPrecondition(
-                    f"{ref}: layer media type {desc.get('mediaType')!r} is not supported"
-                )
-        progress = Progress(str(ref), total=sum(int(d.get("size", 0)) for d in layer_descs))
-        progress.layers_total = len(layer_descs)
-        self._fetch(client, config_desc, deadline, lease, None)
-        blobs.append(config_desc["digest"])
-        config_doc = json.loads(self.content.read(config_desc["digest"]))
-        diff_ids = list(config_doc.get("rootfs", {}).get("diff_ids", []))
-        if len(diff_ids) != len(layer_descs):
-            raise FailedPrecondition(
-                f"{ref}: the config lists {len(diff_ids)} layers, the manifest {len(layer_descs)}"
-            )
-        self._fetch_layers(client, layer_descs, deadline, lease, progress)
-        failpoints.hit("image.pull_after_blobs", image=str(ref))
-        blobs.extend(desc["digest"] for desc in layer_descs)
-        chains = chain_ids(diff_ids)
+        failpoints.hit("image.pull_after_manifest", image=image)
+        progress = Progress(image, total=sum(d.size for d in manifest.layers))
+        progress.layers_total = len(manifest.layers)
+        self._fetch(client, manifest.config, deadline, lease, None, creds_key)
+        blobs.append(manifest.config.digest)
+        config = _json(self.content.read(manifest.config.digest), f"image {image}: config")
+        diff_ids = validate.config(config, image, len(manifest.layers))
+        chains = validate.chain_ids(diff_ids)
+        self._fetch_layers(client, manifest.layers, deadline, lease, progress, creds_key)
+        failpoints.hit("image.pull_after_blobs", image=image)
+        blobs.extend(desc.digest for desc in manifest.layers)
         lease.update(chains)
         layers = []
-        for desc, diff_id, chain in zip(layer_descs, diff_ids, chains, strict=True):
+        for desc, diff_id, chain in zip(manifest.layers, diff_ids, chains, strict=True):
             if deadline is not None and time.monotonic() > deadline:
-                raise DeadlineExceeded(f"pull of {ref}: deadline passed while unpacking")
-            self.layers.ensure(chain, self.content.path(desc["digest"]), diff_id, desc["digest"])
-            layers.append(
-                {"digest": desc["digest"], "diff_id": diff_id, "chain_id": chain, "size": desc["size"]}
-            )
-        failpoints.hit("image.pull_after_unpack", image=str(ref))
+                raise DeadlineExceeded(f"pull of {image}: deadline passed while unpacking")
+            self.layers.ensure(chain, self.content.path(desc.digest), diff_id, desc.digest)
+            layers.append({"digest": desc.digest, "diff_id": diff_id, "chain_id": chain, "size": desc.size})
+        failpoints.hit("image.pull_after_unpack", image=image)
         progress.log("pull complete")
         return ImageRecord(
-            id=config_desc["digest"],
+            id=manifest.config.digest,
             repo_tags=[ref.tagged] if ref.tag else [],
             repo_digests=[ref.with_digest(top_digest)],
             manifest_digest=manifest_digest,
-            config_digest=config_desc["digest"],
+            config_digest=manifest.config.digest,
             blobs=blobs,
             layers=layers,
-            size=int(config_desc.get("size", 0)) + sum(int(d["size"]) for d in layer_descs),
+            size=manifest.config.size + sum(d.size for d in manifest.layers),
             pulled_at=time.time_ns(),
         )
 
     def _fetch_layers(
         self,
         client: reg.RegistryClient,
-        descs: list[dict[str, Any]],
+        descs: list[validate.Descriptor],
         deadline: float | None,
         lease: set[str],
         progress: Progress,
+        creds_key: str,
     ) -> None:
         """Download layers a few at a time (latency, not bandwidth, dominates pulls of many small
         layers). Leaving the pool waits for every download started, so nothing writes after a failure."""
 
-        def one(desc: dict[str, Any]) -> None:
-            self._fetch(client, desc, deadline, lease, progress)
+        def one(desc: validate.Descriptor) -> None:
+            self._fetch(client, desc, deadline, lease, progress, creds_key)
             progress.layers_done += 1
 
         with ThreadPoolExecutor(max_workers=PARALLEL_DOWNLOADS, thread_name_prefix="pull") as pool:
@@ -243,14 +231,15 @@ class Puller:
     def _fetch(
         self,
         client: reg.RegistryClient,
-        desc: dict[str, Any],
+        desc: validate.Descriptor,
         deadline: float | None,
         lease: set[str],
         progress: Progress | None,
+        creds_key: str,
     ) -> None:
-        digest, size = desc.get("digest", ""), desc.get("size")
-        if not isinstance(size, int) or size < 0:
-            raise FailedPrecondition(f"descriptor of {digest!r} has no valid size")
+        """Download one checked descriptor's blob unless the store has it. Downloads of one blob share a
+        run only among pulls with the same credentials: one that may not read it never gets it."""
+        digest, size = desc.digest, desc.size
         lease.add(digest)
         if self.content.has(digest, size):
             if progress is not None:
@@ -263,4 +252,12 @@ class Puller:
             with client.blob(digest) as chunks:
                 self.content.write(digest, size, chunks, deadline, progress.add if progress else None)
 
-        self.downloads.do(digest, download, deadline)
+        self.downloads.do(f"{digest} {creds_key}", download, deadline, what=f"blob {digest}")
+
+
+def _json(body: bytes, what: str) -> Any:
+    """JSON of a registry's document; InvalidImage when it is not (nesting too deep included)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidImage(f"{what} is not JSON") from None

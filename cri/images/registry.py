@@ -2,18 +2,18 @@
 
 Endpoints for an image's registry are its configured mirrors, in order, then the registry itself
 (``endpoints``); a registry on loopback is spoken to in plain HTTP unless configured otherwise, as
-containerd and Docker do. Every request carries a timeout no later than the pull's deadline, so a
-registry that stops answering cannot hold a PullImage past what kubelet allowed.
+containerd and Docker do. Every request is bounded by the pull's deadline (cri/images/transport.py).
+
+Credentials and tokens go to the endpoint's own origin only. Redirects are followed here, not by httpx:
+a request to another origin (a blob store) carries no Authorization header, and a 401 from such a host
+is an error, never a challenge to answer: a realm it names gets nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import ipaddress
 import logging
-import ssl
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse, urlsplit
@@ -21,24 +21,27 @@ from urllib.parse import urlparse, urlsplit
 import httpx
 
 from cri.config import ImagesConfig
-from cri.errors import DeadlineExceeded, NotFound, Unavailable
+from cri.errors import NotFound, Unavailable
+from cri.images import validate
 from cri.images.auth import Authenticator, Credentials, Unauthorized
+from cri.images.transport import Http
 
 log = logging.getLogger("cri.images.registry")
 
-MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-MEDIA_DOCKER_V1 = "application/vnd.docker.distribution.manifest.v1+json"
-MEDIA_DOCKER_V1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 ACCEPT = ", ".join(
-    [MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_DOCKER_V1_SIGNED]
+    [
+        validate.MEDIA_OCI_INDEX,
+        validate.MEDIA_OCI_MANIFEST,
+        validate.MEDIA_DOCKER_LIST,
+        validate.MEDIA_DOCKER_MANIFEST,
+        validate.MEDIA_DOCKER_V1_SIGNED,
+    ]
 )
-MAX_MANIFEST = 4 * 1024 * 1024
 CHUNK = 256 * 1024
-REQUEST_TIMEOUT = 30.0
 DOCKER_HUB = "registry-1.docker.io"
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+MAX_CHALLENGES = 2
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,16 @@ class Endpoint:
         path = f"{self.prefix}/{repo}" if self.prefix else repo
         return f"{self.scheme}://{self.host}/v2/{path}/{kind}/{ref}"
 
+    @property
+    def hostname(self) -> str:
+        """The host without port or brackets ("[::1]:5000" -> "::1")."""
+        return hostname(self.host)
+
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}" + (f"/{self.prefix}" if self.prefix else "")
 
 
 def hostname(host: str) -> str:
-    """The host of host[:port] without port or brackets ("[::1]:5000" -> "::1")."""
     return (urlsplit(f"//{host}").hostname or "").lower()
 
 
@@ -141,11 +148,8 @@ def credentials_for(endpoint: Endpoint, domain: str, given: Credentials, config:
     return Credentials()
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default verifying context, built once: building it loads the CA bundle (~70 ms here),
-    which every pull paid for each client, even over plain HTTP. SSLContext is safe to share."""
-    return httpx.create_ssl_context()
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
 
 
 class RegistryClient:
@@ -157,70 +161,92 @@ class RegistryClient:
         self.endpoint = endpoint
         self.repo = repo
         self.deadline = deadline
-        self.client = httpx.Client(
-            follow_redirects=True, headers={"user-agent": "calyx"}, verify=_tls_context()
-        )
-        self.auth = Authenticator(self.client, credentials)
+        self.http = Http(deadline)
+        self.origin = _origin(httpx.URL(f"{endpoint.scheme}://{endpoint.host}/"))
+        self.auth = Authenticator(self.http, credentials, endpoint.scheme, endpoint.hostname)
         self.scope = f"repository:{endpoint.prefix + '/' if endpoint.prefix else ''}{repo}:pull"
 
     def close(self) -> None:
-        self.client.close()
-
-    def _timeout(self) -> httpx.Timeout:
-        limit = REQUEST_TIMEOUT
-        if self.deadline is not None:
-            remaining = self.deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded(f"pull from {self.endpoint}: deadline passed")
-            limit = min(limit, remaining)
-        return httpx.Timeout(limit)
+        self.http.close()
 
     def _send(self, url: str, accept: str, what: str) -> httpx.Response:
-        for _ in range(3):
-            request = self.client.build_request(
-                "GET",
-                url,
-                headers={"accept": accept, **self.auth.headers(self.scope)},
-                timeout=self._timeout(),
-            )
-            try:
-                response = self.client.send(request, stream=True)
-            except httpx.TimeoutException:
-                if self.deadline is not None and time.monotonic() >= self.deadline:
-                    raise DeadlineExceeded(f"{what} from {self.endpoint}: deadline passed") from None
-                raise Unavailable(f"{what} from {self.endpoint}: timed out") from None
-            except httpx.HTTPError as exc:
-                raise Unavailable(f"{what} from {self.endpoint}: {exc}") from None
-            if response.status_code == 401 and self.auth.learn(response, self.scope):
-                response.close()
-                continue
-            if response.status_code == 200:
-                return response
-            response.read()
-            response.close()
+        """GET ``url``, answering the endpoint's own challenges and following redirects; the 200 response
+        (body unread) or the error the answer means."""
+        target = httpx.URL(url)
+        redirects = challenges = 0
+        while True:
+            own = _origin(target) == self.origin
+            headers = {"accept": accept, **(self.auth.headers(self.scope) if own else {})}
+            response = self.http.send("GET", target, f"{what} from {self.endpoint}", headers)
             status = response.status_code
-            if status == 404:
-                raise NotFound(f"{what} not found at {self.endpoint}")
-            if status in (401, 403):
-                raise Unauthorized(f"{what}: {self.endpoint} refused access (HTTP {status})")
-            raise Unavailable(f"{what} from {self.endpoint}: HTTP {status}: {response.text[:200]}")
-        raise Unauthorized(f"{what}: {self.endpoint} keeps asking for authentication")
+            if status in REDIRECTS:
+                location = response.headers.get("location", "")
+                response.close()
+                redirects += 1
+                if redirects > MAX_REDIRECTS:
+                    raise Unavailable(f"{what}: {self.endpoint} redirected more than {MAX_REDIRECTS} times")
+                target = self._redirect(target, location, what)
+                continue
+            if (
+                status == 401
+                and own
+                and challenges < MAX_CHALLENGES
+                and self.auth.learn(response, self.scope)
+            ):
+                response.close()
+                challenges += 1
+                continue
+            if status == 200:
+                return response
+            raise self._refusal(response, what, own, challenges >= MAX_CHALLENGES)
+
+    def _redirect(self, current: httpx.URL, location: str, what: str) -> httpx.URL:
+        try:
+            target = current.join(location)
+            validate.url(str(target))
+        except (ValueError, httpx.InvalidURL) as exc:
+            raise Unavailable(
+                f"{what}: {self.endpoint} redirected to {validate.shown(location)}, which {exc}"
+            ) from None
+        if _origin(target) != self.origin:
+            log.debug("following a redirect without credentials", extra={"what": what, "to": target.host})
+        return target
+
+    def _refusal(self, response: httpx.Response, what: str, own: bool, insistent: bool) -> Exception:
+        status = response.status_code
+        where = (
+            f"{self.endpoint}" if own else f"{response.url.host} (a redirect from {self.endpoint} led there)"
+        )
+        body = self.http.head(response, validate.MAX_ERROR_BYTES, f"{what} from {where}")
+        if status == 404:
+            return NotFound(f"{what} not found at {where}")
+        if status in (401, 403):
+            note = ""
+            if not own:
+                note = f"; credentials go to {self.endpoint} only, never to a host a redirect led to"
+            elif self.auth.withheld:
+                note = (
+                    f"; the credentials were not sent to its token realm {self.auth.withheld}"
+                    " (plain HTTP to a host other than the registry)"
+                )
+            if status == 401 and insistent:
+                return Unauthorized(f"{what}: {where} keeps asking for authentication{note}")
+            return Unauthorized(f"{what}: {where} refused access (HTTP {status}){note}")
+        text = body[:200].decode(errors="replace")
+        text = "".join(c if c.isprintable() else " " for c in text).strip()
+        return Unavailable(f"{what} from {where}: HTTP {status}" + (f": {text}" if text else ""))
 
     def manifest(self, reference: str) -> tuple[bytes, str]:
         """The manifest (or index) body and its media type."""
         what = f"manifest {self.repo}:{reference}"
         response = self._send(self.endpoint.url(self.repo, "manifests", reference), ACCEPT, what)
-        try:
-            body = b""
-            for chunk in response.iter_bytes(CHUNK):
-                body += chunk
-                if len(body) > MAX_MANIFEST:
-                    raise Unavailable(f"{what}: larger than {MAX_MANIFEST} bytes")
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"{what} from {self.endpoint}: {exc}") from None
-        finally:
-            response.close()
         media = response.headers.get("content-type", "").split(";")[0].strip()
+        body = self.http.read(response, validate.MAX_MANIFEST_BYTES, f"{what} from {self.endpoint}")
+        if body is None:
+            raise validate.InvalidImage(
+                f"{what} from {self.endpoint} is larger than the {validate.MAX_MANIFEST_BYTES} bytes Calyx"
+                " accepts"
+            )
         return body, media
 
     @contextlib.contextmanager
@@ -228,18 +254,7 @@ class RegistryClient:
         """The blob's bytes as they arrive (unverified: the content store checks them)."""
         what = f"blob {digest}"
         response = self._send(self.endpoint.url(self.repo, "blobs", digest), "*/*", what)
-
-        def chunks() -> Iterator[bytes]:
-            try:
-                yield from response.iter_raw(CHUNK)
-            except httpx.TimeoutException:
-                if self.deadline is not None and time.monotonic() >= self.deadline:
-                    raise DeadlineExceeded(f"{what} from {self.endpoint}: deadline passed") from None
-                raise Unavailable(f"{what} from {self.endpoint}: timed out") from None
-            except httpx.HTTPError as exc:
-                raise Unavailable(f"{what} from {self.endpoint}: connection lost: {exc}") from None
-
         try:
-            yield chunks()
+            yield self.http.chunks(response, CHUNK, f"{what} from {self.endpoint}")
         finally:
             response.close()

@@ -81,7 +81,7 @@ def leftovers(d: Daemon) -> dict[str, list[str]]:
     root = images_root(d)
     return {
         "ingest": sorted(os.listdir(root / "ingest")),
-        "blobs": sorted(os.listdir(root / "blobs/sha256")),
+        "blobs": sorted(str(p.relative_to(root / "blobs")) for p in (root / "blobs").glob("*/*")),
         "layers": sorted(p for p in os.listdir(root / "layers") if not p.endswith(".usage")),
     }
 

@@ -8,6 +8,7 @@ it forwards, which shows whether the credentials reached it; it also serves as a
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,9 +17,11 @@ import pytest
 
 from cri.api import api_pb2 as pb
 from cri.images.registry import registry_host
+from critest.images import calyx_images
 from tests.daemon import Daemon
 from tests.image_fixtures import USERS, LoopbackRegistry
 from tests.registry import FaultyProxy
+from tests.waiting import wait_for
 
 IMAGE = "calyx-test/busybox:latest"
 USER = next(iter(USERS))
@@ -140,3 +143,43 @@ def test_credentials_for_the_mirror_host_go_to_the_mirror(
 )
 def test_server_address_forms(address: str, host: str) -> None:
     assert registry_host(address) == host
+
+
+def _busybox_layer() -> str:
+    image = next(p.image for p in calyx_images() if p.repo == IMAGE.split(":")[0])
+    assert image is not None
+    return image.layers[0].blob.digest
+
+
+def test_concurrent_pulls_share_a_download_only_with_the_same_credentials(
+    daemon_factory: Callable[..., Daemon], basic_registry: LoopbackRegistry
+) -> None:
+    """A pull with wrong credentials, arriving while alice's pull of the same image waits on a layer,
+    gets the registry's own answer (401), not alice's image."""
+    proxy = FaultyProxy(basic_registry.host, _busybox_layer(), "gate")
+    try:
+        d = _daemon(daemon_factory, {})  # the proxy is on loopback: plain HTTP without config
+        name = f"{proxy.host}/{IMAGE}"
+        results: dict[str, Any] = {}
+
+        def run(who: str, auth: pb.AuthConfig) -> None:
+            try:
+                results[who] = _pull(d, name, auth)
+            except grpc.RpcError as exc:
+                results[who] = exc
+
+        alice = threading.Thread(target=run, args=("alice", _auth(proxy.host)))
+        alice.start()
+        wait_for(lambda: proxy.blob_requests >= 1, "alice's pull waiting on the layer")
+        wrong = pb.AuthConfig(username=USER, password="not-" + USERS[USER], server_address=proxy.host)
+        mallory = threading.Thread(target=run, args=("mallory", wrong))
+        mallory.start()
+        mallory.join(30)  # it must not wait for alice's download
+        proxy.release()
+        alice.join(120)
+        mallory.join(120)
+        assert isinstance(results.get("mallory"), grpc.RpcError), results
+        assert results["mallory"].code() == grpc.StatusCode.PERMISSION_DENIED
+        assert str(results["alice"]).startswith("sha256:"), results
+    finally:
+        proxy.close()
