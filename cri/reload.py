@@ -1,10 +1,11 @@
 """SIGHUP: take up the config files again without a restart, as CRI-O does.
 
-What can change in a running daemon is applied: the registries (mirrors, insecure, credentials), the
-pinned images and the log level, read from the same config file, drop-ins and command-line overrides
-as at start. Every other option that changed is named in the log as needing a restart and left as it
-runs. A config that does not load (bad TOML, an unknown key, a wrong value) is logged and the running
-one kept whole. Values are not logged: registry credentials are among them.
+What can change in a running daemon is applied: the registries (mirrors, insecure, credentials, plain
+HTTP on loopback), the pull timeout, the pinned images and the log level, read from the same config
+file, drop-ins and command-line overrides as at start. Every other option that changed is named in the
+log as needing a restart and left as it runs. A config that does not load (bad TOML, an unknown key, a
+wrong value) is logged and the running one kept whole. Values are not logged: registry credentials are
+among them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ log = logging.getLogger("cri.reload")
 
 # The options a running daemon takes up; each is read where it is used (registry client, image list,
 # logging), so replacing it in the live Config is enough.
-RELOADABLE = ("images.registries", "images.pinned", "server.log_level")
+RELOADABLE = (
+    "images.registries",
+    "images.loopback_plain_http",
+    "images.pull_timeout_seconds",
+    "images.pinned",
+    "server.log_level",
+)
 
 
 def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -49,6 +56,8 @@ def _reloadable(option: str) -> bool:
 def apply(running: Config, new: Config) -> None:
     """Put the reloadable options of ``new`` into the running config, in place."""
     running.images.registries = new.images.registries
+    running.images.loopback_plain_http = new.images.loopback_plain_http
+    running.images.pull_timeout_seconds = new.images.pull_timeout_seconds
     running.images.pinned = new.images.pinned
     running.server.log_level = new.server.log_level
     logging.getLogger().setLevel(new.server.log_level.upper())

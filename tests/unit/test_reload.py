@@ -37,7 +37,10 @@ def test_reload_applies_what_it_can_and_keeps_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "calyx.toml"
     path.write_text('[server]\nlog_level = "info"\n[network]\nbridge = "calyx0"\n')
     running = load(path)
-    path.write_text('[server]\nlog_level = "debug"\n[network]\nbridge = "other0"\n[images]\npinned = ["a"]\n')
+    path.write_text(
+        '[server]\nlog_level = "debug"\n[network]\nbridge = "other0"\n'
+        '[images]\npinned = ["a"]\nloopback_plain_http = false\npull_timeout_seconds = 60.0\n'
+    )
     root = logging.getLogger()
     level = root.level
     try:
@@ -46,6 +49,7 @@ def test_reload_applies_what_it_can_and_keeps_the_rest(tmp_path: Path) -> None:
     finally:
         root.setLevel(level)
     assert (running.server.log_level, running.images.pinned) == ("debug", ["a"])
+    assert (running.images.loopback_plain_http, running.images.pull_timeout_seconds) == (False, 60.0)
     assert running.network.bridge == "calyx0"
 
 
