@@ -242,3 +242,24 @@ def test_no_request_starts_after_the_deadline() -> None:
             http.send("GET", "http://127.0.0.1:1/", "probe")
     finally:
         http.close()
+
+
+@pytest.mark.parametrize(
+    "images",
+    [
+        {"pull_timeout_seconds": 0.0},
+        {"pull_timeout_seconds": -5.0},
+        {"pull_timeout_seconds": float("inf")},
+        {"registries": {"r.example": {"mirrors": ["ftp://m.example"]}}},
+        {"registries": {"r.example": {"mirrors": ["http://"]}}},
+    ],
+)
+def test_bad_image_options_stop_the_daemon_at_start(tmp_path: Path, images: dict[str, Any]) -> None:
+    import tomli_w
+
+    from cri import config as config_mod
+
+    path = tmp_path / "calyx.toml"
+    path.write_text(tomli_w.dumps({"images": images}))
+    with pytest.raises(config_mod.ConfigError, match=r"images\."):
+        config_mod.load(path, None)
