@@ -56,10 +56,14 @@ class Credentials:
 
     @property
     def fingerprint(self) -> str:
-        """Equal for equal credentials, "" for none; a keyed hash, so it reveals nothing of them."""
+        """Equal for equal credentials given for the same registry, "" for none; a keyed hash, so it
+        reveals nothing of them. (The same password given for another server_address is not sent to the
+        same hosts, so it must not share a pull either.)"""
         if self.empty:
             return ""
-        fields = "\0".join([self.username, self.password, self.identity_token, self.registry_token])
+        fields = "\0".join(
+            [self.username, self.password, self.identity_token, self.registry_token, self.server_address]
+        )
         return hmac.new(_FINGERPRINT_KEY, fields.encode(), hashlib.sha256).hexdigest()[:32]
 
     @classmethod

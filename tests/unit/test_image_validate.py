@@ -229,8 +229,9 @@ def test_where_credentials_may_go(realm: str, scheme: str, host: str, allowed: b
 
 def test_credential_fingerprints() -> None:
     alice = Credentials("alice", "wonderland")
-    assert alice.fingerprint == Credentials("alice", "wonderland", server_address="x").fingerprint
+    assert alice.fingerprint == Credentials("alice", "wonderland").fingerprint
     assert alice.fingerprint != Credentials("alice", "other").fingerprint
+    assert alice.fingerprint != Credentials("alice", "wonderland", server_address="elsewhere").fingerprint
     assert Credentials().fingerprint == ""
     assert "wonderland" not in alice.fingerprint
 
