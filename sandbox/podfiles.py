@@ -18,7 +18,7 @@ from cri.errors import InvalidArgument
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 # RFC 1123 labels; kubelet sends at most 63 characters, we allow the 64 of HOST_NAME_MAX.
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62})?)*$")
-_TOKEN = re.compile(r"^[^\s#;]+$")
+_TOKEN = re.compile(r"^[^\s#;\0]+$")
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,16 @@ def validate_hostname(hostname: str) -> None:
 def validate_dns(dns: DNS) -> None:
     for server in dns.servers:
         try:
-            ipaddress.ip_address(server)
+            address = ipaddress.ip_address(server)
         except ValueError:
             raise InvalidArgument(f"DNS server {server!r} is not an IP address") from None
+        # Python takes any text after an IPv6 '%' as its zone, a newline and a second nameserver too.
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise InvalidArgument(f"DNS server {server!r}: an IPv6 zone is not allowed")
     for kind, values in (("search domain", dns.searches), ("DNS option", dns.options)):
         for value in values:
             if not _TOKEN.fullmatch(value):
-                raise InvalidArgument(f"{kind} {value!r} is empty or contains whitespace, '#' or ';'")
+                raise InvalidArgument(f"{kind} {value!r} is empty or contains whitespace, '#', ';' or NUL")
 
 
 def resolv_conf_text(dns: DNS, host_resolv: Path = HOST_RESOLV_CONF) -> str:

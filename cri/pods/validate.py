@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from dataclasses import dataclass
 from typing import Any
 
+from cri import fields
 from cri.api import api_pb2 as pb
 from cri.config import Config
 from cri.errors import InvalidArgument
@@ -129,17 +129,14 @@ def port_mappings(mappings: Any) -> list[dict[str, Any]]:
             raise InvalidArgument(f"port mapping: host_port {m.host_port} is not a port")
         if m.protocol not in PROTOCOLS:
             raise InvalidArgument(f"port mapping: unknown protocol {m.protocol}")
-        if m.host_ip:
-            try:
-                ipaddress.ip_address(m.host_ip)
-            except ValueError:
-                raise InvalidArgument(f"port mapping: host_ip {m.host_ip!r} is not an IP address") from None
+        # It goes into iptables rules and the CNI portmap plugin's config: its normal form only.
+        host_ip = fields.ip_address("port mapping host_ip", m.host_ip) if m.host_ip else ""
         out.append(
             {
                 "protocol": PROTOCOLS[m.protocol],
                 "container_port": m.container_port,
                 "host_port": m.host_port,
-                "host_ip": m.host_ip,
+                "host_ip": host_ip,
             }
         )
     return out
@@ -151,6 +148,8 @@ def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: Any) -> 
     for name in ("name", "namespace", "uid"):
         if not getattr(meta, name):
             raise InvalidArgument(f"pod sandbox metadata.{name} is required")
+        # They go into CNI_ARGS ("K8S_POD_NAME=...;..."), logs and events.
+        fields.name(f"pod sandbox metadata.{name}", getattr(meta, name))
     handler = request.runtime_handler or config.runtime.default_handler
     if handler not in config.runtime.handlers:
         raise InvalidArgument(
@@ -165,8 +164,9 @@ def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: Any) -> 
         list(cfg.dns_config.servers), list(cfg.dns_config.searches), list(cfg.dns_config.options)
     )
     podfiles.validate_dns(dns)
-    if cfg.log_directory and not cfg.log_directory.startswith("/"):
-        raise InvalidArgument(f"log_directory {cfg.log_directory!r} must be an absolute path")
+    log_directory = (
+        fields.clean_absolute_path("log_directory", cfg.log_directory) if cfg.log_directory else ""
+    )
     try:
         bandwidth.from_annotations(dict(cfg.annotations))
     except ValueError as exc:
@@ -191,7 +191,7 @@ def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: Any) -> 
         metadata=PodMetadata(meta.name, meta.uid, meta.namespace, meta.attempt),
         runtime_handler=handler,
         hostname=hostname,
-        log_directory=cfg.log_directory,
+        log_directory=log_directory,
         cgroup_parent=parent,
         namespace_options=options,
         dns=dns,
