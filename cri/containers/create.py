@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cri import failpoints, files, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs, shm, staging
+from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs, shm, staging, validate
 from cri.containers import spec as oci
 from cri.containers import userns as container_userns
 from cri.containers.model import CREATED, CREATING, RUNNING, Container, encode_config
@@ -32,20 +32,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("cri.containers.create")
 
 
-def _check_config(config: pb.ContainerConfig) -> None:
-    if not config.metadata.name:
-        raise InvalidArgument("container metadata.name is required")
-    if not config.image.image:
-        raise InvalidArgument("container image is required")
-
-
 def _log_path(pod: Any, config: pb.ContainerConfig) -> str:
+    """The CRI log file: ``log_path`` (relative and clean: validate.check) in the pod's log directory.
+    Without one there is no log file, as with containerd (it used to land in the daemon's cwd)."""
     if not config.log_path:
         return ""
-    if ".." in Path(config.log_path).parts:
-        raise InvalidArgument(f"log_path {config.log_path!r} must stay inside the pod's log directory")
-    if os.path.isabs(config.log_path) or not pod.log_directory:
-        return config.log_path
+    if not pod.log_directory:
+        log.warning("log_path given, but the pod has no log_directory: no log file", extra={"pod_id": pod.id})
+        return ""
     return os.path.join(pod.log_directory, config.log_path)
 
 
@@ -62,7 +56,7 @@ def _stop_signal(config: pb.ContainerConfig, image_config: dict[str, Any]) -> st
 def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -> str:
     start = time.monotonic()
     runtime = manager.runtime
-    _check_config(config)
+    validate.check(config)
     pods = getattr(runtime, "pods", None)
     if pods is None:
         raise FailedPrecondition("this calyx has no pods subsystem")

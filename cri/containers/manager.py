@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cri import failpoints, files, lifecycle, poll, statedirs
+from cri import failpoints, fields, files, lifecycle, poll, statedirs
 from cri.api import api_pb2 as pb
 from cri.containers import cdi, cgroups_compat, execsync, orphans, rootfs, shm, staging
 from cri.containers import create as create_mod
@@ -407,6 +407,8 @@ class ContainerManager:
         """The OCI process of a command run inside ``c``: the container's own process, other args."""
         if not cmd:
             raise InvalidArgument("exec needs a command")
+        for arg in cmd:
+            fields.no_nul("exec cmd argument", arg)  # execve would cut it short
         spec = json.loads((c.bundle / "config.json").read_text())
         process: dict[str, Any] = dict(spec["process"])
         process["args"] = list(cmd)

@@ -6,7 +6,6 @@ propagation, this process's oom_score_adj), so that it can be unit-tested withou
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import stat
@@ -16,7 +15,7 @@ from typing import Any, Protocol
 
 from cri.api import api_pb2 as pb
 from cri.containers import capabilities as caps
-from cri.containers import idmapped, userns
+from cri.containers import idmapped, seccomp_localhost, userns
 from cri.containers import mounts as mnt
 from cri.containers.seccomp_default import default_profile
 from cri.containers.shm import HOST_SHM
@@ -293,21 +292,7 @@ def _seccomp(sc: pb.LinuxContainerSecurityContext, capabilities: list[str]) -> d
         return None
     if kind == "RuntimeDefault":
         return default_profile(capabilities)
-    return load_localhost_profile(ref)
-
-
-def load_localhost_profile(ref: str) -> dict[str, Any]:
-    if not ref.startswith("/"):
-        raise InvalidArgument(f"seccomp localhost profile {ref!r} must be an absolute path")
-    try:
-        profile = json.loads(Path(ref).read_text())
-    except FileNotFoundError:
-        raise InvalidArgument(f"seccomp profile {ref} does not exist") from None
-    except (OSError, ValueError) as exc:
-        raise InvalidArgument(f"seccomp profile {ref} cannot be read: {exc}") from None
-    if not isinstance(profile, dict) or "defaultAction" not in profile:
-        raise InvalidArgument(f"seccomp profile {ref} is not a seccomp profile (no defaultAction)")
-    return profile
+    return seccomp_localhost.load(ref)
 
 
 def _user(inputs: SpecInputs) -> ProcessUser:

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from cri import fields
 from cri.api import api_pb2 as pb
 from cri.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cri.runtime import Runtime
@@ -40,6 +41,8 @@ class StreamingRPCs:
     def Exec(self, request: pb.ExecRequest, context: grpc.ServicerContext) -> pb.ExecResponse:
         if not request.cmd:
             raise InvalidArgument("cmd is required", request.container_id or None)
+        for arg in request.cmd:
+            fields.no_nul("cmd argument", arg)
         self._check_stdio(request.tty, request.stdin, request.stdout, request.stderr)
         container = self._running(request.container_id)
         url = self._streaming().url_for(
