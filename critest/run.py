@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     harness.private_ipc_namespace()
     started = time.monotonic()
-    work = Path(tempfile.mkdtemp(prefix="calyx-critest-", dir="/tmp"))
+    work = Path(tempfile.mkdtemp(prefix="calyx-critest-"))  # $TMPDIR, else /tmp
     work.chmod(0o711)  # containers in a pod user namespace reach their rootfs below it, as /var/lib's
     leftovers: list[str] = []
     code: int | None = None
