@@ -3,7 +3,8 @@
 ``CALYX_FAILPOINTS=pod.after_netns=kill,pod.after_network=error`` (read from the environment at each hit,
 so a restarted daemon without the variable runs normally). ``kill`` sends SIGKILL to the daemon itself,
 which is how tests check that recovery cleans up a half-made object; ``error`` raises Internal so the
-undo path of the operation runs. Outside tests the variable is unset and a hit costs one dict lookup.
+undo path of the operation runs; ``cleanup.<what>=error`` fails every cleanup of that kind (cri/cleanups.py).
+Outside tests the variable is unset and a hit costs one dict lookup.
 """
 
 from __future__ import annotations

@@ -518,7 +518,7 @@ class ContainerManager:
                 cleanups.attempt("container", cid, partial(self._finish_removal, c), "remove")
                 continue
             self.index(c)
-            cleanups.attempt("container", cid, partial(staging.release, c.path), "staging")
+            cleanups.attempt("container", cid, partial(self._release_staging, c), "staging")
             try:
                 self.refresh(c)
                 if c.state == CREATED:
@@ -531,6 +531,11 @@ class ContainerManager:
             cleanups.attempt("pod", pod_id, partial(shm.release, self.run_dir, pod_id), "shm")
         self._watcher = threading.Thread(target=self._watch_exits, name="container-exits", daemon=True)
         self._watcher.start()
+
+    def _release_staging(self, c: Container) -> None:
+        """Staging mounts never outlive CreateContainer; a crash can leave them (see staging.py)."""
+        with self._lock_of(c.id):
+            staging.release(c.path)
 
     def _finish_removal(self, c: Container) -> None:
         """Finish a creation or removal a crash interrupted; the record goes once all of it is gone."""
