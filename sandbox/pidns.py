@@ -102,7 +102,7 @@ def start_holder(run_root: Path, pod_id: str, timeout: float = 10.0, user_ns: Pa
         )
         deadline = time.monotonic() + timeout
         try:
-            while not holder_pids(pin):
+            while not _catatonit_runs(pin):
                 if user_ns is not None and not namespaces.is_pinned(pin) and _pin_from_child(child, pin):
                     continue
                 if child.poll() is not None:
@@ -119,6 +119,16 @@ def start_holder(run_root: Path, pod_id: str, timeout: float = 10.0, user_ns: Pa
             raise
     _reap_later(child)
     return pin
+
+
+def _catatonit_runs(pin: Path) -> bool:
+    """Whether the namespace's init has become catatonit: until the forked child has exec'd it, it is
+    still ``unshare`` (or dies, if the exec fails), and the pod is not ready."""
+    for pid in holder_pids(pin):
+        with contextlib.suppress(OSError):
+            if Path("/proc", str(pid), "comm").read_text().strip() == CATATONIT:
+                return True
+    return False
 
 
 def _ns_inode(path: Path) -> int | None:
