@@ -7,7 +7,6 @@ mapping, and updates go through ``runc update``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from cri.api import api_pb2 as pb
@@ -67,27 +66,6 @@ def plain_oci_resources(r: pb.LinuxContainerResources) -> dict[str, Any]:
         out["hugepageLimits"] = [{"pageSize": h.page_size, "limit": h.limit} for h in r.hugepage_limits]
     if r.unified:
         out["unified"] = dict(r.unified)
-    return out
-
-
-def monitor_cgroup(runtime: Any, container_id: str, parent: str) -> Any:
-    driver = _driver(runtime)
-    if driver is not None:
-        return driver.monitor_cgroup(container_id, parent)
-    return None
-
-
-def cgroup_dirs(runtime: Any, container_id: str, parent: str) -> dict[str, Path]:
-    """controller -> the container's cgroup dir (cgroupfs v1 layout when no driver is registered)."""
-    driver = _driver(runtime)
-    if driver is not None:
-        return dict(driver.cgroup_dirs(container_id, parent))
-    rel = cgroups_path(runtime, parent, container_id).lstrip("/")
-    root = Path("/sys/fs/cgroup")
-    out: dict[str, Path] = {}
-    for controller in ("cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer"):
-        if (root / controller).is_dir():
-            out[controller] = root / controller / rel
     return out
 
 

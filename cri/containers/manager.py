@@ -467,10 +467,6 @@ class ContainerManager:
         argv = [*mon._runc("exec", "--process", str(spec_file)), c.id]
         return argv, spec_file
 
-    def cgroup_dirs(self, container_id: str) -> dict[str, Path]:
-        c = self.get(container_id)
-        return cgroups_compat.cgroup_dirs(self.runtime, c.id, c.cgroup_parent)
-
     # --- pods ---------------------------------------------------------------------------------------
 
     def of_pod(self, pod_id: str) -> builtins.list[Container]:

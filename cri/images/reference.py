@@ -64,10 +64,6 @@ class Reference:
         return self.digest or self.tag
 
 
-def is_digest(text: str) -> bool:
-    return bool(_DIGEST.match(text))
-
-
 def parse(text: str) -> Reference:
     """Parse and normalise ``text``; InvalidArgument naming the reference and the reason if bad."""
     original = text

@@ -220,10 +220,6 @@ class StreamingServer:
                 log.exception("cannot clean up exec processes of a previous run")
         self.start()
 
-    @property
-    def session_count(self) -> int:
-        return len(self._sessions)
-
     # --- URLs (called from gRPC threads) ----------------------------------------------------------------
 
     def url_for(self, kind: str, request: Any) -> str:

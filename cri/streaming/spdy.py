@@ -272,19 +272,6 @@ def syn_reply(compressor: HeaderCompressor, stream_id: int, headers: Headers, fi
     return control(SYN_REPLY, FLAG_FIN if fin else 0, body)
 
 
-def syn_stream(
-    compressor: HeaderCompressor,
-    stream_id: int,
-    headers: Headers,
-    *,
-    associated: int = 0,
-    priority: int = 0,
-    flags: int = 0,
-) -> bytes:
-    body = struct.pack(">IIBB", stream_id & 0x7FFFFFFF, associated & 0x7FFFFFFF, (priority & 7) << 5, 0)
-    return control(SYN_STREAM, flags, body + compressor.compress(headers))
-
-
 # --- decoding ------------------------------------------------------------------------------------------
 
 

@@ -136,16 +136,6 @@ def _v2_controllers(mountpoint: Path) -> set[str]:
         return set()
 
 
-def own_cgroups() -> dict[str, str]:
-    """This process's cgroup path per hierarchy, keyed like Hierarchy.v1 ("" for cgroup2)."""
-    paths: dict[str, str] = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _id, controllers, path = line.split(":", 2)
-        for name in controllers.split(",") if controllers else [""]:
-            paths[name] = path
-    return paths
-
-
 def rmdir_if_exists(path: Path) -> bool:
     """Remove one cgroup directory; True if it is gone. A busy (non-empty) cgroup stays: False."""
     try:

@@ -252,8 +252,3 @@ def apply_files(oci: dict[str, Any], hierarchy: Hierarchy, cgroup_path: str) -> 
                 f"cgroup {cgroup_path}: cannot write {failed[0][1]}={failed[0][2]}: {error}"
             )
         pending = failed
-
-
-def read_value(hierarchy: Hierarchy, cgroup_path: str, controller: str, name: str) -> str:
-    """One cgroup file's content, stripped (for tests and stats)."""
-    return (hierarchy.dirs(cgroup_path)[controller] / name).read_text().strip()
