@@ -20,7 +20,7 @@ from cri.api import api_pb2 as pb
 from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs, shm, staging, validate
 from cri.containers import spec as oci
 from cri.containers import userns as container_userns
-from cri.containers.model import CREATED, CREATING, RUNNING, Container, encode_config
+from cri.containers.model import CREATED, CREATING, KIND, RUNNING, Container, encode_config
 from cri.containers.monitor import signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive, start_time
 from cri.containers.users import make_inside
@@ -61,7 +61,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
     if pods is None:
         raise FailedPrecondition("this calyx has no pods subsystem")
     pod = pods.get(pod_id)
-    if getattr(pod, "state", "READY") != "READY":
+    if not pod.ready:
         raise FailedPrecondition(f"pod {pod.id} is not ready", pod.id)
     images = getattr(runtime, "images", None)
     if images is None:
@@ -118,7 +118,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
 
     with manager.reserve_name(pod.id, name, attempt, container_id), contextlib.ExitStack() as undo:
         manager.persist(container)
-        undo.callback(manager.store.delete, "container", container_id)
+        undo.callback(manager.store.delete, KIND, container_id)
         failpoints.hit("container.after_intent", container_id=container_id)
         bundle = container.path
         bundle.mkdir(mode=statedirs.PRIVATE_DIR)

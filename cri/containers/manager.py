@@ -629,7 +629,7 @@ def _check_pod_ready(runtime: Runtime, pod_id: str) -> None:
     if pods is None:
         return
     pod = pods.get(pod_id)  # NotFound once removed
-    if getattr(pod, "state", "READY") != "READY":
+    if not pod.ready:
         raise FailedPrecondition(f"pod {pod_id} is not ready", pod_id)
 
 

@@ -11,7 +11,7 @@ import grpc
 from cri.api import api_pb2 as pb
 from cri.containers import execsync
 from cri.containers import status as conv
-from cri.containers.model import PB_STATE, Container
+from cri.containers.model import CREATING, PB_STATE, Container
 from cri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cri.pbcache import LastListing, PbCache, as_field1
 from cri.runtime import Runtime
@@ -55,7 +55,7 @@ def _select(runtime: Runtime, flt: pb.ContainerFilter) -> list[bytes]:
 
 def _items(chosen: list[Container], every: list[Container]) -> list[bytes]:
     """The listed items of ``chosen`` (all of ``every``, or those a filter kept), oldest first."""
-    listed = sorted((c for c in chosen if c.state != "CREATING"), key=lambda c: c.created_at)
+    listed = sorted((c for c in chosen if c.state != CREATING), key=lambda c: c.created_at)
     selected = [_item(c) for c in listed]
     _ITEMS.prune(len(every), lambda: {c.id for c in every})
     return selected

@@ -15,6 +15,7 @@ import grpc
 
 from cri.api import api_pb2 as pb
 from cri.errors import InvalidArgument, Unavailable
+from cri.pods.model import READY
 from cri.runtime import Runtime
 from cri.stats import convert
 
@@ -95,7 +96,7 @@ class StatsRPCs:
         return pb.ListMetricDescriptorsResponse(descriptors=convert.metric_descriptors())
 
     def _pod_metrics(self) -> list[pb.PodSandboxMetrics]:
-        return [convert.pod_metrics(s) for s in self._stats.pods() if s.state == "READY"]
+        return [convert.pod_metrics(s) for s in self._stats.pods() if s.state == READY]
 
     def ListPodSandboxMetrics(
         self, request: pb.ListPodSandboxMetricsRequest, context: grpc.ServicerContext

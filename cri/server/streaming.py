@@ -12,6 +12,7 @@ import grpc
 from cri import fields
 from cri.api import api_pb2 as pb
 from cri.errors import FailedPrecondition, InvalidArgument, Unavailable
+from cri.pods.model import READY
 from cri.runtime import Runtime
 from cri.streaming.backend import running_container
 from cri.streaming.server import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
@@ -73,7 +74,7 @@ class StreamingRPCs:
         if pods is None:
             raise Unavailable("this calyx has no pods subsystem")
         pod = pods.get(request.pod_sandbox_id)
-        if pod.state != "READY":
+        if pod.state != READY:
             raise FailedPrecondition(f"pod {pod.id} is not ready", pod.id)
         url = self._streaming().url_for("portforward", PortForwardRequest(pod.id, list(request.port)))
         return pb.PortForwardResponse(url=url)

@@ -16,6 +16,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from cri.containers.model import CREATED, EXITED, RUNNING, UNKNOWN
+from cri.pods.model import NOTREADY, READY
 from cri.stats.families import FAMILIES, rows
 from cri.stats.model import ContainerSample, PodSample
 from cri.stats.render import LineCache, families_text
@@ -103,7 +105,7 @@ def states(runtime: Any) -> Iterator[Metric]:
     if pods is not None:
         family = GaugeMetricFamily("calyx_pods", "Pod sandboxes known to Calyx, by state.", labels=["state"])
         counts = Counter(p.state for p in pods.list())
-        for state in ("READY", "NOTREADY"):
+        for state in (READY, NOTREADY):
             family.add_metric([state], counts.get(state, 0))
         yield family
     if containers is not None:
@@ -111,6 +113,6 @@ def states(runtime: Any) -> Iterator[Metric]:
             "calyx_containers", "Containers known to Calyx, by state.", labels=["state"]
         )
         counts = Counter(c.state for c in containers.list())
-        for state in ("CREATED", "RUNNING", "EXITED", "UNKNOWN"):
+        for state in (CREATED, RUNNING, EXITED, UNKNOWN):
             family.add_metric([state], counts.get(state, 0))
         yield family

@@ -20,7 +20,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cri.containers.model import CREATED, RUNNING
 from cri.errors import NotFound
+from cri.pods.model import READY
 from cri.runtime import Runtime
 from cri.stats.aggregate import sum_samples
 from cri.stats.model import ContainerSample, PodSample, PromLabels
@@ -33,7 +35,7 @@ from metrics.readings import CgroupSample, NetworkSample
 
 log = logging.getLogger("cri.stats")
 
-SAMPLED_STATES = ("RUNNING", "CREATED")  # states whose cgroup exists (CREATED: runc's init waits in it)
+SAMPLED_STATES = (RUNNING, CREATED)  # states whose cgroup exists (CREATED: runc's init waits in it)
 
 
 class StatsService:
@@ -250,7 +252,7 @@ class StatsService:
         members = tuple(containers)
         cgroup: CgroupSample | None = None
         cgroup_path = ""
-        ready = pod.state == "READY"
+        ready = pod.state == READY
         running = [m.cgroup for m in members if m.cgroup is not None]
         if ready or running:
             located = None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cri import files
+from cri.containers.model import RUNNING
 from cri.errors import FailedPrecondition, Unavailable
 from cri.runtime import Runtime
 from cri.streaming.process import ExecProcess
@@ -41,7 +42,7 @@ def running_container(runtime: Runtime, container_id: str) -> Any:
     if containers is None:
         raise Unavailable("this calyx has no containers subsystem")
     container = containers.get(container_id)
-    if container.state != "RUNNING":
+    if container.state != RUNNING:
         raise FailedPrecondition(f"container {container.id} is not running", container.id)
     return container
 
@@ -125,7 +126,7 @@ class ContainerBackend:
             if not exec_dir.is_dir():
                 continue
             for pid_file in exec_dir.glob("*.pid"):
-                if container.state == "RUNNING" and container.pid:
+                if container.state == RUNNING and container.pid:
                     _kill_in_container(pid_file, container.pid, container.id)
                 pid_file.unlink(missing_ok=True)
                 pid_file.with_suffix(".json").unlink(missing_ok=True)

@@ -85,6 +85,10 @@ class HostPod:
     linux: dict[str, Any] = field(default_factory=dict)
     runtime_handler: str = ""
 
+    @property
+    def ready(self) -> bool:
+        return self.state == "READY"
+
 
 class HostPods:
     def __init__(self) -> None:
