@@ -1,17 +1,15 @@
-"""Domain errors. Servicers and domain code raise these; cri/server/interceptor.py maps them to gRPC codes.
+"""Domain errors: what went wrong (not found, invalid, conflict, precondition, unavailable...), in
+CRI's own words. They know nothing of gRPC: cri/server/status_codes.py alone turns them into status
+codes.
 
 Every error names the object it is about (``object_id``) so that logs and messages carry it.
 """
 
 from __future__ import annotations
 
-import grpc
-
 
 class CalyxError(Exception):
     """Base of every error Calyx reports to a client."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
     def __init__(self, message: str, object_id: str | None = None) -> None:
         super().__init__(message)
@@ -25,43 +23,43 @@ class CalyxError(Exception):
 
 
 class InvalidArgument(CalyxError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    """The request (or what it names) is malformed or out of range."""
 
 
 class NotFound(CalyxError):
-    code = grpc.StatusCode.NOT_FOUND
+    """The object the request names does not exist."""
 
 
 class AlreadyExists(CalyxError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+    """An object with that name (or key) exists already."""
 
 
 class FailedPrecondition(CalyxError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    """The object is not in a state that allows the request (stopped, in use...)."""
 
 
 class PermissionDenied(CalyxError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+    """Calyx, or the client, may not do this (a registry refused credentials...)."""
 
 
 class Unavailable(CalyxError):
-    code = grpc.StatusCode.UNAVAILABLE
+    """Not now: Calyx (or something it needs) is not ready; a retry may succeed."""
 
 
 class DeadlineExceeded(CalyxError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    """It did not finish in the time it had."""
 
 
 class ResourceExhausted(CalyxError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    """A limit was reached (addresses, a size cap...)."""
 
 
 class Unimplemented(CalyxError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+    """Calyx does not do this."""
 
 
 class Internal(CalyxError):
-    code = grpc.StatusCode.INTERNAL
+    """Something that should not fail did (a syscall, a helper program)."""
 
 
 class CommandFailed(Internal):

@@ -1,5 +1,6 @@
 """One place for what every RPC needs: readiness gate, logging with ids and duration, metrics, and the
-mapping of domain errors (cri.errors) to gRPC status codes. Servicers never build gRPC errors themselves.
+answer to a domain error (cri.errors, as status_codes.py maps it). Servicers never build gRPC errors
+themselves.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from cri.errors import CalyxError
+from cri.errors import CalyxError, Unavailable
+from cri.server.status_codes import status_of
 
 log = logging.getLogger("cri.server")
 
@@ -122,8 +124,6 @@ class Interceptor(grpc.ServerInterceptor):
 
     def _gate(self, method: str) -> None:
         if method not in ALWAYS_ALLOWED and not self._is_ready():
-            from cri.errors import Unavailable
-
             raise Unavailable(f"{method}: calyx is still recovering its state, try again shortly")
 
     def _wrap_unary(
@@ -165,7 +165,7 @@ class Interceptor(grpc.ServerInterceptor):
     @staticmethod
     def _status(method: str, exc: Exception, request: Any) -> tuple[grpc.StatusCode, str]:
         if isinstance(exc, CalyxError):
-            return exc.code, str(exc)
+            return status_of(exc), str(exc)
         if isinstance(exc, NotImplementedError):
             return grpc.StatusCode.UNIMPLEMENTED, f"calyx does not implement {method} yet"
         log.error("unexpected error", exc_info=exc, extra={"method": method, **request_ids(request)})

@@ -11,6 +11,7 @@ from cri import errors
 from cri.api import api_pb2 as pb
 from cri.log import KeyValueFormatter
 from cri.server.interceptor import Interceptor, request_ids
+from cri.server.status_codes import STATUS_OF, status_of
 
 
 @pytest.mark.parametrize(
@@ -89,3 +90,20 @@ def test_each_method_is_wrapped_once_and_unknown_names_are_not_kept() -> None:
     assert list(interceptor._handlers) == ["/runtime.v1.RuntimeService/Version"]
     assert first.unary_unary is not None
     assert first.unary_unary(pb.VersionRequest(), None) == pb.VersionResponse()
+
+
+def test_every_domain_error_class_has_a_status_code() -> None:
+    """cri/errors.py knows nothing of gRPC; each of its classes has its own row in status_codes.py."""
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.CalyxError)]
+    assert len(classes) >= 12
+    missing = [c.__name__ for c in classes if c not in STATUS_OF]
+    assert not missing
+
+
+def test_an_areas_own_error_answers_as_the_class_it_derives_from() -> None:
+    from cri.images.validate import InvalidImage
+    from cri.trees import RemoveFailed
+
+    assert status_of(InvalidImage("bad config", "sha256:ab")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_of(RemoveFailed("cannot remove", "/x")) == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_of(errors.CommandFailed(["runc"], 1, "")) == grpc.StatusCode.INTERNAL
