@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 def _cleanup(config: config_mod.Config, force: bool) -> int:
     """``calyx cleanup``: the built-in network's shared parts go (sandbox.bridge.cleanup_network). The
     store, when there is one, says which pods hold addresses on it; none is made when there is not."""
-    from cri.errors import CalyxError
+    from calyx_base.errors import CalyxError
     from cri.store import Store
     from sandbox.bridge import cleanup_network
 

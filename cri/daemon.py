@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+from calyx_base import log as calyx_log
 from cri import __version__, statedirs
-from cri import log as calyx_log
 from cri.config import Config
 from cri.reload import reload as reload_config
 from cri.runtime import Runtime

@@ -12,7 +12,7 @@ import ipaddress
 import posixpath
 import re
 
-from cri.errors import InvalidArgument
+from calyx_base.errors import InvalidArgument
 
 PATH_MAX = 4096
 # A Kubernetes object name (DNS-1123 subdomain), with upper case and '_' as crictl and critest use

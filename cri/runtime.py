@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cri.cleanups import Cleanups
+from calyx_base.cleanups import Cleanups
 from cri.config import Config
 from cri.store import Store
 

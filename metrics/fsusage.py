@@ -1,6 +1,6 @@
 """Bytes and inodes used by a directory tree (a container's writable layer), cheaply.
 
-A walk through directory descriptors (cri.trees.scan: a container's writable layer may be thousands of
+A walk through directory descriptors (sandbox.trees.scan: a container's writable layer may be thousands of
 directories deep, past PATH_MAX) that stays on the directory's filesystem, counts allocated blocks (what
 the disk really lost, like du) and each inode once (hard links share one). Files that vanish during
 the walk are skipped: a running container writes while we count. ``FsUsageCache`` keeps each result
@@ -15,12 +15,12 @@ import stat
 import threading
 import time
 
-from cri import trees
 from metrics.readings import FsUsage
+from sandbox import trees
 
 
 def dir_usage(path: str) -> FsUsage:
-    """Walk ``path`` now (any depth or path length: cri.trees.scan). Raises FileNotFoundError if
+    """Walk ``path`` now (any depth or path length: sandbox.trees.scan). Raises FileNotFoundError if
     ``path`` itself does not exist."""
     timestamp = time.time_ns()
     root = os.lstat(path)

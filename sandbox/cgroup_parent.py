@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from cri.errors import InvalidArgument
+from calyx_base.errors import InvalidArgument
 
 _SLICE = re.compile(r"^[A-Za-z0-9:_.\\]+(-[A-Za-z0-9:_.\\]+)*\.slice$")
 _CGROUPFS_COMPONENT = re.compile(r"^[A-Za-z0-9:_.@+-]+$")

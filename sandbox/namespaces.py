@@ -18,8 +18,8 @@ import logging
 import os
 from pathlib import Path
 
-from cri import proc
-from cri.errors import Internal
+from calyx_base import proc
+from calyx_base.errors import Internal
 
 log = logging.getLogger("sandbox.namespaces")
 

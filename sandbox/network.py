@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from calyx_base.errors import FailedPrecondition
 from cri.config import NetworkConfig
-from cri.errors import FailedPrecondition
 from cri.runtime import Condition
 from cri.store import Store
 from sandbox.bridge import BridgeNetwork

@@ -24,8 +24,8 @@ import threading
 import time
 from pathlib import Path
 
-from cri import poll
-from cri.errors import Internal
+from calyx_base import poll
+from calyx_base.errors import Internal
 from sandbox import namespaces
 
 log = logging.getLogger("sandbox.pidns")

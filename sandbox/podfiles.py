@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cri import files
-from cri.errors import InvalidArgument
+from calyx_base import files
+from calyx_base.errors import InvalidArgument
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
 # RFC 1123 labels; kubelet sends at most 63 characters, we allow the 64 of HOST_NAME_MAX.

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cri import proc
-from cri.errors import InvalidArgument
+from calyx_base import proc
+from calyx_base.errors import InvalidArgument
 
 _NAME = re.compile(r"^[a-z0-9_]+([./][A-Za-z0-9_:@+-]+)+$")
 _VALUE = re.compile(r"^[A-Za-z0-9 \t_.:,/-]*$")

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cri import failpoints, proc
-from cri.errors import Internal
+from calyx_base import failpoints, proc
+from calyx_base.errors import Internal
 from sandbox import namespaces
 
 

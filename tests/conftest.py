@@ -36,7 +36,7 @@ def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     import contextlib
     import tempfile
 
-    from cri.trees import remove_tree
+    from sandbox.trees import remove_tree
 
     path = Path(tempfile.mkdtemp(prefix="cx-", dir="/tmp"))
     yield path

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv/bin
 "$venv/ruff" check .
-"$venv/mypy" cri sandbox metrics bench critest
+"$venv/mypy" calyx_base cri sandbox metrics bench critest
 status=0
 "$venv/pytest" -p no:cacheprovider "$@" || status=$?
 if [ $# -eq 0 ]; then

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from calyx_base.errors import NotFound
 from cri.config import StreamingConfig
-from cri.errors import NotFound
 from cri.streaming.process import ExecProcess
 from cri.streaming.server import AttachRequest, ExecRequest, StreamingServer
 

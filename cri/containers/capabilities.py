@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cri.errors import InvalidArgument
+from calyx_base.errors import InvalidArgument
 
 # Capability numbers as the kernel defines them (include/uapi/linux/capability.h).
 CAPABILITY_NAMES: list[str] = [

@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cri import failpoints, files, statedirs
+from calyx_base import failpoints, files
+from calyx_base.errors import FailedPrecondition, InvalidArgument
+from cri import statedirs
 from cri.api import api_pb2 as pb
 from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs, shm, staging, validate
 from cri.containers import spec as oci
@@ -24,7 +26,6 @@ from cri.containers.model import CREATED, CREATING, KIND, RUNNING, Container, en
 from cri.containers.monitor import signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive, start_time
 from cri.containers.users import make_inside
-from cri.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
     from cri.containers.manager import ContainerManager

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cri.errors import DeadlineExceeded, FailedPrecondition, Internal
+from calyx_base.errors import DeadlineExceeded, FailedPrecondition, Internal
 
 # kubelet and our server refuse messages over 16 MiB: keep ExecSync's output (both streams) below it.
 MAX_EXEC_OUTPUT = 16 * 1024 * 1024 - 64 * 1024

@@ -33,11 +33,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cri import files, trees
+from calyx_base import files
+from calyx_base.errors import FailedPrecondition, Internal, InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import rootfs
-from cri.errors import FailedPrecondition, Internal, InvalidArgument
-from sandbox import mountapi
+from sandbox import mountapi, trees
 from sandbox.userns import IdMap
 
 log = logging.getLogger("cri.containers.idmapped")
@@ -179,7 +179,7 @@ def _remove_entry(entry: Path) -> None:
 
 def remove_dir(container_dir: Path) -> None:
     """Remove a container dir: its staging mounts are released first (and it stays if one cannot be).
-    The writable layer in it may be any tree a container could make (cri/trees.py); RemoveFailed says
+    The writable layer in it may be any tree a container could make (sandbox/trees.py); RemoveFailed says
     what could not go."""
     release(container_dir)
     trees.remove_tree(container_dir)

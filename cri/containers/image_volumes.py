@@ -29,9 +29,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from calyx_base.errors import FailedPrecondition, Internal, InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import rootfs
-from cri.errors import FailedPrecondition, Internal, InvalidArgument
 from sandbox import mountapi
 
 log = logging.getLogger("cri.containers.image_volumes")

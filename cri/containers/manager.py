@@ -21,15 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cri import failpoints, fields, files, lifecycle, poll, statedirs
-from cri.api import api_pb2 as pb
-from cri.containers import cdi, cgroups_compat, execsync, orphans, rootfs, shm, staging
-from cri.containers import create as create_mod
-from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
-from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
-from cri.containers.procinfo import alive
-from cri.containers.spec import TTY_TERM
-from cri.errors import (
+from calyx_base import failpoints, files, poll
+from calyx_base.errors import (
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
@@ -37,6 +30,14 @@ from cri.errors import (
     InvalidArgument,
     NotFound,
 )
+from cri import fields, lifecycle, statedirs
+from cri.api import api_pb2 as pb
+from cri.containers import cdi, cgroups_compat, execsync, orphans, rootfs, shm, staging
+from cri.containers import create as create_mod
+from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
+from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
+from cri.containers.procinfo import alive
+from cri.containers.spec import TTY_TERM
 from cri.runtime import Runtime
 
 log = logging.getLogger("cri.containers")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cri import files
+from calyx_base import files
 from cri.api import api_pb2 as pb
 
 KIND = "container"

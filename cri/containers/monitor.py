@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cri import poll, proc
+from calyx_base import poll, proc
+from calyx_base.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal
+from calyx_base.instruments import observe_runtime
 from cri.containers import execsync
 from cri.containers.execsync import ExecResult
 from cri.containers.procinfo import start_time
-from cri.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal
-from cri.instruments import observe_runtime
 
 log = logging.getLogger("cri.containers.monitor")
 

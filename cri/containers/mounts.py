@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.api import api_pb2 as pb
-from cri.errors import FailedPrecondition, InvalidArgument
 
 
 @dataclass(frozen=True)

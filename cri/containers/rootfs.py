@@ -14,9 +14,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from cri import trees
-from cri.errors import Internal
-from sandbox import mountapi
+from calyx_base.errors import Internal
+from sandbox import mountapi, trees
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2

@@ -14,8 +14,8 @@ import os
 import stat
 from typing import Any
 
+from calyx_base.errors import InvalidArgument
 from cri import fields
-from cri.errors import InvalidArgument
 
 MAX_BYTES = 1 << 20  # runtime/default is ~25 KB as JSON; kubelet's profiles are of that order
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import capabilities as caps
 from cri.containers import idmapped, seccomp_localhost, userns
@@ -20,7 +21,6 @@ from cri.containers import mounts as mnt
 from cri.containers.seccomp_default import default_profile
 from cri.containers.shm import HOST_SHM
 from cri.containers.users import ProcessUser, make_inside, resolve_user
-from cri.errors import InvalidArgument
 
 log = logging.getLogger("cri.containers.spec")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cri import trees
 from cri.containers import idmapped, image_volumes
+from sandbox import trees
 
 
 def release(container_dir: Path) -> None:
@@ -22,7 +22,7 @@ def release(container_dir: Path) -> None:
 
 def remove_dir(container_dir: Path) -> None:
     """Remove a container dir once its staging mounts are released (it stays if one cannot be). The
-    writable layer in it may be any tree a container could make (cri/trees.py); RemoveFailed says what
+    writable layer in it may be any tree a container could make (sandbox/trees.py); RemoveFailed says what
     could not go."""
     release(container_dir)
     trees.remove_tree(container_dir)

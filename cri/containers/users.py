@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cri.errors import InvalidArgument
+from calyx_base.errors import InvalidArgument
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ field means are refused with INVALID_ARGUMENT, naming the field.
 
 from __future__ import annotations
 
+from calyx_base.errors import InvalidArgument
 from cri import fields
 from cri.api import api_pb2 as pb
-from cri.errors import InvalidArgument
 
 # Annotations a runtime acts on: runc turns org.systemd.property.* into properties of the container's
 # systemd unit (DeviceAllow, memory limits...), crun reads run.oci.*, CRIU org.criu.*. kubelet never

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from cri.errors import InvalidArgument, PermissionDenied, Unavailable
+from calyx_base.errors import InvalidArgument, PermissionDenied, Unavailable
 from cri.images import validate
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from cri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from calyx_base.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cri.images import validate
-from cri.instruments import IMAGE_PULL_BYTES
+from cri.images.instruments import IMAGE_PULL_BYTES
 
 log = logging.getLogger("cri.images.content")
 

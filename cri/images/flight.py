@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Generic, TypeVar
 
-from cri.errors import DeadlineExceeded
+from calyx_base.errors import DeadlineExceeded
 
 T = TypeVar("T")
 

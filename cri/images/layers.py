@@ -19,7 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
-from cri.errors import InvalidArgument
+from calyx_base.errors import InvalidArgument
 from cri.images import validate
 from cri.images.content import inside, real_dir
 from cri.images.flight import Flights

@@ -14,7 +14,7 @@ from typing import IO
 
 import zstandard
 
-from cri.errors import ResourceExhausted
+from calyx_base.errors import ResourceExhausted
 
 CHUNK = 1024 * 1024
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"

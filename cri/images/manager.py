@@ -20,17 +20,18 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cri import failpoints, trees
-from cri.errors import FailedPrecondition, InvalidArgument, NotFound
+from calyx_base import failpoints
+from calyx_base.errors import FailedPrecondition, InvalidArgument, NotFound
 from cri.images.auth import Credentials
 from cri.images.content import ContentStore
 from cri.images.flight import Flights
+from cri.images.instruments import IMAGE_PULL_DURATION
 from cri.images.layers import LayerStore
 from cri.images.model import Image, ImageRecord
 from cri.images.reference import ID_RE, Reference, parse
 from cri.images.validate import InvalidImage, stored_record
-from cri.instruments import IMAGE_PULL_DURATION
 from cri.runtime import Runtime
+from sandbox import trees
 
 if TYPE_CHECKING:
     from cri.images.pull import Puller

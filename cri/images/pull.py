@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from cri import failpoints
+from calyx_base import failpoints
+from calyx_base.errors import CalyxError, DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
 from cri.config import ImagesConfig
-from cri.errors import CalyxError, DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
 from cri.images import registry as reg
 from cri.images import validate
 from cri.images.auth import Credentials, Unauthorized

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from cri.errors import InvalidArgument
+from calyx_base.errors import InvalidArgument
 
 DEFAULT_DOMAIN = "docker.io"
 LEGACY_DOMAINS = {"index.docker.io", "registry-1.docker.io"}

@@ -20,8 +20,8 @@ from urllib.parse import urlparse, urlsplit
 
 import httpx
 
+from calyx_base.errors import NotFound, Unavailable
 from cri.config import ImagesConfig
-from cri.errors import NotFound, Unavailable
 from cri.images import validate
 from cri.images.auth import Authenticator, Credentials, Unauthorized
 from cri.images.transport import Http

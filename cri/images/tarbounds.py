@@ -16,7 +16,7 @@ import tarfile
 from tarfile import BLOCKSIZE, XGLTYPE, InvalidHeaderError, nti  # type: ignore[attr-defined]
 from typing import Any
 
-from cri.errors import FailedPrecondition
+from calyx_base.errors import FailedPrecondition
 
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_HEADER_CHAIN = 8

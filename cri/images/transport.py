@@ -20,7 +20,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from cri.errors import DeadlineExceeded, Unavailable
+from calyx_base.errors import DeadlineExceeded, Unavailable
 
 REQUEST_TIMEOUT = 30.0  # one request's connect, each read and each write: a registry that stops answering
 # httpcore's exceptions and httpx's own for them (httpx maps them the same way in its own transport).

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import zstandard
 
-from cri import trees
 from cri.images.layerstream import CHUNK, Budget, LayerTooLarge, tar_stream
 from cri.images.tarbounds import LayerTar, UnsafeLayer, check_sparse, sparse_map, split_name
+from sandbox import trees
 
 __all__ = ["LayerTooLarge", "UnsafeLayer", "Usage", "remove_layer_dir", "split_name", "unpack"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from cri.errors import FailedPrecondition
+from calyx_base.errors import FailedPrecondition
 from cri.images.model import ImageRecord
 
 # Digest algorithms Calyx verifies, with the length of their lowercase hex encoding.

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from calyx_base.errors import NotFound
 from cri.api import api_pb2 as pb
-from cri.errors import NotFound
 from cri.pods.model import NOTREADY, READY, Pod
 from cri.pods.service import PodService
 from sandbox import pidns

@@ -22,7 +22,7 @@ import logging
 from functools import partial
 from pathlib import Path
 
-from cri.errors import Internal, NotFound
+from calyx_base.errors import Internal, NotFound
 from cri.pods.model import KIND, NOTREADY, Pod
 from cri.pods.service import PodService
 from cri.pods.stop import finish_teardown, teardown_pending

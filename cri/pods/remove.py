@@ -13,9 +13,10 @@ import time
 from functools import partial
 from pathlib import Path
 
-from cri import failpoints, lifecycle
+from calyx_base import failpoints
+from calyx_base.errors import NotFound
+from cri import lifecycle
 from cri.api import api_pb2 as pb
-from cri.errors import NotFound
 from cri.pods.service import PodService
 from cri.pods.stop import stop_pod
 from cri.pods.teardown import remove_dir

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from calyx_base.errors import FailedPrecondition
 from cri.api import api_pb2 as pb
-from cri.errors import FailedPrecondition
 from cri.pods.model import message_dict
 from cri.pods.service import PodService
 

@@ -14,7 +14,8 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from cri import failpoints, lifecycle, statedirs
+from calyx_base import failpoints
+from cri import lifecycle, statedirs
 from cri.api import api_pb2 as pb
 from cri.pods.model import KIND, NOTREADY, READY, Pod
 from cri.pods.service import PodService

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from calyx_base.errors import AlreadyExists, NotFound
 from cri.api import api_pb2 as pb
-from cri.errors import AlreadyExists, NotFound
 from cri.pods.model import KIND, Pod
 from cri.pods.watch import HolderWatch
 from cri.runtime import Runtime

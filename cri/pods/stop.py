@@ -13,9 +13,10 @@ import logging
 import os
 import time
 
-from cri import failpoints, lifecycle
+from calyx_base import failpoints
+from calyx_base.errors import NotFound
+from cri import lifecycle
 from cri.api import api_pb2 as pb
-from cri.errors import NotFound
 from cri.pods.model import KIND, NOTREADY, Pod
 from cri.pods.service import PodService
 from cri.pods.teardown import detach_network, release_namespaces

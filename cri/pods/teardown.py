@@ -8,9 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cri import trees
 from cri.pods.model import Pod
-from sandbox import namespaces, pidns
+from sandbox import namespaces, pidns, trees
 from sandbox.cni import PodRef, bandwidth
 
 log = logging.getLogger("cri.pods")
@@ -44,7 +43,7 @@ def release_namespaces(run_root: Path, pod: Pod) -> None:
 
 
 def remove_dir(path: Path) -> None:
-    """Remove the pod's dir (any tree, cri/trees.py); RemoveFailed says what could not go."""
+    """Remove the pod's dir (any tree, sandbox/trees.py); RemoveFailed says what could not go."""
     trees.remove_tree(path)
 
 

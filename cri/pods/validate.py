@@ -6,10 +6,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from calyx_base.errors import InvalidArgument
 from cri import fields
 from cri.api import api_pb2 as pb
 from cri.config import Config
-from cri.errors import InvalidArgument
 from cri.pods.model import PodMetadata, message_dict
 from sandbox import cgroup_parent, podfiles, sysctls
 from sandbox.cni import bandwidth

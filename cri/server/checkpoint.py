@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import grpc
 
+from calyx_base.errors import Unimplemented
 from cri.api import api_pb2 as pb
-from cri.errors import Unimplemented
 from cri.runtime import Runtime
 
 REASON = (

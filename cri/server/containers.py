@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 
+from calyx_base.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import execsync
 from cri.containers import status as conv
 from cri.containers.model import CREATING, PB_STATE, Container
-from cri.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from cri.pbcache import LastListing, PbCache, as_field1
 from cri.runtime import Runtime
 

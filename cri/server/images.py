@@ -12,8 +12,8 @@ from typing import Any
 
 import grpc
 
+from calyx_base.errors import InvalidArgument, Unavailable
 from cri.api import api_pb2 as pb
-from cri.errors import InvalidArgument, Unavailable
 from cri.images.auth import Credentials
 from cri.images.manager import ImageManager
 from cri.images.model import Image

@@ -1,5 +1,5 @@
 """One place for what every RPC needs: readiness gate, logging with ids and duration, metrics, and the
-answer to a domain error (cri.errors, as status_codes.py maps it). Servicers never build gRPC errors
+answer to a domain error (calyx_base.errors, as status_codes.py maps it). Servicers never build gRPC errors
 themselves.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from cri.errors import CalyxError, Unavailable
+from calyx_base.errors import CalyxError, Unavailable
 from cri.server.status_codes import status_of
 
 log = logging.getLogger("cri.server")

@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 
 import cri
+from calyx_base.errors import InvalidArgument
 from cri import config
 from cri.api import api_pb2 as pb
-from cri.errors import InvalidArgument
 from cri.runtime import Runtime
 
 RUNTIME_NAME = "calyx"

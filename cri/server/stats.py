@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 
+from calyx_base.errors import InvalidArgument, Unavailable
 from cri.api import api_pb2 as pb
-from cri.errors import InvalidArgument, Unavailable
 from cri.pods.model import READY
 from cri.runtime import Runtime
 from cri.stats import convert

@@ -1,14 +1,14 @@
-"""The one place where domain errors (cri/errors.py) become gRPC status codes.
+"""The one place where domain errors (calyx_base/errors.py) become gRPC status codes.
 
 A subclass an area adds for its own errors (an image refused as invalid, a tree that cannot be
-removed...) answers as the nearest class of cri/errors.py it derives from.
+removed...) answers as the nearest class of calyx_base/errors.py it derives from.
 """
 
 from __future__ import annotations
 
 import grpc
 
-from cri import errors
+from calyx_base import errors
 
 STATUS_OF: dict[type[errors.CalyxError], grpc.StatusCode] = {
     errors.CalyxError: grpc.StatusCode.INTERNAL,

@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 
+from calyx_base.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cri import fields
 from cri.api import api_pb2 as pb
-from cri.errors import FailedPrecondition, InvalidArgument, Unavailable
 from cri.pods.model import READY
 from cri.runtime import Runtime
 from cri.streaming.backend import running_container

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from calyx_base.errors import NotFound
 from cri.containers.model import CREATED, RUNNING
-from cri.errors import NotFound
 from cri.pods.model import READY
 from cri.runtime import Runtime
 from cri.stats.aggregate import sum_samples

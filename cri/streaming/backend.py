@@ -23,9 +23,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from cri import files
+from calyx_base import files
+from calyx_base.errors import FailedPrecondition, Unavailable
 from cri.containers.model import RUNNING
-from cri.errors import FailedPrecondition, Unavailable
 from cri.runtime import Runtime
 from cri.streaming.process import ExecProcess
 from cri.streaming.remotecommand import AttachTarget

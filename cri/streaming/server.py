@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 import h11
 
+from calyx_base.errors import CalyxError, NotFound
 from cri.config import StreamingConfig
-from cri.errors import CalyxError, NotFound
 from cri.streaming import command, instruments
 from cri.streaming import remotecommand as rc
 from cri.streaming.command import (

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from cri.errors import ResourceExhausted
+from calyx_base.errors import ResourceExhausted
 
 MAX_PENDING = 1000  # as kubelet's cache: past this many unused URLs, new requests are refused
 

@@ -12,7 +12,7 @@ import ipaddress
 import threading
 from typing import Any
 
-from cri.errors import ResourceExhausted
+from calyx_base.errors import ResourceExhausted
 from cri.store import Store
 
 KIND = "lease"

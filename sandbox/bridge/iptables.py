@@ -31,8 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cri import proc
-from cri.errors import CommandFailed
+from calyx_base import proc
+from calyx_base.errors import CommandFailed
 from sandbox.bridge.ipam import Network
 
 log = logging.getLogger("sandbox.bridge.iptables")

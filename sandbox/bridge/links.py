@@ -16,7 +16,7 @@ import os
 import socket
 from pathlib import Path
 
-from cri.errors import Internal
+from calyx_base.errors import Internal
 from sandbox.bridge.ipam import Interface
 from sandbox.bridge.nlbatch import Address, NetlinkBatch, NetlinkError, addresses_of, host_socket
 from sandbox.netns import call_in

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cri import failpoints
-from cri.errors import CommandFailed, FailedPrecondition
+from calyx_base import failpoints
+from calyx_base.errors import CommandFailed, FailedPrecondition
 from cri.store import Store
 from sandbox.bridge import links, shaping
 from sandbox.bridge.ipam import IPAM, Network, gateway_of

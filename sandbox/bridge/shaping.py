@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cri import proc
+from calyx_base import proc
 
 TIMEOUT_S = 30.0
 LATENCY = "25ms"  # how long a packet may wait in the bucket before it is dropped

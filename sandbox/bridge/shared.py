@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from cri.errors import CommandFailed
+from calyx_base.errors import CommandFailed
 from sandbox.bridge import iptables, links
 from sandbox.bridge.ipam import Network, gateway_of
 from sandbox.bridge.iptables import BridgeRules, Ruleset

@@ -13,7 +13,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from cri import poll
+from calyx_base import poll
 from sandbox.cgroups.driver import CONTAINER_PREFIX, MONITOR_PREFIX, CgroupDriver, Resources
 from sandbox.cgroups.hierarchy import Mode, is_populated, rmdir_if_exists
 from sandbox.cgroups.names import check_id, check_path

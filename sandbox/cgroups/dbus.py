@@ -19,7 +19,7 @@ from jeepney.bus_messages import message_bus
 from jeepney.io.blocking import DBusConnection, open_dbus_connection
 from jeepney.wrappers import DBusErrorResponse, unwrap_msg
 
-from cri.errors import DeadlineExceeded, Internal, Unavailable
+from calyx_base.errors import DeadlineExceeded, Internal, Unavailable
 
 log = logging.getLogger("sandbox.cgroups.dbus")
 

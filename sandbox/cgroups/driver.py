@@ -19,8 +19,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
+from calyx_base.errors import FailedPrecondition
 from cri.api import api_pb2 as pb
-from cri.errors import FailedPrecondition
 from sandbox.cgroups import resources as res
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.names import check_id

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from cri.errors import InvalidArgument
+from calyx_base.errors import InvalidArgument
 
 _UNIT_CHARS = re.compile(r"^[A-Za-z0-9:_.\\-]+$")
 _PATH_PART = re.compile(r"^[^\x00/]+$")

@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.api import api_pb2 as pb
-from cri.errors import FailedPrecondition, InvalidArgument
 from sandbox.cgroups.hierarchy import Hierarchy, Mode
 
 log = logging.getLogger("sandbox.cgroups")

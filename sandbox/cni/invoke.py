@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cri import proc
-from cri.errors import DeadlineExceeded, Internal
+from calyx_base import proc
+from calyx_base.errors import DeadlineExceeded, Internal
 
 
 class PluginError(Internal):

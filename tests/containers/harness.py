@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calyx_base.errors import NotFound
 from cri.api import api_pb2 as pb
 from cri.config import Config
 from cri.containers.manager import ContainerManager
-from cri.errors import NotFound
 from cri.runtime import Runtime
 from cri.store import Store
 from sandbox.cgroups import build_driver

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from calyx_base.errors import DeadlineExceeded, FailedPrecondition, Internal
 from cri.containers import exec_reaper, execsync
 from cri.containers.model import EXITED
-from cri.errors import DeadlineExceeded, FailedPrecondition, Internal
 from tests.container_fixtures import processes_with, wait_gone, wait_running
 from tests.containers.harness import Harness
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from calyx_base.errors import AlreadyExists, DeadlineExceeded
 from cri.api import api_pb2 as pb
 from cri.containers.model import CREATED, EXITED, RUNNING
-from cri.errors import AlreadyExists, DeadlineExceeded
 from tests.containers.harness import Harness
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import grpc
 import pytest
 
+from calyx_base.errors import FailedPrecondition
 from cri.api import api_pb2 as pb
-from cri.errors import FailedPrecondition
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.resources import host_page_sizes
@@ -701,7 +701,7 @@ def test_systemd_driver_refuses_a_cgroupfs_parent_before_any_dbus_call(
     result = inside(
         namespaced_systemd,
         """
-        from cri.errors import InvalidArgument
+        from calyx_base.errors import InvalidArgument
         errors = []
         for parent in ["/kubepods/besteffort/pod1", "kubepods"]:
             try:

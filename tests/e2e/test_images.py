@@ -18,8 +18,8 @@ from typing import Any
 import grpc
 import pytest
 
+from calyx_base.errors import NotFound as NotFoundError
 from cri.api import api_pb2 as pb
-from cri.errors import NotFound as NotFoundError
 from critest.images import Push, busybox_image, calyx_images, critest_images, push_all
 from critest.oci import Entry, make_layer
 from tests.daemon import Daemon
@@ -661,8 +661,8 @@ def test_pull_progress_is_logged(plain: Daemon, image_registry) -> None:
 
 def test_remove_refuses_an_image_a_container_uses(image_registry, short_tmp: Path) -> None:
     """In process: the images subsystem asks ``runtime.containers.uses_image`` (the agreed interface)."""
+    from calyx_base.errors import FailedPrecondition
     from cri.config import load
-    from cri.errors import FailedPrecondition
     from cri.images import ImageManager
     from cri.runtime import Runtime
     from cri.store import Store

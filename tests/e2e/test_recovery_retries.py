@@ -2,7 +2,7 @@
 calyx_recovery_failures_total{what}, retried while the daemon serves, and gone once it can go.
 
 Real leftovers made undeletable for a while by real bind mounts (as a volume or a rootfs still
-mounted would be), and the failpoints of each kind of cleanup (cri/failpoints.py: cleanup.<what>).
+mounted would be), and the failpoints of each kind of cleanup (calyx_base/failpoints.py: cleanup.<what>).
 """
 
 from __future__ import annotations

@@ -63,6 +63,6 @@ def test_a_tree_deeper_than_path_max_is_counted_and_a_mount_in_it_is_not(tmp_pat
         assert dir_usage(str(root)).inodes_used == 1 + 3000 + 1 + 1  # root, the chain, bottom, mnt
     finally:
         subprocess.run(["umount", str(root / "mnt")], check=True, timeout=30)
-    from cri.trees import remove_tree
+    from sandbox.trees import remove_tree
 
     remove_tree(root)

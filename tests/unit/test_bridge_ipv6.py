@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cri.errors import FailedPrecondition
+from calyx_base.errors import FailedPrecondition
 from cri.store import Store
 from sandbox.bridge.ipam import IPAM
 from sandbox.bridge.iptables import _dnat_rule

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.containers import cdi
 from cri.containers.cdi import names, registry, schema
-from cri.errors import FailedPrecondition, InvalidArgument
 
 NULL = os.stat("/dev/null")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
-from cri.errors import InvalidArgument
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.names import slice_path

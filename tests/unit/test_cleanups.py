@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from cri.cleanups import Cleanups
+from calyx_base.cleanups import Cleanups
 from cri.config import load
 from cri.runtime import Runtime
 from cri.store import Store

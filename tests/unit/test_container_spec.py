@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import capabilities as caps
 from cri.containers.seccomp_default import default_profile
 from cri.containers.spec import clamp_oom_score_adj, current_oom_score_adj, process_args, process_env
 from cri.containers.users import make_inside, resolve_user
-from cri.errors import InvalidArgument
 
 
 def cfg(**kw: object) -> pb.ContainerConfig:

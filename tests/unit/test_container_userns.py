@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import rootfs, userns
 from cri.containers import spec as oci
-from cri.errors import FailedPrecondition, InvalidArgument
 from sandbox import namespaces
 from sandbox import userns as sandbox_userns
 from sandbox.userns import IdMap

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from calyx_base.errors import InvalidArgument
 from cri import fields
-from cri.errors import InvalidArgument
 
 
 @pytest.mark.parametrize(

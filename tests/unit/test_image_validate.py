@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from calyx_base.errors import CalyxError, DeadlineExceeded
 from cri.config import ImagesConfig, Registry
-from cri.errors import CalyxError, DeadlineExceeded
 from cri.images import validate
 from cri.images.auth import Credentials, may_send_credentials
 from cri.images.content import ContentStore

@@ -7,9 +7,9 @@ import logging
 import grpc
 import pytest
 
-from cri import errors
+from calyx_base import errors
+from calyx_base.log import KeyValueFormatter
 from cri.api import api_pb2 as pb
-from cri.log import KeyValueFormatter
 from cri.server.interceptor import Interceptor, request_ids
 from cri.server.status_codes import STATUS_OF, status_of
 
@@ -93,7 +93,7 @@ def test_each_method_is_wrapped_once_and_unknown_names_are_not_kept() -> None:
 
 
 def test_every_domain_error_class_has_a_status_code() -> None:
-    """cri/errors.py knows nothing of gRPC; each of its classes has its own row in status_codes.py."""
+    """calyx_base/errors.py knows nothing of gRPC; each of its classes has its own row in status_codes.py."""
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.CalyxError)]
     assert len(classes) >= 12
     missing = [c.__name__ for c in classes if c not in STATUS_OF]
@@ -102,7 +102,7 @@ def test_every_domain_error_class_has_a_status_code() -> None:
 
 def test_an_areas_own_error_answers_as_the_class_it_derives_from() -> None:
     from cri.images.validate import InvalidImage
-    from cri.trees import RemoveFailed
+    from sandbox.trees import RemoveFailed
 
     assert status_of(InvalidImage("bad config", "sha256:ab")) == grpc.StatusCode.FAILED_PRECONDITION
     assert status_of(RemoveFailed("cannot remove", "/x")) == grpc.StatusCode.FAILED_PRECONDITION

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cri.errors import InvalidArgument, ResourceExhausted
+from calyx_base.errors import InvalidArgument, ResourceExhausted
 from cri.store import Store
 from sandbox import cgroup_parent, namespaces, pidns, podfiles, sysctls
 from sandbox.bridge.ipam import IPAM

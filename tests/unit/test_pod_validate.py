@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.config import Config
-from cri.errors import InvalidArgument
 from cri.pods.validate import validate
 
 

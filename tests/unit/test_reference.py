@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cri.errors import InvalidArgument
+from calyx_base.errors import InvalidArgument
 from cri.images.auth import Credentials, parse_challenge
 from cri.images.layers import chain_ids
 from cri.images.reference import normalise_id, parse

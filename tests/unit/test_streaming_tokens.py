@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cri.errors import ResourceExhausted
+from calyx_base.errors import ResourceExhausted
 from cri.streaming.tokens import MAX_PENDING, TokenCache
 
 

@@ -1,4 +1,4 @@
-"""cri.trees.remove_tree: any tree a layer or a container can make goes, nothing outside it does.
+"""sandbox.trees.remove_tree: any tree a layer or a container can make goes, nothing outside it does.
 
 Real files on the real filesystem, real bind mounts, real immutable flags (chattr) where the
 filesystem has them, and a remover without CAP_DAC_OVERRIDE for the read-only directories.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cri.trees import RemoveFailed, remove_tree
+from sandbox.trees import RemoveFailed, remove_tree
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,7 +146,7 @@ def test_read_only_dirs_are_made_writable_by_a_remover_without_dac_override(tmp_
     (top / "closed").mkdir()
     (top / "closed" / "inside").write_text("x")
     os.chmod(top / "closed", 0)
-    script = f"from cri.trees import remove_tree; remove_tree({str(top)!r})"
+    script = f"from sandbox.trees import remove_tree; remove_tree({str(top)!r})"
     drop = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
     result = subprocess.run(
         [*drop, sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.containers.cdi import schema
 from cri.containers.cdi.registry import Device
-from cri.errors import FailedPrecondition, InvalidArgument
 
 
 @dataclass

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from cri.errors import InvalidArgument
+from calyx_base.errors import InvalidArgument
 
 ANNOTATION_PREFIX = "cdi.k8s.io/"
 # vendor and class: a letter first, a letter or digit last, letters, digits, "_", "-" and "." between.

@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
+from calyx_base.errors import InvalidArgument
 from cri.containers.cdi import schema
 from cri.containers.cdi.names import QualifiedName
-from cri.errors import InvalidArgument
 
 log = logging.getLogger("cri.containers.cdi")
 

@@ -1,9 +1,9 @@
-"""Calyx's own Prometheus instruments that other subsystems feed (the exporter serves them).
+"""Calyx's own Prometheus instruments that the layers below the daemon feed (the exporter serves them).
 
-The gRPC request counter and latency histogram live in cri/server/interceptor.py; the rest are here so
-that a subsystem records with one line and without knowing about the exporter: image pulls count their
-bytes as they arrive and time each pull; cri/proc.py times every runc and CNI plugin call it runs; failed
-cleanups (cri/cleanups.py) are counted by what they were about.
+Here so that code records with one line and without knowing about the exporter: calyx_base/proc.py
+times every runc and CNI plugin call it runs, failed cleanups (calyx_base/cleanups.py) are counted by
+what they were about. The gRPC request counter and latency histogram live in cri/server/interceptor.py,
+the image pull ones in cri/images/instruments.py.
 """
 
 from __future__ import annotations
@@ -13,16 +13,8 @@ from collections.abc import Mapping, Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
-_SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _CALL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-IMAGE_PULL_BYTES = Counter("calyx_image_pull_bytes_total", "Bytes of image blobs downloaded from registries.")
-IMAGE_PULL_DURATION = Histogram(
-    "calyx_image_pull_duration_seconds",
-    "Time to pull an image (every blob fetched, verified and unpacked), by outcome.",
-    ["outcome"],
-    buckets=_SLOW_BUCKETS,
-)
 RUNC_DURATION = Histogram(
     "calyx_runc_duration_seconds",
     "Time of OCI runtime calls made by the daemon, by runtime binary and command.",

@@ -15,10 +15,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cri.errors import CommandFailed, DeadlineExceeded
-from cri.instruments import observe_command
+from calyx_base.errors import CommandFailed, DeadlineExceeded
+from calyx_base.instruments import observe_command
 
-log = logging.getLogger("cri.proc")
+log = logging.getLogger("calyx_base.proc")
 
 
 def run(

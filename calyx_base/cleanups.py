@@ -17,11 +17,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from cri import failpoints
-from cri.errors import CalyxError
-from cri.instruments import RECOVERY_FAILURES, RECOVERY_PENDING
+from calyx_base import failpoints
+from calyx_base.errors import CalyxError
+from calyx_base.instruments import RECOVERY_FAILURES, RECOVERY_PENDING
 
-log = logging.getLogger("cri.cleanups")
+log = logging.getLogger("calyx_base.cleanups")
 
 Key = tuple[str, str, str]  # what, object id, step
 

@@ -13,9 +13,9 @@ import logging
 import os
 import signal
 
-from cri.errors import Internal
+from calyx_base.errors import Internal
 
-log = logging.getLogger("cri.failpoints")
+log = logging.getLogger("calyx_base.failpoints")
 
 ENV = "CALYX_FAILPOINTS"
 
