@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from calyx_base.cleanups import Cleanups
 from cri.config import Config
 from cri.store import Store
+from sandbox.network import Readiness
 
 log = logging.getLogger("cri.runtime")
 
@@ -51,8 +52,8 @@ class Runtime:
         # Cleanups that failed (in recovery, garbage collection...), retried until they succeed.
         self.cleanups = Cleanups(config.state.cleanup_retry_seconds)
         # Replaced by the networking subsystem; until one exists pods cannot get a network.
-        self.network_condition: Callable[[], Condition] = lambda: Condition(
-            "NetworkReady", False, "NetworkPluginNotReady", "calyx has no pod network configured"
+        self.network_readiness: Callable[[], Readiness] = lambda: Readiness(
+            False, "NetworkPluginNotReady", "calyx has no pod network configured"
         )
 
     # --- subsystems ---------------------------------------------------------------------------------
@@ -99,7 +100,8 @@ class Runtime:
                 "RuntimeReady", False, "Recovering", "calyx is reconciling its state after a start"
             )
         )
-        return [runtime, self.network_condition()]
+        network = self.network_readiness()
+        return [runtime, Condition("NetworkReady", network.ready, network.reason, network.message)]
 
     # --- settings kubelet pushes --------------------------------------------------------------------
 

@@ -11,13 +11,20 @@ from collections.abc import Callable
 from cri import events, images, pods, stats, streaming
 from cri.containers.manager import register as register_containers
 from cri.runtime import Runtime
-from sandbox import cgroups
+from sandbox.cgroups import build_driver
+
+
+def _cgroups(runtime: Runtime) -> None:
+    """The cgroup driver (pods and containers use it, so it comes before them)."""
+    c = runtime.config.cgroup
+    runtime.register("cgroups", build_driver(c.driver, c.pids_limit, c.default_parent))
+
 
 # The event bus comes first so that every other subsystem can publish while it recovers.
 SUBSYSTEM_BUILDERS: list[Callable[[Runtime], None]] = [
     events.register,
     images.build,
-    cgroups.register,
+    _cgroups,
     pods.register,
     register_containers,
     pods.register_removals,  # after containers: a pod's interrupted removal removes them first

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from calyx_base.errors import FailedPrecondition
-from cri.config import NetworkConfig
-from cri.runtime import Condition
-from cri.store import Store
 from sandbox.bridge import BridgeNetwork
+from sandbox.bridge.ipam import Records
 from sandbox.cni import CNINetwork, NetworkList, PodRef
 from sandbox.cni.config import ConfigError
 from sandbox.cni.network import result_ips
@@ -26,21 +25,38 @@ log = logging.getLogger("sandbox.network")
 NOT_READY = "NetworkPluginNotReady"
 
 
-class PodNetworks:
-    def __init__(self, config: NetworkConfig, store: Store, pod_cidr: Callable[[], str]) -> None:
-        self.cni = CNINetwork(
-            Path(config.cni_conf_dir), config.cni_bin_dirs, config.cni_plugin_timeout_seconds
-        )
-        self.bridge = BridgeNetwork(config.bridge, config.subnet, store, pod_cidr, config.subnet_v6)
+@dataclass(frozen=True)
+class Readiness:
+    """Whether pods can get a network now (CRI's NetworkReady condition), and why not."""
 
-    def condition(self) -> Condition:
-        """NetworkReady: built-in network (no CNI config) or a CNI config whose plugins all exist."""
+    ready: bool
+    reason: str = ""
+    message: str = ""
+
+
+class PodNetworks:
+    def __init__(
+        self,
+        cni_conf_dir: Path,
+        cni_bin_dirs: list[str],
+        cni_plugin_timeout: float,
+        bridge: str,
+        subnet: str,
+        subnet_v6: str,
+        leases: Records,
+        pod_cidr: Callable[[], str],
+    ) -> None:
+        self.cni = CNINetwork(cni_conf_dir, cni_bin_dirs, cni_plugin_timeout)
+        self.bridge = BridgeNetwork(bridge, subnet, leases, pod_cidr, subnet_v6)
+
+    def readiness(self) -> Readiness:
+        """Built-in network (no CNI config), or a CNI config whose plugins all exist."""
         if self.cni.config_path() is None:
-            return Condition("NetworkReady", True, "", f"built-in network on bridge {self.bridge.bridge}")
+            return Readiness(True, "", f"built-in network on bridge {self.bridge.bridge}")
         ok, why = self.cni.readiness()
         if ok:
-            return Condition("NetworkReady", True)
-        return Condition("NetworkReady", False, NOT_READY, why)
+            return Readiness(True)
+        return Readiness(False, NOT_READY, why)
 
     def plan(self) -> dict[str, Any]:
         """What a new pod will be attached to, recorded before anything is made."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from cri.api import api_pb2 as pb
+from cri.containers.resources import to_oci
 
 DEFAULT_PARENT = "/calyx"
 
@@ -37,7 +38,7 @@ def prepare_parent(runtime: Any, parent: str) -> None:
 def oci_resources(runtime: Any, resources: pb.LinuxContainerResources) -> dict[str, Any]:
     driver = _driver(runtime)
     if driver is not None:
-        return dict(driver.oci_resources(resources))
+        return to_oci(resources, driver.hierarchy, driver.pids_limit)
     return plain_oci_resources(resources)
 
 

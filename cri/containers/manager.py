@@ -37,6 +37,7 @@ from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive
+from cri.containers.resources import to_oci
 from cri.containers.spec import TTY_TERM
 from cri.runtime import Runtime
 
@@ -366,7 +367,7 @@ class ContainerManager:
                 raise FailedPrecondition(f"container {c.id} is not running", c.id)
             driver = getattr(self.runtime, "cgroups", None)
             if driver is not None:
-                driver.update(c.id, c.cgroup_parent, resources)
+                driver.update(c.id, c.cgroup_parent, to_oci(resources, driver.hierarchy))
             else:
                 self._monitor_of(c).update(c.id, cgroups_compat.oci_resources(self.runtime, resources))
             c.set_resources(resources)

@@ -13,7 +13,7 @@ def register(runtime: object) -> None:
     assert isinstance(runtime, Runtime)
     pods = PodService(runtime)
     runtime.register("pods", pods)
-    runtime.network_condition = pods.networks.condition
+    runtime.network_readiness = pods.networks.readiness
 
 
 def register_removals(runtime: object) -> None:

@@ -29,7 +29,17 @@ class PodService:
         self.runtime = runtime
         self.config = runtime.config
         self.store = runtime.store
-        self.networks = PodNetworks(runtime.config.network, runtime.store, lambda: runtime.pod_cidr)
+        net = runtime.config.network
+        self.networks = PodNetworks(
+            Path(net.cni_conf_dir),
+            net.cni_bin_dirs,
+            net.cni_plugin_timeout_seconds,
+            net.bridge,
+            net.subnet,
+            net.subnet_v6,
+            leases=runtime.store,
+            pod_cidr=lambda: runtime.pod_cidr,
+        )
         self._index: dict[str, Pod] = {}
         self._names: dict[tuple[str, str, str, int], str] = {}
         self._index_lock = threading.RLock()

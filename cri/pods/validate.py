@@ -11,7 +11,8 @@ from cri import fields
 from cri.api import api_pb2 as pb
 from cri.config import Config
 from cri.pods.model import PodMetadata, message_dict
-from sandbox import cgroup_parent, podfiles, sysctls
+from sandbox import podfiles, sysctls
+from sandbox.cgroups import CgroupDriver
 from sandbox.cni import bandwidth
 
 MAX_ID = 2**32 - 1  # (uid_t)-1 is never a valid id
@@ -142,7 +143,7 @@ def port_mappings(mappings: Any) -> list[dict[str, Any]]:
     return out
 
 
-def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: Any) -> RunSpec:
+def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: CgroupDriver) -> RunSpec:
     cfg = request.config
     meta = cfg.metadata
     for name in ("name", "namespace", "uid"):
@@ -174,12 +175,8 @@ def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: Any) -> 
     requested_sysctls = dict(cfg.linux.sysctls)
     sysctls.validate(requested_sysctls, own_net=own_net, own_ipc=options["ipc"] != "NODE")
     parent = cfg.linux.cgroup_parent
-    if not parent:
-        pass  # the driver's default parent
-    elif cgroups is not None and hasattr(cgroups, "validate_parent"):
+    if parent:  # else the driver's default parent
         cgroups.validate_parent(parent)
-    else:
-        cgroup_parent.validate_parent(config.cgroup.driver, parent)
     linux = {
         "cgroup_parent": parent,
         "sysctls": requested_sysctls,

@@ -10,15 +10,38 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 from calyx_base.errors import ResourceExhausted
-from cri.store import Store
 
 KIND = "lease"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class RecordWriter(Protocol):
+    """One transaction's writes."""
+
+    def put(self, kind: str, object_id: str, record: dict[str, Any]) -> None: ...
+
+    def delete(self, kind: str, object_id: str) -> None: ...
+
+
+class Records(Protocol):
+    """Where the built-in network keeps its leases and its shared parts' record: the daemon's store
+    (cri/store), whose transactions make a check-and-take atomic."""
+
+    def list(self, kind: str) -> dict[str, dict[str, Any]]: ...
+
+    def get(self, kind: str, object_id: str) -> dict[str, Any] | None: ...
+
+    def put(self, kind: str, object_id: str, record: dict[str, Any]) -> None: ...
+
+    def delete(self, kind: str, object_id: str) -> None: ...
+
+    def transaction(self) -> AbstractContextManager[RecordWriter]: ...
 
 
 def gateway_of(subnet: Network) -> Interface:
@@ -27,7 +50,7 @@ def gateway_of(subnet: Network) -> Interface:
 
 
 class IPAM:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Records) -> None:
         self.store = store
         self._lock = threading.Lock()
 

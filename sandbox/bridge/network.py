@@ -25,9 +25,8 @@ from typing import Any
 
 from calyx_base import failpoints
 from calyx_base.errors import CommandFailed, FailedPrecondition
-from cri.store import Store
 from sandbox.bridge import links, shaping
-from sandbox.bridge.ipam import IPAM, Network, gateway_of
+from sandbox.bridge.ipam import IPAM, Network, Records, gateway_of
 from sandbox.bridge.iptables import BridgeRules, Ruleset, host_port_rules
 from sandbox.bridge.shared import SharedParts
 
@@ -60,7 +59,7 @@ def _networks(subnets: set[str]) -> list[Network]:
 
 class BridgeNetwork:
     def __init__(
-        self, bridge: str, subnet: str, store: Store, pod_cidr: Callable[[], str], subnet_v6: str = ""
+        self, bridge: str, subnet: str, store: Records, pod_cidr: Callable[[], str], subnet_v6: str = ""
     ) -> None:
         self.bridge = bridge
         self.default_subnets = [subnet, *([subnet_v6] if subnet_v6 else [])]
@@ -277,7 +276,7 @@ class BridgeNetwork:
                     self._host_ports = dict(host_ports.get(bridge, {}))
 
 
-def cleanup_network(bridge: str, store: Store | None, force: bool = False) -> list[str]:
+def cleanup_network(bridge: str, store: Records | None, force: bool = False) -> list[str]:
     """``calyx cleanup``: remove the shared parts of the built-in network on ``bridge`` (its chains in
     iptables and ip6tables, the chains of its pods' hostPorts, the bridge) and their record. Refused
     while pods hold addresses on it (``store``'s leases) or interfaces are plugged into it, unless

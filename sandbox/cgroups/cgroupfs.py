@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from calyx_base import poll
-from sandbox.cgroups.driver import CONTAINER_PREFIX, MONITOR_PREFIX, CgroupDriver, Resources
+from sandbox.cgroups.driver import CONTAINER_PREFIX, MONITOR_PREFIX, CgroupDriver
 from sandbox.cgroups.hierarchy import Mode, is_populated, rmdir_if_exists
 from sandbox.cgroups.names import check_id, check_path
 
@@ -128,10 +128,8 @@ class CgroupfsDriver(CgroupDriver):
 
     # --- resources -------------------------------------------------------------------------------------
 
-    def update(self, container_id: str, parent: str, resources: Resources) -> dict[str, Any]:
-        oci = self.as_oci(resources)
+    def update(self, container_id: str, parent: str, oci: dict[str, Any]) -> None:
         self._write_files(oci, self.container_path(container_id, parent), container_id)
-        return oci
 
 
 def _remove_tree(directory: Path) -> None:

@@ -1,8 +1,8 @@
-"""What every cgroup driver offers the rest of Calyx (``runtime.cgroups``), and the parts they share.
+"""What every cgroup driver offers the rest of Calyx, and the parts they share.
 
 The pods subsystem prepares and removes a pod's parent cgroup; the containers subsystem asks for the OCI
-``linux.cgroupsPath`` and ``linux.resources`` to hand to runc, places each conmon, applies
-UpdateContainerResources and finds the cgroup directories for stats. Only the naming and the way cgroups
+``linux.cgroupsPath`` to hand to runc, places each conmon, applies UpdateContainerResources (as OCI
+``linux.resources``) and finds the cgroup directories for stats. Only the naming and the way cgroups
 are created differ between the drivers, so the rest lives here.
 """
 
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from calyx_base.errors import FailedPrecondition
-from cri.api import api_pb2 as pb
 from sandbox.cgroups import resources as res
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.names import check_id
@@ -30,11 +29,10 @@ log = logging.getLogger("sandbox.cgroups")
 CONTAINER_PREFIX = "calyx"
 MONITOR_PREFIX = "calyx-conmon"
 
-Resources = pb.LinuxContainerResources | dict[str, Any]
 
 
 class CgroupDriver(ABC):
-    """The agreed ``runtime.cgroups`` interface. An empty ``parent`` means the driver's default parent."""
+    """The agreed interface of a cgroup driver. An empty ``parent`` means the driver's default parent."""
 
     name: str
     default_parent: str
@@ -116,18 +114,9 @@ class CgroupDriver(ABC):
 
     # --- resources -------------------------------------------------------------------------------------
 
-    def oci_resources(self, resources: pb.LinuxContainerResources) -> dict[str, Any]:
-        """OCI ``linux.resources`` for the spec; InvalidArgument for values this host cannot honour."""
-        return res.oci_resources(resources, self.hierarchy, self.pids_limit)
-
-    def as_oci(self, resources: Resources) -> dict[str, Any]:
-        if isinstance(resources, dict):
-            return resources
-        return res.oci_resources(resources, self.hierarchy, 0)
-
     @abstractmethod
-    def update(self, container_id: str, parent: str, resources: Resources) -> dict[str, Any]:
-        """Apply new limits to a running container's cgroup; returns the OCI resources applied."""
+    def update(self, container_id: str, parent: str, oci: dict[str, Any]) -> None:
+        """Apply new limits (OCI ``linux.resources``) to a running container's cgroup."""
 
     # Names of the container and monitor cgroups directly below a parent; group 1 is the container id.
     CHILD_NAME = re.compile(rf"{MONITOR_PREFIX}-([0-9a-f]{{64}})|{CONTAINER_PREFIX}-([0-9a-f]{{64}})")

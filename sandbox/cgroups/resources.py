@@ -1,8 +1,9 @@
-"""CRI container resources -> OCI ``linux.resources`` -> cgroup file values, for v1 and v2.
+"""OCI ``linux.resources`` -> cgroup file values, for v1 and v2, and what the host can limit.
 
-The OCI dict is the one representation: the containers subsystem puts it in the runtime spec (runc then
-sets up the cgroup), and ``update`` turns the same dict into file writes for a running container. Both
-paths therefore agree on what a CRI value means on this host.
+The OCI dict is the one representation the kernel layer takes: the containers subsystem makes it from
+CRI's resources (cri/containers/resources.py) and puts it in the runtime spec (runc then sets up the
+cgroup), and ``update`` turns the same dict into file writes for a running container. Both paths
+therefore agree on what a value means on this host.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from calyx_base.errors import FailedPrecondition, InvalidArgument
-from cri.api import api_pb2 as pb
 from sandbox.cgroups.hierarchy import Hierarchy, Mode
 
 log = logging.getLogger("sandbox.cgroups")
 
 HUGEPAGES = Path("/sys/kernel/mm/hugepages")
 DEFAULT_CPU_PERIOD = 100_000
-MAX_SHARES = 262_144
-MIN_SHARES = 2
 
 
 def host_page_sizes() -> set[str]:
@@ -52,105 +50,6 @@ def swap_accounting(hierarchy: Hierarchy) -> bool:
     if hierarchy.mode is Mode.V2:
         return True  # memory.swap.max exists in every non-root cgroup when the kernel has swap support
     return (memdir / "memory.memsw.limit_in_bytes").exists()
-
-
-def oci_resources(
-    resources: pb.LinuxContainerResources, hierarchy: Hierarchy, pids_limit: int = 0
-) -> dict[str, Any]:
-    """OCI ``linux.resources`` from CRI ``LinuxContainerResources`` (``oom_score_adj`` is the process's).
-
-    Zero means "not set" for every CRI number, as kubelet uses it. Values this host cannot apply are
-    handled the way kubelet expects: hugepage limits are skipped without a hugetlb controller; ``unified``
-    keys are refused on cgroup v1 (they have no meaning there and runc would fail later).
-    """
-    out: dict[str, Any] = {}
-    cpu: dict[str, Any] = {}
-    if resources.cpu_shares:
-        if resources.cpu_shares < 0:
-            raise InvalidArgument(f"cpu_shares {resources.cpu_shares} is negative")
-        cpu["shares"] = min(max(resources.cpu_shares, MIN_SHARES), MAX_SHARES)
-    if resources.cpu_quota:
-        if resources.cpu_quota < -1 or 0 < resources.cpu_quota < 1000:
-            raise InvalidArgument(f"cpu_quota {resources.cpu_quota} is out of range (-1 or >= 1000)")
-        cpu["quota"] = resources.cpu_quota
-    if resources.cpu_period:
-        if not 1000 <= resources.cpu_period <= 1_000_000:
-            raise InvalidArgument(f"cpu_period {resources.cpu_period} is out of range (1000..1000000)")
-        cpu["period"] = resources.cpu_period
-    if resources.cpuset_cpus:
-        cpu["cpus"] = _cpuset(resources.cpuset_cpus, "cpuset_cpus")
-    if resources.cpuset_mems:
-        cpu["mems"] = _cpuset(resources.cpuset_mems, "cpuset_mems")
-    if cpu:
-        out["cpu"] = cpu
-
-    memory: dict[str, Any] = {}
-    limit = resources.memory_limit_in_bytes
-    swap = resources.memory_swap_limit_in_bytes
-    if limit < 0 and limit != -1:
-        raise InvalidArgument(f"memory_limit_in_bytes {limit} is negative")
-    if limit:
-        memory["limit"] = limit
-    if swap:
-        if swap > 0 and limit > 0 and swap < limit:
-            raise InvalidArgument(
-                f"memory_swap_limit_in_bytes {swap} is below memory_limit_in_bytes {limit} "
-                "(it counts memory plus swap)"
-            )
-        if swap_accounting(hierarchy):
-            memory["swap"] = swap
-        else:
-            log.info("no swap accounting on this host: swap limit ignored", extra={"swap": swap})
-    elif limit > 0 and swap_accounting(hierarchy):
-        memory["swap"] = limit  # no swap beyond the memory limit unless asked for, as kubelet expects
-    if memory:
-        out["memory"] = memory
-
-    if pids_limit > 0:
-        out["pids"] = {"limit": pids_limit}
-
-    if resources.hugepage_limits:
-        hugepages = _hugepages(resources.hugepage_limits, hierarchy)
-        if hugepages:
-            out["hugepageLimits"] = hugepages
-
-    if resources.unified:
-        if hierarchy.mode is not Mode.V2:
-            raise InvalidArgument(
-                f"unified cgroup keys {sorted(resources.unified)} need cgroup v2; this host runs cgroup v1"
-            )
-        for key in resources.unified:
-            if "/" in key or "." not in key or key.startswith("cgroup."):
-                raise InvalidArgument(f"unified cgroup key {key!r} is not a controller file name")
-        out["unified"] = dict(resources.unified)
-    return out
-
-
-def _cpuset(value: str, name: str) -> str:
-    text = value.replace(" ", "")
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and (not hi.isdigit() or int(hi) < int(lo))):
-            raise InvalidArgument(f"{name} {value!r} is not a cpu/node list such as 0-2,4")
-    return text
-
-
-def _hugepages(limits: Any, hierarchy: Hierarchy) -> list[dict[str, Any]]:
-    if not hierarchy.has("hugetlb"):
-        log.info(
-            "no hugetlb cgroup controller on this host: hugepage limits skipped",
-            extra={"page_sizes": ",".join(h.page_size for h in limits)},
-        )
-        return []
-    sizes = host_page_sizes()
-    out = []
-    for item in limits:
-        if item.page_size not in sizes:
-            raise InvalidArgument(
-                f"hugepage size {item.page_size!r} is not supported by this kernel ({sorted(sizes)})"
-            )
-        out.append({"pageSize": item.page_size, "limit": item.limit})
-    return out
 
 
 # --- OCI -> cgroup files ------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import signal
 from typing import Any
 
 from sandbox.cgroups.dbus import UNIT_EXISTS, Property, Systemd, SystemdError
-from sandbox.cgroups.driver import CONTAINER_PREFIX, MONITOR_PREFIX, CgroupDriver, Resources
+from sandbox.cgroups.driver import CONTAINER_PREFIX, MONITOR_PREFIX, CgroupDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, is_populated, rmdir_if_exists
 from sandbox.cgroups.names import check_id, check_slice, slice_path
 from sandbox.cgroups.resources import DEFAULT_CPU_PERIOD, v2_cpu_weight
@@ -191,14 +191,12 @@ class SystemdDriver(CgroupDriver):
             props.append(("AllowedMemoryNodes", ("ay", _bitmask(cpu["mems"]))))
         return props
 
-    def update(self, container_id: str, parent: str, resources: Resources) -> dict[str, Any]:
-        oci = self.as_oci(resources)
+    def update(self, container_id: str, parent: str, oci: dict[str, Any]) -> None:
         props = self.properties(oci)
         if props:
             # runtime=True: the change lives in /run and goes with the scope; nothing lands in /etc.
             self.manager.set_unit_properties(self.container_unit(container_id), props, runtime=True)
         self._write_files(oci, self.container_path(container_id, parent), container_id)
-        return oci
 
 
 def _bitmask(cpus: str) -> bytes:

@@ -122,7 +122,8 @@ class Harness:
 
     def _build(self) -> Runtime:
         runtime = Runtime(self.config, Store(self.config.root / "calyx.db"))
-        runtime.register("cgroups", build_driver(self.config))
+        c = self.config.cgroup
+        runtime.register("cgroups", build_driver(c.driver, c.pids_limit, c.default_parent))
         runtime.register("images", LocalImages(self.image))
         runtime.register("pods", self.pods)
         runtime.register("containers", ContainerManager(runtime))

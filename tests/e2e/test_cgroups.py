@@ -26,6 +26,7 @@ import pytest
 
 from calyx_base.errors import FailedPrecondition
 from cri.api import api_pb2 as pb
+from cri.containers.resources import to_oci
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.resources import host_page_sizes
@@ -235,9 +236,9 @@ def test_cgroupfs_v2_paths_on_the_cgroup2_mount(v2_on_the_cgroup2_mount: Hierarc
             # the kernel rounds a limit down to whole pages: ask for two pages of the smallest size
             size, page = min(((s, _bytes(s)) for s in host_page_sizes()), key=lambda item: item[1])
             limits = [pb.HugepageLimit(page_size=size, limit=2 * page)]
-            oci = driver.oci_resources(pb.LinuxContainerResources(hugepage_limits=limits))
+            oci = to_oci(pb.LinuxContainerResources(hugepage_limits=limits), driver.hierarchy)
             assert oci["hugepageLimits"] == [{"pageSize": size, "limit": 2 * page}]
-            driver.update(cid, parent, pb.LinuxContainerResources(hugepage_limits=limits))
+            driver.update(cid, parent, oci)
             assert (leaf / f"hugetlb.{size}.max").read_text().strip() == str(2 * page)
         assert driver.kill_all(cid, parent) == 1
         assert sleeper.wait(10) == -9
@@ -273,8 +274,9 @@ def test_cgroupfs_update_below_usage_is_failed_precondition(
         assert hog.stdout is not None and hog.stdout.readline().strip() == b"touched"
         if Path("/proc/swaps").read_text().count("\n") > 1:
             pytest.skip("with swap the kernel pushes the memory out instead of refusing")
+        small = to_oci(pb.LinuxContainerResources(memory_limit_in_bytes=4 << 20), driver.hierarchy)
         with pytest.raises(FailedPrecondition, match=r"memory\.(limit_in_bytes|max)"):
-            driver.update(cid, parent, pb.LinuxContainerResources(memory_limit_in_bytes=4 << 20))
+            driver.update(cid, parent, small)
         assert hog.poll() is None  # refused, not OOM-killed
     finally:
         _kill(hog)
@@ -288,14 +290,16 @@ def test_cgroupfs_runc_container_gets_limits_and_update_changes_them(
     driver, parent = cgroupfs_parent
     cid = secrets.token_hex(32)
     driver.prepare_parent(parent)
-    oci = driver.oci_resources(
+    oci = to_oci(
         pb.LinuxContainerResources(
             cpu_shares=256,
             cpu_quota=30_000,
             cpu_period=100_000,
             memory_limit_in_bytes=64 << 20,
             cpuset_cpus="0",
-        )
+        ),
+        driver.hierarchy,
+        driver.pids_limit,
     )
     root = write_spec(bundle, driver.container_cgroups_path(parent, cid), oci)
     try:
@@ -312,9 +316,7 @@ def test_cgroupfs_runc_container_gets_limits_and_update_changes_them(
                                           check=True, text=True, timeout=30).stdout)  # fmt: skip
         assert f"/calyx-{cid}" in Path(f"/proc/{state['pid']}/cgroup").read_text()
 
-        applied = driver.update(
-            cid,
-            parent,
+        applied = to_oci(
             pb.LinuxContainerResources(
                 cpu_shares=512,
                 cpu_quota=12_345,
@@ -322,7 +324,9 @@ def test_cgroupfs_runc_container_gets_limits_and_update_changes_them(
                 memory_limit_in_bytes=128 << 20,
                 cpuset_cpus="0-1",
             ),
+            driver.hierarchy,
         )
+        driver.update(cid, parent, applied)
         assert applied["memory"]["limit"] == 128 << 20
         if V1:
             after = _files(dirs, V1_FILES)
@@ -345,6 +349,7 @@ def test_cgroupfs_runc_container_gets_limits_and_update_changes_them(
 PRELUDE = """
 import json, subprocess, sys
 from cri.api import api_pb2 as pb
+from cri.containers.resources import to_oci
 from sandbox.cgroups.systemd import SystemdDriver, UNIT
 driver = SystemdDriver(pids_limit=64)
 def out(value): print(json.dumps(value))
@@ -419,8 +424,9 @@ def test_systemd_scope_with_a_process_gets_limits_and_updates(
         namespaced_systemd,
         f"""
         driver.prepare_parent({parent!r})
-        oci = driver.oci_resources(pb.LinuxContainerResources(
-            cpu_shares=256, cpu_quota=30000, cpu_period=100000, memory_limit_in_bytes=64 << 20))
+        oci = to_oci(pb.LinuxContainerResources(
+            cpu_shares=256, cpu_quota=30000, cpu_period=100000, memory_limit_in_bytes=64 << 20),
+            driver.hierarchy, driver.pids_limit)
         child = detached(["sh", "-c", "trap '' TERM; exec sleep 3600"])  # deaf to SIGTERM
         props = [("Slice", ("s", {parent!r})), ("PIDs", ("au", [child.pid])), ("Delegate", ("b", True))]
         driver.manager.start_transient_unit(driver.container_unit({cid!r}), props + driver.properties(oci))
@@ -438,8 +444,9 @@ def test_systemd_scope_with_a_process_gets_limits_and_updates(
         limit = inside(
             namespaced_systemd,
             f"""
-            driver.update({cid!r}, {parent!r}, pb.LinuxContainerResources(
-                cpu_shares=512, cpu_quota=12345, cpu_period=50000, memory_limit_in_bytes=128 << 20))
+            driver.update({cid!r}, {parent!r}, to_oci(pb.LinuxContainerResources(
+                cpu_shares=512, cpu_quota=12345, cpu_period=50000, memory_limit_in_bytes=128 << 20),
+                driver.hierarchy))
             out(driver.manager.unit_property(driver.container_unit({cid!r}), "org.freedesktop.systemd1.Scope",
                                              "MemoryLimit"))
             """,
@@ -635,7 +642,7 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
         namespaced_systemd,
         f"""
         driver.prepare_parent({parent!r})
-        oci = driver.oci_resources(pb.LinuxContainerResources(**{resources!r}))
+        oci = to_oci(pb.LinuxContainerResources(**{resources!r}), driver.hierarchy, driver.pids_limit)
         out([driver.container_cgroups_path({parent!r}, {cid!r}), oci])
         """,
     )
@@ -660,9 +667,9 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
         inside(
             namespaced_systemd,
             f"""
-            driver.update({cid!r}, {parent!r}, pb.LinuxContainerResources(
+            driver.update({cid!r}, {parent!r}, to_oci(pb.LinuxContainerResources(
                 cpu_shares=768, cpu_quota=40000, cpu_period=100000, memory_limit_in_bytes=160 << 20,
-                cpuset_cpus="0"))
+                cpuset_cpus="0"), driver.hierarchy))
             out(True)
             """,
         )

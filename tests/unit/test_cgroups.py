@@ -6,10 +6,11 @@ import pytest
 
 from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
+from cri.containers.resources import to_oci as oci_resources
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
 from sandbox.cgroups.names import slice_path
-from sandbox.cgroups.resources import file_writes, oci_resources, v2_cpu_weight
+from sandbox.cgroups.resources import file_writes, v2_cpu_weight
 from sandbox.cgroups.systemd import SystemdDriver
 
 # A v1 host like the CI machines (cpu and cpuacct apart, no hugetlb, an empty cgroup2 mount).
