@@ -12,22 +12,17 @@ idempotent, so a release can be repeated after a crash.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import logging
-import os
 from pathlib import Path
 
 from calyx_base import proc
 from calyx_base.errors import Internal
+from sandbox import mounts
 
 log = logging.getLogger("sandbox.namespaces")
 
 KINDS = ("net", "ipc", "uts")
 PIN_KINDS = (*KINDS, "user")  # every pin a pod may own; the user pin is made by sandbox/userns.py
-MNT_DETACH = 2
-MS_BIND = 4096
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def pin_dir(run_root: Path, kind: str) -> Path:
@@ -41,16 +36,7 @@ def pin_path(run_root: Path, kind: str, pod_id: str) -> Path:
 
 def is_pinned(path: Path) -> bool:
     """True when ``path`` is a mounted namespace file (a pin that runc can join)."""
-    target = str(path)
-    try:
-        with open("/proc/self/mountinfo") as info:
-            for line in info:
-                fields = line.split(" ")
-                if len(fields) > 4 and fields[4] == target:
-                    return True
-    except OSError:
-        return False
-    return False
+    return mounts.is_mount_point(path)
 
 
 def create(
@@ -88,21 +74,15 @@ def create(
 
 def bind_pin(source: str, target: Path) -> None:
     """Pin the namespace file ``source`` (e.g. /proc/PID/ns/net) at ``target`` (an existing file)."""
-    if _libc.mount(source.encode(), str(target).encode(), None, ctypes.c_ulong(MS_BIND), None) != 0:
-        err = ctypes.get_errno()
-        raise Internal(f"cannot pin {source} at {target}: {os.strerror(err)}")
+    try:
+        mounts.bind(source, target)
+    except OSError as exc:
+        raise Internal(f"cannot pin {source} at {target}: {exc.strerror}") from None
 
 
 def release(path: Path) -> None:
     """Unmount and delete one pin; a missing or unmounted pin is fine."""
-    target = os.fsencode(str(path))
-    while True:
-        if _libc.umount2(target, MNT_DETACH) == 0:
-            continue  # stacked mounts (a pin made twice): unmount until none is left
-        err = ctypes.get_errno()
-        if err in (errno.EINVAL, errno.ENOENT):
-            break
-        raise Internal(f"cannot unmount namespace pin {path}: {os.strerror(err)}")
+    mounts.unmount(path)  # stacked mounts too (a pin made twice)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 

@@ -17,12 +17,13 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from sandbox.libc import LIBC
+
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def call_in(netns_path: str, fn: Callable[[], T]) -> T:
@@ -38,7 +39,7 @@ def call_in(netns_path: str, fn: Callable[[], T]) -> T:
         try:
             fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                if LIBC.setns(fd, CLONE_NEWNET) != 0:
                     err = ctypes.get_errno()
                     raise OSError(err, f"setns({netns_path}): {os.strerror(err)}")
             finally:

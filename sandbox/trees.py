@@ -18,47 +18,19 @@ a tree the same way to measure it (a running container's writable layer).
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import os
 import stat
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from calyx_base.errors import FailedPrecondition
+from sandbox.mounts import mount_root
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-_libc = ctypes.CDLL(None, use_errno=True)
-AT_FDCWD = -100
-AT_SYMLINK_NOFOLLOW = 0x100
-AT_NO_AUTOMOUNT = 0x800
-# struct statx: stx_attributes at byte 8, stx_attributes_mask at byte 56; the struct is 256 bytes.
-STATX_SIZE = 256
-STATX_ATTRIBUTES = 8
-STATX_ATTRIBUTES_MASK = 56
-STATX_ATTR_MOUNT_ROOT = 0x2000
-
-
 class RemoveFailed(FailedPrecondition):
     """Part of a tree could not be removed; the message names the tree, the entry and why."""
-
-
-def mount_root(name: str, dir_fd: int = AT_FDCWD) -> bool | None:
-    """statx's STATX_ATTR_MOUNT_ROOT of ``name`` (relative to ``dir_fd``), never following a final
-    symlink: is it the root of a mount? None where the kernel does not say (before 5.8). Exact, bind
-    mounts of the same filesystem included, in a few microseconds."""
-    buf = ctypes.create_string_buffer(STATX_SIZE)
-    flags = AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT
-    if _libc.statx(dir_fd, os.fsencode(name), flags, 0, buf) != 0:
-        return False if ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR) else None
-    (attributes,) = struct.unpack_from("=Q", buf, STATX_ATTRIBUTES)
-    (supported,) = struct.unpack_from("=Q", buf, STATX_ATTRIBUTES_MASK)
-    if not supported & STATX_ATTR_MOUNT_ROOT:
-        return None
-    return bool(attributes & STATX_ATTR_MOUNT_ROOT)
 
 
 @dataclass

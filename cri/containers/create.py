@@ -19,13 +19,14 @@ from calyx_base import failpoints, files
 from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri import statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs, shm, staging, validate
+from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs, staging, validate
 from cri.containers import spec as oci
 from cri.containers import userns as container_userns
 from cri.containers.model import CREATED, CREATING, KIND, RUNNING, Container, encode_config
 from cri.containers.monitor import signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive, start_time
 from cri.containers.users import make_inside
+from sandbox import mounts, shm
 
 if TYPE_CHECKING:
     from cri.containers.manager import ContainerManager
@@ -136,7 +137,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
             owner=owner,
             user_ns=Path(user_ns) if user_ns else None,
         )
-        undo.callback(rootfs.unmount, container.rootfs)
+        undo.callback(mounts.unmount, container.rootfs)
         failpoints.hit("container.after_rootfs", container_id=container_id)
         undo.callback(image_volumes.release, bundle)
         volume_sources = image_volumes.stage(volumes, bundle, Path(user_ns) if user_ns else None)
@@ -155,7 +156,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
                 resources=cgroups_compat.oci_resources(runtime, config.linux.resources),
                 target_pid_ns=target_pid_ns,
                 cgroup_namespace=_cgroup_v2(runtime),
-                shm_source=shm.source_for(runtime.config.run_root, pod),
+                shm_source=_shm_source(runtime.config.run_root, pod),
                 image_volume_sources=volume_sources,
                 extra_annotations={
                     "io.kubernetes.cri.container-type": "container",
@@ -225,6 +226,12 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         },
     )
     return container_id
+
+
+def _shm_source(run_root: Path, pod: Any) -> str:
+    """The host dir to bind on the container's /dev/shm: the pod's own tmpfs (made with its first
+    container) when it has an IPC namespace of its own, else the host's."""
+    return str(shm.ensure(run_root, pod.id)) if pod.ipc_ns_path else shm.HOST_SHM
 
 
 def _ensure_mount_point(root: Path, mount: dict[str, Any]) -> None:

@@ -36,8 +36,7 @@ from typing import Any
 from calyx_base import files
 from calyx_base.errors import FailedPrecondition, Internal, InvalidArgument
 from cri.api import api_pb2 as pb
-from cri.containers import rootfs
-from sandbox import mountapi, trees
+from sandbox import mounts, trees
 from sandbox.userns import IdMap
 
 log = logging.getLogger("cri.containers.idmapped")
@@ -133,9 +132,9 @@ def _attach(source: Path, target: Path, userns_fd: int | None, destination: str)
     """Attach at ``target`` a clone of ``source`` idmapped through ``userns_fd`` (None: as it is)."""
     try:
         if userns_fd is None:
-            fd = rootfs.clone_tree(source, recursive=True)
+            fd = mounts.clone(source, recursive=True)
         else:
-            fd = rootfs.idmapped_clone(source, userns_fd, recursive=True)
+            fd = mounts.clone(source, recursive=True, userns_fd=userns_fd)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise InvalidArgument(f"mount {destination}: host path {source} is gone") from None
@@ -144,7 +143,7 @@ def _attach(source: Path, target: Path, userns_fd: int | None, destination: str)
             "or this kernel does not support idmapped mounts; mount it without uid/gid mappings"
         ) from None
     try:
-        mountapi.attach(fd, target)
+        mounts.attach(fd, target)
     except OSError as exc:
         raise Internal(
             f"mount {destination}: attaching the idmapped {source} failed: {exc.strerror}"
@@ -160,8 +159,8 @@ def release(container_dir: Path) -> None:
     if not base.is_dir():
         return
     for entry in sorted(base.iterdir()):
-        rootfs.unmount(entry)
-        if rootfs.is_mounted(entry):
+        mounts.unmount(entry)
+        if mounts.is_mounted(entry):
             raise Internal(f"idmapped staging mount {entry} is still mounted")
         _remove_entry(entry)
     with contextlib.suppress(FileNotFoundError):

@@ -32,12 +32,11 @@ from typing import Any, Protocol
 from calyx_base.errors import FailedPrecondition, Internal, InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import rootfs
-from sandbox import mountapi
+from sandbox import mounts
 
 log = logging.getLogger("cri.containers.image_volumes")
 
 STAGING_DIR = "image-volumes"
-MS_RDONLY = 1
 
 
 class ImageView(Protocol):
@@ -124,24 +123,24 @@ def stage(volumes: Sequence[Resolved], container_dir: Path, user_ns: Path | None
 def _mount_layers(layers: list[Path], target: Path, user_ns: Path | None) -> None:
     if len(layers) > 1:
         with rootfs.idmapped_layers(list(reversed(layers)), user_ns) as lowers:
-            rootfs.mount_fs("overlay", target, "overlay", MS_RDONLY, f"lowerdir={':'.join(lowers)}")
+            mounts.mount_fs("overlay", target, "overlay", mounts.MS_RDONLY, f"lowerdir={':'.join(lowers)}")
         return
     userns_fd = os.open(user_ns, os.O_RDONLY | os.O_CLOEXEC) if user_ns is not None else None
     try:
         try:
-            fd = mountapi.clone(layers[0], read_only=True, userns_fd=userns_fd)
+            fd = mounts.clone(layers[0], read_only=True, userns_fd=userns_fd)
         except OSError as exc:
             if userns_fd is None:
                 raise Internal(f"image volume layer {layers[0]}: {exc.strerror}") from None
             log.info(
                 "image volume layer not idmapped: files show as nobody/nogroup", extra={"error": str(exc)}
             )
-            fd = mountapi.clone(layers[0], read_only=True)
+            fd = mounts.clone(layers[0], read_only=True)
     finally:
         if userns_fd is not None:
             os.close(userns_fd)
     try:
-        mountapi.attach(fd, target)
+        mounts.attach(fd, target)
     except OSError as exc:
         raise Internal(f"image volume layer {layers[0]}: {exc.strerror}") from None
     finally:
@@ -153,7 +152,7 @@ def _bind_sub_path(root: Path, volume: ImageVolume, target: Path) -> Path:
     where = f"image volume {volume.container_path}: image_sub_path {volume.sub_path[:300]!r}"
     dirfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = mountapi.open_beneath(dirfd, volume.sub_path.strip("/"))
+        fd = mounts.open_beneath(dirfd, volume.sub_path.strip("/"))
     except OSError as exc:
         if exc.errno == errno.EXDEV:
             raise InvalidArgument(f"{where} leads out of image {volume.image}") from None
@@ -174,9 +173,9 @@ def _bind_sub_path(root: Path, volume: ImageVolume, target: Path) -> Path:
             target.touch(exist_ok=True)
         else:
             raise InvalidArgument(f"{where} is neither a directory nor a regular file")
-        clone = mountapi.clone(dirfd=fd)
+        clone = mounts.clone(dirfd=fd)
         try:
-            mountapi.attach(clone, target)
+            mounts.attach(clone, target)
         finally:
             os.close(clone)
     except OSError as exc:
@@ -193,8 +192,8 @@ def release(container_dir: Path) -> None:
     if not base.is_dir():
         return
     for entry in sorted(base.iterdir(), key=lambda p: p.name, reverse=True):  # "0.sub" before "0"
-        rootfs.unmount(entry)
-        if rootfs.is_mounted(entry):
+        mounts.unmount(entry)
+        if mounts.is_mounted(entry):
             raise Internal(f"image volume staging mount {entry} is still mounted")
         with contextlib.suppress(FileNotFoundError):
             if entry.is_dir() and not entry.is_symlink():

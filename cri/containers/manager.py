@@ -32,7 +32,7 @@ from calyx_base.errors import (
 )
 from cri import fields, lifecycle, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import cdi, cgroups_compat, execsync, orphans, rootfs, shm, staging
+from cri.containers import cdi, cgroups_compat, execsync, orphans, staging
 from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
@@ -40,6 +40,7 @@ from cri.containers.procinfo import alive
 from cri.containers.resources import to_oci
 from cri.containers.spec import TTY_TERM
 from cri.runtime import Runtime
+from sandbox import mounts, shm
 
 log = logging.getLogger("cri.containers")
 
@@ -352,7 +353,7 @@ class ContainerManager:
         failpoints.hit("container.remove_after_runc_delete", container_id=c.id)
         with contextlib.suppress(OSError):
             cgroups_compat.remove_container(self.runtime, c.id, c.cgroup_parent)
-        rootfs.unmount(c.rootfs)
+        mounts.unmount(c.rootfs)
         failpoints.hit("container.remove_after_unmount", container_id=c.id)
         wait_monitor_gone(c.id, c.bundle, c.conmon_pid)
         staging.remove_dir(c.path)  # staging mounts of a create cut short are released first
@@ -525,7 +526,7 @@ class ContainerManager:
                 cleanups.report("container", cid, exc)
             log.info("container recovered", extra={"container_id": cid, "state": c.state})
         cleanups.attempt("cgroup", "orphans", self._sweep_orphan_cgroups)
-        for pod_id in shm.orphans(self.run_dir, getattr(self.runtime, "pods", None)):
+        for pod_id in self._shm_orphans():
             cleanups.attempt("pod", pod_id, partial(shm.release, self.run_dir, pod_id), "shm")
         self._watcher = threading.Thread(target=self._watch_exits, name="container-exits", daemon=True)
         self._watcher.start()
@@ -534,6 +535,20 @@ class ContainerManager:
         """Staging mounts never outlive CreateContainer; a crash can leave them (see staging.py)."""
         with self._lock_of(c.id):
             staging.release(c.path)
+
+    def _shm_orphans(self) -> builtins.list[str]:
+        """Pods that no longer exist (removed while the daemon was down) but keep their /dev/shm."""
+        pods = getattr(self.runtime, "pods", None)
+        if pods is None:
+            return []
+        found = []
+        for pod_id in shm.pod_ids(self.run_dir):
+            try:
+                pods.get(pod_id)
+            except Exception:
+                log.info("releasing shm of a removed pod", extra={"pod_id": pod_id})
+                found.append(pod_id)
+        return found
 
     def _finish_removal(self, c: Container) -> None:
         """Finish a creation or removal a crash interrupted; the record goes once all of it is gone."""
@@ -557,7 +572,7 @@ class ContainerManager:
         except (OSError, ValueError, TypeError, KeyError):
             c = None
         if c is None:
-            rootfs.unmount(path / "rootfs")
+            mounts.unmount(path / "rootfs")
             staging.remove_dir(path)
             return
         self._cleanup(c)

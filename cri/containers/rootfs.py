@@ -7,45 +7,15 @@ writable layer; the image layers below are shared and never written.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from calyx_base.errors import Internal
-from sandbox import mountapi, trees
+from sandbox import mounts
 
-_libc = ctypes.CDLL(None, use_errno=True)
-MNT_DETACH = 2
 log = logging.getLogger("cri.containers.rootfs")
-
-
-def _mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
-    rc = _libc.mount(source.encode(), target.encode(), fstype.encode(), ctypes.c_ulong(flags), data.encode())
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise Internal(f"mount {fstype} on {target} failed: {os.strerror(err)} (options {data})")
-
-
-def mount_fs(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
-    _mount(source, str(target), fstype, flags, data)
-
-
-def is_mounted(target: Path) -> bool:
-    """Whether something is mounted at ``target``: asked of statx (reading /proc/self/mountinfo costs
-    ~7 ms in the kernel on a node with ~900 mounts, and CreateContainer asked twice); the mount
-    table is read only where statx cannot tell (kernels before 5.8)."""
-    wanted = os.path.realpath(target)
-    answer = trees.mount_root(wanted)
-    if answer is not None:
-        return answer
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == wanted:
-            return True
-    return False
 
 
 def mount_overlay(
@@ -72,11 +42,11 @@ def mount_overlay(
             os.chown(d, *owner)
     if not layer_dirs:
         raise Internal("image has no layers to mount")
-    if is_mounted(target):
+    if mounts.is_mounted(target):
         return
     with idmapped_layers(list(reversed(layer_dirs)), user_ns) as lowers:
         options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
-        _mount("overlay", str(target), "overlay", 0, options)
+        mounts.mount_fs("overlay", target, "overlay", 0, options)
 
 
 @contextlib.contextmanager
@@ -96,7 +66,7 @@ def idmapped_layers(layers: list[Path], user_ns: Path | None) -> Iterator[list[s
             userns_fd = os.open(user_ns, os.O_RDONLY | os.O_CLOEXEC)
             try:
                 for layer in layers:
-                    fds.append(idmapped_clone(layer, userns_fd))
+                    fds.append(mounts.clone(layer, userns_fd=userns_fd))
             except OSError as exc:
                 log.info("image layers not idmapped: files show as nobody/nogroup", extra={"error": str(exc)})
                 for fd in fds:
@@ -108,28 +78,3 @@ def idmapped_layers(layers: list[Path], user_ns: Path | None) -> Iterator[list[s
     finally:
         for fd in fds:
             os.close(fd)
-
-
-def clone_tree(path: Path, recursive: bool = False) -> int:
-    """A detached clone of the mount at ``path`` (a bind mount not attached anywhere yet, with its
-    submounts when ``recursive``); the caller owns the returned fd."""
-    return mountapi.clone(path, recursive=recursive)
-
-
-def idmapped_clone(path: Path, userns_fd: int, recursive: bool = False) -> int:
-    """A detached clone of the mount at ``path`` (with its submounts when ``recursive``) idmapped
-    through the user namespace ``userns_fd``; the caller owns the returned fd."""
-    return mountapi.clone(path, recursive=recursive, userns_fd=userns_fd)
-
-
-def unmount(target: Path) -> None:
-    """Detach whatever is mounted at ``target`` (all stacked mounts); a path not mounted is fine."""
-    for _ in range(16):
-        if not target.exists() or not is_mounted(target):
-            return
-        rc = _libc.umount2(str(target).encode(), MNT_DETACH)
-        if rc != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EINVAL, errno.ENOENT):
-                return
-            raise Internal(f"umount {target} failed: {os.strerror(err)}")

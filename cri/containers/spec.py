@@ -15,12 +15,12 @@ from typing import Any, Protocol
 
 from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
+from cri.containers import binds as mnt
 from cri.containers import capabilities as caps
 from cri.containers import idmapped, seccomp_localhost, userns
-from cri.containers import mounts as mnt
 from cri.containers.seccomp_default import default_profile
-from cri.containers.shm import HOST_SHM
 from cri.containers.users import ProcessUser, make_inside, resolve_user
+from sandbox.shm import HOST_SHM
 
 log = logging.getLogger("cri.containers.spec")
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-MOUNTINFO = Path("/proc/self/mountinfo")
+from sandbox import mounts
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -83,35 +84,17 @@ class Hierarchy:
         return list(seen)
 
 
-def _unescape(text: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    return text.encode().decode("unicode_escape") if "\\" in text else text
-
-
-def parse_mountinfo(text: str) -> list[tuple[Path, str, str, set[str]]]:
-    """(mountpoint, hierarchy root, fstype, super options) of every cgroup and cgroup2 mount."""
-    found = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        fields = left.split()
-        fstype, _source, super_opts = [*right.split(), "", ""][:3]
-        if fstype not in ("cgroup", "cgroup2") or len(fields) < 5:
-            continue
-        found.append((Path(_unescape(fields[4])), _unescape(fields[3]), fstype, set(super_opts.split(","))))
-    return found
-
-
 _V1_OPTIONS = {"rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "clone_children", "xattr"}
 
 
 def detect(mountinfo: str | None = None) -> Hierarchy:
     """The layout of this process's cgroup mounts (the first mount of each hierarchy wins)."""
-    text = MOUNTINFO.read_text() if mountinfo is None else mountinfo
     v1: dict[str, Mount] = {}
     unified: Mount | None = None
-    for mountpoint, root, fstype, opts in parse_mountinfo(text):
+    for info in mounts.mountinfo(mountinfo):
+        fstype, root, opts, mountpoint = info.fstype, info.root, info.super_options, Path(info.mount_point)
+        if fstype not in ("cgroup", "cgroup2"):
+            continue
         if fstype == "cgroup2":
             if unified is None or mountpoint == CGROUP_ROOT:
                 unified = Mount(mountpoint, root, frozenset(_v2_controllers(mountpoint)))

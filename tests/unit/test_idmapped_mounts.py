@@ -13,9 +13,9 @@ import pytest
 
 from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.api import api_pb2 as pb
-from cri.containers import idmapped, rootfs
+from cri.containers import idmapped
 from cri.containers import spec as oci
-from sandbox import namespaces
+from sandbox import mounts, namespaces
 from sandbox import userns as sandbox_userns
 from sandbox.userns import IdMap
 from tests.unit.test_container_userns import GMAP, MAP, FakePod, built_spec
@@ -136,7 +136,7 @@ def test_a_refused_mount_fails_unless_it_is_optional(short_tmp: Path, user_ns: P
     staged = container / "idmapped" / "0"
     assert hosts["source"] == str(staged)
     assert staged.read_text() == Path("/proc/sys/kernel/hostname").read_text()
-    assert rootfs.is_mounted(staged)
+    assert mounts.is_mounted(staged)
     idmapped.release(container)
     assert not staged.exists()
     assert [p.name for p in container.iterdir()] == ["idmapped-sources.json"]  # status's host paths

@@ -9,48 +9,12 @@ a shared one, otherwise mounts made on the host would silently never show up ins
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.api import api_pb2 as pb
-
-
-@dataclass(frozen=True)
-class MountInfo:
-    mount_point: str
-    optional: tuple[str, ...]
-
-    @property
-    def shared(self) -> bool:
-        return any(o.startswith("shared:") for o in self.optional)
-
-    @property
-    def slave(self) -> bool:
-        return any(o.startswith("master:") for o in self.optional)
-
-
-def mountinfo() -> list[MountInfo]:
-    rows = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        sep = fields.index("-")
-        point = fields[4].encode().decode("unicode_escape")
-        rows.append(MountInfo(point, tuple(fields[6:sep])))
-    return rows
-
-
-def mount_of(path: str) -> MountInfo:
-    """The mount that contains ``path`` (the longest mount point prefix; the last one mounted wins)."""
-    best: MountInfo | None = None
-    for info in mountinfo():
-        point = info.mount_point
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= len(best.mount_point)):
-            best = info
-    assert best is not None, "/ is always a mount"
-    return best
+from sandbox.mounts import mount_of
 
 
 def prepare_host_path(host_path: str) -> str:

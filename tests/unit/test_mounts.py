@@ -1,4 +1,5 @@
-"""rootfs.is_mounted (statx's mount-root attribute) agrees with the mount table, bind mounts included."""
+"""sandbox/mounts.py: is_mounted (statx's mount-root attribute) agrees with the mount table, bind mounts
+included; the mount table parser reads what the kernel writes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from cri.containers import rootfs
+from sandbox import mounts
 
 
 def _in_mount_table(path: Path) -> bool:
@@ -28,11 +29,22 @@ def test_is_mounted_agrees_with_mountinfo(tmp_path: Path) -> None:
             cases[tmp_path / "missing"] = False
             cases[Path("/")] = True
             for path, expected in cases.items():
-                assert rootfs.is_mounted(path) is expected, path
+                assert mounts.is_mounted(path) is expected, path
                 assert _in_mount_table(path) is expected, path
         finally:
             subprocess.run(["umount", str(bound)], check=True)
-        assert not rootfs.is_mounted(bound)
+        assert not mounts.is_mounted(bound)
     finally:
         subprocess.run(["umount", str(tmpfs)], check=True)
-    assert not rootfs.is_mounted(tmpfs)
+    assert not mounts.is_mounted(tmpfs)
+
+
+def test_mountinfo_lines_are_parsed_with_escapes_and_propagation() -> None:
+    text = (
+        "36 35 98:0 /mnt1 /mnt/a\\040b rw,noatime master:1 shared:7 - ext3 /dev/root rw,errors=continue\n"
+        "40 25 0:35 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n"
+    )
+    first, second = mounts.mountinfo(text)
+    assert first.mount_point == "/mnt/a b" and first.root == "/mnt1" and first.fstype == "ext3"
+    assert first.shared and first.slave and "errors=continue" in first.super_options
+    assert second.fstype == "cgroup" and "memory" in second.super_options and not second.shared
