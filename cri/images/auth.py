@@ -6,7 +6,6 @@ username/password, with an identity (refresh) token, or a registry token used as
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -73,7 +72,7 @@ class Credentials:
         if auth.auth:
             try:
                 decoded = base64.b64decode(auth.auth, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
+            except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text given to decode
                 raise InvalidArgument("AuthConfig.auth is not base64 of user:password") from None
             username, sep, password = decoded.partition(":")
             if not sep:
