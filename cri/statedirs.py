@@ -25,6 +25,8 @@ import os
 import stat
 from pathlib import Path
 
+from calyx_base.errors import InvalidArgument
+
 log = logging.getLogger("cri.statedirs")
 
 SEARCHABLE = 0o711  # state root, run root, <root>/containers
@@ -87,6 +89,18 @@ def make_dirs(path: Path) -> None:
         with contextlib.suppress(FileExistsError):
             directory.mkdir(mode=PRIVATE_DIR)
             os.chmod(directory, PRIVATE_DIR)
+
+
+def make_log_dir(path: Path, what: str, object_id: str) -> None:
+    """kubelet's log dir (mkdir -p). One that cannot be made (a component longer than NAME_MAX, a file
+    in the way) is the request's fault, not an internal error."""
+    try:
+        make_dirs(path)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise InvalidArgument(f"{what} {str(path)!r} cannot be made: {reason}", object_id) from None
+    if not path.is_dir():
+        raise InvalidArgument(f"{what} {str(path)!r} is not a directory", object_id)
 
 
 def tighten_container_dir(path: Path) -> None:

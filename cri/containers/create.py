@@ -186,7 +186,8 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         container.uid, container.gid = built.user.uid, built.user.gid
         container.groups = list(built.user.additional_gids)
         if container.log_path:
-            statedirs.make_dirs(Path(container.log_path).parent)
+            log_dir = Path(container.log_path).parent
+            statedirs.make_log_dir(log_dir, "the directory of log_path", container_id)
         cgroups_compat.prepare_parent(runtime, parent)
 
         undo.callback(monitor.forget, container_id)

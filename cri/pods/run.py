@@ -101,7 +101,7 @@ def _make(svc: PodService, spec: RunSpec, pod_id: str) -> Pod:
         )
         podfiles.write(Path(pod.pod_dir), spec.hostname, spec.dns, [])
         if spec.log_directory:
-            statedirs.make_dirs(Path(spec.log_directory))
+            statedirs.make_log_dir(Path(spec.log_directory), "log_directory", pod_id)
 
         undo.callback(quietly, "release namespaces", pod_id, release_namespaces, svc.run_root, pod)
         kinds = [k for k, on in (("net", spec.own_net), ("ipc", spec.own_ipc), ("uts", spec.own_net)) if on]

@@ -3,11 +3,16 @@ sent here as the fuzz sent it: every one now gets a clear status and leaves noth
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
 from cri.api import api_pb2 as pb
+from tests.container_fixtures import Cx, cx  # noqa: F401
 from tests.daemon import Daemon
+from tests.fault_audit import audit
+from tests.net_fixtures import host_network_linux, pod_config
 
 
 def code_of(call: object, request: object, timeout: float = 60) -> grpc.StatusCode:
@@ -23,3 +28,26 @@ def test_pull_with_non_ascii_auth_is_invalid(daemon: Daemon) -> None:
     request = pb.PullImageRequest(image=pb.ImageSpec(image="127.0.0.1:1/x"), auth=pb.AuthConfig(auth="é"))
     assert code_of(daemon.images.PullImage, request) == grpc.StatusCode.INVALID_ARGUMENT
 
+
+def test_a_log_directory_that_cannot_be_made_is_invalid(daemon: Daemon, short_tmp: Path) -> None:
+    """mkdir -p of a component longer than NAME_MAX (or through a file) is the request's fault: the pod
+    is refused clearly and nothing of it is left."""
+    (short_tmp / "file").write_text("")
+    for log_directory in (f"{short_tmp}/{'y' * 256}/logs", f"{short_tmp}/file", f"{short_tmp}/file/logs"):
+        config = pod_config(log_directory=log_directory, linux=host_network_linux())
+        request = pb.RunPodSandboxRequest(config=config)
+        assert code_of(daemon.runtime.RunPodSandbox, request) == grpc.StatusCode.INVALID_ARGUMENT
+    assert not daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    assert not list((daemon.root / "pods").iterdir())
+    assert sorted(p.name for p in short_tmp.iterdir() if p.name != "d0") == ["file"]
+
+
+def test_a_log_path_whose_directory_cannot_be_made_is_invalid(cx: Cx) -> None:  # noqa: F811
+    pod = cx.pod()
+    (cx.logs / "file").write_text("")
+    for log_path in ("file/c.log", f"{'z' * 256}/c.log"):
+        config = cx.config("c", ["true"])
+        config.log_path = log_path
+        assert cx.code(cx.create, pod, config) == grpc.StatusCode.INVALID_ARGUMENT
+    assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert audit(cx) == []
