@@ -23,7 +23,7 @@ from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs,
 from cri.containers import spec as oci
 from cri.containers import userns as container_userns
 from cri.containers.model import CREATED, CREATING, KIND, RUNNING, Container, encode_config
-from cri.containers.monitor import signal_number, wait_monitor_gone
+from cri.containers.monitor import check_log_path, signal_number, wait_monitor_gone
 from cri.containers.procinfo import alive, start_time
 from cri.containers.users import make_inside
 from sandbox import mounts, shm
@@ -117,6 +117,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         cdi_devices=[str(d.name) for d in devices],
     )
     container.set_resources(config.linux.resources)
+    check_log_path(container.log_path, container_id)
 
     with manager.reserve_name(pod.id, name, attempt, container_id), contextlib.ExitStack() as undo:
         manager.persist(container)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from calyx_base import poll, proc
-from calyx_base.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal
+from calyx_base.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
 from calyx_base.instruments import observe_runtime
 from cri.containers import execsync
 from cri.containers.execsync import ExecResult
@@ -207,6 +207,7 @@ class Monitor:
         observe_runtime(self.runtime_path, "create", time.monotonic() - started, pid > 0)
         if pid <= 0:
             detail = str(message.get("message") or "") or _read_tail(stderr_path)
+            detail = detail or "conmon closed the sync pipe without a word"
             raise Internal(f"runc create failed under conmon: {detail}", container_id)
         conmon_pid = _read_int(bundle / "conmon.pid")
         return Launched(pid=pid, conmon_pid=conmon_pid)
@@ -244,7 +245,8 @@ class Monitor:
             raise CommandFailed(argv, -1, f"cannot run: {exc.strerror}", object_id) from None
         os.close(sync_w)
         os.close(start_r)
-        os.write(start_w, b"0")
+        with contextlib.suppress(BrokenPipeError):  # conmon refused its arguments: its stderr says why
+            os.write(start_w, b"0")
         os.close(start_w)
         chunks: list[bytes] = []
         try:
@@ -319,7 +321,7 @@ def _messages(data: bytes) -> list[dict[str, Any]]:
 
 def _first_message(data: bytes) -> dict[str, Any]:
     messages = _messages(data)
-    return messages[0] if messages else {"data": -1, "message": "conmon closed the sync pipe without a word"}
+    return messages[0] if messages else {"data": -1}
 
 
 def _read_int(path: Path) -> int:
@@ -349,6 +351,13 @@ def signal_number(name: str) -> int:
         return int(signal.Signals[text])
     except KeyError:
         raise FailedPrecondition(f"unknown stop signal {name!r}") from None
+
+
+def check_log_path(path: str, container_id: str) -> None:
+    """conmon reads ``-l`` as ``[driver:]path`` and ends the path at the next ':' (measured: "k8s-file:
+    /logs/a:b.log" writes /logs/a), so a log path holding one would be cut short or name a driver."""
+    if ":" in path:
+        raise InvalidArgument(f"log path {path!r} contains ':', which conmon cannot write to", container_id)
 
 
 def wait_monitor_gone(container_id: str, bundle: Path, pid: int = 0, timeout: float = 5.0) -> None:

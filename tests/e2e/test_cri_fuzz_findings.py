@@ -51,3 +51,16 @@ def test_a_log_path_whose_directory_cannot_be_made_is_invalid(cx: Cx) -> None:  
         assert cx.code(cx.create, pod, config) == grpc.StatusCode.INVALID_ARGUMENT
     assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
     assert audit(cx) == []
+
+
+def test_a_log_path_with_a_colon_is_invalid(cx: Cx) -> None:  # noqa: F811
+    """conmon takes "<driver>:<path>" and cuts the path at a ':' (a.log went to "a", "journald:x" picked
+    the journald driver, "x:y" made conmon exit and CreateContainer fail INTERNAL)."""
+    pod = cx.pod()
+    for log_path in ("a:b.log", "journald:x.log", "none:y"):
+        config = cx.config("c", ["true"])
+        config.log_path = log_path
+        assert cx.code(cx.create, pod, config) == grpc.StatusCode.INVALID_ARGUMENT
+    assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert list(cx.logs.iterdir()) == []
+    assert audit(cx) == []
