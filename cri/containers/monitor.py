@@ -33,6 +33,8 @@ from cri.containers.procinfo import start_time
 log = logging.getLogger("cri.containers.monitor")
 
 RUNC_TIMEOUT = 60.0
+# How runc 1.1 reports that the process's program is missing or not executable (its exec.LookPath).
+_EXEC_FAILED = "unable to start container process: exec: "
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,8 @@ class Monitor:
         if pid <= 0:
             detail = str(message.get("message") or "") or _read_tail(stderr_path)
             detail = detail or "conmon closed the sync pipe without a word"
+            if _EXEC_FAILED in detail:  # the command names no program of the image (or none it can run)
+                raise InvalidArgument(f"the container's command cannot be run: {detail}", container_id)
             raise Internal(f"runc create failed under conmon: {detail}", container_id)
         conmon_pid = _read_int(bundle / "conmon.pid")
         return Launched(pid=pid, conmon_pid=conmon_pid)

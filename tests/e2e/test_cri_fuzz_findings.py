@@ -64,3 +64,17 @@ def test_a_log_path_with_a_colon_is_invalid(cx: Cx) -> None:  # noqa: F811
     assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
     assert list(cx.logs.iterdir()) == []
     assert audit(cx) == []
+
+
+def test_a_command_the_image_lacks_is_invalid(cx: Cx) -> None:  # noqa: F811
+    """runc create fails its exec lookup: the request's fault, not an internal error."""
+    pod = cx.pod()
+    for command in (["cxfz-nosuch-x"], ["/cxfz-nosuch/x"], ["/etc"]):
+        config = cx.config("c", command)
+        with pytest.raises(grpc.RpcError) as err:
+            cx.create(pod, config)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert command[0] in err.value.details()
+    assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert audit(cx) == []
+
