@@ -32,7 +32,7 @@ from calyx_base.errors import (
 )
 from cri import fields, lifecycle, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import cdi, cgroups_compat, execsync, orphans, staging
+from cri.containers import arglimits, cdi, cgroups_compat, execsync, orphans, staging
 from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
@@ -420,6 +420,7 @@ class ContainerManager:
         env = list(process.get("env") or [])
         if tty and not any(item.startswith("TERM=") for item in env):
             process["env"] = [*env, f"TERM={TTY_TERM}"]
+        arglimits.check(process["args"], list(process.get("env") or []), "the exec's command", c.id)
         return process
 
     def exec_sync(

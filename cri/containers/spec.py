@@ -15,9 +15,9 @@ from typing import Any, Protocol
 
 from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
+from cri.containers import arglimits, idmapped, seccomp_localhost, userns
 from cri.containers import binds as mnt
 from cri.containers import capabilities as caps
-from cri.containers import idmapped, seccomp_localhost, userns
 from cri.containers.seccomp_default import default_profile
 from cri.containers.users import ProcessUser, make_inside, resolve_user
 from sandbox.shm import HOST_SHM
@@ -381,6 +381,7 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         "noNewPrivileges": sc.no_new_privs,
         "oomScoreAdj": clamp_oom_score_adj(config.linux.resources.oom_score_adj),
     }
+    arglimits.check(process["args"], process["env"], "the container's command", inputs.container_id)
 
     mounts = mnt.base_mounts(readonly_sys=not privileged)
     taken = {m.container_path for m in config.mounts}

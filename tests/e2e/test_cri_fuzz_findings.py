@@ -78,3 +78,19 @@ def test_a_command_the_image_lacks_is_invalid(cx: Cx) -> None:  # noqa: F811
     assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
     assert audit(cx) == []
 
+
+def test_a_command_execve_cannot_take_is_refused_at_once(cx: Cx) -> None:  # noqa: F811
+    """A 60 KB program path made runc's error long enough to deadlock runc and conmon: CreateContainer
+    hung for conmon's 60 s and left both running. Arguments past the kernel's limits are refused
+    before runc runs, for containers and execs."""
+    pod = cx.pod()
+    for command in (["/cxfz-nosuch/" + "/" * 60000], ["echo", "a" * 140000], ["echo", *["a" * 100000] * 30]):
+        config = cx.config("c", command)
+        request = pb.CreateContainerRequest(pod_sandbox_id=pod[0], config=config, sandbox_config=pod[1])
+        assert code_of(cx.rt.CreateContainer, request, timeout=30) == grpc.StatusCode.INVALID_ARGUMENT
+    assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert audit(cx) == []
+    cid = cx.run(pod, "sleeper", ["sleep", "3600"])
+    request = pb.ExecSyncRequest(container_id=cid, cmd=["echo", "a" * 140000], timeout=10)
+    assert code_of(cx.rt.ExecSync, request, timeout=30) == grpc.StatusCode.INVALID_ARGUMENT
+    assert cx.output(cid, "echo", "a" * 100000).strip() == "a" * 100000  # within the limits it runs
