@@ -203,7 +203,11 @@ class Monitor:
             argv.append("-t")
         stderr_path = persist_dir / "conmon.stderr"
         started = time.monotonic()
-        data = self._launch(argv, bundle, stderr_path, timeout, container_id)
+        try:
+            data = self._launch(argv, bundle, stderr_path, timeout, container_id)
+        except DeadlineExceeded:
+            _kill_monitor(bundle, container_id)
+            raise
         message = _first_message(data)
         pid = int(message.get("data", message.get("pid", -1)))
         observe_runtime(self.runtime_path, "create", time.monotonic() - started, pid > 0)
@@ -355,6 +359,22 @@ def signal_number(name: str) -> int:
         return int(signal.Signals[text])
     except KeyError:
         raise FailedPrecondition(f"unknown stop signal {name!r}") from None
+
+
+def _kill_monitor(bundle: Path, container_id: str) -> None:
+    """A conmon that did not answer in time is killed with its ``runc create``: conmon made itself a
+    session leader, so its process group holds both (the child we started has exited long ago)."""
+    pid = _read_int(bundle / "conmon.pid")
+    try:
+        if pid <= 0 or container_id.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, ProcessLookupError):
+        return
+    log.warning("unanswering container monitor killed", extra={"container_id": container_id, "pid": pid})
 
 
 def check_log_path(path: str, container_id: str) -> None:
