@@ -35,6 +35,8 @@ log = logging.getLogger("cri.containers.monitor")
 RUNC_TIMEOUT = 60.0
 # How runc 1.1 reports that the process's program is missing or not executable (its exec.LookPath).
 _EXEC_FAILED = "unable to start container process: exec: "
+# ... and that the kernel refused one of the container's resource values (a limit it cannot take).
+_CGROUP_REFUSED = "error setting cgroup config for procHooks process: "
 
 
 @dataclass(frozen=True)
@@ -216,6 +218,8 @@ class Monitor:
             detail = detail or "conmon closed the sync pipe without a word"
             if _EXEC_FAILED in detail:  # the command names no program of the image (or none it can run)
                 raise InvalidArgument(f"the container's command cannot be run: {detail}", container_id)
+            if _CGROUP_REFUSED in detail:
+                raise InvalidArgument(f"the kernel refused the container's resources: {detail}", container_id)
             raise Internal(f"runc create failed under conmon: {detail}", container_id)
         conmon_pid = _read_int(bundle / "conmon.pid")
         return Launched(pid=pid, conmon_pid=conmon_pid)

@@ -12,12 +12,22 @@ from typing import Any
 from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
 from sandbox.cgroups.hierarchy import Hierarchy, Mode
-from sandbox.cgroups.resources import host_page_sizes, swap_accounting
+from sandbox.cgroups.resources import (
+    ONLINE_CPUS,
+    ONLINE_NODES,
+    host_page_sizes,
+    online,
+    parse_list,
+    swap_accounting,
+)
 
 log = logging.getLogger("cri.containers.resources")
 
 MAX_SHARES = 262_144
 MIN_SHARES = 2
+# Below this, runc's own init (about 2.5 MB, in the container's cgroup while it sets the container up)
+# does not fit and runc create fails; Docker refuses under 6 MB too.
+MIN_MEMORY = 6 * 1024 * 1024
 
 
 def to_oci(
@@ -55,8 +65,16 @@ def to_oci(
     swap = resources.memory_swap_limit_in_bytes
     if limit < 0 and limit != -1:
         raise InvalidArgument(f"memory_limit_in_bytes {limit} is negative")
+    if 0 < limit < MIN_MEMORY:
+        raise InvalidArgument(f"memory_limit_in_bytes {limit} is below the minimum of {MIN_MEMORY} (6 MiB)")
     if limit:
         memory["limit"] = limit
+    if swap < -1:
+        raise InvalidArgument(f"memory_swap_limit_in_bytes {swap} is negative (only -1, unlimited, is)")
+    if swap > 0 and limit <= 0:
+        raise InvalidArgument(
+            f"memory_swap_limit_in_bytes {swap} needs a memory_limit_in_bytes (it counts memory plus swap)"
+        )
     if swap:
         if swap > 0 and limit > 0 and swap < limit:
             raise InvalidArgument(
@@ -93,11 +111,16 @@ def to_oci(
 
 
 def _cpuset(value: str, name: str) -> str:
+    """A cpu or memory-node list ("0-2,4") of CPUs or nodes this host has online (the kernel refuses
+    others, and runc then fails the create)."""
     text = value.replace(" ", "")
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and (not hi.isdigit() or int(hi) < int(lo))):
-            raise InvalidArgument(f"{name} {value!r} is not a cpu/node list such as 0-2,4")
+    wanted = parse_list(text)
+    if wanted is None:
+        raise InvalidArgument(f"{name} {value!r} is not a cpu/node list such as 0-2,4")
+    have = online(ONLINE_CPUS if name == "cpuset_cpus" else ONLINE_NODES)
+    if have is not None and not wanted <= have:
+        missing = sorted(wanted - have)[:8]
+        raise InvalidArgument(f"{name} {value!r} names {missing}, not online on this host")
     return text
 
 

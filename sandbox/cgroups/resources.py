@@ -19,6 +19,8 @@ from sandbox.cgroups.hierarchy import Hierarchy, Mode
 log = logging.getLogger("sandbox.cgroups")
 
 HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+ONLINE_CPUS = Path("/sys/devices/system/cpu/online")
+ONLINE_NODES = Path("/sys/devices/system/node/online")
 DEFAULT_CPU_PERIOD = 100_000
 
 
@@ -40,6 +42,29 @@ def page_size_name(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size}B"
+
+
+def parse_list(text: str) -> set[int] | None:
+    """The members of a kernel list such as "0-2,4" (cpusets, online CPUs); None if it is not one (or
+    absurdly large)."""
+    members: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            return None
+        first, last = int(lo), int(hi) if sep else int(lo)
+        if last < first or last - first > 65536:
+            return None
+        members.update(range(first, last + 1))
+    return members
+
+
+def online(path: Path) -> set[int] | None:
+    """The CPUs (ONLINE_CPUS) or memory nodes (ONLINE_NODES) this host has online; None if unknown."""
+    try:
+        return parse_list(path.read_text().strip())
+    except OSError:
+        return None
 
 
 def swap_accounting(hierarchy: Hierarchy) -> bool:
@@ -139,7 +164,7 @@ def apply_files(oci: dict[str, Any], hierarchy: Hierarchy, cgroup_path: str) -> 
                     raise FailedPrecondition(
                         f"cgroup {cgroup_path}: the kernel refused {name}={value}: {exc.strerror}"
                     ) from None
-                if exc.errno != errno.EINVAL:
+                if exc.errno not in (errno.EINVAL, errno.ERANGE):  # a value the kernel refuses
                     raise
                 failed.append((controller, name, value))
                 error = exc

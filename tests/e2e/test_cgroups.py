@@ -274,7 +274,7 @@ def test_cgroupfs_update_below_usage_is_failed_precondition(
         assert hog.stdout is not None and hog.stdout.readline().strip() == b"touched"
         if Path("/proc/swaps").read_text().count("\n") > 1:
             pytest.skip("with swap the kernel pushes the memory out instead of refusing")
-        small = to_oci(pb.LinuxContainerResources(memory_limit_in_bytes=4 << 20), driver.hierarchy)
+        small = to_oci(pb.LinuxContainerResources(memory_limit_in_bytes=8 << 20), driver.hierarchy)
         with pytest.raises(FailedPrecondition, match=r"memory\.(limit_in_bytes|max)"):
             driver.update(cid, parent, small)
         assert hog.poll() is None  # refused, not OOM-killed

@@ -94,3 +94,34 @@ def test_a_command_execve_cannot_take_is_refused_at_once(cx: Cx) -> None:  # noq
     request = pb.ExecSyncRequest(container_id=cid, cmd=["echo", "a" * 140000], timeout=10)
     assert code_of(cx.rt.ExecSync, request, timeout=30) == grpc.StatusCode.INVALID_ARGUMENT
     assert cx.output(cid, "echo", "a" * 100000).strip() == "a" * 100000  # within the limits it runs
+
+
+REFUSED_RESOURCES = [
+    {"memory_swap_limit_in_bytes": -5927},  # the fuzz's request
+    {"memory_swap_limit_in_bytes": 1 << 30},  # memory + swap without a memory limit
+    {"memory_limit_in_bytes": 4096},  # below what runc's own init uses in the cgroup
+    {"cpuset_cpus": "0-1000"},
+    {"cpuset_cpus": "0-"},
+    {"cpuset_mems": "1"},
+    {"cpu_quota": 2**62},  # past the kernel's largest quota: caught from runc's error
+]
+
+
+@pytest.mark.parametrize(
+    "resources", REFUSED_RESOURCES, ids=lambda r: ",".join(f"{k}={v}" for k, v in r.items())
+)
+def test_resources_the_kernel_refuses_are_invalid(cx: Cx, resources: dict[str, object]) -> None:  # noqa: F811
+    """runc create failed writing them to the container's cgroup and CreateContainer answered INTERNAL;
+    UpdateContainerResources answered INTERNAL for a cpuset of CPUs the host lacks (ERANGE)."""
+    pod = cx.pod()
+    config = cx.config("c", ["sleep", "3600"])
+    config.linux.resources.CopyFrom(pb.LinuxContainerResources(**resources))  # type: ignore[arg-type]
+    assert cx.code(cx.create, pod, config) == grpc.StatusCode.INVALID_ARGUMENT
+    assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert audit(cx) == []
+    cid = cx.run(pod, "live", ["sleep", "3600"])
+    request = pb.UpdateContainerResourcesRequest(
+        container_id=cid,
+        linux=pb.LinuxContainerResources(**resources),  # type: ignore[arg-type]
+    )
+    assert code_of(cx.rt.UpdateContainerResources, request) == grpc.StatusCode.INVALID_ARGUMENT

@@ -114,7 +114,7 @@ def test_swap_defaults_to_the_memory_limit_where_swap_is_accounted() -> None:
     assert oci["memory"].get("swap") == ((1 << 30) if memsw else None)
     with pytest.raises(InvalidArgument, match="below memory_limit"):
         oci_resources(
-            pb.LinuxContainerResources(memory_limit_in_bytes=2 << 20, memory_swap_limit_in_bytes=1 << 20),
+            pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20, memory_swap_limit_in_bytes=32 << 20),
             here,
         )
 
@@ -136,6 +136,12 @@ def test_hugepages_skipped_without_hugetlb_and_unified_refused_on_v1() -> None:
         ("cpu_shares", -5),
         ("cpuset_cpus", "a-b"),
         ("cpuset_cpus", "3-1"),
+        ("cpuset_cpus", "0-"),
+        ("cpuset_cpus", "0-100000"),
+        ("cpuset_mems", "4096"),
+        ("memory_limit_in_bytes", 4096),
+        ("memory_swap_limit_in_bytes", -5927),
+        ("memory_swap_limit_in_bytes", 1 << 30),
     ],
 )
 def test_bad_values_are_invalid_arguments(field: str, value: object) -> None:
