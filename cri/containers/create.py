@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from calyx_base import failpoints, files
 from calyx_base.errors import FailedPrecondition, InvalidArgument
-from cri import statedirs
+from cri import enums, statedirs
 from cri.api import api_pb2 as pb
 from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs, staging, validate
 from cri.containers import spec as oci
@@ -47,7 +47,7 @@ def _log_path(pod: Any, config: pb.ContainerConfig) -> str:
 
 def _stop_signal(config: pb.ContainerConfig, image_config: dict[str, Any]) -> str:
     if config.stop_signal:
-        return str(pb.Signal.Name(config.stop_signal))
+        return enums.name_of(pb.Signal, config.stop_signal, "stop_signal")
     image_signal = str(image_config.get("StopSignal") or "")
     if image_signal:
         signal_number(image_signal)  # refuse an unknown one now rather than at stop

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from calyx_base.errors import InvalidArgument
+from cri import enums
 from cri.api import api_pb2 as pb
 from cri.containers import arglimits, idmapped, seccomp_localhost, userns
 from cri.containers import binds as mnt
@@ -274,7 +275,7 @@ def _seccomp(sc: pb.LinuxContainerSecurityContext, capabilities: list[str]) -> d
     kind: str
     ref = ""
     if sc.HasField("seccomp"):
-        kind = pb.SecurityProfile.ProfileType.Name(sc.seccomp.profile_type)
+        kind = enums.name_of(pb.SecurityProfile.ProfileType, sc.seccomp.profile_type, "seccomp.profile_type")
         ref = sc.seccomp.localhost_ref
     elif sc.seccomp_profile_path:
         path = sc.seccomp_profile_path

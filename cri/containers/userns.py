@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from calyx_base.errors import FailedPrecondition, InvalidArgument
+from cri import enums
 from cri.api import api_pb2 as pb
 from sandbox.userns import IdMap
 
@@ -43,7 +44,7 @@ def check_request(pod: Any, requested: Any) -> None:
         return
     if requested.mode != pb.POD:
         raise InvalidArgument(
-            f"container userns_options.mode {pb.NamespaceMode.Name(requested.mode)} is not supported"
+            f"container userns_options.mode {enums.shown(pb.NamespaceMode, requested.mode)} is not supported"
         )
     if maps is None:
         raise InvalidArgument("container asks for a pod user namespace, but the pod has none")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from calyx_base.errors import InvalidArgument
-from cri import fields
+from cri import enums, fields
 from cri.api import api_pb2 as pb
 from cri.config import Config
 from cri.pods.model import PodMetadata, message_dict
@@ -72,13 +72,13 @@ def namespace_options(linux: pb.LinuxPodSandboxConfig) -> dict[str, Any]:
         if getattr(options, name) not in (pb.POD, pb.NODE):
             raise InvalidArgument(
                 f"namespace_options.{name} must be POD or NODE, "
-                f"not {pb.NamespaceMode.Name(getattr(options, name))}"
+                f"not {enums.shown(pb.NamespaceMode, getattr(options, name))}"
             )
     if options.pid == pb.TARGET and not options.target_id:
         raise InvalidArgument("namespace_options.pid is TARGET but target_id is empty")
     return {
         "network": pb.NamespaceMode.Name(options.network),
-        "pid": pb.NamespaceMode.Name(options.pid),
+        "pid": enums.name_of(pb.NamespaceMode, options.pid, "namespace_options.pid"),
         "ipc": pb.NamespaceMode.Name(options.ipc),
         "target_id": options.target_id,
         "userns": userns,
@@ -107,7 +107,7 @@ def _id_mapping(kind: str, mappings: Any) -> dict[str, int]:
 def user_namespace(options: pb.UserNamespace) -> dict[str, Any]:
     """The pod's user namespace request, normalised: mode NODE (the host's) or POD with one uid and
     one gid mapping of container id 0 (what kubelet sends); CONTAINER and TARGET are refused."""
-    mode = pb.NamespaceMode.Name(options.mode)
+    mode = enums.name_of(pb.NamespaceMode, options.mode, "userns_options.mode")
     if options.mode == pb.NODE:
         if options.uids or options.gids:
             raise InvalidArgument("userns_options: mode NODE takes no uid/gid mappings")

@@ -125,3 +125,35 @@ def test_resources_the_kernel_refuses_are_invalid(cx: Cx, resources: dict[str, o
         linux=pb.LinuxContainerResources(**resources),  # type: ignore[arg-type]
     )
     assert code_of(cx.rt.UpdateContainerResources, request) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_enum_values_the_api_does_not_define_are_invalid(cx: Cx) -> None:  # noqa: F811
+    """proto3 enums are open: ipc = 2147483647 made RunPodSandbox fail INTERNAL building its own
+    error message (Enum.Name raised ValueError); the other enum fields read by name did the same."""
+    unknown = 2**31 - 1
+    for options in (
+        pb.NamespaceOption(ipc=unknown),
+        pb.NamespaceOption(pid=99),
+        pb.NamespaceOption(userns_options=pb.UserNamespace(mode=99)),
+    ):
+        linux = pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(namespace_options=options, privileged=True)
+        )
+        request = pb.RunPodSandboxRequest(config=pod_config(log_directory=str(cx.logs), linux=linux))
+        assert code_of(cx.rt.RunPodSandbox, request) == grpc.StatusCode.INVALID_ARGUMENT
+    assert not cx.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    pod = cx.pod()
+    for field in ("stop_signal", "seccomp profile_type", "userns_options mode"):
+        config = cx.config("c", ["true"])
+        sc = config.linux.security_context
+        if field == "stop_signal":
+            config.stop_signal = 99  # type: ignore[assignment]
+        elif field == "seccomp profile_type":
+            sc.seccomp.profile_type = unknown  # type: ignore[assignment]
+        else:
+            sc.namespace_options.userns_options.mode = 99  # type: ignore[assignment]
+        with pytest.raises(grpc.RpcError) as err:
+            cx.create(pod, config)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, err.value.details())
+    assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert audit(cx) == []
