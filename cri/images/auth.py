@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cri.images.auth")
 
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
 _PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 # A bearer token goes into a header: visible ASCII only (RFC 6750's b64token and JWTs are narrower).
 _TOKEN = re.compile(r"[\x21-\x7e]{1,65536}\Z")
@@ -77,6 +78,9 @@ class Credentials:
             username, sep, password = decoded.partition(":")
             if not sep:
                 raise InvalidArgument("AuthConfig.auth is not base64 of user:password")
+        if auth.registry_token and not _HEADER_TOKEN.fullmatch(auth.registry_token):
+            # It is sent as "Authorization: Bearer <token>": anything else fails (or splits) the header.
+            raise InvalidArgument("AuthConfig.registry_token may hold visible ASCII characters only")
         return cls(username, password, auth.identity_token, auth.registry_token, auth.server_address.strip())
 
 

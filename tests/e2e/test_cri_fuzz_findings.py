@@ -157,3 +157,15 @@ def test_enum_values_the_api_does_not_define_are_invalid(cx: Cx) -> None:  # noq
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (field, err.value.details())
     assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
     assert audit(cx) == []
+
+
+def test_pull_with_a_registry_token_no_header_can_carry_is_invalid(cx: Cx) -> None:  # noqa: F811
+    """The token goes into an Authorization header: a non-ASCII one failed the pull with a
+    UnicodeEncodeError (INTERNAL); a newline would split the header."""
+    image = cx.registry.ref("calyx-test/user-uid")
+    for token in ("\U000fb65b\u00b5\x11F(", "abc\r\nX-Injected: 1", "a b"):
+        request = pb.PullImageRequest(
+            image=pb.ImageSpec(image=image), auth=pb.AuthConfig(registry_token=token)
+        )
+        assert code_of(cx.daemon.images.PullImage, request) == grpc.StatusCode.INVALID_ARGUMENT
+    assert not cx.daemon.images.ListImages(pb.ListImagesRequest()).images
