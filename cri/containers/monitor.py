@@ -26,17 +26,13 @@ from typing import Any
 from calyx_base import poll, proc
 from calyx_base.errors import CommandFailed, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
 from calyx_base.instruments import observe_runtime
-from cri.containers import execsync
+from cri.containers import execsync, runc_errors
 from cri.containers.execsync import ExecResult
 from cri.containers.procinfo import start_time
 
 log = logging.getLogger("cri.containers.monitor")
 
 RUNC_TIMEOUT = 60.0
-# How runc 1.1 reports that the process's program is missing or not executable (its exec.LookPath).
-_EXEC_FAILED = "unable to start container process: exec: "
-# ... and that the kernel refused one of the container's resource values (a limit it cannot take).
-_CGROUP_REFUSED = "error setting cgroup config for procHooks process: "
 
 
 @dataclass(frozen=True)
@@ -216,10 +212,9 @@ class Monitor:
         if pid <= 0:
             detail = str(message.get("message") or "") or _read_tail(stderr_path)
             detail = detail or "conmon closed the sync pipe without a word"
-            if _EXEC_FAILED in detail:  # the command names no program of the image (or none it can run)
-                raise InvalidArgument(f"the container's command cannot be run: {detail}", container_id)
-            if _CGROUP_REFUSED in detail:
-                raise InvalidArgument(f"the kernel refused the container's resources: {detail}", container_id)
+            fault = runc_errors.request_fault(detail)
+            if fault is not None:
+                raise InvalidArgument(f"{fault}: {detail}", container_id)
             raise Internal(f"runc create failed under conmon: {detail}", container_id)
         conmon_pid = _read_int(bundle / "conmon.pid")
         return Launched(pid=pid, conmon_pid=conmon_pid)

@@ -3,6 +3,7 @@ sent here as the fuzz sent it: every one now gets a clear status and leaves noth
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grpc
@@ -169,3 +170,40 @@ def test_pull_with_a_registry_token_no_header_can_carry_is_invalid(cx: Cx) -> No
         )
         assert code_of(cx.daemon.images.PullImage, request) == grpc.StatusCode.INVALID_ARGUMENT
     assert not cx.daemon.images.ListImages(pb.ListImagesRequest()).images
+
+
+def test_runc_create_failures_the_request_caused_are_invalid(cx: Cx, short_tmp: Path) -> None:  # noqa: F811
+    """runc refuses these only when it builds the container; CreateContainer answered INTERNAL."""
+    vol, file = short_tmp / "vol", short_tmp / "file"
+    vol.mkdir()
+    file.write_text("x\n")
+    bad_action = short_tmp / "bad-action.json"
+    bad_action.write_text(json.dumps({"defaultAction": "SCMP_ACT_NOPE"}))
+    bad_arch = short_tmp / "bad-arch.json"
+    bad_arch.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_NOPE"]}))
+    pod = cx.pod()
+
+    def mount(c: pb.ContainerConfig, host: Path, at: str) -> None:
+        c.mounts.add(host_path=str(host), container_path=at)
+
+    def seccomp(c: pb.ContainerConfig, profile: Path) -> None:
+        c.linux.security_context.seccomp.profile_type = pb.SecurityProfile.Localhost
+        c.linux.security_context.seccomp.localhost_ref = str(profile)
+
+    cases = {
+        "a directory over /proc": lambda c: mount(c, vol, "/proc"),
+        "a file over a directory": lambda c: mount(c, file, "/etc"),
+        "a directory over a file": lambda c: mount(c, vol, "/etc/passwd"),
+        "a directory over /dev/null": lambda c: mount(c, vol, "/dev/null"),
+        "a working dir that is a file": lambda c: setattr(c, "working_dir", "/etc/passwd"),
+        "a seccomp action runc lacks": lambda c: seccomp(c, bad_action),
+        "a seccomp architecture runc lacks": lambda c: seccomp(c, bad_arch),
+    }
+    for case, change in cases.items():
+        config = cx.config("c", ["sleep", "3600"])
+        change(config)
+        with pytest.raises(grpc.RpcError) as err:
+            cx.create(pod, config)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err.value.details())
+    assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert audit(cx) == []
