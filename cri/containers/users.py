@@ -12,6 +12,8 @@ from pathlib import Path
 
 from calyx_base.errors import InvalidArgument
 
+MAX_ID = 2**32 - 1  # uid_t and gid_t are 32 bits, and (uid_t)-1 means "no id"
+
 
 @dataclass(frozen=True)
 class ProcessUser:
@@ -156,6 +158,9 @@ def resolve_user(
     for g in supplemental_groups:
         if g not in extra:
             extra.append(g)
+    for kind, value in (("uid", uid), ("gid", gid), *(("supplemental group", g) for g in extra)):
+        if not 0 <= value < MAX_ID:
+            raise InvalidArgument(f"{kind} {value} is not a valid id (0 to {MAX_ID - 1})")
     return ProcessUser(uid=uid, gid=gid, additional_gids=extra, username=username)
 
 

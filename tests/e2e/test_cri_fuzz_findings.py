@@ -207,3 +207,28 @@ def test_runc_create_failures_the_request_caused_are_invalid(cx: Cx, short_tmp: 
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err.value.details())
     assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
     assert audit(cx) == []
+
+
+def test_ids_outside_uid_t_are_invalid(cx: Cx) -> None:  # noqa: F811
+    """runc's config.json decoder refused them (cannot unmarshal into uint32) and CreateContainer
+    answered INTERNAL; (uid_t)-1 means "no id" and is refused too."""
+    pod = cx.pod()
+    for case in ("uid", "uid -5", "uid -1", "gid", "group"):
+        config = cx.config("c", ["true"])
+        sc = config.linux.security_context
+        if case == "uid":
+            sc.run_as_user.value = 2**63 - 1
+        elif case == "uid -5":
+            sc.run_as_user.value = -5
+        elif case == "uid -1":
+            sc.run_as_user.value = 2**32 - 1
+        elif case == "gid":
+            sc.run_as_user.value = 0
+            sc.run_as_group.value = 2**32
+        else:
+            sc.supplemental_groups.append(2**40)
+        with pytest.raises(grpc.RpcError) as err:
+            cx.create(pod, config)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err.value.details())
+    assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert audit(cx) == []
