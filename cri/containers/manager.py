@@ -24,6 +24,7 @@ from typing import Any
 from calyx_base import failpoints, files, poll
 from calyx_base.errors import (
     AlreadyExists,
+    CommandFailed,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -32,7 +33,7 @@ from calyx_base.errors import (
 )
 from cri import fields, lifecycle, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import arglimits, cdi, cgroups_compat, execsync, orphans, staging
+from cri.containers import arglimits, cdi, cgroups_compat, execsync, orphans, runc_errors, staging
 from cri.containers import create as create_mod
 from cri.containers.model import CREATED, CREATING, EXITED, KIND, REMOVING, RUNNING, Container
 from cri.containers.monitor import ExecResult, Monitor, signal_number, wait_monitor_gone
@@ -267,6 +268,8 @@ class ContainerManager:
                 self.emit(c, pb.CONTAINER_STOPPED_EVENT)
                 with contextlib.suppress(Exception):
                     mon.delete(c.id)
+                if isinstance(exc, CommandFailed) and runc_errors.stopped_before_start(exc.stderr):
+                    raise FailedPrecondition(f"container {c.id} exited before it was started", c.id) from exc
                 raise
             c.state = RUNNING
             c.started_at = time.time_ns()

@@ -4,6 +4,8 @@ sent here as the fuzz sent it: every one now gets a clear status and leaves noth
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import grpc
@@ -231,4 +233,27 @@ def test_ids_outside_uid_t_are_invalid(cx: Cx) -> None:  # noqa: F811
             cx.create(pod, config)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (case, err.value.details())
     assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert audit(cx) == []
+
+
+def test_starting_a_container_whose_init_died_is_failed_precondition(cx: Cx) -> None:  # noqa: F811
+    """The init died between create and start (killed here; in the fuzz, stopped by its own seccomp
+    profile) before conmon recorded it: runc start fails 'cannot start a container that has stopped',
+    which StartContainer answered INTERNAL. conmon is held (SIGSTOP) so it cannot record the exit first."""
+    pod = cx.pod()
+    cid = cx.create(pod, cx.config("c", ["sleep", "3600"]))
+    init = json.loads(cx.status(cid, verbose=True).info["info"])["pid"]
+    conmon = int((cx.daemon.root / "containers" / cid / "conmon.pid").read_text())
+    os.kill(conmon, signal.SIGSTOP)
+    try:
+        os.kill(init, signal.SIGKILL)
+        request = pb.StartContainerRequest(container_id=cid)
+        with pytest.raises(grpc.RpcError) as err:
+            cx.rt.StartContainer(request, timeout=60)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
+    finally:
+        os.kill(conmon, signal.SIGCONT)
+    status = cx.wait_exit(cid)
+    assert status.reason == "StartError"
+    cx.remove(cid)
     assert audit(cx) == []
