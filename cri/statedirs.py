@@ -103,6 +103,24 @@ def make_log_dir(path: Path, what: str, object_id: str) -> None:
         raise InvalidArgument(f"{what} {str(path)!r} is not a directory", object_id)
 
 
+def make_log_file(path: str, object_id: str) -> bool:
+    """Create the CRI log file conmon appends to, so that one it could not open (a name longer than
+    NAME_MAX, a directory in its place) is the request's error naming it, not conmon's exit. True if
+    the file is new (a failed create then removes it). ``path`` is the string conmon gets (as a Path,
+    "d/" would lose the slash that makes it a directory)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+    except FileExistsError:
+        if os.path.isdir(path):
+            raise InvalidArgument(f"log_path {path!r} is a directory", object_id) from None
+        return False
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise InvalidArgument(f"log_path {path!r} cannot be created: {reason}", object_id) from None
+    os.close(fd)
+    return True
+
+
 def tighten_container_dir(path: Path) -> None:
     """A container dir made by an older Calyx: 0700 (0710 if it has a group: a user-namespaced pod's),
     and its files (config.json, state.json, conmon's pid files...) and exec specs 0600. Its upper, work

@@ -189,6 +189,8 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
         if container.log_path:
             log_dir = Path(container.log_path).parent
             statedirs.make_log_dir(log_dir, "the directory of log_path", container_id)
+            if statedirs.make_log_file(container.log_path, container_id):
+                undo.callback(Path(container.log_path).unlink, missing_ok=True)
         cgroups_compat.prepare_parent(runtime, parent)
 
         undo.callback(monitor.forget, container_id)

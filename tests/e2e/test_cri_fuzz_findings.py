@@ -257,3 +257,18 @@ def test_starting_a_container_whose_init_died_is_failed_precondition(cx: Cx) -> 
     assert status.reason == "StartError"
     cx.remove(cid)
     assert audit(cx) == []
+
+
+def test_a_log_file_conmon_cannot_open_is_invalid(cx: Cx) -> None:  # noqa: F811
+    """A log file name over NAME_MAX (the fuzz's 'a' * 256) made conmon exit ("Failed to open log
+    file") and CreateContainer answer INTERNAL; a directory in the log file's place, or a log path
+    ending in '/', did the same."""
+    pod = cx.pod()
+    (cx.logs / "dir.log").mkdir()
+    for log_path in ("a" * 256, "dir.log", "new/"):
+        config = cx.config("c", ["sleep", "3600"])
+        config.log_path = log_path
+        assert cx.code(cx.create, pod, config) == grpc.StatusCode.INVALID_ARGUMENT
+    assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
+    assert [p.name for p in cx.logs.iterdir()] == ["dir.log"]
+    assert audit(cx) == []
