@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from calyx_base import proc
-from calyx_base.errors import InvalidArgument
+from calyx_base.errors import CommandFailed, InvalidArgument
 
 _NAME = re.compile(r"^[a-z0-9_]+([./][A-Za-z0-9_:@+-]+)+$")
 _VALUE = re.compile(r"^[A-Za-z0-9 \t_.:,/-]*$")
@@ -84,4 +84,12 @@ def apply(
         argv.append(f"--ipc={ipcns}")
     argv += ["--", "sysctl", "-q", "-w"]
     argv += [f"{normalize(name)}={value}" for name, value in sorted(sysctls.items())]
-    proc.run(argv, timeout, object_id=pod_id)
+    try:
+        proc.run(argv, timeout, object_id=pod_id)
+    except CommandFailed as exc:
+        # "sysctl: setting key ...: Invalid argument", "sysctl: cannot stat /proc/sys/...": a value
+        # the kernel refuses or a sysctl it does not have is the request's; nsenter failing is not.
+        if "sysctl: " not in exc.stderr:
+            raise
+        refused = exc.stderr.strip()[-1000:]
+        raise InvalidArgument(f"the kernel refused the pod's sysctls: {refused}", pod_id) from None

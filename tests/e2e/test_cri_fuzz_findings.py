@@ -272,3 +272,17 @@ def test_a_log_file_conmon_cannot_open_is_invalid(cx: Cx) -> None:  # noqa: F811
     assert not cx.rt.ListContainers(pb.ListContainersRequest()).containers
     assert [p.name for p in cx.logs.iterdir()] == ["dir.log"]
     assert audit(cx) == []
+
+
+def test_pod_sysctls_the_kernel_refuses_are_invalid(cx: Cx) -> None:  # noqa: F811
+    """A namespaced sysctl whose value the kernel refuses, or that it does not have, made `sysctl`
+    fail inside the pod's namespaces and RunPodSandbox answer INTERNAL."""
+    for sysctls in ({"net/ipv4/conf/all/log_martians": "abc"}, {"net.ipv4.conf.lo.cxfz": "1"}):
+        config = pod_config(log_directory=str(cx.logs), linux=pb.LinuxPodSandboxConfig(sysctls=sysctls))
+        request = pb.RunPodSandboxRequest(config=config)
+        with pytest.raises(grpc.RpcError) as err:
+            cx.rt.RunPodSandbox(request, timeout=120)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert "sysctl" in err.value.details()
+    assert not cx.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items
+    assert audit(cx) == []
