@@ -33,7 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from calyx_base.errors import DeadlineExceeded, FailedPrecondition, Internal
+from calyx_base.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
+from cri.containers import runc_errors
 
 # kubelet and our server refuse messages over 16 MiB: keep ExecSync's output (both streams) below it.
 MAX_EXEC_OUTPUT = 16 * 1024 * 1024 - 64 * 1024
@@ -249,6 +250,8 @@ def run(
     message = message or f"runc exited with {outcome.get('runc', 'no answer from the exec reaper')}"
     if any(words in message for words in NOT_RUNNING):
         raise FailedPrecondition(f"container {container_id} is not running: {message}", container_id)
+    if runc_errors.request_fault(message) is not None:  # the program is not in the container
+        raise InvalidArgument(f"the command cannot be run in the container: {message}", container_id)
     raise Internal(f"exec in container failed: {message}", container_id)
 
 

@@ -286,3 +286,18 @@ def test_pod_sysctls_the_kernel_refuses_are_invalid(cx: Cx) -> None:  # noqa: F8
         assert "sysctl" in err.value.details()
     assert not cx.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items
     assert audit(cx) == []
+
+
+def test_an_exec_of_a_program_the_container_lacks_is_invalid(cx: Cx) -> None:  # noqa: F811
+    """runc exec's lookup fails before anything runs; ExecSync answered INTERNAL."""
+    cid = cx.run(cx.pod(), "live", ["sleep", "3600"])
+    for cmd in (
+        ["cxfz-nosuch-../..", "..", "4b'@D\"", "sha256:" + "0" * 64],  # the fuzz's request
+        ["cxfz-nosuch"],
+        ["/etc"],
+    ):
+        request = pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=5)
+        with pytest.raises(grpc.RpcError) as err:
+            cx.rt.ExecSync(request, timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert cx.output(cid, "echo", "still fine").strip() == "still fine"

@@ -73,7 +73,7 @@ def test_command_that_cannot_start_is_a_clear_status(cx: Cx) -> None:
         status = (err.code(), err.details())
     else:
         raise AssertionError("ExecSync of a missing program succeeded")
-    assert status[0] == grpc.StatusCode.INTERNAL
+    assert status[0] == grpc.StatusCode.INVALID_ARGUMENT  # the request's program, not an internal error
     assert "/no/such/program" in status[1] and "no such file" in status[1].lower(), status
     # the container is unharmed and later execs work
     assert cx.output(cid, "echo", "still") == "still\n"
