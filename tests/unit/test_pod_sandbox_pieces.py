@@ -24,12 +24,18 @@ from sandbox.cni.network import PodRef, result_ips
 
 
 def test_pins_are_mounted_nsfs_with_the_hostname_and_release_is_idempotent(short_tmp: Path) -> None:
+    import socket
+
+    before = {kind: Path(f"/proc/thread-self/ns/{kind}").stat().st_ino for kind in ("net", "ipc", "uts")}
+    host = socket.gethostname()
     pins = namespaces.create(short_tmp, "p1", ["net", "ipc", "uts"], "pod-host")
     assert set(pins) == {"net", "ipc", "uts"}
-    for path in pins.values():
+    for kind, path in pins.items():
         assert namespaces.is_pinned(path)
-    own = Path("/proc/self/ns/net").stat().st_ino
-    assert pins["net"].stat().st_ino != own  # a new namespace, not the host's
+        assert path.stat().st_ino != before[kind]  # a new namespace, not the host's
+        # The thread that asked is still in the host's (only the short-lived pinning thread moved).
+        assert Path(f"/proc/thread-self/ns/{kind}").stat().st_ino == before[kind]
+    assert socket.gethostname() == host
     hostname = subprocess.run(["nsenter", f"--uts={pins['uts']}", "hostname"], capture_output=True, text=True)
     assert hostname.stdout.strip() == "pod-host"
     namespaces.release_pod(short_tmp, "p1")
