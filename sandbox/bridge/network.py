@@ -215,16 +215,19 @@ class BridgeNetwork:
         rules are looked up."""
         start = time.monotonic()
         bridge = bridge or self.bridge
-        self._host_ports.pop(pod_id, None)
         leased = self.ipam.of_pod(pod_id)
         # The families the pod holds leases in: rules are added after the leases and removed before
         # their release, so a pod without leases has no rules left.
-        for ip in leased:
-            version = ipaddress.ip_address(ip).version
-            if port_mappings is None:
-                BridgeRules(bridge, version).remove_pod(pod_id, known=False)
-            elif host_port_rules(version, ip, port_mappings):
-                BridgeRules(bridge, version).remove_pod(pod_id)
+        removals = [
+            (ipaddress.ip_address(ip).version, port_mappings is not None)
+            for ip in leased
+            if port_mappings is None or host_port_rules(ipaddress.ip_address(ip).version, ip, port_mappings)
+        ]
+        if removals or pod_id in self._host_ports:
+            with self._lock:  # not while a repair makes the live pods' hostPort rules again
+                self._host_ports.pop(pod_id, None)
+                for version, known in removals:
+                    BridgeRules(bridge, version).remove_pod(pod_id, known=known)
         links.detach_pod(pod_id, bridge, leased)
         self.ipam.release(pod_id)
         log.info(
