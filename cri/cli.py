@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     group = cfg.add_mutually_exclusive_group()
     group.add_argument("--defaults", action="store_true", help="print every option, its default and its doc")
     group.add_argument("--reference", action="store_true", help="print the option reference as Markdown")
+    cfg.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="print registry passwords and other secrets instead of (redacted)",
+    )
     cleanup = sub.add_parser(
         "cleanup",
         help="remove the built-in network's bridge, chains and rules (kept while the daemon runs pods)",
@@ -78,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         print(f"calyx: config error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "config":
-        print(config_mod.to_toml(config), end="")
+    if args.command == "config":  # secrets stay out of terminals, scrollback and pasted bug reports
+        print(config_mod.to_toml(config, show_secrets=args.show_secrets), end="")
         return 0
     if args.command == "cleanup":
         return _cleanup(config, args.force)

@@ -419,8 +419,9 @@ def redacted(value: Any) -> Any:
     return value
 
 
-def to_toml(config: Config) -> str:
-    return tomli_w.dumps(to_dict(config))
+def to_toml(config: Config, show_secrets: bool = True) -> str:
+    values = to_dict(config)
+    return tomli_w.dumps(values if show_secrets else redacted(values))
 
 
 def _inline(value: Any) -> str:

@@ -135,6 +135,21 @@ def test_cli_config_prints_the_effective_config(tmp_path: Path) -> None:
     assert printed["server"]["socket"] == "/x.sock"
 
 
+def test_cli_config_redacts_registry_passwords_unless_asked(tmp_path: Path) -> None:
+    main = write(
+        tmp_path / "calyx.toml",
+        "[images.registries.'reg.example']\nusername = 'u'\npassword = 's3cret-value'\n",
+    )
+    common = ("config", "--config", str(main), "--config-dir", str(tmp_path / "none"))
+    out = calyx_command(*common)
+    assert out.returncode == 0, out.stderr
+    assert "s3cret-value" not in out.stdout
+    registry = tomllib.loads(out.stdout)["images"]["registries"]["reg.example"]
+    assert registry == {**registry, "username": "u", "password": config.REDACTED}
+    shown = calyx_command(*common, "--show-secrets")
+    assert tomllib.loads(shown.stdout)["images"]["registries"]["reg.example"]["password"] == "s3cret-value"
+
+
 def test_cli_refuses_a_bad_config_with_exit_2_and_the_reason(tmp_path: Path) -> None:
     main = write(tmp_path / "calyx.toml", "[server]\nworkers = 'x'\n")
     for command in ("config", "serve"):
