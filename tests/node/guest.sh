@@ -1,0 +1,51 @@
+#!/bin/bash
+# Runs inside the node, as root, from calyx-node-job.service (see build.sh): runs the command that
+# tests/node/run.sh was given in the checkout (/srv/calyx), sends its output and then its exit status to
+# the host over virtio-serial ports, and powers the node off.
+#   no command     the node suite (tests/node/suite)
+#   critest ARGS   upstream critest against the node's Calyx (tests/node/critest.py)
+#   anything else  run as given
+set -u
+out=/dev/virtio-ports/org.calyx.out
+status_port=/dev/virtio-ports/org.calyx.status
+exec >"$out" 2>&1 </dev/null
+cd /srv/calyx
+export HOME=/root PATH=/srv/job/tools:/srv/calyx/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+
+echo "[node] up $(uptime_s) s: kernel $(uname -r), $(stat -fc %T /sys/fs/cgroup) at /sys/fs/cgroup," \
+  "LSMs $(cat /sys/kernel/security/lsm 2>/dev/null || echo '?'), $(nproc) CPUs," \
+  "$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) MB"
+for unit in calyx.service docker-registry.service; do
+  state=$(systemctl is-active "$unit")
+  echo "[node] $unit: $state"
+  [ "$state" = active ] || journalctl -b -u "$unit" --no-pager | tail -40
+done
+ready=$(systemctl show -p ExecMainStartTimestampMonotonic --value calyx.service)
+active=$(systemctl show -p ActiveEnterTimestampMonotonic --value calyx.service)
+[ "${active:-0}" -gt 0 ] && echo "[node] calyx.service: ready $(( (active - ready) / 1000 )) ms after its start"
+# Where the boot went (systemd-analyze waits for the boot to finish, which includes this job).
+systemctl show -p InitRDTimestampMonotonic -p UserspaceTimestampMonotonic --value |
+  paste -sd' ' | awk '{printf "[node] boot: kernel %.1f s, initrd %.1f s, then systemd\n", $1/1e6, ($2-$1)/1e6}'
+systemctl show '*.service' -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic |
+  awk -F= '/^Id=/ {id=$2} /^InactiveExit/ {a=$2} /^ActiveEnter/ {if ($2 > a && a > 0) printf "%.1f %s\n", ($2-a)/1e6, id}' |
+  sort -rn | head -6 | awk '{printf "[node]   %5.1f s %s\n", $1, $2}'
+
+argv=()
+[ -s /srv/job/command ] && mapfile -d '' argv </srv/job/command
+started=$(uptime_s)
+if [ ${#argv[@]} -eq 0 ]; then
+  mapfile -t files < <(grep -v '^\s*\(#\|$\)' tests/node/suite)
+  echo "[node] node suite: ${files[*]}"
+  pytest -p no:cacheprovider "${files[@]}"
+elif [ "${argv[0]}" = critest ]; then
+  python -m tests.node.critest "${argv[@]:1}"
+else
+  "${argv[@]}"
+fi
+rc=$?
+echo "[node] exit status $rc after $(awk -v a="$started" -v b="$(uptime_s)" 'BEGIN {printf "%.0f", b - a}') s" \
+  "(node up $(uptime_s) s)"
+echo "$rc" >"$status_port"
+# The node's disk is a throwaway snapshot: power off at once, nothing to stop cleanly.
+systemctl poweroff -ff
