@@ -19,7 +19,16 @@ from calyx_base import failpoints, files
 from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri import enums, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import cdi, cgroups_compat, idmapped, image_volumes, rootfs, staging, validate
+from cri.containers import (
+    apparmor,
+    cdi,
+    cgroups_compat,
+    idmapped,
+    image_volumes,
+    rootfs,
+    staging,
+    validate,
+)
 from cri.containers import spec as oci
 from cri.containers import userns as container_userns
 from cri.containers.model import CREATED, CREATING, KIND, RUNNING, Container, encode_config
@@ -86,6 +95,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
     handler_name = getattr(pod, "runtime_handler", "") or runtime.config.runtime.default_handler
     monitor = manager.monitor(handler_name)
     container_id = secrets.token_hex(32)
+    apparmor_profile = apparmor.profile_for(sc, manager.apparmor, container_id)
     name = config.metadata.name
     attempt = config.metadata.attempt
     parent = getattr(pod, "cgroup_parent", "") or ""
@@ -159,6 +169,7 @@ def create(manager: ContainerManager, pod_id: str, config: pb.ContainerConfig) -
                 cgroup_namespace=_cgroup_v2(runtime),
                 shm_source=_shm_source(runtime.config.run_root, pod),
                 image_volume_sources=volume_sources,
+                apparmor_profile=apparmor_profile,
                 extra_annotations={
                     "io.kubernetes.cri.container-type": "container",
                     "io.kubernetes.cri.container-name": name,

@@ -42,6 +42,7 @@ from cri.containers.resources import to_oci
 from cri.containers.spec import TTY_TERM
 from cri.runtime import Runtime
 from sandbox import mounts, shm
+from sandbox.apparmor import AppArmor
 
 log = logging.getLogger("cri.containers")
 
@@ -53,8 +54,12 @@ LIVENESS_EVERY = 4  # exit-watcher ticks between checks that each live container
 
 
 class ContainerManager:
-    def __init__(self, runtime: Runtime, cdi_registry: cdi.Registry | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, cdi_registry: cdi.Registry | None = None, apparmor: AppArmor | None = None
+    ) -> None:
         self.runtime = runtime
+        # This host's AppArmor: the profiles containers run under (cri/containers/apparmor.py).
+        self.apparmor = apparmor or AppArmor()
         # The CDI devices of this node (runtime.cdi_spec_dirs unless the builder hands one over).
         self.cdi = cdi_registry or cdi.Registry(runtime.config.runtime.cdi_spec_dirs)
         self.store = runtime.store
@@ -660,4 +665,4 @@ def _ms(start: float) -> float:
 
 def register(runtime: Runtime) -> None:
     registry = cdi.Registry(runtime.config.runtime.cdi_spec_dirs)
-    runtime.register("containers", ContainerManager(runtime, registry))
+    runtime.register("containers", ContainerManager(runtime, registry, AppArmor()))

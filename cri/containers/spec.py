@@ -79,6 +79,8 @@ class SpecInputs:
     shm_source: str | None = None
     # {index in config.mounts: staged host path} of the image volumes (cri/containers/image_volumes.py).
     image_volume_sources: dict[int, str] = field(default_factory=dict)
+    # The AppArmor profile runc applies (cri/containers/apparmor.py decides it); None: unconfined.
+    apparmor_profile: str | None = None
     extra_annotations: dict[str, str] = field(default_factory=dict)
 
 
@@ -344,11 +346,6 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     id_maps = userns.mappings(inputs.pod)
     if privileged and id_maps is not None:
         raise InvalidArgument("a privileged container cannot run in a pod user namespace")
-    if sc.apparmor.profile_type or sc.apparmor_profile:
-        log.info(
-            "apparmor requested, not available on this host: ignored",
-            extra={"container_id": inputs.container_id},
-        )
     if sc.selinux_options.type or sc.selinux_options.level:
         log.info(
             "selinux requested, not available on this host: ignored",
@@ -383,6 +380,8 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         "oomScoreAdj": clamp_oom_score_adj(config.linux.resources.oom_score_adj),
     }
     arglimits.check(process["args"], process["env"], "the container's command", inputs.container_id)
+    if inputs.apparmor_profile:
+        process["apparmorProfile"] = inputs.apparmor_profile
 
     mounts = mnt.base_mounts(readonly_sys=not privileged)
     taken = {m.container_path for m in config.mounts}
