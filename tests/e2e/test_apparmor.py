@@ -112,7 +112,7 @@ def test_runtime_default_and_unconfined_as_asked(cx: Cx) -> None:
     # An exec'd process gets the container's profile too.
     assert cx.output(plain, "cat", "/proc/self/attr/current").startswith(DEFAULT_PROFILE)
     # The profile holds even with CAP_SYS_ADMIN: no new mounts.
-    assert cx.exec(plain, "mount", "-t", "tmpfs", "none", "/mnt").exit_code != 0
+    assert cx.exec(plain, "mount", "-t", "tmpfs", "none", "/tmp").exit_code != 0
     runtime_default = pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault)
     explicit = cx.run(pod, "explicit", ["sleep", "1000"], linux=security(apparmor=runtime_default))
     assert attr_current(cx, explicit) == f"{DEFAULT_PROFILE} (enforce)"
@@ -120,7 +120,7 @@ def test_runtime_default_and_unconfined_as_asked(cx: Cx) -> None:
     unconfined = pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined)
     free = cx.run(pod, "free", ["sleep", "1000"], linux=security(apparmor=unconfined))
     assert attr_current(cx, free) == "unconfined"
-    assert cx.exec(free, "mount", "-t", "tmpfs", "none", "/mnt").exit_code == 0
+    assert cx.exec(free, "mount", "-t", "tmpfs", "none", "/tmp").exit_code == 0
     old = cx.run(pod, "old", ["sleep", "1000"], linux=security(apparmor_profile="unconfined"))
     assert attr_current(cx, old) == "unconfined"
 

@@ -270,7 +270,7 @@ def test_command_args_env_cwd_and_oom_score_adj(cx: Cx) -> None:
     down = cx.run(pod, "down", ["sleep", "1000"], linux=pb.LinuxContainerConfig(resources=low))
     own = int(Path("/proc/self/oom_score_adj").read_text())  # the daemon runs with the test's value
     assert int(cx.output(down, "cat", "/proc/1/oom_score_adj")) == max(own, -998)
-    # AppArmor is not on this host: accepted and ignored
+    # RuntimeDefault AppArmor: Calyx's profile where AppArmor is on, nothing to apply where it is off
     apparmor = pb.LinuxContainerSecurityContext(apparmor=pb.SecurityProfile(profile_type=0))
     aa = cx.run(pod, "aa", ["sleep", "1000"], linux=pb.LinuxContainerConfig(security_context=apparmor))
     assert cx.status(aa).status.state == pb.CONTAINER_RUNNING

@@ -6,6 +6,8 @@
 #   tests/node/run.sh                  the node suite (tests/node/suite)
 #   tests/node/run.sh critest [FLAGS]  upstream critest against the node's Calyx ($CRITEST, else critest
 #                                      from ../shared/tools or PATH; copied in, never committed)
+#   tests/node/run.sh subset           what CI would run: tests/node/subset, then critest's AppArmor and
+#                                      cgroup specs
 #   tests/node/run.sh CMD [ARGS...]    anything, e.g. bash -c 'crictl ps -a; cat /proc/self/cgroup'
 #
 # Environment: CALYX_NODE_CACHE (image cache, default /var/cache/calyx-node), CALYX_NODE_ACCEL (kvm or
@@ -105,7 +107,7 @@ critest=$(find_tool critest "${CRITEST:-}")
 crictl=$(find_tool crictl "${CRICTL:-}")
 [ -n "$critest" ] && cp "$critest" "$work/job/tools/critest"
 [ -n "$crictl" ] && cp "$crictl" "$work/job/tools/crictl"
-if [ "${1:-}" = critest ] && [ -z "$critest" ]; then
+if { [ "${1:-}" = critest ] || [ "${1:-}" = subset ]; } && [ -z "$critest" ]; then
   die "no critest binary: set CRITEST or put cri-tools' critest in ../shared/tools or on PATH"
 fi
 [ $# -gt 0 ] && printf '%s\0' "$@" >"$work/job/command" || : >"$work/job/command"
