@@ -58,8 +58,12 @@ base_recipe=(
     rm busybox_*.deb"'
 )
 base_key=$(printf '%s\n' "$suite" "$pkgs" "${base_recipe[@]}" | sha256sum | cut -c1-16)
-# The wheel is built from these; critest/ makes the test images; deploy/ is installed as is.
-src_key=$(hash_files cri sandbox metrics proto pyproject.toml hatch_build.py critest deploy)
+# The wheel is built from its packages (pyproject.toml names them), the proto and the build hook;
+# critest/ makes the test images; deploy/ is installed as is.
+wheel_packages=$(python3 -c 'import sys, tomllib; t = tomllib.load(open(sys.argv[1], "rb"))
+print(" ".join(t["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]))' "$repo/pyproject.toml")
+# shellcheck disable=SC2086 # a list of package dirs
+src_key=$(hash_files $wheel_packages proto pyproject.toml hatch_build.py critest deploy)
 kernel_key="$kver $(stat -c '%s %Y' "/boot/vmlinuz-$kver")"
 node_key=$(printf '%s\n' "$base_key" "$kernel_key" "$src_key" "$(sha256sum <"$0")" | sha256sum | cut -c1-16)
 base_tar=$cache/base-$base_key.tar
@@ -206,9 +210,7 @@ set -euo pipefail
 export CALYX_WHEELS=/tmp/wheels HOME=/root
 bash /srv/calyx/deploy/install.sh
 bash /srv/calyx/deploy/install.sh --dev
-# The pyc files the node would otherwise compile at every boot, under TCG.
-/srv/calyx/.venv/bin/python -m compileall -q /srv/calyx/cri /srv/calyx/sandbox /srv/calyx/metrics \
-  /srv/calyx/critest /srv/calyx/tests /srv/calyx/bench >/dev/null || true
+# The generated stubs stay with the .venv; the rest of the checkout comes with each run (run.sh).
 install -d /srv/calyx-stubs && cp -a /srv/calyx/cri/api/api_pb2* /srv/calyx/cri/api/__pycache__ /srv/calyx-stubs/
 systemctl enable calyx.service calyx-node-job.service docker-registry.service
 systemctl disable prometheus.service 2>/dev/null || true
