@@ -210,7 +210,9 @@ set -euo pipefail
 export CALYX_WHEELS=/tmp/wheels HOME=/root
 bash /srv/calyx/deploy/install.sh
 bash /srv/calyx/deploy/install.sh --dev
-# The generated stubs stay with the .venv; the rest of the checkout comes with each run (run.sh).
+# The generated stubs (compiled: api_pb2 is large) stay with the .venv; the rest of the checkout comes
+# with each run (run.sh).
+/srv/calyx/.venv/bin/python -m compileall -q /srv/calyx/cri/api >/dev/null
 install -d /srv/calyx-stubs && cp -a /srv/calyx/cri/api/api_pb2* /srv/calyx/cri/api/__pycache__ /srv/calyx-stubs/
 systemctl enable calyx.service calyx-node-job.service docker-registry.service
 systemctl disable prometheus.service 2>/dev/null || true
