@@ -28,7 +28,7 @@ active=$(systemctl show -p ActiveEnterTimestampMonotonic --value calyx.service)
 [ "${active:-0}" -gt 0 ] && echo "[node] calyx.service: ready $(( (active - ready) / 1000 )) ms after its start"
 # Where the boot went (systemd-analyze waits for the boot to finish, which includes this job).
 systemctl show -p InitRDTimestampMonotonic -p UserspaceTimestampMonotonic --value |
-  paste -sd' ' | awk '{printf "[node] boot: kernel %.1f s, initrd %.1f s, then systemd\n", $1/1e6, ($2-$1)/1e6}'
+  paste -sd' ' | awk '{printf "[node] boot: kernel and initramfs %.1f s, then systemd; its slowest units:\n", ($2-$1)/1e6}'
 systemctl show '*.service' -p Id -p InactiveExitTimestampMonotonic -p ActiveEnterTimestampMonotonic |
   awk -F= '/^Id=/ {id=$2} /^InactiveExit/ {a=$2} /^ActiveEnter/ {if ($2 > a && a > 0) printf "%.1f %s\n", ($2-a)/1e6, id}' |
   sort -rn | head -6 | awk '{printf "[node]   %5.1f s %s\n", $1, $2}'
