@@ -12,6 +12,7 @@ teardown and recovery find them without stored state; presence is read from sysf
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -59,13 +60,22 @@ def missing_gateways(name: str, gateways: list[Interface]) -> list[Interface]:
     return [g for g in gateways if (str(g.ip), g.network.prefixlen) not in have]
 
 
+def bridge_mac(name: str) -> str:
+    """The bridge's own MAC address, derived from its name (locally administered, unicast). A bridge
+    given none takes its ports' lowest, which changes as pods come and go, and a bridge made again by a
+    repair would get another: either way the pods' ARP entries for their gateway would go stale."""
+    digest = hashlib.sha256(f"calyx bridge {name}".encode()).digest()
+    first = (digest[0] & 0xFC) | 0x02
+    return ":".join(f"{b:02x}" for b in (first, *digest[1:6]))
+
+
 def ensure_bridge(name: str, gateways: list[Interface]) -> tuple[int, bool]:
     """Create the bridge if missing, give it the gateway addresses it lacks (one per subnet), bring it
     up; returns its index and whether it was created."""
     created = ifindex(name) is None
     if created:
         batch = NetlinkBatch()
-        batch.create_bridge(name)
+        batch.create_bridge(name, bridge_mac(name))
         _send(batch, f"cannot create bridge {name}")
     index = ifindex(name)
     if index is None:

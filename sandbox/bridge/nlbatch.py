@@ -80,7 +80,7 @@ class NetlinkBatch:
         self._data += message.data
         self._pending[sequence] = (what, frozenset(tolerate))
 
-    def create_bridge(self, name: str) -> None:
+    def create_bridge(self, name: str, mac: str) -> None:
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
         kind = ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})
@@ -90,7 +90,7 @@ class NetlinkBatch:
             RTM_NEWLINK,
             CREATE,
             {},
-            [("IFLA_IFNAME", name), kind],
+            [("IFLA_IFNAME", name), ("IFLA_ADDRESS", mac), kind],
             (errno.EEXIST,),
         )
 

@@ -92,8 +92,13 @@ def _shared_parts(net: Net) -> dict[str, object]:
     up = link_exists(net.bridge) and "UP" in sh("ip", "link", "show", "dev", net.bridge).stdout.split(">")[0]
     addresses = sh("ip", "-o", "addr", "show", "dev", net.bridge, check=False).stdout
     localnet = Path(f"/proc/sys/net/ipv4/conf/{net.bridge}/route_localnet")
+    sysfs = Path(f"/sys/class/net/{net.bridge}")
     return {
         "bridge up": up,
+        # The gateway's MAC address is the bridge's: set by Calyx (addr_assign_type 3, NET_ADDR_SET), so
+        # neither a pod coming or going nor the bridge made again changes it under the pods' ARP caches.
+        "mac": (sysfs / "address").read_text().strip() if sysfs.exists() else None,
+        "mac set": sysfs.exists() and (sysfs / "addr_assign_type").read_text().strip() == "3",
         "gateway": _gateway(net) in addresses,
         "route_localnet": localnet.exists() and localnet.read_text().strip() == "1",
         "rules": _network_lines(net.bridge),
@@ -299,6 +304,20 @@ def test_forced_cleanup_cuts_the_pods_off_and_the_next_pod_plugs_them_in_again(b
     ping = in_netns(_netns(net, old), "ping", "-c1", "-W5", new_ip, check=False)
     assert ping.returncode == 0, ping.stdout + ping.stderr
     assert _answers(net, old, host_port, pod_port), net.daemon.log()[-3000:]  # its hostPort rules too
+
+
+def test_the_gateway_mac_stays_while_pods_come_and_go(builtin_net) -> None:
+    """A bridge takes its ports' lowest MAC address unless it was given one: the pods' ARP entries for
+    their gateway would go stale whenever the pod with the lowest veth address left."""
+    net = builtin_net()
+    first = run_pod(net.daemon, pod_config())
+    before = _shared_parts(net)
+    assert before["mac set"], before
+    others = [run_pod(net.daemon, pod_config()) for _ in range(3)]
+    stop_remove(net.daemon, first)
+    assert _shared_parts(net)["mac"] == before["mac"]
+    for pod_id in others:
+        stop_remove(net.daemon, pod_id)
 
 
 def test_a_removed_pod_leaves_no_neighbour_entry_for_the_next_pod_given_its_address(builtin_net) -> None:
