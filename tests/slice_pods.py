@@ -75,9 +75,11 @@ def pod_in_a_slice(
     base: Path,
     cgroup: dict[str, Any] | None = None,
     qos: str = "besteffort",
+    parent_as_path: bool = False,
 ) -> Iterator[SlicePod]:
     """A daemon with the systemd cgroup driver (and ``cgroup`` options) running a host-network pod in a
-    new pod slice; at the end the pod (unless the test removed it) and the daemon go."""
+    new pod slice; at the end the pod (unless the test removed it) and the daemon go. ``parent_as_path``:
+    the pod names its slice by the slice's path (``/kubepods.slice/.../<slice>``, as critest does)."""
     config: dict[str, Any] = {"images": {"registries": {registry.host: {"insecure": True}}}}
     ref = registry.ref("calyx-test/busybox:latest")
     pull_from_the_host(base, config, ref)
@@ -90,7 +92,7 @@ def pod_in_a_slice(
     pod = SlicePod(daemon, ref, parent, path)
     try:
         linux = host_network_linux()
-        linux.cgroup_parent = parent
+        linux.cgroup_parent = path if parent_as_path else parent
         pod.config = pod_config(log_directory=str(logs), linux=linux)
         pod.id = run_pod(daemon, pod.config)
         yield pod

@@ -2,7 +2,9 @@
 
 kubelet speaks its own cgroup driver's syntax in ``cgroup_parent``: with ``cgroupDriver: systemd`` a slice
 unit name (``kubepods-besteffort-pod<uid>.slice``), with ``cgroupfs`` an absolute path
-(``/kubepods/besteffort/pod<uid>``). A parent in the other syntax means kubelet and Calyx disagree on the
+(``/kubepods/besteffort/pod<uid>``). The systemd driver also takes a path of slices (``/test.slice``,
+``/kubepods.slice/kubepods-pod<uid>.slice``), as critest sends and containerd and CRI-O accept: its last
+component is the unit. A parent in the other syntax means kubelet and Calyx disagree on the
 driver; it is refused up front so that no container ends up in a cgroup nobody accounts for.
 """
 
@@ -22,7 +24,7 @@ def check_slice(parent: str) -> str:
     if not parent.endswith(".slice") or "/" in parent:
         raise InvalidArgument(
             f"cgroup parent {parent!r} is not a systemd slice name (the systemd cgroup driver expects "
-            "a name such as kubepods-besteffort-pod<uid>.slice)"
+            "a name such as kubepods-besteffort-pod<uid>.slice or a path of slices such as /test.slice)"
         )
     stem = parent[: -len(".slice")]
     if parent == "-.slice":
@@ -37,6 +39,23 @@ def check_slice(parent: str) -> str:
     ):
         raise InvalidArgument(f"cgroup parent {parent!r} is not a valid systemd slice name")
     return parent
+
+
+def slice_unit(parent: str) -> str:
+    """The slice unit a systemd-driver parent names: ``parent`` itself if it is a slice name, the last
+    component of a path of slices (each component checked), else InvalidArgument naming ``parent``."""
+    if not parent.startswith("/"):
+        return check_slice(parent)
+    components = parent[1:].split("/")
+    for component in components:
+        try:
+            check_slice(component)
+        except InvalidArgument:
+            raise InvalidArgument(
+                f"cgroup parent {parent!r} is not a path of systemd slices ({component!r} is no slice "
+                "name; the systemd cgroup driver expects a path such as /kubepods.slice/kubepods-pod1.slice)"
+            ) from None
+    return components[-1]
 
 
 def slice_path(parent: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from sandbox.cgroups.dbus import UNIT_EXISTS, Property, Systemd, SystemdError
 from sandbox.cgroups.driver import CONTAINER_PREFIX, MONITOR_PREFIX, CgroupDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, is_populated, rmdir_if_exists
-from sandbox.cgroups.names import check_id, check_slice, slice_path
+from sandbox.cgroups.names import check_id, slice_path, slice_unit
 from sandbox.cgroups.resources import DEFAULT_CPU_PERIOD, v2_cpu_weight
 
 log = logging.getLogger("sandbox.cgroups")
@@ -57,7 +57,11 @@ class SystemdDriver(CgroupDriver):
     # --- naming ----------------------------------------------------------------------------------------
 
     def validate_parent(self, parent: str) -> None:
-        check_slice(parent)
+        slice_unit(parent)
+
+    def parent_or_default(self, parent: str) -> str:
+        """The pod's slice unit: a path of slices (``/test.slice``) names its last component."""
+        return slice_unit(super().parent_or_default(parent))
 
     def parent_path(self, parent: str) -> str:
         return slice_path(self.parent_or_default(parent))

@@ -773,6 +773,23 @@ def test_daemon_with_systemd_driver_puts_containers_in_scopes_of_the_pod_slice(
             assert not namespaced_systemd.host_dir(hierarchy, path).exists(), hierarchy
 
 
+def test_daemon_with_systemd_driver_takes_a_path_of_slices_as_cgroup_parent(
+    namespaced_systemd: NamespacedSystemd, image_registry: LoopbackRegistry, short_tmp: Path
+) -> None:
+    """critest (and cri-tools' docs) name a pod's slice by its path, /test.slice: the last component is
+    the slice, as containerd and CRI-O take it; the pod and its containers live there; removal stops it."""
+    with pod_in_a_slice(namespaced_systemd, image_registry, short_tmp, parent_as_path=True) as pod:
+        rt = pod.daemon.runtime
+        assert pod.config.linux.cgroup_parent == pod.path
+        status = rt.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=pod.id), timeout=60)
+        assert status.status.state == pb.SANDBOX_READY
+        cid = pod.start_container("in-path", ["sleep", "3600"], pb.LinuxContainerResources(), pb.CONTAINER)
+        scope = namespaced_systemd.host_dir("systemd", f"{pod.path}/calyx-{cid}.scope")
+        assert (scope / "cgroup.procs").read_text().split(), "the container is not in its scope"
+        pod.remove()
+        assert not namespaced_systemd.host_dir("systemd", pod.path).exists()
+
+
 def test_systemd_driver_without_a_bus_refuses_pods_cleanly(daemon_factory: Any, short_tmp: Path) -> None:
     """No system bus: the daemon still serves; a pod that needs a slice is UNAVAILABLE, nothing is left."""
     daemon = daemon_factory(

@@ -30,10 +30,24 @@ COMOUNTED = """\
 UNIFIED = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
 
 SYSTEMD_BAD = ["/kubepods/pod1", "kubepods", "pod.slice/x", "a--b.slice", "-a.slice", "a-.slice", ".slice"]
+# Paths of slices whose components are not all slice names, or that are not normalised.
+SYSTEMD_BAD_PATHS = [
+    "/",
+    "//test.slice",
+    "/test.slice/",
+    "/a.slice//b.slice",
+    "/a.slice/../b.slice",
+    "/../../etc.slice",
+    "/a.slice/./b.slice",
+    "/a.slice/b",
+    "/a--b.slice",
+    "/kubepods.slice/x\x00.slice",
+    "/" + "a" * 300 + ".slice",
+]
 CGROUPFS_BAD = ["kubepods-besteffort-pod1.slice", "kubepods/pod1", "/a/../b", "/a/./b", "/a//b"]
 
 
-@pytest.mark.parametrize("parent", SYSTEMD_BAD)
+@pytest.mark.parametrize("parent", SYSTEMD_BAD + SYSTEMD_BAD_PATHS)
 def test_systemd_driver_refuses_parents_that_are_not_slice_names(parent: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         SystemdDriver(hierarchy=detect()).validate_parent(parent)
@@ -62,6 +76,23 @@ def test_good_parents_and_the_cgroups_paths_given_to_runc() -> None:
     assert cgroupfs.container_cgroups_path("", "ab12") == "/calyx/calyx-ab12"
     with pytest.raises(InvalidArgument):
         cgroupfs.container_cgroups_path("/kubepods", "../x")
+
+
+def test_systemd_driver_takes_a_path_of_slices_by_its_last_component() -> None:
+    """critest sends /test.slice to a runtime on the systemd driver; containerd and CRI-O use the last
+    component of such a path as the pod's slice."""
+    systemd = SystemdDriver(hierarchy=detect())
+    systemd.validate_parent("/test.slice")
+    assert systemd.parent_or_default("/test.slice") == "test.slice"
+    assert systemd.container_cgroups_path("/test.slice", "ab12") == "test.slice:calyx:ab12"
+    assert systemd.parent_path("/test.slice") == "/test.slice"
+    assert systemd.container_path("ab12", "/kubepods.slice/kubepods-pod1.slice") == (
+        "/kubepods.slice/kubepods-pod1.slice/calyx-ab12.scope"
+    )
+    assert systemd.monitor_cgroup("ab12", "/a.slice/b.slice") == "calyx-conmon-ab12.scope"
+    assert systemd.parent_or_default("/-.slice") == "-.slice"
+    configured = SystemdDriver(hierarchy=detect(), default_parent="/pods.slice")
+    assert configured.parent_or_default("") == "pods.slice"
 
 
 def test_slice_names_expand_like_systemd() -> None:

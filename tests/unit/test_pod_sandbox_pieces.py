@@ -138,7 +138,7 @@ def test_other_sysctls_are_refused(name, value, own_net, own_ipc, reason) -> Non
 # --- cgroup parent ------------------------------------------------------------------------------------
 
 # What each driver's validate_parent runs (sandbox/cgroups/cgroupfs.py, systemd.py).
-PARENT_CHECK = {"systemd": names.check_slice, "cgroupfs": names.check_path}
+PARENT_CHECK = {"systemd": names.slice_unit, "cgroupfs": names.check_path}
 
 
 @pytest.mark.parametrize(
@@ -146,6 +146,8 @@ PARENT_CHECK = {"systemd": names.check_slice, "cgroupfs": names.check_path}
     [
         ("systemd", "kubepods-besteffort-pod1234_5678.slice"),
         ("systemd", "kubepods.slice"),
+        ("systemd", "/test.slice"),
+        ("systemd", "/kubepods.slice/kubepods-besteffort.slice"),
         ("cgroupfs", "/kubepods/besteffort/pod1234-5678"),
         ("cgroupfs", "/kubepods"),
     ],
@@ -160,6 +162,7 @@ def test_cgroup_parent_in_the_drivers_syntax_is_accepted(driver: str, parent: st
         ("systemd", "/kubepods/besteffort/pod1"),
         ("systemd", "kubepods-besteffort"),
         ("systemd", "kubepods--x.slice"),
+        ("systemd", "/test.slice/../x.slice"),
         ("cgroupfs", "kubepods-besteffort-pod1.slice"),
         ("cgroupfs", "kubepods/besteffort"),
         ("cgroupfs", "/kubepods/../etc"),
