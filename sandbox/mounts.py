@@ -28,6 +28,7 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
 MS_BIND = 4096
+MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 MAX_STACKED = 64  # umount2 calls for one target before giving up (a pin made twice is two)
 
@@ -171,18 +172,32 @@ def is_mount_point(path: Path) -> bool:
 # --- mount(2), umount2(2) ----------------------------------------------------------------------------
 
 
+class MountFailed(Internal):
+    """mount(2) of a filesystem failed; ``errno`` says how (callers may retry another way)."""
+
+    def __init__(self, message: str, err: int) -> None:
+        super().__init__(message)
+        self.errno = err
+
+
 def mount_fs(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
-    """mount(2) a filesystem (overlay, tmpfs...) at ``target``; Internal names it and the options."""
+    """mount(2) a filesystem (overlay, tmpfs...) at ``target``; MountFailed names it and the options."""
     flags_arg = ctypes.c_ulong(flags)
     if LIBC.mount(source.encode(), str(target).encode(), fstype.encode(), flags_arg, data.encode()) != 0:
         err = ctypes.get_errno()
-        raise Internal(f"mount {fstype} on {target} failed: {os.strerror(err)} (options {data})")
+        raise MountFailed(f"mount {fstype} on {target} failed: {os.strerror(err)} (options {data})", err)
 
 
 def bind(source: str, target: Path) -> None:
     """Bind ``source`` (a file or dir, e.g. /proc/PID/ns/net) on ``target`` (an existing one)."""
     if LIBC.mount(source.encode(), str(target).encode(), None, ctypes.c_ulong(MS_BIND), None) != 0:
         raise last_error("mount --bind", f"{source} on {target}")
+
+
+def make_private(target: Path) -> None:
+    """Make the mount at ``target`` private: nothing mounted below it propagates to its peers."""
+    if LIBC.mount(None, str(target).encode(), None, ctypes.c_ulong(MS_PRIVATE), None) != 0:
+        raise last_error("mount --make-private", target)
 
 
 def unmount(target: Path) -> None:

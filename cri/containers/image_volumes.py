@@ -112,7 +112,7 @@ def stage(volumes: Sequence[Resolved], container_dir: Path, user_ns: Path | None
     for n, item in enumerate(volumes):
         root = base / str(n)
         root.mkdir(exist_ok=True)
-        _mount_layers(item.layers, root, user_ns)
+        _mount_layers(item.layers, root, user_ns, container_dir)
         source = root
         if item.volume.sub_path.strip("/"):
             source = _bind_sub_path(root, item.volume, base / f"{n}.sub")
@@ -120,10 +120,9 @@ def stage(volumes: Sequence[Resolved], container_dir: Path, user_ns: Path | None
     return sources
 
 
-def _mount_layers(layers: list[Path], target: Path, user_ns: Path | None) -> None:
+def _mount_layers(layers: list[Path], target: Path, user_ns: Path | None, staging: Path) -> None:
     if len(layers) > 1:
-        with rootfs.idmapped_layers(list(reversed(layers)), user_ns) as lowers:
-            mounts.mount_fs("overlay", target, "overlay", mounts.MS_RDONLY, f"lowerdir={':'.join(lowers)}")
+        rootfs.mount_layered(list(reversed(layers)), user_ns, target, mounts.MS_RDONLY, "", staging)
         return
     userns_fd = os.open(user_ns, os.O_RDONLY | os.O_CLOEXEC) if user_ns is not None else None
     try:

@@ -7,12 +7,13 @@ writable layer; the image layers below are shared and never written.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from calyx_base.errors import Internal
+from calyx_base.errors import FailedPrecondition, Internal
 from sandbox import mounts
 
 log = logging.getLogger("cri.containers.rootfs")
@@ -44,9 +45,98 @@ def mount_overlay(
         raise Internal("image has no layers to mount")
     if mounts.is_mounted(target):
         return
-    with idmapped_layers(list(reversed(layer_dirs)), user_ns) as lowers:
-        options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
-        mounts.mount_fs("overlay", target, "overlay", 0, options)
+    mount_layered(
+        list(reversed(layer_dirs)), user_ns, target, 0, f",upperdir={upper},workdir={work}", container_dir
+    )
+
+
+class _Kernel:
+    """What this kernel's overlayfs was found to take. Before Linux 6.15 it refuses (EINVAL) a lower
+    layer that is a detached mount (clone_private_mount wants one of the caller's mount namespace):
+    Debian 12's 6.1 does. Learned at the first refusal, so later mounts attach their layers at once."""
+
+    attach_layers = False
+
+
+def mount_layered(
+    layers: list[Path], user_ns: Path | None, target: Path, flags: int, options: str, staging: Path
+) -> None:
+    """Mount an overlay of ``layers`` (top first) at ``target`` with ``flags`` and ``options`` after the
+    lowerdir, the layers idmapped through ``user_ns`` (see idmapped_layers). Where the kernel refuses
+    detached layers, they are attached under ``staging`` for the mount (see attached_layers)."""
+
+    def mount(lowers: list[str]) -> None:
+        mounts.mount_fs("overlay", target, "overlay", flags, f"lowerdir={':'.join(lowers)}{options}")
+
+    if user_ns is None:
+        mount([str(p) for p in layers])
+        return
+    if not _Kernel.attach_layers:
+        with idmapped_layers(layers, user_ns) as lowers:
+            try:
+                mount(lowers)
+                return
+            except mounts.MountFailed as exc:
+                detached = all(lower.startswith("/proc/self/fd/") for lower in lowers)
+                if exc.errno != errno.EINVAL or not detached:
+                    raise
+        log.info("overlayfs refuses detached layers here: idmapped layers are attached for it")
+        _Kernel.attach_layers = True
+    with attached_layers(layers, user_ns, staging / LAYERS_DIR) as lowers:
+        try:
+            mount(lowers)
+        except mounts.MountFailed as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            raise FailedPrecondition(
+                f"this kernel's overlayfs ({os.uname().release}) refuses the image's layers idmapped for the "
+                f"pod's user namespace ({exc}); run the pod without a user namespace"
+            ) from None
+
+
+LAYERS_DIR = "idmapped-layers"
+
+
+@contextlib.contextmanager
+def attached_layers(layers: list[Path], user_ns: Path, base: Path) -> Iterator[list[str]]:
+    """The idmapped clones of ``layers`` attached at ``base/<n>``, for kernels whose overlayfs takes
+    attached layers only. ``base`` is made a private mount first, so the clones never propagate to the
+    host's peer mounts (under systemd every mount is shared). overlayfs keeps private clones of its
+    layers, so on exit the staging mounts are detached and ``base`` removed (release_attached), whatever
+    happened; a crash in between leaves them to the container dir's removal, which releases them too."""
+    release_attached(base)  # a crash's leftovers
+    base.mkdir()
+    try:
+        try:
+            mounts.bind(str(base), base)
+            mounts.make_private(base)
+        except OSError as exc:
+            raise Internal(f"cannot make the private staging mount {base}: {exc.strerror}") from None
+        with idmapped_layers(layers, user_ns) as lowers:
+            paths = [str(base / str(n)) for n in range(len(lowers))]
+            for lower, path in zip(lowers, paths, strict=True):
+                Path(path).mkdir()
+                try:
+                    if lower.startswith("/proc/self/fd/"):
+                        mounts.attach(int(lower.rsplit("/", 1)[1]), Path(path))
+                    else:  # not idmapped after all (see idmapped_layers): bound as it is
+                        mounts.bind(lower, Path(path))
+                except OSError as exc:
+                    raise Internal(f"attaching image layer {lower} at {path}: {exc.strerror}") from None
+        yield paths
+    finally:
+        release_attached(base)
+
+
+def release_attached(base: Path) -> None:
+    """Detach the staging mounts of attached_layers under ``base`` and remove it (missing: fine)."""
+    if not base.is_dir():
+        return
+    mounts.unmount(base)  # MNT_DETACH: the layers attached below it go with it
+    for entry in base.iterdir():
+        mounts.unmount(entry)
+        entry.rmdir()
+    base.rmdir()
 
 
 @contextlib.contextmanager

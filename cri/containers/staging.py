@@ -1,4 +1,5 @@
-"""Mounts Calyx stages under a container dir for runc to bind (idmapped volumes, image volumes).
+"""Mounts Calyx stages under a container dir for runc to bind (idmapped volumes, image volumes) or for
+overlayfs to take as layers (attached idmapped layers, rootfs.attached_layers).
 
 They are needed only while runc creates the container, which then holds its own copies, so they are
 released right after; a create cut short or a crash leaves them to the undo path and to recovery. A
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cri.containers import idmapped, image_volumes
+from cri.containers import idmapped, image_volumes, rootfs
 from sandbox import trees
 
 
@@ -18,6 +19,7 @@ def release(container_dir: Path) -> None:
     """Release every staging mount of the container (raises when one cannot be)."""
     idmapped.release(container_dir)
     image_volumes.release(container_dir)
+    rootfs.release_attached(container_dir / rootfs.LAYERS_DIR)
 
 
 def remove_dir(container_dir: Path) -> None:

@@ -4,7 +4,10 @@ be reachable for the mapped root (refused clearly where they are not)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import rootfs, userns
 from cri.containers import spec as oci
-from sandbox import namespaces
+from sandbox import mounts, namespaces
 from sandbox import userns as sandbox_userns
 from sandbox.userns import IdMap
 
@@ -168,3 +171,85 @@ def test_layers_are_used_as_they_are_when_idmapping_fails(short_tmp: Path) -> No
         assert lowers == [str(short_tmp)]
     with rootfs.idmapped_layers([short_tmp], None) as lowers:
         assert lowers == [str(short_tmp)]
+
+
+# --- kernels whose overlayfs refuses detached layers (before 6.15, e.g. Debian 12's 6.1) ----------------
+
+
+def _kernel_before_6_15(monkeypatch: pytest.MonkeyPatch, attached_too: bool = False) -> list[str]:
+    """mount(2) refuses overlay lowers named /proc/self/fd/N (detached mounts) with EINVAL, as 6.1's
+    clone_private_mount does (``attached_too``: every idmapped overlay); the options of each mount that
+    went through, and whether its staging base was shared, are recorded."""
+    real = mounts.mount_fs
+    seen: list[str] = []
+
+    def mount_fs(source: str, target: Path, fstype: str, flags: int, data: str) -> None:
+        if fstype == "overlay" and ("/proc/self/fd/" in data or (attached_too and rootfs.LAYERS_DIR in data)):
+            raise mounts.MountFailed(f"mount overlay on {target} failed: Invalid argument", errno.EINVAL)
+        if rootfs.LAYERS_DIR in data:
+            base = data.split("lowerdir=", 1)[1].split(":", 1)[0].rsplit("/", 1)[0]
+            seen.append("shared" if mounts.mount_of(base).shared else "private")
+        real(source, target, fstype, flags, data)
+
+    monkeypatch.setattr(mounts, "mount_fs", mount_fs)
+    monkeypatch.setattr(rootfs._Kernel, "attach_layers", False)
+    return seen
+
+
+@pytest.fixture
+def shared_dir(short_tmp: Path) -> Iterator[Path]:
+    """A dir on a shared mount of its own, as every mount is under systemd."""
+    where = short_tmp / "shared"
+    where.mkdir()
+    mounts.bind(str(where), where)
+    subprocess.run(["mount", "--make-shared", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        mounts.unmount(where)
+
+
+def _layer_and_pins(base: Path) -> tuple[Path, dict[str, Path]]:
+    layer = base / "layer"
+    layer.mkdir()
+    (layer / "f").write_text("x")
+    return layer, sandbox_userns.create(base, "p", IdMap(0, 600000, 10), IdMap(0, 600000, 10), [], "h")
+
+
+def test_rootfs_layers_are_attached_privately_where_overlayfs_refuses_detached_ones(
+    shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen = _kernel_before_6_15(monkeypatch)
+    layer, pins = _layer_and_pins(shared_dir)
+    container_dir = shared_dir / "c"
+    target = container_dir / "rootfs"
+    try:
+        rootfs.mount_overlay([layer], container_dir, target, owner=(600000, 600000), user_ns=pins["user"])
+        assert os.stat(target / "f").st_uid == 600000  # root's file, idmapped through the pod's userns
+        assert seen == ["private"]  # the clones never propagated to the shared mount's peers
+        assert not (container_dir / rootfs.LAYERS_DIR).exists()  # released once overlayfs has its own
+        assert rootfs._Kernel.attach_layers  # learned: the next container attaches at once
+        second = shared_dir / "c2"
+        rootfs.mount_overlay([layer], second, second / "rootfs", user_ns=pins["user"])
+        assert os.stat(second / "rootfs" / "f").st_uid == 600000 and seen == ["private", "private"]
+        mounts.unmount(second / "rootfs")
+    finally:
+        mounts.unmount(target)
+        namespaces.release(pins["user"])
+    below = [m.mount_point for m in mounts.mountinfo() if m.mount_point.startswith(f"{shared_dir}/")]
+    assert below == []
+
+
+def test_layers_that_overlayfs_refuses_even_attached_are_failed_precondition(
+    shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _kernel_before_6_15(monkeypatch, attached_too=True)
+    layer, pins = _layer_and_pins(shared_dir)
+    container_dir = shared_dir / "c"
+    try:
+        with pytest.raises(FailedPrecondition, match=r"overlayfs \(.*\) refuses the image's layers idmapped"):
+            rootfs.mount_overlay([layer], container_dir, container_dir / "rootfs", user_ns=pins["user"])
+        assert not (container_dir / rootfs.LAYERS_DIR).exists()
+        assert not mounts.is_mounted(container_dir / "rootfs")
+    finally:
+        namespaces.release(pins["user"])
