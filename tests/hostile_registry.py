@@ -11,6 +11,7 @@ client went away while the server was still sending.
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import subprocess
 import threading
@@ -51,6 +52,10 @@ class Seen:
     authorization: str | None
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class HostileServer:
     """Serves ``routes`` (request path without query -> Reply) on ``address``; 404 for anything else.
     ``tls`` = (cert, key) serves HTTPS; ``tls_trickle`` answers every connection with the start of a TLS
@@ -64,14 +69,16 @@ class HostileServer:
         self.hangups: list[str] = []
         self.hung_up = threading.Event()
         self.tls_trickle = tls_trickle
-        self.server = ThreadingHTTPServer((address, 0), self._handler())
+        server_class = _IPv6Server if ":" in address else ThreadingHTTPServer
+        self.server = server_class((address, 0), self._handler())
         self.server.daemon_threads = True
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(tls[0]), str(tls[1]))
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.scheme = "https" if tls is not None else "http"
-        self.host = f"{address}:{self.server.server_address[1]}"
+        literal = f"[{address}]" if ":" in address else address
+        self.host = f"{literal}:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

@@ -104,6 +104,23 @@ def rss_bytes(d: Daemon) -> int:
     raise AssertionError("no VmRSS")
 
 
+def test_a_registry_on_ipv6_loopback_is_plain_http_without_config_unless_turned_off(
+    daemon_factory: Callable[..., Daemon], servers: Callable[..., HostileServer]
+) -> None:
+    server = servers("::1")
+    server.serve_image(REPO, "t", IMAGE)
+    assert server.host.startswith("[::1]:")
+    d = daemon_factory()
+    assert pull(d, ref(server)) == IMAGE.config.digest
+    assert server.requests("/blobs/"), server.seen
+    strict = daemon_factory({"images": {"loopback_plain_http": False}})
+    err = rpc_error(lambda: pull(strict, ref(server)))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "https://[::1]" in (err.details() or ""), (
+        err.details()
+    )
+    assert listed(strict) == []
+
+
 # --- malformed documents --------------------------------------------------------------------------
 
 LAYER_HEX = IMAGE.layers[0].blob.digest.split(":", 1)[1]
