@@ -129,7 +129,7 @@ class CgroupfsDriver(CgroupDriver):
     # --- resources -------------------------------------------------------------------------------------
 
     def update(self, container_id: str, parent: str, oci: dict[str, Any]) -> None:
-        self._write_files(oci, self.container_path(container_id, parent), container_id)
+        self._write_files(oci, self.container_path(container_id, parent), container_id, update=True)
 
 
 def _remove_tree(directory: Path) -> None:

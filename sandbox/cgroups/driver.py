@@ -241,8 +241,14 @@ class CgroupDriver(ABC):
 
     # --- helpers ---------------------------------------------------------------------------------------
 
-    def _write_files(self, oci: dict[str, Any], cgroup_path: str, container_id: str) -> None:
+    def _write_files(
+        self, oci: dict[str, Any], cgroup_path: str, container_id: str, update: bool = False
+    ) -> None:
+        """Write ``oci``'s limits into the cgroup's files; ``update``: of a running container, whose memory
+        must fit under a new limit (res.check_memory_fits)."""
         try:
+            if update:
+                res.check_memory_fits(oci, self.hierarchy, cgroup_path)
             res.apply_files(oci, self.hierarchy, cgroup_path)
         except FileNotFoundError as exc:
             raise FailedPrecondition(

@@ -140,6 +140,42 @@ def _v2_max(value: int) -> str:
     return "max" if value <= -1 else str(value)
 
 
+def check_memory_fits(oci: dict[str, Any], hierarchy: Hierarchy, cgroup_path: str) -> None:
+    """cgroup v2: FailedPrecondition when the new memory limit is below what the cgroup holds and cannot
+    give back (memory.current less its page cache) with no swap to push it to.
+
+    v1 refuses such a limit itself (EBUSY after trying to reclaim); v2 takes any memory.max and then
+    reclaims or OOM-kills the container. kubelet expects UpdateContainerResources to fail instead, as it
+    does on v1, so Calyx asks the question v1's kernel asked."""
+    limit = int(oci.get("memory", {}).get("limit", 0) or 0)
+    if hierarchy.mode is not Mode.V2 or limit <= 0:
+        return
+    directory = hierarchy.dirs(cgroup_path).get("memory")
+    if directory is None:
+        return
+    try:
+        current = int((directory / "memory.current").read_text())
+        stat = dict(line.split() for line in (directory / "memory.stat").read_text().splitlines())
+        swap_file = directory / "memory.swap.max"
+        swap_max = swap_file.read_text().strip() if swap_file.exists() else "0"
+    except (FileNotFoundError, ValueError):
+        return  # gone, or not what v2 writes: the write below tells
+    held = current - int(stat.get("file", 0))
+    if limit >= held or (swap_max != "0" and _host_has_swap()):
+        return
+    raise FailedPrecondition(
+        f"cgroup {cgroup_path}: memory.max={limit} is below the {held} bytes its processes hold now "
+        "(memory.current less page cache) and there is no swap: the kernel would OOM-kill them"
+    )
+
+
+def _host_has_swap() -> bool:
+    try:
+        return len(Path("/proc/swaps").read_text().splitlines()) > 1
+    except OSError:
+        return False
+
+
 def apply_files(oci: dict[str, Any], hierarchy: Hierarchy, cgroup_path: str) -> None:
     """Write ``oci`` into the cgroup files of ``cgroup_path`` (which must exist).
 

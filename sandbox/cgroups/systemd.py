@@ -20,7 +20,7 @@ from sandbox.cgroups.dbus import UNIT_EXISTS, Property, Systemd, SystemdError
 from sandbox.cgroups.driver import CONTAINER_PREFIX, MONITOR_PREFIX, CgroupDriver
 from sandbox.cgroups.hierarchy import Hierarchy, Mode, is_populated, rmdir_if_exists
 from sandbox.cgroups.names import check_id, slice_path, slice_unit
-from sandbox.cgroups.resources import DEFAULT_CPU_PERIOD, v2_cpu_weight
+from sandbox.cgroups.resources import DEFAULT_CPU_PERIOD, check_memory_fits, v2_cpu_weight
 
 log = logging.getLogger("sandbox.cgroups")
 
@@ -196,6 +196,7 @@ class SystemdDriver(CgroupDriver):
         return props
 
     def update(self, container_id: str, parent: str, oci: dict[str, Any]) -> None:
+        check_memory_fits(oci, self.hierarchy, self.container_path(container_id, parent))
         props = self.properties(oci)
         if props:
             # runtime=True: the change lives in /run and goes with the scope; nothing lands in /etc.

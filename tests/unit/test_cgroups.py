@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from calyx_base.errors import InvalidArgument
+from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers.resources import to_oci as oci_resources
 from sandbox.cgroups.cgroupfs import CgroupfsDriver
-from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
+from sandbox.cgroups.hierarchy import Hierarchy, Mode, Mount, detect
 from sandbox.cgroups.names import slice_path
-from sandbox.cgroups.resources import file_writes, v2_cpu_weight
+from sandbox.cgroups.resources import check_memory_fits, file_writes, v2_cpu_weight
 from sandbox.cgroups.systemd import SystemdDriver
 
 # A v1 host like the CI machines (cpu and cpuacct apart, no hugetlb, an empty cgroup2 mount).
@@ -188,3 +190,25 @@ def test_v2_file_values() -> None:
     assert writes["cpu.max"] == "50000 100000"
     assert writes["memory.max"] == "100"
     assert writes["memory.swap.max"] == "200"
+
+
+def _v2_cgroup(tmp_path: Path, current: int, file_cache: int, swap_max: str) -> Hierarchy:
+    """A v2 hierarchy over ``tmp_path`` whose cgroup /pod/c holds ``current`` bytes, ``file_cache`` of them
+    page cache (the files memory.current, memory.stat and memory.swap.max, as the kernel words them)."""
+    directory = tmp_path / "pod" / "c"
+    directory.mkdir(parents=True)
+    (directory / "memory.current").write_text(f"{current}\n")
+    (directory / "memory.stat").write_text(f"anon {current - file_cache}\nfile {file_cache}\nshmem 0\n")
+    (directory / "memory.swap.max").write_text(f"{swap_max}\n")
+    return Hierarchy(Mode.V2, {}, Mount(tmp_path, "/", frozenset({"memory", "cpu", "pids"})))
+
+
+def test_v2_memory_limit_below_what_the_cgroup_holds_is_failed_precondition(tmp_path: Path) -> None:
+    """v1's kernel refuses such a limit (EBUSY); v2's takes it and OOM-kills: Calyx refuses first."""
+    v2 = _v2_cgroup(tmp_path, current=48 << 20, file_cache=8 << 20, swap_max="0")
+    with pytest.raises(FailedPrecondition, match=r"memory\.max=8388608 is below the 41943040 bytes"):
+        check_memory_fits({"memory": {"limit": 8 << 20}}, v2, "/pod/c")
+    check_memory_fits({"memory": {"limit": 40 << 20}}, v2, "/pod/c")  # the page cache can be given back
+    check_memory_fits({"memory": {"limit": -1}}, v2, "/pod/c")  # no limit
+    check_memory_fits({"cpu": {"shares": 2}}, v2, "/pod/c")  # no memory asked
+    check_memory_fits({"memory": {"limit": 8 << 20}}, detect(HYBRID), "/pod/c")  # v1: the kernel decides
