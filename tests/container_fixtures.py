@@ -18,6 +18,7 @@ import grpc
 import pytest
 
 from cri.api import api_pb2 as pb
+from tests import cgroup_files
 from tests.daemon import Daemon
 from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import Net, builtin_net, host_network_linux, pod_config, run_pod  # noqa: F401
@@ -66,7 +67,8 @@ def wait_gone(argument: str, timeout: float = 20.0) -> list[int]:
 
 
 def cgroup_dirs_named(name: str) -> list[Path]:
-    return [p for p in CGROUP_ROOT.glob(f"*/{name.strip('/')}") if p.is_dir()]
+    """The dirs of cgroup ``name`` in every hierarchy (v1) or the one (v2)."""
+    return cgroup_files.dirs(name)
 
 
 class Cx:

@@ -15,6 +15,7 @@ import tomli_w
 
 from cri.api import api_pb2 as pb
 from cri.api import api_pb2_grpc as pb_grpc
+from tests.waiting import slowdown
 
 CALYX = [sys.executable, "-m", "cri.cli"]
 
@@ -57,6 +58,7 @@ class Daemon:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        timeout *= slowdown()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
@@ -73,6 +75,7 @@ class Daemon:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, wait; SIGKILL if it does not exit. Returns the exit code."""
+        timeout *= slowdown()
         self.close_channel()
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode

@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 from cri.api import api_pb2 as pb
-from tests.container_fixtures import CGROUP_ROOT, Cx
+from tests import cgroup_files
+from tests.container_fixtures import Cx
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -67,7 +68,7 @@ def iptables_lines(cx: Cx) -> list[str]:
 def container_cgroups(cx: Cx) -> set[str]:
     found = set()
     for parent in cx.parents:
-        for d in CGROUP_ROOT.glob(f"*/{parent.strip('/')}/*"):
+        for d in cgroup_files.children(parent):
             match = HEX64.search(d.name)
             if d.is_dir() and match:
                 found.add(match.group(0))

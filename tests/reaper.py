@@ -18,7 +18,8 @@ import signal
 import time
 from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from tests import cgroup_files
+
 MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -85,7 +86,7 @@ def _cgroup_dirs(cid: str, state: dict[str, object]) -> list[Path]:
         return []
     dirs = []
     for name in (f"calyx-{cid}", f"calyx-conmon-{cid}"):
-        dirs += [d for d in CGROUP_ROOT.glob(f"*/{parent}/{name}") if d.is_dir()]
+        dirs += cgroup_files.dirs(f"{parent}/{name}")
     return dirs
 
 

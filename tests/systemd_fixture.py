@@ -14,6 +14,10 @@ What keeps the host safe (each point was learned the hard way, see ../shared/not
   hang on containers that ignore SIGTERM), and always stopped, also when a test fails;
 - callers change unit properties with runtime=true only, so nothing is written to the host's /etc.
 
+On a host where systemd is PID 1 over pure cgroup v2 (a node, as tests/node/run.sh boots one) no
+such systemd can boot (it needs the v1 named hierarchy), and none is needed: ``HostSystemd`` hands the
+tests the host's own, where each test's units are its own (named after it) and removed by it.
+
 Use it with ``namespaced_systemd`` (session-scoped: one boot for all tests; import the fixture into a
 test module or a conftest.py)::
 
@@ -252,6 +256,39 @@ class NamespacedSystemd:
             raise RuntimeError(f"cgroups of the test systemd could not be removed: {leftovers}")
 
 
+class HostSystemd(NamespacedSystemd):
+    """The host's own systemd, where it is PID 1 over cgroup v2: commands run as they are, on the host's
+    system bus, and a cgroup's dir is /sys/fs/cgroup/<path> whatever the controller."""
+
+    def __init__(self) -> None:
+        super().__init__(f"calyx-host-sd-{os.getpid()}-{next(_counter)}")
+        self.pid1 = 1
+
+    @staticmethod
+    def usable() -> bool:
+        """systemd is PID 1 and /sys/fs/cgroup is one cgroup2 tree."""
+        try:
+            comm = Path("/proc/1/comm").read_text().strip()
+        except OSError:
+            return False
+        return comm == "systemd" and Path("/sys/fs/cgroup/cgroup.controllers").exists()
+
+    def start(self, timeout: float = 30.0) -> HostSystemd:
+        return self
+
+    def argv(self, command: Sequence[str], cwd: str | Path = REPO) -> list[str]:
+        return ["/bin/sh", "-c", 'cd "$0" && exec "$@"', str(cwd), *command]
+
+    def popen(self, command: Sequence[str], **kw: Any) -> InnerProcess:
+        return HostProcess(self.argv(command, kw.pop("cwd", REPO)), env=self.env(kw.pop("env", None)), **kw)
+
+    def host_dir(self, hierarchy: str, cgroup_path: str) -> Path:
+        return Path("/sys/fs/cgroup") / cgroup_path.strip("/")
+
+    def stop(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 class InnerProcess(subprocess.Popen):  # type: ignore[type-arg]
     """nsenter forks the command into the PID namespace and only waits for it: it forwards no signal.
     This Popen sends signals to the command (nsenter's child, by its host PID) instead."""
@@ -272,6 +309,13 @@ class InnerProcess(subprocess.Popen):  # type: ignore[type-arg]
         if pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+
+
+class HostProcess(InnerProcess):
+    """A command started by HostSystemd: the process itself (its shell exec'd it)."""
+
+    def inner_pid(self, timeout: float = 10.0) -> int:
+        return self.pid if self.poll() is None else 0
 
 
 class SystemdDaemon(Daemon):
@@ -377,7 +421,8 @@ def namespaced_systemd() -> Iterator[NamespacedSystemd]:
     Session scope is safe because every test names its units after itself and stops them, and the
     systemd is killed (with everything in it) at the end even when tests failed.
     """
-    systemd = NamespacedSystemd().start()
+    systemd = HostSystemd() if HostSystemd.usable() else NamespacedSystemd()
+    systemd.start()
     try:
         yield systemd
     finally:

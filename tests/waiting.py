@@ -5,11 +5,21 @@ Not a timed assertion: the limit only bounds a hang; what is asserted is that it
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def slowdown() -> float:
+    """How much slower than this kind of host the machine is: ``CALYX_TEST_SLOWDOWN`` (e.g. 6 in the
+    node lab, where qemu's TCG makes every process 30-70x slower); waits for a daemon scale with it."""
+    try:
+        return max(1.0, float(os.environ.get("CALYX_TEST_SLOWDOWN", "1")))
+    except ValueError:
+        return 1.0
 
 
 def wait_for(check: Callable[[], T], what: str, timeout: float = 60.0, interval: float = 0.05) -> T:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.sizes import SIZES, benchmark_names
+from tests import cgroup_files
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +26,7 @@ SUMMARY_KEYS = {"unit", "status", "n", "min", "median", "p95", "samples", "highe
 
 def leftovers(tag: str, base: str) -> list[str]:
     """What a run named ``tag`` with temp dir ``base`` left on the host (other runs may go on meanwhile)."""
-    found = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/cxbench-{tag}-*")]
+    found = [str(c) for top in cgroup_files.dirs("") for c in top.glob(f"cxbench-{tag}-*")]
     mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
     found += [m for m in mounts if m == base or m.startswith(base + "/")]
     found += [p.name for p in Path("/sys/class/net").iterdir() if p.name.startswith(f"cxb{tag}")]

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from cri.api import api_pb2 as pb
+from tests import cgroup_files
 from tests.container_fixtures import Cx
 from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import Net
@@ -128,7 +129,7 @@ def test_daemon_killed_right_after_runc_start_finds_the_container_running(
 
 
 def _cgroup_dirs(parent: str, name: str) -> list[Path]:
-    return [d for d in Path("/sys/fs/cgroup").glob(f"*/{parent.strip('/')}/{name}") if d.is_dir()]
+    return [d for top in cgroup_files.dirs(parent) for d in top.glob(name) if d.is_dir()]
 
 
 def test_restart_removes_container_cgroups_no_record_owns_and_keeps_foreign_ones(
@@ -152,8 +153,8 @@ def test_restart_removes_container_cgroups_no_record_owns_and_keeps_foreign_ones
         conmon_pid = int((cx.daemon.root / "containers" / lost / "conmon.pid").read_text())
         leftover, other = secrets.token_hex(32), secrets.token_hex(32)
         for controller in ("memory", "pids", "cpu"):
-            (Path("/sys/fs/cgroup") / controller / parent.strip("/") / f"calyx-{leftover}").mkdir()
-        foreign_dir = Path("/sys/fs/cgroup/pids") / parent.strip("/") / f"calyx-{other}"
+            cgroup_files.controller_dir(controller, f"{parent}/calyx-{leftover}").mkdir(exist_ok=True)
+        foreign_dir = cgroup_files.controller_dir("pids", f"{parent}/calyx-{other}")
         foreign_dir.mkdir()
         foreign = subprocess.Popen(["sleep", "1000"])
         (foreign_dir / "cgroup.procs").write_text(str(foreign.pid))

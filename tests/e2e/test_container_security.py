@@ -219,10 +219,17 @@ def test_mounts_readonly_symlink_missing_dir_and_rslave_propagation(cx: Cx, shor
             cx.remove(ro)
         finally:
             subprocess.run(["umount", str(nested)], check=False)
-        # private host path refused for propagation
-        private = pb.Mount(container_path="/p", host_path=str(data), propagation=pb.PROPAGATION_BIDIRECTIONAL)
-        code = cx.code(cx.create, pod, cx.config("private", ["true"], mounts=[private]))
-        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        # private host path refused for propagation (made private here: under systemd, as in the node
+        # lab, every mount is shared)
+        subprocess.run(["mount", "--bind", str(data), str(data)], check=True)
+        try:
+            subprocess.run(["mount", "--make-private", str(data)], check=True)
+            both = pb.PROPAGATION_BIDIRECTIONAL
+            private = pb.Mount(container_path="/p", host_path=str(data), propagation=both)
+            code = cx.code(cx.create, pod, cx.config("private", ["true"], mounts=[private]))
+            assert code == grpc.StatusCode.FAILED_PRECONDITION
+        finally:
+            subprocess.run(["umount", str(data)], check=False)
     finally:
         subprocess.run(["umount", "-R", str(shared)], check=False)
 

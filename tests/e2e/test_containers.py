@@ -12,8 +12,8 @@ import grpc
 from cri.api import api_pb2 as pb
 from cri.api import api_pb2_grpc as pb_grpc
 from cri.containers.execsync import MAX_EXEC_OUTPUT
-from tests import container_fixtures
-from tests.container_fixtures import CGROUP_ROOT, Cx
+from tests import cgroup_files, container_fixtures
+from tests.container_fixtures import Cx
 
 cx = container_fixtures.cx
 
@@ -168,20 +168,26 @@ def test_update_resources_shows_in_cgroup_files(cx: Cx) -> None:
     )
     parent = pod_config.linux.cgroup_parent
     cgroup = f"{parent}/calyx-{cid}"
-    assert f"memory:{cgroup}" in cx.output(cid, "cat", "/proc/self/cgroup").replace(":memory:", "memory:")
-    memory = CGROUP_ROOT / "memory" / cgroup.lstrip("/")
-    assert int((memory / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
-    assert int((CGROUP_ROOT / "cpu" / cgroup.lstrip("/") / "cpu.shares").read_text()) == 512
+    seen = cx.output(cid, "cat", "/proc/self/cgroup")
+    if cgroup_files.unified():  # a private cgroup namespace rooted at the container's cgroup
+        assert seen.split() == ["0::/"]
+        assert cgroup_files.procs(cgroup)
+    else:
+        assert f"memory:{cgroup}" in seen.replace(":memory:", "memory:")
+    assert cgroup_files.memory_limit(cgroup) == 64 * 1024 * 1024
+    assert cgroup_files.cpu_share(cgroup) == cgroup_files.shares(512)
     new = pb.LinuxContainerResources(memory_limit_in_bytes=96 * 1024 * 1024, cpu_shares=256)
     cx.rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(container_id=cid, linux=new))
-    assert int((memory / "memory.limit_in_bytes").read_text()) == 96 * 1024 * 1024
-    inside = cx.output(cid, "cat", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert cgroup_files.memory_limit(cgroup) == 96 * 1024 * 1024
+    assert cgroup_files.cpu_share(cgroup) == cgroup_files.shares(256)
+    limit_file = "memory.max" if cgroup_files.unified() else "memory/memory.limit_in_bytes"
+    inside = cx.output(cid, "cat", f"/sys/fs/cgroup/{limit_file}")
     assert int(inside) == 96 * 1024 * 1024
     st = cx.status(cid).status
     assert st.resources.linux.memory_limit_in_bytes == 96 * 1024 * 1024
     cx.stop(cid)
     cx.remove(cid)
-    assert not memory.exists()
+    assert cgroup_files.dirs(cgroup) == []
 
 
 def test_oom_kill_reports_137_and_oomkilled(cx: Cx) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import cgroup_files
 from tests.reaper import _mounts_under
 from tests.waiting import wait_for
 
@@ -107,7 +108,7 @@ def assert_nothing_left(output: str, host_dir: Path, key: int) -> None:
     assert not work.exists(), f"{work} is left"
     assert not _mounts_under(work), _mounts_under(work)
     assert not Path(f"/sys/class/net/{bridge}").exists(), f"bridge {bridge} is left"
-    assert not list(Path("/sys/fs/cgroup").glob(f"*/{cgroup}")), f"cgroup {cgroup} is left"
+    assert cgroup_files.dirs(cgroup) == [], f"cgroup {cgroup} is left"
     left = []
     for entry in Path("/proc").iterdir():
         try:

@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from cri.api import api_pb2 as pb
+from tests import cgroup_files
 from tests.net_fixtures import (
     Net,
     free_port,
@@ -227,7 +228,7 @@ def test_cgroupfs_parent_is_recorded_and_removed_with_the_pod(builtin_net) -> No
     linux = pb.LinuxPodSandboxConfig(cgroup_parent=parent)
     pod_id = run_pod(net.daemon, pod_config(linux=linux))
     assert info(net.daemon, pod_id)["cgroupParent"] == parent
-    made = Path("/sys/fs/cgroup/memory") / parent.lstrip("/")
+    made = cgroup_files.controller_dir("memory", parent)
     assert made.is_dir()
     stop_remove(net.daemon, pod_id)
     assert not made.exists()

@@ -33,6 +33,7 @@ import pytest
 import tomli_w
 
 from cri.api import api_pb2 as pb
+from tests import cgroup_files
 from tests.daemon import Daemon
 from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import (
@@ -44,7 +45,7 @@ from tests.net_fixtures import (
     pod_config,
     run_pod,
 )
-from tests.waiting import wait_for
+from tests.waiting import slowdown, wait_for
 
 MiB = 1024 * 1024
 BURN_SECONDS = 2.0
@@ -117,8 +118,10 @@ def _container(
 
 
 def _pids(cgroup_parent: str, container_id: str) -> list[int]:
-    procs = Path(f"/sys/fs/cgroup/cpuacct{cgroup_parent}/calyx-{container_id}/cgroup.procs")
-    return [int(p) for p in procs.read_text().split()] if procs.exists() else []
+    try:
+        return cgroup_files.procs(f"{cgroup_parent}/calyx-{container_id}")
+    except FileNotFoundError:
+        return []
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +194,8 @@ def workloads(
             daemon.stop()
         stack.close()
         shutil.rmtree(base, ignore_errors=True)
-        for hierarchy in Path("/sys/fs/cgroup").iterdir():  # the pod's parent, if removal left it
-            for leftover in hierarchy.glob(f"calyx-mtest-{os.getpid()}-*"):
+        for hierarchy in [cgroup_files.ROOT, *cgroup_files.ROOT.iterdir()]:  # the pod's parent, if left
+            for leftover in hierarchy.glob(f"calyx-mtest-{os.getpid()}-*") if hierarchy.is_dir() else []:
                 with contextlib.suppress(OSError):
                     leftover.rmdir()
 
@@ -209,11 +212,13 @@ def test_container_stats_show_the_cpu_seconds_burnt(workloads: Workloads) -> Non
     assert stats.attributes.metadata.name == "burn"
     assert dict(stats.attributes.labels) == {"workload": "burn"}
     used = stats.cpu.usage_core_nano_seconds.value / 1e9
-    # The process is frozen: the cgroup's total is its CPU time (in 1/TICK s units) plus the shell's start.
-    assert workloads.burn_cpu - 2 / TICK <= used <= workloads.burn_cpu + 0.3, (used, workloads.burn_cpu)
+    # The process is frozen: the cgroup's total is its CPU time (in 1/TICK s units) plus the shell's start
+    # (and runc's init before it: slower machines spend more there).
+    start = 0.3 * slowdown()
+    assert workloads.burn_cpu - 2 / TICK <= used <= workloads.burn_cpu + start, (used, workloads.burn_cpu)
     assert used >= BURN_SECONDS
     assert stats.cpu.timestamp > 0 and stats.memory.timestamp > 0
-    # Pressure stall information, from the container's directory in the hybrid cgroup2 mount.
+    # Pressure stall information, from the container's directory in the cgroup2 tree (v1: the hybrid one).
     assert stats.cpu.HasField("psi") and stats.memory.HasField("psi") and stats.io.HasField("psi")
     assert stats.cpu.psi.Some.Avg300 >= 0 and stats.io.timestamp == stats.cpu.timestamp
     # A prefix names the container too.

@@ -13,6 +13,9 @@ status_port=/dev/virtio-ports/org.calyx.status
 exec >"$out" 2>&1 </dev/null
 cd /srv/calyx
 export HOME=/root PATH=/srv/job/tools:/srv/calyx/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Under TCG a daemon started from the checkout needs 20-40 s to be ready (imports): the tests' waits
+# for daemons scale by this (tests/waiting.py).
+export CALYX_TEST_SLOWDOWN=${CALYX_TEST_SLOWDOWN:-6}
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
 echo "[node] up $(uptime_s) s: kernel $(uname -r), $(stat -fc %T /sys/fs/cgroup) at /sys/fs/cgroup," \
