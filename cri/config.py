@@ -219,6 +219,11 @@ class StreamingConfig:
     stream_creation_timeout_seconds: float = opt(
         30.0, "How long a SPDY client may take to open its streams after the upgrade."
     )
+    max_sessions: int = opt(
+        256,
+        "Exec, attach and port-forward sessions served at once; a URL used past this is answered 503 "
+        "and stays valid until its TTL.",
+    )
 
 
 @dataclass
@@ -270,6 +275,8 @@ class Config:
             )
         if not 0 < self.state.cleanup_retry_seconds < float("inf"):
             raise ConfigError("config", "state.cleanup_retry_seconds", "must be a positive number of seconds")
+        if self.streaming.max_sessions <= 0:
+            raise ConfigError("config", "streaming.max_sessions", "must be a positive number of sessions")
         self.images.validate()
 
     @property

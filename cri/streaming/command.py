@@ -33,6 +33,7 @@ SPDY_REMOTECOMMAND = [V4, V3, V2, V1]
 WS_REMOTECOMMAND = [V5, V4, "v4.base64.channel.k8s.io", V1, "base64.channel.k8s.io"]
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE = range(5)  # WebSocket channel numbers
+READ_STREAMS = ("stdin", "resize")  # the SPDY streams whose input is read; the others only carry output
 WS_CHANNELS = RESIZE + 1
 
 
@@ -131,14 +132,16 @@ class SpdyCommandSession:
         self.closed = self.transport.closed
 
     def _on_stream(self, stream: SpdyStream) -> None:
-        self.transport.reply(stream)
         kind = stream.header("streamType")
-        if kind in self.wanted and kind not in self.streams:
-            self.streams[kind] = stream
-            if set(self.streams) == self.wanted:
-                self._all_here.set()
-        else:
-            log.info("ignoring unexpected stream", extra={"stream_type": kind})
+        if kind not in self.wanted or kind in self.streams:
+            # Nothing would read it: refused, so what the client sends on it is not kept.
+            log.info("refusing unexpected stream", extra={"stream_type": kind[:64]})
+            stream.refuse()
+            return
+        self.transport.reply(stream, reads=kind in READ_STREAMS)
+        self.streams[kind] = stream
+        if set(self.streams) == self.wanted:
+            self._all_here.set()
 
     async def run(self) -> None:
         await self.transport.run()

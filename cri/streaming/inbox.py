@@ -25,6 +25,12 @@ class Inbox:
             self.buffered += len(data)
         self._readable.set()
 
+    def discard(self) -> int:
+        """Drop what is queued (nobody will read it); the number of bytes dropped."""
+        dropped, self.buffered = self.buffered, 0
+        self._chunks.clear()
+        return dropped
+
     def close(self) -> None:
         self.closed = True
         self._readable.set()

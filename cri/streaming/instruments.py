@@ -16,6 +16,7 @@ SESSIONS = Counter(
 )
 REJECTED = Counter(
     "calyx_streaming_rejected_requests",
-    "Streaming requests refused before anything ran (unknown, used or expired token; no upgrade).",
+    "Streaming requests refused before anything ran (unknown, used or expired token; no upgrade; busy: "
+    "too many sessions or handshakes).",
     ["reason"],
 )

@@ -16,6 +16,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from cri.streaming import spdy
 from cri.streaming.remotecommand import Sink, Source
 from cri.streaming.spdy_session import SpdySession, SpdyStream
 from cri.streaming.ws_session import WsSession
@@ -111,7 +112,7 @@ class SpdyPortForward:
             log.info("refusing port-forward stream", extra={"port": port_text, "stream_type": stream_type})
             stream.refuse()
             return
-        self.session.reply(stream)
+        self.session.reply(stream, reads=stream_type == "data")
         request_id = stream.header("requestID")
         if not request_id:
             request_id = str(stream.id if stream_type == "error" else stream.id - 2)
@@ -121,6 +122,7 @@ class SpdyPortForward:
             loop = asyncio.get_running_loop()
             pair.timer = loop.call_later(self.creation_timeout, self._expire, request_id)
         if getattr(pair, stream_type) is not None:
+            stream.reads = False
             self._spawn(
                 self._write_error(
                     stream,
@@ -142,16 +144,24 @@ class SpdyPortForward:
         task.add_done_callback(self.tasks.discard)
 
     def _expire(self, request_id: str) -> None:
+        """A pair whose other stream never came: its data stream is reset, its error stream told why."""
         pair = self.pairs.pop(request_id, None)
-        if pair is not None and pair.error is not None:
+        if pair is None:
+            return
+        if pair.data is not None:
+            pair.data.refuse(spdy.CANCEL)
+        if pair.error is not None:
             self._spawn(
                 self._write_error(pair.error, f"timed out waiting for streams of request {request_id}")
             )
 
     async def _write_error(self, stream: SpdyStream, text: str) -> None:
+        """Write ``text`` on an error stream, close it and forget it."""
         with contextlib.suppress(Exception):
             await stream.write(text.encode())
             await stream.close()
+        if self.session is not None:
+            self.session.forget(stream)
 
     async def _run_pair(self, port: int, data: SpdyStream, error: SpdyStream) -> None:
         try:

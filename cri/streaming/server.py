@@ -47,7 +47,8 @@ from cri.streaming.ws_session import HandshakeRejected, WsSession
 log = logging.getLogger("cri.streaming")
 
 HEAD_LIMIT = 16 * 1024
-HEAD_TIMEOUT = 30.0
+HEAD_TIMEOUT = 10.0  # for the whole request head (and a TLS handshake): a client trickling it is dropped
+MAX_HANDSHAKES = 512  # connections whose request head is still being read; more are closed at once
 
 SPDY_PORTFORWARD = ["portforward.k8s.io"]
 WS_PORTFORWARD = [V4, "v4.base64.channel.k8s.io"]
@@ -143,6 +144,8 @@ class StreamingServer:
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._handshaking = 0
+        self._active = 0  # upgraded sessions, at most config.max_sessions
         self.port = 0
         self.base_url = ""
 
@@ -184,7 +187,12 @@ class StreamingServer:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         self._server = await asyncio.start_server(
-            self._accept, self.config.address, self.config.port, ssl=context, limit=HEAD_LIMIT
+            self._accept,
+            self.config.address,
+            self.config.port,
+            ssl=context,
+            limit=HEAD_LIMIT,
+            ssl_handshake_timeout=HEAD_TIMEOUT if context else None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         host = self.config.address
@@ -231,6 +239,10 @@ class StreamingServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if self._handshaking >= MAX_HANDSHAKES:
+            instruments.REJECTED.labels("busy").inc()
+            writer.transport.abort()
+            return
         self._sessions.add(task)
         try:
             await self._serve(reader, writer)
@@ -277,12 +289,23 @@ class StreamingServer:
         return Head(event.method.decode(), target.path, urllib.parse.parse_qs(target.query), headers, raw)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await self._read_head(reader)
+        self._handshaking += 1
+        try:
+            head = await self._read_head(reader)
+        finally:
+            self._handshaking -= 1
         parts = head.path.strip("/").split("/")
         if len(parts) != 2 or parts[0] not in ("exec", "attach", "portforward"):
             raise HTTPError(404, "Not Found", "404 page not found")
         if head.method not in ("GET", "POST"):
             raise HTTPError(405, "Method Not Allowed", "method not allowed")
+        if self._active >= self.config.max_sessions:
+            # Before the token is consumed: the client may try its URL again.
+            instruments.REJECTED.labels("busy").inc()
+            log.warning(
+                "streaming request refused: too many sessions", extra={"max": self.config.max_sessions}
+            )
+            raise HTTPError(503, "Service Unavailable", "too many streaming sessions", [("Retry-After", "1")])
         kind, token = parts
         request = self.tokens.consume(kind, token)
         if request is None:
@@ -300,6 +323,7 @@ class StreamingServer:
         instruments.SESSIONS.labels(kind, upgrade).inc()
         active = instruments.SESSIONS_ACTIVE.labels(kind, upgrade)
         active.inc()
+        self._active += 1
         conn = Connection(reader, writer, head)
         try:
             if kind == "portforward":
@@ -313,6 +337,7 @@ class StreamingServer:
             if session is not None:
                 await command.serve(session, runner)
         finally:
+            self._active -= 1
             active.dec()
             duration_ms = (asyncio.get_running_loop().time() - started) * 1000
             log.info("streaming session ended", extra={"kind": kind, **ids, "duration_ms": duration_ms})

@@ -63,6 +63,14 @@ DEFAULT_WINDOW = 64 * 1024
 MAX_WINDOW = 0x7FFFFFFF
 MAX_LENGTH = 0xFFFFFF
 
+# What we accept from a peer. The protocol allows 16 MiB frames, but a frame is buffered whole before it
+# is handled, so these bound a connection's memory. Kubernetes' clients copy stdin and port-forward data
+# in 32 KiB writes (one DATA frame each) and their header blocks hold a few short headers.
+MAX_DATA_IN = 1024 * 1024
+MAX_CONTROL_IN = 64 * 1024
+MAX_HEADER_BLOCK = 64 * 1024  # decompressed (a zlib bomb stops here)
+MAX_HEADERS = 100  # name/value pairs of one block, counting each NUL-separated value
+
 # The SPDY/3 header compression dictionary (draft-mbelshe-httpbis-spdy-00, section 2.6.10.1): the
 # length-prefixed words below, then the plain-text tail. Its Adler-32 (the zlib dictionary id) is
 # 0xE3C6A7C2; tests check it.
@@ -219,8 +227,11 @@ def encode_header_block(headers: Headers) -> bytes:
 
 def decode_header_block(block: bytes) -> Headers:
     headers: Headers = {}
+    values = 0
     try:
         (count,) = struct.unpack_from(">I", block, 0)
+        if count > MAX_HEADERS:
+            raise ProtocolError(f"header block of {count} headers (at most {MAX_HEADERS})")
         pos = 4
         for _ in range(count):
             (n,) = struct.unpack_from(">I", block, pos)
@@ -233,7 +244,11 @@ def decode_header_block(block: bytes) -> Headers:
             pos += 4 + n
             if not name or name != name.lower():
                 raise ProtocolError(f"invalid header name {name!r}")
-            headers.setdefault(name, []).extend(value.split("\0"))
+            parts = value.split("\0")
+            values += len(parts)
+            if values > MAX_HEADERS:
+                raise ProtocolError(f"header block of more than {MAX_HEADERS} values")
+            headers.setdefault(name, []).extend(parts)
     except (struct.error, UnicodeDecodeError) as exc:
         raise ProtocolError(f"malformed header block: {exc}") from None
     if pos != len(block):
@@ -259,11 +274,11 @@ class HeaderDecompressor:
 
     def decompress(self, chunk: bytes) -> Headers:
         try:
-            block = self._z.decompress(chunk, 1 << 20)
+            block = self._z.decompress(chunk, MAX_HEADER_BLOCK + 1)
         except zlib.error as exc:
             raise ProtocolError(f"header block does not decompress: {exc}") from None
-        if self._z.unconsumed_tail:
-            raise ProtocolError("header block larger than 1 MiB")
+        if self._z.unconsumed_tail or len(block) > MAX_HEADER_BLOCK:
+            raise ProtocolError(f"header block larger than {MAX_HEADER_BLOCK} bytes")
         return decode_header_block(block)
 
 
@@ -276,19 +291,24 @@ def syn_reply(compressor: HeaderCompressor, stream_id: int, headers: Headers, fi
 
 
 class FrameParser:
-    """Incremental: ``feed`` bytes as they arrive, iterate complete frames."""
+    """Incremental: ``feed`` bytes as they arrive, iterate complete frames.
 
-    def __init__(self, max_length: int = MAX_LENGTH) -> None:
+    A frame longer than its kind's limit is refused from its header, before its payload is buffered.
+    """
+
+    def __init__(self, max_length: int = MAX_LENGTH, max_control: int | None = None) -> None:
         self._buf = bytearray()
         self._max = max_length
+        self._max_control = max_length if max_control is None else max_control
 
     def feed(self, chunk: bytes) -> Iterator[Frame]:
         self._buf += chunk
         while len(self._buf) >= 8:
             first, second = struct.unpack_from(">II", self._buf, 0)
             length = second & 0xFFFFFF
-            if length > self._max:
-                raise ProtocolError(f"frame of {length} bytes exceeds {self._max}")
+            limit = self._max_control if first & 0x80000000 else self._max
+            if length > limit:
+                raise ProtocolError(f"frame of {length} bytes exceeds {limit}")
             if len(self._buf) < 8 + length:
                 return
             payload = bytes(self._buf[8 : 8 + length])

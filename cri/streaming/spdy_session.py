@@ -11,6 +11,14 @@ sends WINDOW_UPDATE, so honouring the default window against it would stall ever
 control (it sent SETTINGS or WINDOW_UPDATE), and the session-wide window once the peer returns some of
 it (SPDY/3 peers have per-stream windows only); otherwise TCP's own backpressure (the transport's write
 buffer, awaited through ``drain``) is what bounds memory.
+
+Receive side: whatever a peer sends is held only for a reader. A stream the handler does not read (an
+exec's stdout, a port-forward's error stream) has its data dropped and its window given back; at most
+``MAX_STREAMS`` streams are open at once. Data waiting for a reader is bounded per stream and per
+session: past those, a peer without flow control (spdystream) is paused (the socket is not read until
+the data is consumed), and a stream of a peer that does flow control, which overruns the window it was
+given, is reset with FLOW_CONTROL_ERROR. Replies the peer provokes (PING, RST_STREAM) stop the reading
+too while the peer does not read them.
 """
 
 from __future__ import annotations
@@ -26,12 +34,18 @@ from cri.streaming.inbox import Inbox
 log = logging.getLogger("cri.streaming.spdy")
 
 MAX_DATA_FRAME = 128 * 1024
-# Per stream: past this much unconsumed input, stop reading the socket until it is consumed. Only for
-# peers without flow control (spdystream): a peer that honours our windows never has more than 64 KiB
-# in flight per stream, and pausing the socket would also hold back the WINDOW_UPDATEs our own sending
-# may be waiting for (a deadlock when the process is blocked on its output).
+MAX_STREAMS = 100  # open at once per session (SPDY's recommended minimum for MAX_CONCURRENT_STREAMS)
+# Unconsumed input of a peer without flow control (spdystream): past this much on one stream, or on all
+# of a session's streams, the socket is not read until it is consumed.
 RECV_BUFFER_LIMIT = 1024 * 1024
-FLOW_CONTROLLED_LIMIT = 16 * 1024 * 1024  # a peer past this ignores its windows: pause it anyway
+SESSION_BUFFER_LIMIT = 4 * 1024 * 1024
+# A peer that does flow control never has more than the window we gave it (64 KiB) unconsumed on a
+# stream; past twice that it ignores its windows, and the stream is reset rather than the socket paused
+# (pausing would also hold back the WINDOW_UPDATEs our own sending may be waiting for).
+FLOW_CONTROLLED_LIMIT = 2 * spdy.DEFAULT_WINDOW
+# Frames we queued for the peer (our replies to its PINGs and bad frames included): past this, the
+# socket is not read until the peer reads.
+WRITE_BUFFER_LIMIT = 1024 * 1024
 
 
 class StreamClosed(Exception):
@@ -44,12 +58,11 @@ class SpdyStream:
         self.id = syn.stream_id
         self.headers = syn.headers
         self.inbox = Inbox(closed=syn.fin or syn.unidirectional)
-        self._space = asyncio.Event()
-        self._space.set()
         self.local_closed = False
         self.reset = False
         self.send_window = send_window
         self.replied = False
+        self.reads = True  # False: the handler never reads this stream; its data is dropped
 
     @property
     def remote_closed(self) -> bool:
@@ -63,23 +76,25 @@ class SpdyStream:
 
     def _deliver(self, data: bytes, fin: bool) -> None:
         self.inbox.put(data)
-        if self.inbox.buffered >= RECV_BUFFER_LIMIT:
-            self._space.clear()
+        self.session._buffered += len(data)
         if fin:
             self.inbox.close()
 
-    def _abort(self) -> None:
+    def _abort(self, discard: bool = True) -> None:
+        """The stream is over: reset (its unread input dropped) or its session lost (input kept)."""
         self.reset = True
         self.local_closed = True
+        if discard:
+            self.session._buffered -= self.inbox.discard()
         self.inbox.close()
-        self._space.set()
+        self.session._space.set()
 
     async def read(self) -> bytes:
         """The next chunk the peer sent; b"" once it closed its side (FIN, RST or lost session)."""
         chunk = await self.inbox.get()
-        if self.inbox.buffered < RECV_BUFFER_LIMIT:
-            self._space.set()
         if chunk:
+            self.session._buffered -= len(chunk)
+            self.session._space.set()
             self.session._consumed(self, len(chunk))
         return chunk
 
@@ -102,8 +117,10 @@ class SpdyStream:
         await self.session._send(spdy.data(self.id, b"", fin=True))
 
     def refuse(self, status: int = spdy.REFUSED_STREAM) -> None:
+        """Reset the stream (RST_STREAM) and forget it."""
         self.session._write(spdy.rst_stream(self.id, status))
         self._abort()
+        self.session.forget(self)
 
 
 StreamHandler = Callable[[SpdyStream], Awaitable[None] | None]
@@ -140,6 +157,8 @@ class SpdySession:
         self._window_changed = asyncio.Event()
         self._unacked: dict[int, int] = {}
         self._session_unacked = 0
+        self._buffered = 0  # unconsumed input of all streams
+        self._space = asyncio.Event()  # set whenever some input was consumed or dropped
         self.closed = asyncio.Event()
         self.idle = IdleClock(idle_timeout)
         self.goaway_received = False
@@ -148,7 +167,7 @@ class SpdySession:
     # --- the loop -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        parser = spdy.FrameParser()
+        parser = spdy.FrameParser(spdy.MAX_DATA_IN, spdy.MAX_CONTROL_IN)
         watchdog = asyncio.create_task(self._idle_watchdog())
         try:
             pending = self._initial
@@ -162,6 +181,8 @@ class SpdySession:
                 self.idle.touch()
                 for frame in parser.feed(chunk):
                     await self._handle(frame)
+                if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                    await self.writer.drain()  # a peer that provokes replies but never reads them
         except spdy.ProtocolError as exc:
             log.info("spdy protocol error", extra={"error": str(exc)})
             self._write(spdy.goaway(self._last_peer_stream, spdy.GOAWAY_PROTOCOL_ERROR))
@@ -174,8 +195,9 @@ class SpdySession:
     def _lost(self) -> None:
         self.closed.set()
         for stream in self.streams.values():
-            stream._abort()
+            stream._abort(discard=False)
         self._window_changed.set()
+        self._space.set()
 
     async def _idle_watchdog(self) -> None:
         await self.idle.wait_expired()
@@ -216,13 +238,12 @@ class SpdySession:
         elif frame.type == spdy.GOAWAY:
             self.goaway_received = True
         elif frame.type == spdy.HEADERS:
-            stream_id, headers = spdy.parse_stream_headers(frame, self._decompressor)
+            # Decompressed to keep the zlib context in step; streams are routed by their SYN_STREAM's
+            # headers alone, so later ones are not kept (they could grow a stream without bound).
+            stream_id, _headers = spdy.parse_stream_headers(frame, self._decompressor)
             stream = self.streams.get(stream_id)
-            if stream is not None:
-                for name, more in headers.items():
-                    stream.headers.setdefault(name, []).extend(more)
-                if frame.flags & spdy.FLAG_FIN:
-                    stream._deliver(b"", True)
+            if stream is not None and frame.flags & spdy.FLAG_FIN:
+                stream._deliver(b"", True)
         elif frame.type == spdy.WINDOW_UPDATE:
             self._flow_control = True
             stream_id, delta = spdy.parse_two_words(frame)
@@ -246,6 +267,10 @@ class SpdySession:
         if self.goaway_received or self.closing:
             stream.refuse()
             return
+        if len(self.streams) >= MAX_STREAMS:
+            log.info("spdy stream refused: too many open", extra={"max_streams": MAX_STREAMS})
+            stream.refuse()
+            return
         self.streams[syn.stream_id] = stream
         self.on_stream(stream)
 
@@ -259,10 +284,27 @@ class SpdySession:
             # Data we drop still counts against the session window: give it back.
             self._give_back(0, len(frame.data))
             return
-        limit = FLOW_CONTROLLED_LIMIT if self._flow_control else RECV_BUFFER_LIMIT
-        while stream.inbox.buffered >= limit and not stream._space.is_set() and not self.closed.is_set():
-            await stream._space.wait()
-        stream._deliver(frame.data, bool(frame.flags & spdy.FLAG_FIN))
+        fin = bool(frame.flags & spdy.FLAG_FIN)
+        if not stream.reads:
+            self._give_back(stream.id, len(frame.data))
+            if fin:
+                stream.inbox.close()
+            return
+        if self._flow_control:
+            if stream.inbox.buffered + len(frame.data) > FLOW_CONTROLLED_LIMIT:
+                log.info("spdy stream overran its window", extra={"stream_id": stream.id})
+                stream.refuse(spdy.FLOW_CONTROL_ERROR)
+                self._give_back(0, len(frame.data))
+                return
+        else:
+            while (
+                stream.inbox.buffered >= RECV_BUFFER_LIMIT or self._buffered >= SESSION_BUFFER_LIMIT
+            ) and not (self.closed.is_set() or stream.reset):
+                self._space.clear()
+                await self._space.wait()
+            if stream.reset:
+                return
+        stream._deliver(frame.data, fin)
 
     # --- flow control ---------------------------------------------------------------------------------
 
@@ -321,13 +363,19 @@ class SpdySession:
             raise StreamClosed("connection lost") from None
 
     def forget(self, stream: SpdyStream) -> None:
-        """Drop a finished stream (port-forward opens two per connection over a long session)."""
+        """Drop a finished stream (port-forward opens two per connection over a long session), and any
+        input of it nobody read."""
         self.streams.pop(stream.id, None)
         self._unacked.pop(stream.id, None)
+        stream.reads = False
+        if stream.inbox.buffered:
+            self._buffered -= stream.inbox.discard()
+            self._space.set()
 
-    def reply(self, stream: SpdyStream, headers: spdy.Headers | None = None) -> None:
-        """Accept a stream: SYN_REPLY (with FIN when the client sent a unidirectional stream)."""
+    def reply(self, stream: SpdyStream, headers: spdy.Headers | None = None, reads: bool = True) -> None:
+        """Accept a stream: SYN_REPLY. ``reads=False``: nothing will read it, drop what the peer sends."""
         stream.replied = True
+        stream.reads = reads
         self._write(spdy.syn_reply(self._compressor, stream.id, headers or {}, fin=False))
 
     async def close(self, linger: float = 5.0) -> None:

@@ -161,3 +161,26 @@ def test_a_whole_session_from_hand_built_bytes() -> None:
     error = b"".join(d for k, s, _, d in seen if k == "data" and s == 1)
     assert error == b'{"metadata":{},"status":"Success"}'
     assert seen[-1][0] == "control7"  # GOAWAY last
+
+
+def test_header_blocks_are_bounded_in_size_and_count() -> None:
+    """A zlib bomb stops at MAX_HEADER_BLOCK decompressed bytes; a block with more pairs or values than
+    MAX_HEADERS is refused before they are built; frames past their kind's limit from their header."""
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, spdy.DICTIONARY)
+    raw = spdy.encode_header_block({"x": ["a" * (32 * 1024 * 1024)]})
+    compressed = bomb.compress(raw) + bomb.flush(zlib.Z_SYNC_FLUSH)
+    assert len(compressed) < spdy.MAX_CONTROL_IN  # fits in one SYN_STREAM
+    with pytest.raises(spdy.ProtocolError, match="larger than"):
+        spdy.HeaderDecompressor().decompress(compressed)
+    many = struct.pack(">I", spdy.MAX_HEADERS + 1) + b"\0\0\0\1a\0\0\0\0" * (spdy.MAX_HEADERS + 1)
+    with pytest.raises(spdy.ProtocolError, match="headers"):
+        spdy.decode_header_block(many)
+    nul_split = spdy.encode_header_block({"a": [""] * (spdy.MAX_HEADERS + 1)})
+    with pytest.raises(spdy.ProtocolError, match="values"):
+        spdy.decode_header_block(nul_split)
+    assert spdy.decode_header_block(spdy.encode_header_block({"streamtype": ["data"], "port": ["80"]}))
+    parser = spdy.FrameParser(spdy.MAX_DATA_IN, spdy.MAX_CONTROL_IN)
+    with pytest.raises(spdy.ProtocolError):
+        list(parser.feed(spdy.control(spdy.SYN_STREAM, 0, b"\0" * (spdy.MAX_CONTROL_IN + 1))[:8]))
+    with pytest.raises(spdy.ProtocolError):
+        list(spdy.FrameParser(spdy.MAX_DATA_IN).feed(struct.pack(">II", 1, spdy.MAX_DATA_IN + 1)))
