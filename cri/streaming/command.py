@@ -197,8 +197,11 @@ class WsCommandSession:
         request = self.request
         # An empty message on the lowest writable channel tells the client the session is up.
         first = STDOUT if request.stdout else STDERR if request.stderr else ERROR
-        await self.transport.send(first, b"")
         ch = self.transport.channels
+        for number, channel in enumerate(ch):
+            if not ((number == STDIN and request.stdin) or (number == RESIZE and request.tty)):
+                channel.ignore_input()  # output channels and channels not asked for
+        await self.transport.send(first, b"")
         return rc.Channels(
             stdin=ch[STDIN] if request.stdin else None,
             stdout=ch[STDOUT] if request.stdout else None,

@@ -207,6 +207,7 @@ async def websocket_portforward(
                 await error.write(_error_text(port, pod_id, exc).encode())
 
     for i, port in enumerate(ports):
+        session.channels[2 * i + 1].ignore_input()  # error channels only carry our messages
         prefix = struct.pack("<H", port)
         await session.channels[2 * i].write(prefix)
         await session.channels[2 * i + 1].write(prefix)

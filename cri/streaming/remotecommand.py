@@ -91,8 +91,17 @@ def encode_status(status: Status, json_status: bool) -> bytes:
 # --- resize events -------------------------------------------------------------------------------------
 
 
+MAX_RESIZE_TEXT = 4096  # a size event is ~30 bytes; text that has not parsed by this length never will
+MAX_TERMINAL_SIDE = 0xFFFF  # a terminal's width and height are 16-bit (struct winsize, kubelet's uint16)
+
+
 class ResizeDecoder:
-    """The resize channel's concatenated JSON objects ``{"Width":..,"Height":..}``, one size at a time."""
+    """The resize channel's concatenated JSON objects ``{"Width":..,"Height":..}``, one size at a time.
+
+    The channel is the client's to fill: text that is not a size (garbage, a string that never ends,
+    deep nesting, numbers out of range) is dropped once it exceeds ``MAX_RESIZE_TEXT``, never kept or
+    parsed again and again, and the channel is still read, so valid sizes after it apply.
+    """
 
     def __init__(self, source: Source) -> None:
         self.source = source
@@ -106,19 +115,32 @@ class ResizeDecoder:
             if self._buf:
                 try:
                     obj, end = self._decoder.raw_decode(self._buf)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # JSONDecodeError, or int() refusing 5000 digits
                     obj, end = None, -1
                 if end >= 0:
                     self._buf = self._buf[end:]
-                    if isinstance(obj, dict):
-                        width, height = int(obj.get("Width", 0) or 0), int(obj.get("Height", 0) or 0)
-                        if width > 0 and height > 0:
-                            return width, height
+                    size = _terminal_size(obj)
+                    if size is not None:
+                        return size
                     continue
+                if len(self._buf) > MAX_RESIZE_TEXT:
+                    log.info("dropping resize text that is not a size", extra={"bytes": len(self._buf)})
+                    self._buf = ""
             chunk = await self.source.read()
             if not chunk:
                 return None
             self._buf += chunk.decode(errors="replace")
+
+
+def _terminal_size(obj: object) -> tuple[int, int] | None:
+    if not isinstance(obj, dict):
+        return None
+    width, height = obj.get("Width"), obj.get("Height")
+    if not (isinstance(width, int) and isinstance(height, int)):
+        return None
+    if 0 < width <= MAX_TERMINAL_SIDE and 0 < height <= MAX_TERMINAL_SIDE:
+        return width, height
+    return None
 
 
 async def resize_events(decoder: ResizeDecoder, apply: Callable[[int, int], None]) -> None:

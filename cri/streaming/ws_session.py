@@ -37,8 +37,11 @@ from cri.streaming.inbox import Inbox
 log = logging.getLogger("cri.streaming.websocket")
 
 CLOSE_CHANNEL = 255
-MAX_MESSAGE = 16 * 1024 * 1024
-RECV_BUFFER_LIMIT = 1024 * 1024
+# A message is reassembled from its fragments before its channel byte (and base64) can be read. Clients
+# send stdin and port-forward data in 32 KiB writes; kubelet's own limit is 32 MiB.
+MAX_MESSAGE = 4 * 1024 * 1024
+RECV_BUFFER_LIMIT = 1024 * 1024  # unconsumed input of all channels: past it the socket is not read
+WRITE_BUFFER_LIMIT = 1024 * 1024  # our replies (pongs) the client leaves unread: past it, neither
 
 
 def is_base64(protocol: str) -> bool:
@@ -56,6 +59,12 @@ class WsChannel:
         self.session = session
         self.number = number
         self.inbox = Inbox()
+        self.reads = True  # False: nothing reads this channel; what the client sends on it is dropped
+
+    def ignore_input(self) -> None:
+        self.reads = False
+        self.inbox.discard()
+        self.session._space_freed()
 
     async def read(self) -> bytes:
         chunk = await self.inbox.get()
@@ -91,6 +100,7 @@ class WsSession:
         self._space.set()
         self.idle = IdleClock(idle_timeout)
         self._partial: list[bytes | str] = []
+        self._partial_size = 0
 
     # --- handshake ------------------------------------------------------------------------------------
 
@@ -148,6 +158,8 @@ class WsSession:
                     break
                 if not chunk or self.closed.is_set():
                     break
+                if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                    await self.writer.drain()
         except ConnectionError:
             pass
         finally:
@@ -156,13 +168,18 @@ class WsSession:
 
     def _handle(self, event: object) -> None:
         if isinstance(event, BytesMessage | TextMessage):
+            # One fragment at a time (a message can come as many tiny ones): the size is kept as it grows.
             self._partial.append(event.data if isinstance(event.data, str) else bytes(event.data))
-            if sum(len(p) for p in self._partial) > MAX_MESSAGE:
-                self._write(self.ws.send(CloseConnection(code=1009, reason="message too big")))
+            self._partial_size += len(event.data)
+            if self._partial_size > MAX_MESSAGE:
+                log.info("websocket message too big", extra={"max_bytes": MAX_MESSAGE})
+                with _suppress_local():
+                    self._write(self.ws.send(CloseConnection(code=1009, reason="message too big")))
+                self._partial, self._partial_size = [], 0
                 self.closed.set()
                 return
             if event.message_finished:
-                parts, self._partial = self._partial, []
+                parts, self._partial, self._partial_size = self._partial, [], 0
                 if isinstance(event, TextMessage):
                     self._on_message("".join(p for p in parts if isinstance(p, str)).encode())
                 else:
@@ -193,7 +210,7 @@ class WsSession:
         if not 0 <= number < len(self.channels):
             return  # a channel this session does not have: ignored, as kubelet does
         channel = self.channels[number]
-        if channel.inbox.closed:
+        if channel.inbox.closed or not channel.reads:
             return
         channel.inbox.put(payload)
         if sum(c.inbox.buffered for c in self.channels) >= RECV_BUFFER_LIMIT:

@@ -12,13 +12,17 @@ import json
 import os
 import socket
 import struct
+import time
 import urllib.parse
 import zlib
 
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from cri.api import api_pb2 as pb
 from cri.streaming.server import MAX_HANDSHAKES
+from cri.streaming.ws_session import MAX_MESSAGE
 from tests.e2e.test_streaming import Env, _env
 from tests.net_fixtures import pod_config, run_pod
 from tests.spdy_client import (
@@ -30,10 +34,11 @@ from tests.spdy_client import (
     data_frame,
     header_block,
 )
-from tests.streaming_clients import V4, spdy
+from tests.streaming_clients import V4, channel, spdy, ws_messages
 from tests.waiting import wait_for
 
 MIB = 1024 * 1024
+V5 = "v5.channel.k8s.io"
 
 
 @pytest.fixture
@@ -253,3 +258,149 @@ def test_portforward_streams_whose_pair_never_comes_are_reset(builtin_net, image
     client.open_stream({"streamType": "data", "port": "1", "requestID": "whole"})
     assert b"error forwarding port 1" in error.read_all()
     client.close()
+
+
+# --- WebSocket -----------------------------------------------------------------------------------------
+
+
+def ws_url(env: Env, cid: str, cmd: list[str], **kw: bool) -> str:
+    return env.exec_url(cid, cmd, **kw).replace("http://", "ws://")
+
+
+def test_websocket_message_of_many_tiny_fragments_is_reassembled_in_linear_time(env: Env) -> None:
+    """200,000 one-byte fragments of one stdin message: reassembled as they come (the unfixed daemon
+    re-measured every fragment so far at each one, ~2e10 steps on the event loop every session shares,
+    and answered nobody meanwhile); another client is served while they arrive, and the message arrives
+    whole."""
+    cid = env.container(["sleep", "3600"])
+    n = 200_000
+    with connect(ws_url(env, cid, ["wc", "-c"], stdin=True), subprotocols=[V5], max_size=None) as ws:
+        ws.send(iter([b"\x00"] + [b"a"] * n))
+        still_serves_exec(env, cid)
+        ws.send(b"\xff\x00")  # v5: stdin is closed
+        messages = ws_messages(ws, timeout=120)
+    assert channel(messages, 1).strip() == str(n).encode()
+    assert json.loads(channel(messages, 3))["status"] == "Success"
+
+
+def test_websocket_message_past_the_cap_closes_the_session(env: Env) -> None:
+    cid = env.container(["sleep", "3600"])
+    with connect(ws_url(env, cid, ["cat"], stdin=True), subprotocols=[V5], max_size=None) as ws:
+        piece = b"m" * (64 * 1024)
+        with contextlib.suppress(ConnectionClosed):
+            ws.send(iter([b"\x00"] + [piece] * (MAX_MESSAGE // len(piece) + 1)))
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                ws.recv(timeout=60)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    still_serves_exec(env, cid)
+
+
+def test_websocket_data_on_output_channels_is_dropped(env: Env) -> None:
+    """Messages on channels the server only writes (stdout, error) or that the exec did not ask for
+    (stderr here): dropped, so they neither pile up nor stall the session (the unfixed daemon queued
+    them for no reader and stopped reading the socket at 1 MiB: stdin never arrived)."""
+    cid = env.container(["sleep", "3600"])
+    with connect(ws_url(env, cid, ["sh", "-c", "read x; echo got $x"], stdin=True), subprotocols=[V5]) as ws:
+        for number in (1, 2, 3):
+            for _ in range(48):
+                ws.send(bytes([number]) + b"o" * (32 * 1024))
+        ws.send(b"\x00hello\n")
+        messages = ws_messages(ws, timeout=60)
+    assert channel(messages, 1) == b"got hello\n"
+    assert json.loads(channel(messages, 3))["status"] == "Success"
+
+
+def test_resize_garbage_is_dropped_and_later_sizes_still_apply(env: Env) -> None:
+    """Megabytes of text on the resize channel that never parse as a size (a string that never ends),
+    out-of-range and non-numeric sizes: dropped without keeping them (the unfixed daemon appended
+    all of it to one buffer, parsed it again at every message and never got past it), and a valid
+    size sent after them reaches the terminal."""
+    cid = env.container(["sleep", "3600"])
+    script = (
+        "read go; i=0; while [ $i -lt 200 ]; do s=$(stty size); "
+        '[ "$s" = "20 50" ] && echo $s && break; i=$((i+1)); sleep 0.05; done'
+    )
+    url = ws_url(env, cid, ["sh", "-c", script], stdin=True, tty=True)
+    before = env.daemon_rss_kib()
+    with connect(url, subprotocols=[V5]) as ws:
+        ws.send(b'\x04{"Width": "' + b"a" * 1000)
+        for _ in range(64):
+            ws.send(b"\x04" + b"b" * (32 * 1024))
+        for bad in (
+            {"Width": 70000, "Height": 20},
+            {"Width": "50", "Height": 20},
+            {"Width": -1, "Height": 1},
+        ):
+            ws.send(b"\x04" + json.dumps(bad).encode())
+        ws.send(b"\x04" + b"[" * 3000)
+        ws.send(b"\x04" + b"x" * 5000)
+        ws.send(b"\x04" + json.dumps({"Width": 50, "Height": 20}).encode())
+        ws.send(b"\x00go\r")
+        messages = ws_messages(ws, timeout=60)
+    assert b"20 50" in channel(messages, 1)
+    assert json.loads(channel(messages, 3))["status"] == "Success"
+    assert env.daemon_rss_kib() - before < 64 * 1024
+
+
+def test_websocket_pings_from_a_client_that_never_reads_do_not_pile_up_pongs(env: Env) -> None:
+    """~100 MB of pings from a client that reads nothing: the daemon stops reading once 1 MiB of pongs
+    waits for it, instead of queueing every pong (the unfixed daemon's memory grew with them)."""
+    cid = env.container(["sleep", "3600"])
+    parts = urllib.parse.urlsplit(ws_url(env, cid, ["sleep", "600"]))
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    sock.sendall(
+        f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Protocol: {V5}\r\n\r\n".encode()
+    )
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101 ")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read again
+    mask = os.urandom(4)
+    ping = bytes([0x89, 0x80 | 125]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(b"p" * 125))
+    batch = ping * 8000  # ~1 MB
+    before = env.daemon_rss_kib()
+    sock.settimeout(10)
+    sent = 0
+    try:
+        while sent < 100:
+            sock.sendall(batch)
+            sent += 1
+    except TimeoutError:
+        pass  # the daemon stopped reading: what this test wants
+    grown = env.daemon_rss_kib() - before
+    sock.close()
+    assert grown < 48 * 1024, f"the daemon queued {grown} KiB of pongs ({sent} MB of pings sent)"
+    still_serves_exec(env, cid)
+
+
+@pytest.mark.parametrize("protocol", ["spdy", "websocket"])
+def test_exec_printing_forever_to_a_client_that_never_reads_stays_bounded(env: Env, protocol: str) -> None:
+    """``yes`` writes as fast as it can; the client reads nothing. The process is held back by the
+    pipe (backpressure through the transport's drain), not buffered in the daemon."""
+    cid = env.container(["sleep", "3600"])
+    url = env.exec_url(cid, ["yes", "y" * 1000])
+    before = env.daemon_rss_kib()
+    if protocol == "spdy":
+        raw = RawSpdy(url)
+        raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.syn(1, {"streamType": "error"})
+        raw.syn(3, {"streamType": "stdout"})
+        sock = raw.sock
+    else:
+        parts = urllib.parse.urlsplit(url)
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(
+            f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: Upgrade\r\n"
+            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: {V5}\r\n\r\n".encode()
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 101 ")
+    samples = []
+    for _ in range(10):
+        time.sleep(1)
+        samples.append(env.daemon_rss_kib() - before)
+    sock.close()
+    assert max(samples) < 32 * 1024, f"daemon RSS grew by {samples} KiB while the client read nothing"
+    still_serves_exec(env, cid)
