@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: lint, type check, import layers, every test (as root, against the real kernel,
 # runc, conmon, CNI plugins, registry, systemd and Prometheus), then upstream critest against Calyx
-# (critest/run.py; it prints critest's own summary). Arguments select pytest tests and skip critest.
+# (critest/run.py; it prints critest's own summary), then in CI the node lab's subset (below). Arguments
+# select pytest tests and skip critest and the node lab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv/bin
@@ -12,5 +13,20 @@ status=0
 "$venv/pytest" -p no:cacheprovider "$@" || status=$?
 if [ $# -eq 0 ]; then
     "$venv/python" -m critest.run || status=$?
+fi
+# The node lab's CI subset (tests/node/README.md): a Debian 12 node under qemu, cgroup v2, systemd, AppArmor.
+# On in CI (CI=true) and with CALYX_NODE_LAB=subset; CALYX_NODE_LAB=off leaves it out. Once on, nothing
+# skips it: no qemu is a failure (bash deploy/install.sh --node-lab installs what it needs).
+node_lab=${CALYX_NODE_LAB:-}
+if [ -z "$node_lab" ] && [ "${CI:-}" = true ]; then
+    node_lab=subset
+fi
+if [ $# -eq 0 ] && [ "$node_lab" = subset ]; then
+    if command -v qemu-system-x86_64 >/dev/null; then
+        tests/node/run.sh subset || status=$?
+    else
+        echo "node lab: qemu-system-x86_64 is missing (bash deploy/install.sh --node-lab)" >&2
+        status=1
+    fi
 fi
 exit "$status"

@@ -678,7 +678,10 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
             """,
         )
         assert state[0] == "active"
-        assert state[1]["memory"] == (f"/sys/fs/cgroup/memory{scope}" if V1 else f"/sys/fs/cgroup{scope}")
+        if V1:
+            assert state[1]["memory"] == f"/sys/fs/cgroup/memory{scope}"
+        else:
+            assert state[1] == {"unified": f"/sys/fs/cgroup{scope}"}
         assert scope_limits(namespaced_systemd, scope) == (96 << 20, 384, 25_000)
         assert pids_max(namespaced_systemd, scope) == "64"
         assert (namespaced_systemd.host_dir("memory", scope) / "cgroup.procs").read_text().split()
