@@ -313,22 +313,35 @@ class ContainerManager:
                 log.info("stop of an unknown container: nothing to do", extra={"container_id": container_id})
                 return
             raise
+        if timeout_s > 0 and self._signal_stop(c):
+            # The grace period is waited out without the container's lock, so a later stop (kubelet
+            # escalating with a shorter timeout), RemoveContainer or StopPodSandbox acts meanwhile
+            # instead of queueing behind it, as containerd lets them.
+            start = time.monotonic()
+            if self._wait_exit(c, timeout_s):
+                self.refresh(c)
+                log.info("container stopped", extra={"container_id": c.id, "duration_ms": _ms(start)})
+                return
         with self._lock_of(c.id):
-            self._stop_locked(c, timeout_s)
+            self._kill_locked(c)
 
-    def _stop_locked(self, c: Container, timeout_s: float) -> None:
+    def _signal_stop(self, c: Container) -> bool:
+        """Send a running container its stop signal (under its lock); whether it was running."""
+        with self._lock_of(c.id):
+            self.refresh(c)
+            if c.state != RUNNING:
+                return False
+            self._monitor_of(c).kill(c.id, signal_number(c.stop_signal))
+            failpoints.hit("container.stop_after_signal", container_id=c.id)
+            return True
+
+    def _kill_locked(self, c: Container) -> None:
+        """SIGKILL a created or running container and wait for its end (the container's lock held)."""
         self.refresh(c)
         if c.state not in (CREATED, RUNNING):
             return
         mon = self._monitor_of(c)
         start = time.monotonic()
-        if c.state == RUNNING and timeout_s > 0:
-            mon.kill(c.id, signal_number(c.stop_signal))
-            failpoints.hit("container.stop_after_signal", container_id=c.id)
-            if self._wait_exit(c, timeout_s):
-                self.refresh(c)
-                log.info("container stopped", extra={"container_id": c.id, "duration_ms": _ms(start)})
-                return
         mon.kill(c.id, 9, all_processes=c.shared_pid_ns)
         if c.state == CREATED:
             # A created container has no conmon-reported exit; runc delete reaps its init.
@@ -346,7 +359,7 @@ class ContainerManager:
             return
         with self._lock_of(c.id):
             if c.state in (CREATED, RUNNING):
-                self._stop_locked(c, 0)
+                self._kill_locked(c)
             if c.state != REMOVING:
                 c.state = REMOVING  # the intent: a crash from here on is finished by recovery
                 self.persist(c)
