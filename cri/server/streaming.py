@@ -15,6 +15,7 @@ from cri.api import api_pb2 as pb
 from cri.pods.model import READY
 from cri.runtime import Runtime
 from cri.streaming.backend import running_container
+from cri.streaming.portforward import MAX_FORWARDED_PORTS
 from cri.streaming.server import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
 
 
@@ -67,6 +68,11 @@ class StreamingRPCs:
     ) -> pb.PortForwardResponse:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is required")
+        if len(request.port) > MAX_FORWARDED_PORTS:
+            raise InvalidArgument(
+                f"{len(request.port)} ports to forward (at most {MAX_FORWARDED_PORTS})",
+                request.pod_sandbox_id,
+            )
         for port in request.port:
             if not 0 < port < 65536:
                 raise InvalidArgument(f"port {port} is not between 1 and 65535", request.pod_sandbox_id)

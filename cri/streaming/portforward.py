@@ -23,6 +23,10 @@ from cri.streaming.ws_session import WsSession
 
 log = logging.getLogger("cri.streaming.portforward")
 
+# A WebSocket port-forward opens a connection per port of its request at once (a SPDY one only as its
+# client opens streams): this bounds what one URL makes the daemon open. kubectl forwards a handful.
+MAX_FORWARDED_PORTS = 128
+
 # Opens a TCP socket to 127.0.0.1:port as the pod sees it (created in the pod's netns).
 Connector = Callable[[int], Awaitable[socket.socket]]
 

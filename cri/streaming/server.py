@@ -38,7 +38,7 @@ from cri.streaming.command import (
     WsCommandSession,
 )
 from cri.streaming.netns import connect_localhost
-from cri.streaming.portforward import SpdyPortForward, websocket_portforward
+from cri.streaming.portforward import MAX_FORWARDED_PORTS, SpdyPortForward, websocket_portforward
 from cri.streaming.process import ExecProcess
 from cri.streaming.spdy_session import SpdySession
 from cri.streaming.tokens import TokenCache
@@ -441,6 +441,8 @@ class StreamingServer:
                 raise HTTPError(400, "Bad Request", "query parameter port must be a number") from None
         if not ports or not all(0 < p < 65536 for p in ports):
             raise HTTPError(400, "Bad Request", "at least one port between 1 and 65535 is required")
+        if len(ports) > MAX_FORWARDED_PORTS:
+            raise HTTPError(400, "Bad Request", f"at most {MAX_FORWARDED_PORTS} ports can be forwarded")
         netns = self._pod_netns(request.pod_id)
         session = await self._ws_accept(conn, WS_PORTFORWARD, 2 * len(ports))
         if session is None:

@@ -16,8 +16,9 @@ import time
 import urllib.parse
 import zlib
 
+import grpc
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from cri.api import api_pb2 as pb
@@ -404,3 +405,20 @@ def test_exec_printing_forever_to_a_client_that_never_reads_stays_bounded(env: E
     sock.close()
     assert max(samples) < 32 * 1024, f"daemon RSS grew by {samples} KiB while the client read nothing"
     still_serves_exec(env, cid)
+
+
+def test_portforward_of_thousands_of_ports_is_refused(builtin_net, short_tmp) -> None:
+    """A WebSocket port-forward connects to every port of its request at once: a URL naming 2000 ports
+    (in the CRI request or in its query) is refused, not 2000 connections opened by the daemon."""
+    net = builtin_net()
+    pod_id = run_pod(net.daemon, pod_config(log_directory=str(short_tmp / "logs")))
+    with pytest.raises(grpc.RpcError) as err:
+        net.daemon.runtime.PortForward(
+            pb.PortForwardRequest(pod_sandbox_id=pod_id, port=list(range(1, 2001)))
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    url = net.daemon.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id)).url
+    query = ",".join(str(p) for p in range(1, 2001))
+    with pytest.raises(InvalidStatus) as refused:
+        connect(url.replace("http://", "ws://") + f"?port={query}", subprotocols=[V4], open_timeout=30)
+    assert refused.value.response.status_code == 400
