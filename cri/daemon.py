@@ -22,12 +22,10 @@ from typing import IO
 
 from calyx_base import log as calyx_log
 from cri import __version__, statedirs
+from cri.build import build_daemon
 from cri.config import Config
 from cri.reload import reload as reload_config
-from cri.runtime import Runtime
 from cri.server.service import build_server
-from cri.store import Store
-from cri.subsystems import SUBSYSTEM_BUILDERS
 
 log = logging.getLogger("cri.daemon")
 
@@ -87,15 +85,6 @@ def _socket_answers(path: Path) -> bool:
         return True
 
 
-def build_runtime(config: Config) -> Runtime:
-    """The runtime with every subsystem this build of Calyx has."""
-    store = Store(config.root / "calyx.db")
-    runtime = Runtime(config, store)
-    for register in SUBSYSTEM_BUILDERS:  # each attaches one subsystem (cri/subsystems.py)
-        register(runtime)
-    return runtime
-
-
 def _reload(config: Config, load_config: Callable[[], Config] | None) -> None:
     """SIGHUP (cri/reload.py): take up the config files again."""
     if load_config is None:
@@ -126,8 +115,9 @@ def serve(config: Config, load_config: Callable[[], Config] | None = None) -> in
         ],
         keep=[socket_path, socket_path.parent],
     )
-    runtime = build_runtime(config)
-    server = build_server(runtime)
+    daemon = build_daemon(config)
+    runtime = daemon.runtime
+    server = build_server(daemon)
     server.add_insecure_port(f"unix:{socket_path}")
     server.start()
     os.chmod(socket_path, int(config.server.socket_mode, 8))
@@ -161,9 +151,7 @@ def serve(config: Config, load_config: Callable[[], Config] | None = None) -> in
                 _reload(config, load_config)
     finally:
         notify_systemd("STOPPING=1", notify_address)
-        events = getattr(runtime, "events", None)
-        if events is not None:  # end GetContainerEvents streams so they do not hold up the stop
-            events.close()
+        daemon.events.close()  # end GetContainerEvents streams so they do not hold up the stop
         server.stop(config.server.shutdown_grace_seconds).wait()
         runtime.close()
         if socket_path.exists():

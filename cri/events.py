@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import Counter
 
@@ -137,6 +136,3 @@ class EventBus:
         for sub in subs:
             sub.close()
 
-
-def register(runtime: Any) -> None:
-    runtime.register("events", EventBus())

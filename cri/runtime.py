@@ -1,9 +1,8 @@
-"""The runtime: the one object that holds Calyx's subsystems and their shared state.
+"""The runtime: readiness, the CRI runtime conditions, and the recovery and closing of the subsystems.
 
-The daemon builds it, runs ``recover()`` (each subsystem reconciles its store with the machine), then
-marks it ready, whatever recovery could not do: that is logged, counted and retried (``cleanups``).
-gRPC servicers reach every subsystem through it. Subsystems register here as they are built:
-``images``, ``pods``, ``containers``, ``streaming``, ``stats``, ``events``.
+The daemon builds it (cri/build.py) with its subsystems in recovery order, runs ``recover()`` (each
+subsystem reconciles its store with the machine), then it is ready, whatever recovery could not do:
+that is logged, counted and retried (Cleanups).
 """
 
 from __future__ import annotations
@@ -11,12 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from calyx_base.cleanups import Cleanups
-from cri.config import Config
 from cri.store import Store
 from sandbox.network import Readiness
 
@@ -43,31 +41,42 @@ class Subsystem(Protocol):
         """Stop background work; running containers are left alone."""
 
 
-class Runtime:
-    def __init__(self, config: Config, store: Store) -> None:
-        self.config = config
+class PodCidr:
+    """The pod CIDR kubelet pushes (UpdateRuntimeConfig), kept in the store; the built-in network
+    gives pods addresses in it."""
+
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self._ready = threading.Event()
-        self._subsystems: list[tuple[str, Subsystem]] = []
+
+    def get(self) -> str:
+        return str(self.store.setting("pod_cidr", ""))
+
+    def set(self, cidr: str) -> None:
+        self.store.set_setting("pod_cidr", cidr)
+
+
+class Runtime:
+    def __init__(
+        self,
+        store: Store,
+        cleanups: Cleanups,
+        subsystems: Sequence[tuple[str, Subsystem]],
+        network_readiness: Callable[[], Readiness],
+        pod_cidr: PodCidr,
+    ) -> None:
+        self.store = store
         # Cleanups that failed (in recovery, garbage collection...), retried until they succeed.
-        self.cleanups = Cleanups(config.state.cleanup_retry_seconds)
-        # Replaced by the networking subsystem; until one exists pods cannot get a network.
-        self.network_readiness: Callable[[], Readiness] = lambda: Readiness(
-            False, "NetworkPluginNotReady", "calyx has no pod network configured"
-        )
-
-    # --- subsystems ---------------------------------------------------------------------------------
-
-    def register(self, name: str, subsystem: Any) -> None:
-        """Attach ``subsystem`` as ``runtime.<name>``; it is recovered and closed with the runtime."""
-        setattr(self, name, subsystem)
-        self._subsystems.append((name, subsystem))
+        self.cleanups = cleanups
+        self.subsystems = list(subsystems)
+        self.network_readiness = network_readiness
+        self.pod_cidr = pod_cidr
+        self._ready = threading.Event()
 
     def recover(self) -> None:
         """Recover every subsystem, then be ready. A subsystem whose recovery fails (each handles its
         own leftovers one by one; this is for what none expected) is logged, counted and recovered
         again later: the daemon serves regardless, since a crash loop helps no pod."""
-        for name, subsystem in self._subsystems:
+        for name, subsystem in self.subsystems:
             start = time.monotonic()
             done = self.cleanups.attempt("subsystem", name, subsystem.recover)
             log.info(
@@ -79,7 +88,7 @@ class Runtime:
 
     def close(self) -> None:
         self.cleanups.close()
-        for name, subsystem in reversed(self._subsystems):
+        for name, subsystem in reversed(self.subsystems):
             try:
                 subsystem.close()
             except Exception:
@@ -102,12 +111,3 @@ class Runtime:
         )
         network = self.network_readiness()
         return [runtime, Condition("NetworkReady", network.ready, network.reason, network.message)]
-
-    # --- settings kubelet pushes --------------------------------------------------------------------
-
-    @property
-    def pod_cidr(self) -> str:
-        return str(self.store.setting("pod_cidr", ""))
-
-    def set_pod_cidr(self, cidr: str) -> None:
-        self.store.set_setting("pod_cidr", cidr)

@@ -1,6 +1,6 @@
 """One entry point for both cgroup versions: ``read_cgroup(dirs)``.
 
-The cgroup driver answers ``cgroup_dirs(container_id, parent)`` with a controller -> directory map. On
+The cgroup driver (sandbox/cgroups) answers where a cgroup is with a controller -> directory map. On
 v1 the keys are controller names; on v2 (unified) there is one directory, whatever its key. The version
 is told by the directory's files, not by configuration, so a hybrid host reads its v1 controllers.
 """
@@ -14,9 +14,6 @@ from pathlib import Path
 from metrics import cgroup_v1, cgroup_v2
 from metrics.psi import read_pressure
 from metrics.readings import CgroupSample
-
-V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "pids", "blkio")
-V1_ROOT = Path("/sys/fs/cgroup")
 
 
 def is_v2(dirs: Mapping[str, Path]) -> bool:
@@ -43,16 +40,3 @@ def read_cgroup(dirs: Mapping[str, Path]) -> CgroupSample:
         if psi:
             sample = dataclasses.replace(sample, psi=psi)
     return sample
-
-
-def v1_dirs(relative: str, root: Path = V1_ROOT, unified: bool = False) -> dict[str, Path]:
-    """controller -> dir of the v1 cgroup ``relative`` (e.g. "kubepods/pod1/calyx-<id>") in each
-    hierarchy mounted under ``root``; a hierarchy that is not mounted is left out. ``unified`` adds
-    the hybrid cgroup2 mount's directory (``root``/unified) when that mount exists."""
-    relative = relative.strip("/")
-    dirs: dict[str, Path] = {}
-    for controller in (*V1_CONTROLLERS, "unified") if unified else V1_CONTROLLERS:
-        hierarchy = root / controller
-        if hierarchy.is_dir():
-            dirs[controller] = hierarchy / relative
-    return dirs

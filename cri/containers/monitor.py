@@ -99,14 +99,6 @@ class Monitor:
             return None
         return state
 
-    def update(self, container_id: str, resources: dict[str, Any]) -> None:
-        proc.run(
-            self._runc("update", "--resources", "-", container_id),
-            RUNC_TIMEOUT,
-            input=json.dumps(resources).encode(),
-            object_id=container_id,
-        )
-
     # --- files conmon leaves ------------------------------------------------------------------------
 
     def exit_file(self, container_id: str) -> Path:
@@ -281,6 +273,10 @@ class Monitor:
                 child.kill()
                 child.wait(5)
         return b"".join(chunks)
+
+    def exec_argv(self, container_id: str, spec_file: Path) -> list[str]:
+        """``runc exec`` of the process spec in ``spec_file`` in the container, run in the foreground."""
+        return [*self._runc("exec", "--process", str(spec_file)), container_id]
 
     def exec_sync(
         self,

@@ -14,13 +14,14 @@ import itertools
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+
+from sandbox.cgroups import CgroupDriver
 
 log = logging.getLogger("cri.containers")
 
 
 def sweep_orphan_cgroups(
-    driver: Any,
+    driver: CgroupDriver,
     known: set[str],
     parents: Iterable[str],
     exit_dir: Path,
@@ -29,8 +30,6 @@ def sweep_orphan_cgroups(
 ) -> list[str]:
     """Remove the container cgroups below ``parents`` whose id is not in ``known``; returns the ids.
     Those whose removal failed go to ``failed`` (id -> error), the others are removed regardless."""
-    if driver is None or not hasattr(driver, "container_ids_under"):
-        return []
     roots = list(runtime_roots)
     removed: list[str] = []
     for parent in sorted(set(parents)):
@@ -60,7 +59,7 @@ def sweep_orphan_cgroups(
     return removed
 
 
-def _ours(driver: Any, cid: str, parent: str, exit_dir: Path, roots: list[Path]) -> bool:
+def _ours(driver: CgroupDriver, cid: str, parent: str, exit_dir: Path, roots: list[Path]) -> bool:
     pids = driver.all_pids(cid, parent)
     if not pids:
         return True  # an empty leftover: nothing of anyone runs there

@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from calyx_base.errors import InvalidArgument
 from cri import enums
@@ -19,6 +19,7 @@ from cri.api import api_pb2 as pb
 from cri.containers import arglimits, idmapped, seccomp_localhost, userns
 from cri.containers import binds as mnt
 from cri.containers import capabilities as caps
+from cri.containers.deps import PodView
 from cri.containers.seccomp_default import default_profile
 from cri.containers.users import ProcessUser, make_inside, resolve_user
 from sandbox.shm import HOST_SHM
@@ -43,22 +44,6 @@ DEFAULT_MASKED_PATHS = [
     "/sys/devices/virtual/powercap",
 ]
 DEFAULT_READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
-
-
-class PodView(Protocol):
-    """What the spec needs of a pod (runtime.pods' Pod satisfies it)."""
-
-    id: str
-    hostname: str
-    netns_path: str | None
-    ipc_ns_path: str | None
-    uts_ns_path: str | None
-    pid_ns_path: str | None
-    namespace_options: dict[str, Any]
-    resolv_conf_path: str | None
-    hosts_path: str | None
-    hostname_path: str | None
-    linux: dict[str, Any]
 
 
 @dataclass

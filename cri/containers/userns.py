@@ -16,15 +16,16 @@ from typing import Any
 from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri import enums
 from cri.api import api_pb2 as pb
+from cri.containers.deps import PodView
 from sandbox.userns import IdMap
 
 
-def pod_user_ns(pod: Any) -> str | None:
+def pod_user_ns(pod: PodView) -> str | None:
     """The pinned user namespace of ``pod``, or None when it runs in the host's."""
-    return getattr(pod, "user_ns_path", None)
+    return pod.user_ns_path
 
 
-def mappings(pod: Any) -> tuple[IdMap, IdMap] | None:
+def mappings(pod: PodView) -> tuple[IdMap, IdMap] | None:
     """(uid map, gid map) of the pod's user namespace, or None without one."""
     if not pod_user_ns(pod):
         return None
@@ -32,7 +33,7 @@ def mappings(pod: Any) -> tuple[IdMap, IdMap] | None:
     return IdMap.from_dict(userns["uids"][0]), IdMap.from_dict(userns["gids"][0])
 
 
-def check_request(pod: Any, requested: Any) -> None:
+def check_request(pod: PodView, requested: Any) -> None:
     """The container's own ``userns_options`` (kubelet repeats the pod's) must agree with the pod's:
     a container cannot have a user namespace of its own, nor leave or change the pod's."""
     if requested is None or not requested.ListFields():
@@ -56,7 +57,7 @@ def check_request(pod: Any, requested: Any) -> None:
         raise InvalidArgument("container userns_options mappings differ from the pod's")
 
 
-def root_owner(pod: Any) -> tuple[int, int] | None:
+def root_owner(pod: PodView) -> tuple[int, int] | None:
     """Host (uid, gid) of the container's root user in the pod's user namespace, or None."""
     maps = mappings(pod)
     if maps is None:

@@ -1,11 +1,12 @@
-"""The images subsystem (``runtime.images``): pulled images, their names, and the content under them.
+"""The images subsystem: pulled images, their names, and the content under them.
 
 Records live in the store (kind "image", keyed by image id = config digest) and in memory for fast
 lookups. An image becomes visible only when its record is written, after every blob is verified and
 every layer unpacked; blobs and layer dirs no record (and no pull in flight) needs are removed when an
 image goes and at start, which is also when interrupted downloads and unpacks are cleaned up. A removal
-that fails is logged, counted and retried (``runtime.cleanups``), never a reason to fail RemoveImage or
-the start: the image itself is gone, what is left is garbage.
+that fails is logged, counted and retried (Cleanups), never a reason to fail RemoveImage or the start:
+the image itself is gone, what is left is garbage. An image a container uses (ImageUsers: the container
+records, a create in progress included) is not removed.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from calyx_base import failpoints
+from calyx_base.cleanups import Cleanups
 from calyx_base.errors import FailedPrecondition, InvalidArgument, NotFound
+from cri.config import ImagesConfig
 from cri.images.auth import Credentials
 from cri.images.content import ContentStore
 from cri.images.flight import Flights
@@ -30,7 +33,7 @@ from cri.images.layers import LayerStore
 from cri.images.model import Image, ImageRecord
 from cri.images.reference import ID_RE, Reference, parse
 from cri.images.validate import InvalidImage, stored_record
-from cri.runtime import Runtime
+from cri.store import Store
 from sandbox import trees
 
 if TYPE_CHECKING:
@@ -41,16 +44,28 @@ log = logging.getLogger("cri.images")
 KIND = "image"
 
 
+class ImageUsers(Protocol):
+    """Who may be using an image (cri/containers/records.py's ContainerRecords)."""
+
+    def uses_image(self, image_id: str) -> bool: ...
+
+
 class ImageManager:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(
+        self, store: Store, root: Path, config: ImagesConfig, cleanups: Cleanups, users: ImageUsers
+    ) -> None:
         # httpx logs every request at info and httpcore every socket step at debug: too much for a daemon.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         logging.getLogger("httpcore").setLevel(logging.WARNING)
-        self.runtime = runtime
-        self.store = runtime.store
-        self.root = runtime.config.root / "images"
+        self.store = store
+        self.root = root
+        # The live section of the config: a SIGHUP reload replaces registries, pins and the pull timeout
+        # in it (cri/reload.py), and they are read where they are used.
+        self.config = config
+        self.cleanups = cleanups
+        self.users = users
         self.content = ContentStore(self.root)
-        self.layers = LayerStore(self.root / "layers", runtime.config.images.max_layer_unpacked_bytes)
+        self.layers = LayerStore(self.root / "layers", config.max_layer_unpacked_bytes)
         self._puller: Puller | None = None
         self._puller_lock = threading.Lock()
         self.pulls: Flights[str] = Flights()
@@ -67,13 +82,13 @@ class ImageManager:
             if self._puller is None:
                 from cri.images.pull import Puller
 
-                self._puller = Puller(self.content, self.layers, self.runtime.config.images)
+                self._puller = Puller(self.content, self.layers, self.config)
             return self._puller
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def recover(self) -> None:
-        cleanups = self.runtime.cleanups
+        cleanups = self.cleanups
         ingest = sum(
             cleanups.attempt("blob", p.name, partial(trees.remove_tree, p)) for p in self.content.leftovers()
         )
@@ -169,7 +184,7 @@ class ImageManager:
 
     def _pinned_ids(self) -> set[str]:
         ids = set()
-        for name in self.runtime.config.images.pinned:
+        for name in self.config.pinned:
             try:
                 record = self._find(name)
             except InvalidArgument:
@@ -209,7 +224,7 @@ class ImageManager:
         ref = parse(text)
         creds = creds or Credentials()
         if deadline is None:
-            deadline = time.monotonic() + self.runtime.config.images.pull_timeout_seconds
+            deadline = time.monotonic() + self.config.pull_timeout_seconds
         key = f"{ref} {creds.fingerprint}"
         return self.pulls.do(key, lambda: self._pull(ref, creds, deadline), deadline, what=str(ref))
 
@@ -286,8 +301,7 @@ class ImageManager:
                 self._records[record.id] = untagged
                 log.info("image untagged", extra={"image_id": record.id, "tag": text})
                 return
-            containers = getattr(self.runtime, "containers", None)
-            if containers is not None and containers.uses_image(record.id):
+            if self.users.uses_image(record.id):
                 raise FailedPrecondition(f"image {text!r} is in use by a container", record.id)
             self.store.delete(KIND, record.id)
             del self._records[record.id]
@@ -312,7 +326,7 @@ class ImageManager:
         keep = self._needed()
         blobs = [d for d in self.content.digests() if d not in keep]
         layers = [c for c in self.layers.chain_ids() if c not in keep]
-        attempt = self.runtime.cleanups.attempt
+        attempt = self.cleanups.attempt
         return {
             "blobs_removed": sum(
                 attempt("blob", d, partial(self._collect, d, self.content.delete)) for d in blobs

@@ -12,19 +12,20 @@
   have recovered (``finish_removals`` in remove.py).
 
 Each of these steps is about one pod (or lease); one that fails is logged, counted and retried
-(``runtime.cleanups``) while the others go on, so no leftover keeps the daemon from serving.
+(``Cleanups``) while the others go on, so no leftover keeps the daemon from serving.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 from calyx_base.errors import Internal, NotFound
-from cri.pods.model import KIND, NOTREADY, Pod
-from cri.pods.service import PodService
+from cri.pods.deps import PodDeps
+from cri.pods.model import NOTREADY, Pod
 from cri.pods.stop import finish_teardown, teardown_pending
 from cri.pods.teardown import detach_network, pod_ref, release_namespaces, remove_dir
 from sandbox import namespaces, pidns
@@ -39,49 +40,48 @@ def _intact(pod: Pod) -> bool:
     return not (pod.pid_ns_path and not pidns.is_alive(Path(pod.pid_ns_path)))
 
 
-def _check_network(svc: PodService, pod: Pod) -> None:
+def _check_network(deps: PodDeps, pod: Pod) -> None:
     """CNI CHECK of a pod that survived the restart; a failure is reported, the pod is left as it is
     (kubelet decides whether to recreate it)."""
     try:
-        svc.networks.check(pod.network, pod_ref(pod))
+        deps.networks.check(pod.network, pod_ref(pod))
     except Exception as exc:
         log.warning("pod network check failed", extra={"pod_id": pod.id, "error": str(exc)})
 
 
-def _finish_teardown(svc: PodService, pod: Pod) -> Pod:
+def _finish_teardown(deps: PodDeps, pod: Pod) -> Pod:
     """The stop's own teardown; when it fails the pod keeps its IPs, so that kubelet's StopPodSandbox
     retry, the cleanup retries or the next start try the CNI DEL again instead of leaking the address."""
     try:
-        return finish_teardown(svc, pod)
+        return finish_teardown(deps, pod)
     except Exception as exc:
-        svc.runtime.cleanups.defer("network", pod.id, lambda: _retry_teardown(svc, pod.id), exc, "teardown")
+        deps.cleanups.defer("network", pod.id, lambda: _retry_teardown(deps, pod.id), exc, "teardown")
         return pod
 
 
-def _retry_teardown(svc: PodService, pod_id: str) -> None:
+def _retry_teardown(deps: PodDeps, pod_id: str) -> None:
     """The teardown of a stopped pod, under its lock, if it is still due (kubelet's stop or remove may
     have done it meanwhile)."""
-    with svc.locked(pod_id):
+    with deps.index.locked(pod_id):
         try:
-            pod = svc.get(pod_id)
+            pod = deps.index.get(pod_id)
         except NotFound:
             return
         if teardown_pending(pod):
-            finish_teardown(svc, pod)
+            finish_teardown(deps, pod)
 
 
-def _undo_interrupted_run(svc: PodService, pod: Pod) -> None:
+def _undo_interrupted_run(deps: PodDeps, pod: Pod) -> None:
     """Undo what a RunPodSandbox a crash interrupted made, from its recorded intent. Every step runs;
     the record goes only once all succeeded, so the failed ones are tried again (all are idempotent)."""
     errors = []
-    steps = [
-        ("detach network", lambda: detach_network(svc.networks, pod)),
-        ("release namespaces", lambda: release_namespaces(svc.run_root, pod)),
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("detach network", lambda: detach_network(deps.networks, pod)),
+        ("release namespaces", lambda: release_namespaces(deps.run_root, pod)),
         ("remove pod dir", lambda: remove_dir(Path(pod.pod_dir))),
     ]
-    cgroups = svc.cgroups
-    if cgroups is not None and pod.cgroup_parent and hasattr(cgroups, "remove_parent"):
-        steps.append(("remove cgroup parent", lambda: cgroups.remove_parent(pod.cgroup_parent)))
+    if pod.cgroup_parent:
+        steps.append(("remove cgroup parent", lambda: deps.cgroups.remove_parent(pod.cgroup_parent)))
     for what, step in steps:
         try:
             step()
@@ -89,55 +89,55 @@ def _undo_interrupted_run(svc: PodService, pod: Pod) -> None:
             errors.append(f"{what}: {exc}")
     if errors:
         raise Internal(f"undoing the interrupted creation of pod {pod.id}: {'; '.join(errors)}", pod.id)
-    svc.store.delete(KIND, pod.id)
+    deps.index.erase(pod.id)
 
 
-def recover_pods(svc: PodService) -> None:
-    cleanups = svc.runtime.cleanups
+def recover_pods(deps: PodDeps) -> None:
+    cleanups = deps.cleanups
     ready: set[str] = set()
-    for pod_id, record in svc.store.list(KIND).items():
+    for pod_id, record in deps.index.stored().items():
         try:
             pod = Pod.from_record(record)
         except (KeyError, TypeError) as exc:
             log.error("unreadable pod record dropped", extra={"pod_id": pod_id, "error": repr(exc)})
-            svc.store.delete(KIND, pod_id)
+            deps.index.erase(pod_id)
             continue
         if not pod.complete:
             log.warning("cleaning up a pod whose creation was interrupted", extra={"pod_id": pod_id})
-            cleanups.attempt("pod", pod_id, partial(_undo_interrupted_run, svc, pod), "undo run")
+            cleanups.attempt("pod", pod_id, partial(_undo_interrupted_run, deps, pod), "undo run")
             continue
         if pod.ready and not _intact(pod):
             log.warning("pod lost its namespaces; marking it not ready", extra={"pod_id": pod_id})
             pod = dataclasses.replace(pod, state=NOTREADY)
-            svc.save(pod)
+            deps.index.save(pod)
         if teardown_pending(pod):
             log.warning("finishing the teardown of a stopped or broken pod", extra={"pod_id": pod_id})
-            pod = _finish_teardown(svc, pod)
-        svc.save(pod)
+            pod = _finish_teardown(deps, pod)
+        deps.index.save(pod)
         if pod.ready:
             ready.add(pod_id)
-            _check_network(svc, pod)
+            _check_network(deps, pod)
             if pod.pid_ns_path:
                 holder = pidns.init_pid(Path(pod.pid_ns_path))
                 if holder is not None:
-                    svc.watch.add(pod.id, holder)
+                    deps.watch.add(pod.id, holder)
     # Pins, holders and leases of pods that are not ready: a pod that is not ready now never will be
     # (kubelet makes a new one), so a retry of these later cannot hit a pod in use.
-    for kind, ids in namespaces.leftover_pins(svc.run_root).items():
+    for kind, ids in namespaces.leftover_pins(deps.run_root).items():
         for pod_id in ids:
             if pod_id not in ready:
                 log.warning("releasing a namespace pin no pod owns", extra={"pod_id": pod_id, "kind": kind})
-                pin = namespaces.pin_path(svc.run_root, kind, pod_id)
+                pin = namespaces.pin_path(deps.run_root, kind, pod_id)
                 cleanups.attempt("pod", pod_id, partial(namespaces.release, pin), f"{kind} pin")
-    pid_dir = namespaces.pin_dir(svc.run_root, "pid")
+    pid_dir = namespaces.pin_dir(deps.run_root, "pid")
     if pid_dir.is_dir():
         for pin in pid_dir.iterdir():
             if pin.name not in ready:
                 cleanups.attempt("pod", pin.name, partial(pidns.release, pin), "pid holder")
-    bridge = svc.networks.bridge
+    bridge = deps.networks.bridge
     for pod_id, name in bridge.stale_leases(ready):
         cleanups.attempt("network", pod_id, partial(bridge.detach, pod_id, name), "lease")
     # The built-in network's shared parts are checked and repaired (never removed), the live pods'
     # hostPort rules with them; a failure is retried.
-    ports = {pod_id: list(svc.get(pod_id).network.get("port_mappings", [])) for pod_id in ready}
+    ports = {pod_id: list(deps.index.get(pod_id).network.get("port_mappings", [])) for pod_id in ready}
     cleanups.attempt("network", bridge.bridge, partial(bridge.recover, ports), "bridge")

@@ -15,67 +15,63 @@ from pathlib import Path
 
 from calyx_base import failpoints
 from calyx_base.errors import NotFound
-from cri import lifecycle
 from cri.api import api_pb2 as pb
-from cri.pods.service import PodService
+from cri.pods.deps import PodDeps
 from cri.pods.stop import stop_pod
 from cri.pods.teardown import remove_dir
 
 log = logging.getLogger("cri.pods")
 
 
-def remove_pod(svc: PodService, pod_id: str) -> None:
+def remove_pod(deps: PodDeps, pod_id: str) -> None:
     start = time.monotonic()
     try:
-        full_id = svc.resolve_id(pod_id)
+        full_id = deps.index.resolve_id(pod_id)
     except NotFound:
         log.info("remove of unknown pod sandbox: nothing to do", extra={"pod_id": pod_id})
         return
-    stop_pod(svc, full_id)
-    with svc.locked(full_id):
+    stop_pod(deps, full_id)
+    with deps.index.locked(full_id):
         try:
-            pod = svc.get(full_id)
+            pod = deps.index.get(full_id)
         except NotFound:
             return
         if not pod.removing:
             pod = dataclasses.replace(pod, removing=True)
-            svc.save(pod)
+            deps.index.save(pod)
             failpoints.hit("pod.remove_after_intent", pod_id=pod.id)
-        containers = svc.containers
-        if containers is not None and hasattr(containers, "remove_pod_containers"):
-            containers.remove_pod_containers(pod.id)
+        deps.containers.remove_pod_containers(pod.id)
         failpoints.hit("pod.remove_after_containers", pod_id=pod.id)
-        cgroups = svc.cgroups
-        if cgroups is not None and pod.cgroup_parent and hasattr(cgroups, "remove_parent"):
-            cgroups.remove_parent(pod.cgroup_parent)
+        if pod.cgroup_parent:
+            deps.cgroups.remove_parent(pod.cgroup_parent)
         remove_dir(Path(pod.pod_dir))
         failpoints.hit("pod.remove_after_dir", pod_id=pod.id)
-        svc.forget(pod)
-        lifecycle.publish_pod(svc.runtime, pod, pb.CONTAINER_DELETED_EVENT)
+        deps.index.forget(pod)
+        deps.events.pod_changed(pod, pb.CONTAINER_DELETED_EVENT)
     log.info(
         "pod sandbox removed", extra={"pod_id": full_id, "duration_ms": (time.monotonic() - start) * 1000}
     )
 
 
-def finish_removals(svc: PodService) -> None:
+def finish_removals(deps: PodDeps) -> None:
     """Complete every removal a crash interrupted (pods recorded ``removing``). Runs after the
     containers subsystem has recovered, since the pod's containers go first; a failure is logged,
     counted and retried, and the pod stays listed NOTREADY for kubelet's retry of RemovePodSandbox."""
-    for pod in svc.list():
+    for pod in deps.index.list():
         if not pod.removing:
             continue
         log.warning("finishing an interrupted pod removal", extra={"pod_id": pod.id})
-        svc.runtime.cleanups.attempt("pod", pod.id, partial(remove_pod, svc, pod.id), "remove")
+        deps.cleanups.attempt("pod", pod.id, partial(remove_pod, deps, pod.id), "remove")
 
 
 class PendingRemovals:
     """The subsystem that runs ``finish_removals`` in recovery order, after containers."""
 
-    def __init__(self, svc: PodService) -> None:
-        self.svc = svc
+    def __init__(self, deps: PodDeps) -> None:
+        self.deps = deps
 
     def recover(self) -> None:
-        finish_removals(self.svc)
+        finish_removals(self.deps)
 
     def close(self) -> None:
         pass

@@ -14,16 +14,16 @@ import logging
 
 from calyx_base.errors import FailedPrecondition
 from cri.api import api_pb2 as pb
+from cri.pods.deps import PodDeps
 from cri.pods.model import message_dict
-from cri.pods.service import PodService
 
 log = logging.getLogger("cri.pods")
 
 
-def update_pod_resources(svc: PodService, request: pb.UpdatePodSandboxResourcesRequest) -> None:
-    full_id = svc.resolve_id(request.pod_sandbox_id)  # NotFound for an unknown pod
-    with svc.locked(full_id):
-        pod = svc.get(full_id)
+def update_pod_resources(deps: PodDeps, request: pb.UpdatePodSandboxResourcesRequest) -> None:
+    full_id = deps.index.resolve_id(request.pod_sandbox_id)  # NotFound for an unknown pod
+    with deps.index.locked(full_id):
+        pod = deps.index.get(full_id)
         if not pod.ready:
             raise FailedPrecondition(f"pod sandbox {full_id} is not ready", full_id)
         linux = dict(pod.linux)
@@ -31,5 +31,5 @@ def update_pod_resources(svc: PodService, request: pb.UpdatePodSandboxResourcesR
             linux["overhead"] = message_dict(request.overhead)
         if request.HasField("resources"):
             linux["resources"] = message_dict(request.resources)
-        svc.save(dataclasses.replace(pod, linux=linux))
+        deps.index.save(dataclasses.replace(pod, linux=linux))
     log.info("pod sandbox resources recorded", extra={"pod_id": full_id})

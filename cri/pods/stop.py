@@ -15,30 +15,27 @@ import time
 
 from calyx_base import failpoints
 from calyx_base.errors import NotFound
-from cri import lifecycle
 from cri.api import api_pb2 as pb
-from cri.pods.model import KIND, NOTREADY, Pod
-from cri.pods.service import PodService
+from cri.pods.deps import PodDeps
+from cri.pods.model import NOTREADY, Pod
 from cri.pods.teardown import detach_network, release_namespaces
 
 log = logging.getLogger("cri.pods")
 
 
-def stop_pod(svc: PodService, pod_id: str) -> None:
+def stop_pod(deps: PodDeps, pod_id: str) -> None:
     start = time.monotonic()
     try:
-        full_id = svc.resolve_id(pod_id)
+        full_id = deps.index.resolve_id(pod_id)
     except NotFound:
         log.info("stop of unknown pod sandbox: nothing to do", extra={"pod_id": pod_id})
         return
-    with svc.locked(full_id):
+    with deps.index.locked(full_id):
         try:
-            pod = svc.get(full_id)
+            pod = deps.index.get(full_id)
         except NotFound:
             return  # removed while we waited for the lock
-        containers = svc.containers
-        if containers is not None and hasattr(containers, "stop_pod_containers"):
-            containers.stop_pod_containers(pod.id, 0)
+        deps.containers.stop_pod_containers(pod.id, 0)
         failpoints.hit("pod.stop_after_containers", pod_id=pod.id)
         was_ready = pod.ready
         if was_ready:
@@ -46,14 +43,14 @@ def stop_pod(svc: PodService, pod_id: str) -> None:
             # a NOTREADY pod still holding ``ips``/pins and finishes the teardown (it must never be
             # listed READY without its network). The index turns NOTREADY once all is released.
             pod = dataclasses.replace(pod, state=NOTREADY)
-            svc.store.put(KIND, pod.id, pod.to_record())
+            deps.index.record(pod)
             failpoints.hit("pod.stop_after_intent", pod_id=pod.id)
         if teardown_pending(pod):
-            finish_teardown(svc, pod)
+            finish_teardown(deps, pod)
         elif was_ready:
-            svc.save(pod)  # nothing to release (host namespaces only)
+            deps.index.save(pod)  # nothing to release (host namespaces only)
         if was_ready:
-            lifecycle.publish_pod(svc.runtime, svc.get(pod.id), pb.CONTAINER_STOPPED_EVENT)
+            deps.events.pod_changed(deps.index.get(pod.id), pb.CONTAINER_STOPPED_EVENT)
     log.info(
         "pod sandbox stopped", extra={"pod_id": full_id, "duration_ms": (time.monotonic() - start) * 1000}
     )
@@ -70,13 +67,13 @@ def teardown_pending(pod: Pod) -> bool:
     return bool(pod.ips) or any(os.path.lexists(p) for p in pins)
 
 
-def finish_teardown(svc: PodService, pod: Pod) -> Pod:
+def finish_teardown(deps: PodDeps, pod: Pod) -> Pod:
     """Detach the network and release the namespaces of a NOTREADY pod, then record it as released.
     A failure leaves the record as it was (its IPs say a teardown is still due)."""
-    detach_network(svc.networks, pod)
+    detach_network(deps.networks, pod)
     failpoints.hit("pod.stop_after_network", pod_id=pod.id)
-    release_namespaces(svc.run_root, pod)
+    release_namespaces(deps.run_root, pod)
     failpoints.hit("pod.stop_after_namespaces", pod_id=pod.id)
     released = dataclasses.replace(pod, ips=[])
-    svc.save(released)
+    deps.index.save(released)
     return released

@@ -9,7 +9,7 @@ from typing import Any
 from calyx_base.errors import InvalidArgument
 from cri import enums, fields
 from cri.api import api_pb2 as pb
-from cri.config import Config
+from cri.config import RuntimeConfig
 from cri.pods.model import PodMetadata, message_dict
 from sandbox import podfiles, sysctls
 from sandbox.cgroups import CgroupDriver
@@ -143,7 +143,7 @@ def port_mappings(mappings: Any) -> list[dict[str, Any]]:
     return out
 
 
-def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: CgroupDriver) -> RunSpec:
+def validate(request: pb.RunPodSandboxRequest, handlers: RuntimeConfig, cgroups: CgroupDriver) -> RunSpec:
     cfg = request.config
     meta = cfg.metadata
     for name in ("name", "namespace", "uid"):
@@ -151,11 +151,10 @@ def validate(request: pb.RunPodSandboxRequest, config: Config, cgroups: CgroupDr
             raise InvalidArgument(f"pod sandbox metadata.{name} is required")
         # They go into CNI_ARGS ("K8S_POD_NAME=...;..."), logs and events.
         fields.name(f"pod sandbox metadata.{name}", getattr(meta, name))
-    handler = request.runtime_handler or config.runtime.default_handler
-    if handler not in config.runtime.handlers:
+    handler = request.runtime_handler or handlers.default_handler
+    if handler not in handlers.handlers:
         raise InvalidArgument(
-            f"runtime handler {handler!r} is not configured "
-            f"(have: {', '.join(sorted(config.runtime.handlers))})"
+            f"runtime handler {handler!r} is not configured (have: {', '.join(sorted(handlers.handlers))})"
         )
     options = namespace_options(cfg.linux)
     own_net = options["network"] != "NODE"

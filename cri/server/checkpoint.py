@@ -7,7 +7,6 @@ import grpc
 
 from calyx_base.errors import Unimplemented
 from cri.api import api_pb2 as pb
-from cri.runtime import Runtime
 
 REASON = (
     "CheckpointContainer is not supported by calyx: checkpointing needs CRIU (runc checkpoint), "
@@ -16,8 +15,6 @@ REASON = (
 
 
 class CheckpointRPCs:
-    runtime: Runtime
-
     def CheckpointContainer(
         self, request: pb.CheckpointContainerRequest, context: grpc.ServicerContext
     ) -> pb.CheckpointContainerResponse:

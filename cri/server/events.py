@@ -7,13 +7,13 @@ from collections.abc import Iterator
 import grpc
 
 from cri.api import api_pb2 as pb
-from cri.runtime import Runtime
+from cri.events import EventBus
 
 
 class EventRPCs:
-    runtime: Runtime
+    events: EventBus
 
     def GetContainerEvents(
         self, request: pb.GetEventsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ContainerEventResponse]:
-        yield from self.runtime.events.stream(context.is_active)  # type: ignore[attr-defined]
+        yield from self.events.stream(context.is_active)

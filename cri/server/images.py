@@ -1,6 +1,7 @@
 """ImageService RPCs: PullImage, ImageStatus, ListImages, StreamImages, RemoveImage, ImageFsInfo.
 
-Thin adapters over ``runtime.images`` (cri/images/manager.py).
+Thin adapters over the ImageManager (cri/images/manager.py); ImageFsInfo also reports the containers'
+writable layers (cri/containers/usage.py).
 """
 
 from __future__ import annotations
@@ -8,21 +9,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from calyx_base.errors import InvalidArgument, Unavailable
+from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
+from cri.containers.subsystem import Containers
 from cri.images.auth import Credentials
 from cri.images.manager import ImageManager
 from cri.images.model import Image
-from cri.runtime import Runtime
-from metrics.fsusage import FsUsageCache
 
 STREAM_BATCH = 100
-# Writable layers change all the time and a walk costs time per file: kubelet's polls share a result.
-WRITABLE_USAGE = FsUsageCache(ttl_seconds=5.0)
 
 
 def user_fields(user: str) -> dict[str, Any]:
@@ -54,15 +53,18 @@ def deadline_of(context: grpc.ServicerContext) -> float | None:
     return time.monotonic() + float(remaining)
 
 
-class ImageRPCs:
-    runtime: Runtime
+def _fs(now: int, path: Path, used: int, inodes: int) -> pb.FilesystemUsage:
+    return pb.FilesystemUsage(
+        timestamp=now,
+        fs_id=pb.FilesystemIdentifier(mountpoint=str(path)),
+        used_bytes=pb.UInt64Value(value=used),
+        inodes_used=pb.UInt64Value(value=inodes),
+    )
 
-    @property
-    def _images(self) -> ImageManager:
-        images: ImageManager | None = getattr(self.runtime, "images", None)
-        if images is None:
-            raise Unavailable("the images subsystem is not running")
-        return images
+
+class ImageRPCs:
+    images: ImageManager
+    containers: Containers
 
     @staticmethod
     def _name(spec: pb.ImageSpec) -> str:
@@ -73,13 +75,13 @@ class ImageRPCs:
 
     def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext) -> pb.PullImageResponse:
         creds = Credentials.from_auth_config(request.auth) if request.HasField("auth") else None
-        image_id = self._images.pull(self._name(request.image), creds, deadline_of(context))
+        image_id = self.images.pull(self._name(request.image), creds, deadline_of(context))
         return pb.PullImageResponse(image_ref=image_id)
 
     def ImageStatus(
         self, request: pb.ImageStatusRequest, context: grpc.ServicerContext
     ) -> pb.ImageStatusResponse:
-        image = self._images.status(self._name(request.image))
+        image = self.images.status(self._name(request.image))
         if image is None:
             return pb.ImageStatusResponse()
         info: dict[str, str] = {}
@@ -100,47 +102,29 @@ class ImageRPCs:
         self, request: pb.ListImagesRequest, context: grpc.ServicerContext
     ) -> pb.ListImagesResponse:
         ref = request.filter.image.image.strip() if request.HasField("filter") else ""
-        return pb.ListImagesResponse(images=[to_pb(i) for i in self._images.list(ref)])
+        return pb.ListImagesResponse(images=[to_pb(i) for i in self.images.list(ref)])
 
     def StreamImages(
         self, request: pb.StreamImagesRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamImagesResponse]:
         ref = request.filter.image.image.strip() if request.HasField("filter") else ""
-        images = [to_pb(i) for i in self._images.list(ref)]
+        images = [to_pb(i) for i in self.images.list(ref)]
         for start in range(0, len(images), STREAM_BATCH):
             yield pb.StreamImagesResponse(images=images[start : start + STREAM_BATCH])
 
     def RemoveImage(
         self, request: pb.RemoveImageRequest, context: grpc.ServicerContext
     ) -> pb.RemoveImageResponse:
-        self._images.remove(self._name(request.image))
+        self.images.remove(self._name(request.image))
         return pb.RemoveImageResponse()
 
     def ImageFsInfo(
         self, request: pb.ImageFsInfoRequest, context: grpc.ServicerContext
     ) -> pb.ImageFsInfoResponse:
         now = time.time_ns()
-        mount, used, inodes = self._images.fs_usage()
-        containers = getattr(self.runtime, "containers", None)
-        usage = getattr(containers, "fs_usage", None)
-        if callable(usage):
-            c_mount, c_used, c_inodes = usage()
-        else:
-            c_mount = self.runtime.config.root / "containers"
-            try:
-                walked = WRITABLE_USAGE.get(str(c_mount))
-                c_used, c_inodes = walked.used_bytes, walked.inodes_used
-            except FileNotFoundError:
-                c_used, c_inodes = 0, 0
-
-        def fs(path: Any, used: int, inodes: int) -> pb.FilesystemUsage:
-            return pb.FilesystemUsage(
-                timestamp=now,
-                fs_id=pb.FilesystemIdentifier(mountpoint=str(path)),
-                used_bytes=pb.UInt64Value(value=used),
-                inodes_used=pb.UInt64Value(value=inodes),
-            )
-
+        mount, used, inodes = self.images.fs_usage()
+        c_mount, c_used, c_inodes = self.containers.usage.usage()
         return pb.ImageFsInfoResponse(
-            image_filesystems=[fs(mount, used, inodes)], container_filesystems=[fs(c_mount, c_used, c_inodes)]
+            image_filesystems=[_fs(now, mount, used, inodes)],
+            container_filesystems=[_fs(now, c_mount, c_used, c_inodes)],
         )

@@ -10,8 +10,9 @@ import grpc
 
 import cri
 from calyx_base.errors import InvalidArgument
-from cri import config
+from cri import config as config_mod
 from cri.api import api_pb2 as pb
+from cri.config import Config
 from cri.runtime import Runtime
 
 RUNTIME_NAME = "calyx"
@@ -30,6 +31,7 @@ def user_namespaces_supported() -> bool:
 
 class RuntimeInfoRPCs:
     runtime: Runtime
+    config: Config
 
     def Version(self, request: pb.VersionRequest, context: grpc.ServicerContext) -> pb.VersionResponse:
         return pb.VersionResponse(
@@ -48,11 +50,11 @@ class RuntimeInfoRPCs:
         )
         info: dict[str, str] = {}
         if request.verbose:
-            info["config"] = json.dumps(config.redacted(config.to_dict(self.runtime.config)), sort_keys=True)
-            info["podCIDR"] = self.runtime.pod_cidr
+            info["config"] = json.dumps(config_mod.redacted(config_mod.to_dict(self.config)), sort_keys=True)
+            info["podCIDR"] = self.runtime.pod_cidr.get()
             # What CRI has no feature field for: CDI devices and image volumes (Mount.image).
             info["features"] = json.dumps(
-                {"cdiSpecDirs": self.runtime.config.runtime.cdi_spec_dirs, "imageVolumes": True}
+                {"cdiSpecDirs": self.config.runtime.cdi_spec_dirs, "imageVolumes": True}
             )
         # runc 1.1 applies "rro" with mount_setattr (tests/e2e/test_container_security.py checks it).
         features = pb.RuntimeHandlerFeatures(
@@ -60,7 +62,7 @@ class RuntimeInfoRPCs:
         )
         # The default handler is listed under the empty name too, as containerd does: kubelet (for pods
         # without a RuntimeClass) and critest look its features up under "".
-        names = ["", *sorted(self.runtime.config.runtime.handlers)]
+        names = ["", *sorted(self.config.runtime.handlers)]
         handlers = [pb.RuntimeHandler(name=name, features=features) for name in names]
         # The Strict supplemental-groups policy is honoured (cri/containers/users.py).
         runtime_features = pb.RuntimeFeatures(supplemental_groups_policy=True)
@@ -71,7 +73,7 @@ class RuntimeInfoRPCs:
     def RuntimeConfig(
         self, request: pb.RuntimeConfigRequest, context: grpc.ServicerContext
     ) -> pb.RuntimeConfigResponse:
-        driver = pb.SYSTEMD if self.runtime.config.cgroup.driver == "systemd" else pb.CGROUPFS
+        driver = pb.SYSTEMD if self.config.cgroup.driver == "systemd" else pb.CGROUPFS
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=driver))
 
     def UpdateRuntimeConfig(
@@ -84,5 +86,5 @@ class RuntimeInfoRPCs:
                     ipaddress.ip_network(part.strip(), strict=False)
                 except ValueError:
                     raise InvalidArgument(f"pod CIDR {part.strip()!r} is not a network") from None
-            self.runtime.set_pod_cidr(cidr)
+            self.runtime.pod_cidr.set(cidr)
         return pb.UpdateRuntimeConfigResponse()

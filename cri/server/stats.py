@@ -1,7 +1,7 @@
 """Stats RPCs: ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats, their Stream*
 variants, ListMetricDescriptors, ListPodSandboxMetrics and StreamPodSandboxMetrics.
 
-Thin: filters are read from the request, samples come from ``runtime.stats``, messages from
+Thin: filters are read from the request, samples come from the StatsService, messages from
 cri/stats/convert.py. The Stream* RPCs return the same lists in batches (kubelet's variant for nodes
 whose lists would exceed a message).
 """
@@ -9,28 +9,20 @@ whose lists would exceed a message).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 
-from calyx_base.errors import InvalidArgument, Unavailable
+from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.pods.model import READY
-from cri.runtime import Runtime
 from cri.stats import convert
+from cri.stats.service import StatsService
 
 STREAM_BATCH = 50
 
 
 class StatsRPCs:
-    runtime: Runtime
-
-    @property
-    def _stats(self) -> Any:
-        stats = getattr(self.runtime, "stats", None)
-        if stats is None:
-            raise Unavailable("calyx was built without its stats subsystem")
-        return stats
+    stats: StatsService
 
     # --- containers -----------------------------------------------------------------------------------
 
@@ -39,12 +31,14 @@ class StatsRPCs:
     ) -> pb.ContainerStatsResponse:
         if not request.container_id:
             raise InvalidArgument("ContainerStats: container_id is required")
-        sample = self._stats.container(request.container_id)
+        sample = self.stats.container(request.container_id)
         return pb.ContainerStatsResponse(stats=convert.container_stats(sample))
 
-    def _container_stats(self, request: Any) -> list[pb.ContainerStats]:
+    def _container_stats(
+        self, request: pb.ListContainerStatsRequest | pb.StreamContainerStatsRequest
+    ) -> list[pb.ContainerStats]:
         flt = request.filter
-        samples = self._stats.containers(
+        samples = self.stats.containers(
             id=flt.id, pod_id=flt.pod_sandbox_id, labels=dict(flt.label_selector)
         )
         return [convert.container_stats(s) for s in samples]
@@ -55,7 +49,7 @@ class StatsRPCs:
         return pb.ListContainerStatsResponse(stats=self._container_stats(request))
 
     def StreamContainerStats(
-        self, request: Any, context: grpc.ServicerContext
+        self, request: pb.StreamContainerStatsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamContainerStatsResponse]:
         stats = self._container_stats(request)
         for start in range(0, len(stats), STREAM_BATCH):
@@ -68,12 +62,14 @@ class StatsRPCs:
     ) -> pb.PodSandboxStatsResponse:
         if not request.pod_sandbox_id:
             raise InvalidArgument("PodSandboxStats: pod_sandbox_id is required")
-        sample = self._stats.pod(request.pod_sandbox_id)
+        sample = self.stats.pod(request.pod_sandbox_id)
         return pb.PodSandboxStatsResponse(stats=convert.pod_stats(sample))
 
-    def _pod_stats(self, request: Any) -> list[pb.PodSandboxStats]:
+    def _pod_stats(
+        self, request: pb.ListPodSandboxStatsRequest | pb.StreamPodSandboxStatsRequest
+    ) -> list[pb.PodSandboxStats]:
         flt = request.filter
-        samples = self._stats.pods(id=flt.id, labels=dict(flt.label_selector))
+        samples = self.stats.pods(id=flt.id, labels=dict(flt.label_selector))
         return [convert.pod_stats(s) for s in samples]
 
     def ListPodSandboxStats(
@@ -82,7 +78,7 @@ class StatsRPCs:
         return pb.ListPodSandboxStatsResponse(stats=self._pod_stats(request))
 
     def StreamPodSandboxStats(
-        self, request: Any, context: grpc.ServicerContext
+        self, request: pb.StreamPodSandboxStatsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamPodSandboxStatsResponse]:
         stats = self._pod_stats(request)
         for start in range(0, len(stats), STREAM_BATCH):
@@ -96,7 +92,7 @@ class StatsRPCs:
         return pb.ListMetricDescriptorsResponse(descriptors=convert.metric_descriptors())
 
     def _pod_metrics(self) -> list[pb.PodSandboxMetrics]:
-        return [convert.pod_metrics(s) for s in self._stats.pods() if s.state == READY]
+        return [convert.pod_metrics(s) for s in self.stats.pods() if s.state == READY]
 
     def ListPodSandboxMetrics(
         self, request: pb.ListPodSandboxMetricsRequest, context: grpc.ServicerContext
@@ -104,7 +100,7 @@ class StatsRPCs:
         return pb.ListPodSandboxMetricsResponse(pod_metrics=self._pod_metrics())
 
     def StreamPodSandboxMetrics(
-        self, request: Any, context: grpc.ServicerContext
+        self, request: pb.StreamPodSandboxMetricsRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StreamPodSandboxMetricsResponse]:
         metrics = self._pod_metrics()
         for start in range(0, len(metrics), STREAM_BATCH):

@@ -5,33 +5,29 @@ Nothing runs here: the process starts when the client connects to the URL (cri/s
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc
 
-from calyx_base.errors import FailedPrecondition, InvalidArgument, Unavailable
+from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri import fields
 from cri.api import api_pb2 as pb
+from cri.containers.model import Container
+from cri.containers.subsystem import Containers
 from cri.pods.model import READY
-from cri.runtime import Runtime
+from cri.pods.service import PodService
 from cri.streaming.backend import running_container
 from cri.streaming.portforward import MAX_FORWARDED_PORTS
 from cri.streaming.server import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
 
 
 class StreamingRPCs:
-    runtime: Runtime
+    streaming: StreamingServer
+    containers: Containers
+    pods: PodService
 
-    def _streaming(self) -> StreamingServer:
-        server = getattr(self.runtime, "streaming", None)
-        if server is None:
-            raise Unavailable("this calyx has no streaming server")
-        return server  # type: ignore[no-any-return]
-
-    def _running(self, container_id: str) -> Any:
+    def _running(self, container_id: str) -> Container:
         if not container_id:
             raise InvalidArgument("container_id is required")
-        return running_container(self.runtime, container_id)
+        return running_container(self.containers.exits, container_id)
 
     @staticmethod
     def _check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:
@@ -47,7 +43,7 @@ class StreamingRPCs:
             fields.no_nul("cmd argument", arg)
         self._check_stdio(request.tty, request.stdin, request.stdout, request.stderr)
         container = self._running(request.container_id)
-        url = self._streaming().url_for(
+        url = self.streaming.url_for(
             "exec",
             ExecRequest(
                 container.id, list(request.cmd), request.tty, request.stdin, request.stdout, request.stderr
@@ -58,7 +54,7 @@ class StreamingRPCs:
     def Attach(self, request: pb.AttachRequest, context: grpc.ServicerContext) -> pb.AttachResponse:
         self._check_stdio(request.tty, request.stdin, request.stdout, request.stderr)
         container = self._running(request.container_id)
-        url = self._streaming().url_for(
+        url = self.streaming.url_for(
             "attach", AttachRequest(container.id, request.tty, request.stdin, request.stdout, request.stderr)
         )
         return pb.AttachResponse(url=url)
@@ -76,11 +72,8 @@ class StreamingRPCs:
         for port in request.port:
             if not 0 < port < 65536:
                 raise InvalidArgument(f"port {port} is not between 1 and 65535", request.pod_sandbox_id)
-        pods = getattr(self.runtime, "pods", None)
-        if pods is None:
-            raise Unavailable("this calyx has no pods subsystem")
-        pod = pods.get(request.pod_sandbox_id)
+        pod = self.pods.index.get(request.pod_sandbox_id)
         if pod.state != READY:
             raise FailedPrecondition(f"pod {pod.id} is not ready", pod.id)
-        url = self._streaming().url_for("portforward", PortForwardRequest(pod.id, list(request.port)))
+        url = self.streaming.url_for("portforward", PortForwardRequest(pod.id, list(request.port)))
         return pb.PortForwardResponse(url=url)

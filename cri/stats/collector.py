@@ -11,7 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
@@ -22,11 +22,14 @@ from cri.stats.families import FAMILIES, rows
 from cri.stats.model import ContainerSample, PodSample
 from cri.stats.render import LineCache, families_text
 
+if TYPE_CHECKING:
+    from cri.stats.service import ContainerSource, PodSource, StatsService
+
 log = logging.getLogger("cri.stats")
 
 
 class RuntimeCollector:
-    def __init__(self, stats: Any) -> None:
+    def __init__(self, stats: StatsService) -> None:
         self.stats = stats
         self.last_scrape_seconds = 0.0
         self.lines = LineCache()  # the text of the latest scrape, reused by the next (render.py)
@@ -55,14 +58,14 @@ class RuntimeCollector:
     def collect(self) -> Iterator[Metric]:
         start = time.monotonic()
         yield from families(self._sample())
-        yield from states(self.stats.runtime)
+        yield from states(self.stats.pod_source, self.stats.container_source)
         yield self._duration(start)
 
     def render_text(self) -> bytes:
         """What ``generate_latest`` makes of ``collect()``, byte for byte, written directly (render.py)."""
         start = time.monotonic()
         text = families_text(self._sample(), self.lines)
-        rest = list(states(self.stats.runtime))
+        rest = list(states(self.stats.pod_source, self.stats.container_source))
         rest.append(self._duration(start))
         return text.encode() + generate_latest(_Listed(rest))
 
@@ -99,20 +102,14 @@ class _Listed:
         return self.metrics
 
 
-def states(runtime: Any) -> Iterator[Metric]:
-    pods = getattr(runtime, "pods", None)
-    containers = getattr(runtime, "containers", None)
-    if pods is not None:
-        family = GaugeMetricFamily("calyx_pods", "Pod sandboxes known to Calyx, by state.", labels=["state"])
-        counts = Counter(p.state for p in pods.list())
-        for state in (READY, NOTREADY):
-            family.add_metric([state], counts.get(state, 0))
-        yield family
-    if containers is not None:
-        family = GaugeMetricFamily(
-            "calyx_containers", "Containers known to Calyx, by state.", labels=["state"]
-        )
-        counts = Counter(c.state for c in containers.list())
-        for state in (CREATED, RUNNING, EXITED, UNKNOWN):
-            family.add_metric([state], counts.get(state, 0))
-        yield family
+def states(pods: PodSource, containers: ContainerSource) -> Iterator[Metric]:
+    family = GaugeMetricFamily("calyx_pods", "Pod sandboxes known to Calyx, by state.", labels=["state"])
+    counts = Counter(p.state for p in pods.list())
+    for state in (READY, NOTREADY):
+        family.add_metric([state], counts.get(state, 0))
+    yield family
+    family = GaugeMetricFamily("calyx_containers", "Containers known to Calyx, by state.", labels=["state"])
+    counts = Counter(c.state for c in containers.list())
+    for state in (CREATED, RUNNING, EXITED, UNKNOWN):
+        family.add_metric([state], counts.get(state, 0))
+    yield family

@@ -15,14 +15,18 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import choose_encoder, generate_latest, gzip_accepted
 
+from cri.config import MetricsConfig
 from cri.stats.collector import RuntimeCollector
 from cri.stats.http_server import BoundedHttpServer
+
+if TYPE_CHECKING:
+    from cri.stats.service import StatsService
 
 log = logging.getLogger("cri.stats")
 
@@ -32,9 +36,9 @@ StartResponse = Callable[..., Any]
 
 
 class Exporter:
-    def __init__(self, stats: Any) -> None:
+    def __init__(self, stats: StatsService, config: MetricsConfig) -> None:
         self.stats = stats
-        self.config = stats.runtime.config.metrics
+        self.config = config
         self.collector = RuntimeCollector(stats)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(REGISTRY)  # a registry is itself a collector of everything in it

@@ -1,11 +1,10 @@
-"""``runtime.stats``: take samples of containers and pods from the kernel, once per request.
+"""The stats subsystem: take samples of containers and pods from the kernel, once per request.
 
-Containers come from ``runtime.containers``, pods from ``runtime.pods``, cgroup locations from
-``runtime.cgroups``; any of them may be missing (a partial build), in which case there is simply less to
-report. A container is sampled from its cgroup only while it runs (an exited container's cgroup is gone),
-its writable layer through a short-lived cache (a walk costs time per file), and a pod from its parent
-cgroup (kubelet always gives one; without one the pod's readings are the sum of its containers') and its
-network namespace. The Prometheus exporter is started and stopped here too.
+Containers and pods come from their subsystems (ContainerSource, PodSource), cgroup locations from the
+cgroup driver. A container is sampled from its cgroup only while it runs (an exited container's cgroup
+is gone), its writable layer through a short-lived cache (a walk costs time per file), and a pod from
+its parent cgroup (kubelet always gives one; without one the pod's readings are the sum of its
+containers') and its network namespace. The Prometheus exporter is started and stopped here too.
 """
 
 from __future__ import annotations
@@ -18,51 +17,76 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 from calyx_base.errors import NotFound
-from cri.containers.model import CREATED, RUNNING
-from cri.pods.model import READY
-from cri.runtime import Runtime
+from cri.config import MetricsConfig
+from cri.containers.model import CREATED, RUNNING, Container
+from cri.pods.model import READY, Pod
 from cri.stats.aggregate import sum_samples
 from cri.stats.model import ContainerSample, PodSample, PromLabels
-from metrics.cgroup import read_cgroup, v1_dirs
+from metrics.cgroup import read_cgroup
 from metrics.fsusage import FsUsageCache
 from metrics.netdev import read_via_pids
 from metrics.network import read_netns
 from metrics.rates import CpuRates
 from metrics.readings import CgroupSample, NetworkSample
+from sandbox.cgroups import CgroupDriver
+
+if TYPE_CHECKING:
+    from cri.stats.exporter import Exporter
 
 log = logging.getLogger("cri.stats")
 
 SAMPLED_STATES = (RUNNING, CREATED)  # states whose cgroup exists (CREATED: runc's init waits in it)
 
 
+class ContainerSource(Protocol):
+    """The containers, their states fresh (cri/containers/exits.py's ExitTracker)."""
+
+    def get(self, container_id: str) -> Container: ...
+
+    def list(self) -> list[Container]: ...
+
+
+class PodSource(Protocol):
+    """The pods (cri/pods/index.py's PodIndex)."""
+
+    def get(self, pod_id: str) -> Pod: ...
+
+    def list(self) -> list[Pod]: ...
+
+
 class StatsService:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(
+        self, containers: ContainerSource, pods: PodSource, cgroups: CgroupDriver, config: MetricsConfig
+    ) -> None:
+        self.container_source = containers
+        self.pod_source = pods
+        self.cgroups = cgroups
+        self.config = config
         self.rates = CpuRates()
-        self.fs_cache = FsUsageCache(runtime.config.metrics.fs_usage_cache_seconds)
+        self.fs_cache = FsUsageCache(config.fs_usage_cache_seconds)
         # (container id or "pod:<id>", cgroup parent) -> (controller -> dir, cgroup path)
         self._cgroup_dirs: dict[tuple[str, str], tuple[dict[str, Path], str]] = {}
-        self.exporter: Any = None
+        self.exporter: Exporter | None = None
 
     # --- subsystem ----------------------------------------------------------------------------------
 
     def recover(self) -> None:
         """Nothing to reconcile (stats keep no state); start the Prometheus endpoint if configured."""
-        if self.runtime.config.metrics.enabled:
+        if self.config.enabled:
             from cri.stats.exporter import Exporter
 
-            exporter = Exporter(self)
+            exporter = Exporter(self, self.config)
             try:
                 exporter.start()
             except OSError as exc:  # containers matter more than metrics: run on, loudly
                 log.error(
                     "cannot serve metrics",
                     extra={
-                        "address": self.runtime.config.metrics.address,
-                        "port": self.runtime.config.metrics.port,
+                        "address": self.config.address,
+                        "port": self.config.port,
                         "error": str(exc),
                     },
                 )
@@ -76,18 +100,9 @@ class StatsService:
 
     # --- lookups ------------------------------------------------------------------------------------
 
-    def _containers(self) -> Any:
-        return getattr(self.runtime, "containers", None)
-
-    def _pods(self) -> Any:
-        return getattr(self.runtime, "pods", None)
-
-    def _pod_of(self, pod_id: str) -> Any:
-        pods = self._pods()
-        if pods is None:
-            return None
+    def _pod_of(self, pod_id: str) -> Pod | None:
         try:
-            return pods.get(pod_id)
+            return self.pod_source.get(pod_id)
         except NotFound:
             return None
 
@@ -95,27 +110,21 @@ class StatsService:
 
     def container(self, container_id: str) -> ContainerSample:
         """A sample of one container (id or unique prefix); NotFound."""
-        containers = self._containers()
-        if containers is None:
-            raise NotFound(f"container {container_id!r} not found", container_id)
-        c = containers.get(container_id)
+        c = self.container_source.get(container_id)
         return self._sample_container(c, self._pod_of(c.pod_id))
 
     def containers(
         self, id: str = "", pod_id: str = "", labels: Mapping[str, str] | None = None
     ) -> list[ContainerSample]:
         """Samples of every container matching the filter (CRI ContainerStatsFilter semantics)."""
-        containers = self._containers()
-        if containers is None:
-            return []
         if id:
             try:
-                items = [containers.get(id)]
+                items = [self.container_source.get(id)]
             except NotFound:
                 return []
         else:
-            items = containers.list()
-        pod_cache: dict[str, Any] = {}
+            items = self.container_source.list()
+        pod_cache: dict[str, Pod | None] = {}
         if pod_id:
             pod = self._pod_of(pod_id)
             if pod is None:
@@ -130,23 +139,15 @@ class StatsService:
             samples.append(self._sample_container(c, pod_cache[c.pod_id]))
         return samples
 
-    def _container_cgroup(self, c: Any) -> tuple[dict[str, Path], str]:
+    def _container_cgroup(self, c: Container) -> tuple[dict[str, Path], str]:
         """(controller -> dir, cgroup path) of container ``c``; fixed for its life, so computed once."""
         key = (c.id, c.cgroup_parent)
         known = self._cgroup_dirs.get(key)
-        if known is not None:
-            return known
-        driver = getattr(self.runtime, "cgroups", None)
-        if driver is not None:
-            path = driver.container_path(c.id, c.cgroup_parent)
-            found = _with_unified(driver, driver.cgroup_dirs(c.id, c.cgroup_parent), path), path
-        else:
-            path = c.cgroups_path or f"{(c.cgroup_parent or '/calyx').rstrip('/')}/calyx-{c.id}"
-            found = v1_dirs(path, unified=True), path
-        self._cgroup_dirs[key] = found
-        return found
+        if known is None:
+            known = self._cgroup_dirs[key] = self.cgroups.stat_dirs(c.id, c.cgroup_parent)
+        return known
 
-    def _sample_container(self, c: Any, pod: Any) -> ContainerSample:
+    def _sample_container(self, c: Container, pod: Pod | None) -> ContainerSample:
         cgroup: CgroupSample | None = None
         cgroup_path = ""
         rate = None
@@ -164,14 +165,13 @@ class StatsService:
         fs = None
         with contextlib.suppress(OSError):  # not made yet, or removed meanwhile
             fs = self.fs_cache.get(str(upper))
-        metadata = getattr(pod, "metadata", None)
         prom = PromLabels(
             container=c.name,
-            pod=getattr(metadata, "name", ""),
-            namespace=getattr(metadata, "namespace", ""),
+            pod=pod.metadata.name if pod is not None else "",
+            namespace=pod.metadata.namespace if pod is not None else "",
             id=cgroup_path,
             # cAdvisor shows the image as named by the user; kubelet passes that apart from the id.
-            image=getattr(c, "user_specified_image", "") or c.image,
+            image=c.user_specified_image or c.image,
             name=c.id,
         )
         return ContainerSample(
@@ -195,23 +195,17 @@ class StatsService:
     # --- pods ---------------------------------------------------------------------------------------
 
     def pod(self, pod_id: str) -> PodSample:
-        pods = self._pods()
-        if pods is None:
-            raise NotFound(f"pod sandbox {pod_id!r} not found", pod_id)
-        pod = pods.get(pod_id)
+        pod = self.pod_source.get(pod_id)
         return self._sample_pod(pod, self.containers(pod_id=pod.id))
 
     def pods(self, id: str = "", labels: Mapping[str, str] | None = None) -> list[PodSample]:
-        pods = self._pods()
-        if pods is None:
-            return []
         if id:
             try:
-                items = [pods.get(id)]
+                items = [self.pod_source.get(id)]
             except NotFound:
                 return []
         else:
-            items = pods.list()
+            items = self.pod_source.list()
         if labels:
             items = [p for p in items if all(p.labels.get(k) == v for k, v in labels.items())]
         by_pod: dict[str, list[ContainerSample]] = {}
@@ -226,29 +220,18 @@ class StatsService:
             self.forget_gone(samples)  # a full listing: what it lacks is gone
         return samples
 
-    def _pod_cgroup(self, pod: Any) -> tuple[dict[str, Path], str] | None:
+    def _pod_cgroup(self, pod: Pod) -> tuple[dict[str, Path], str] | None:
         """(controller -> dir, cgroup path) of pod ``pod``; fixed for its life, so computed once
         (kept with the containers', under "pod:<id>")."""
         if not pod.cgroup_parent:
             return None  # the shared default parent holds every such pod: no per-pod cgroup to read
         key = ("pod:" + pod.id, pod.cgroup_parent)
         known = self._cgroup_dirs.get(key)
-        if known is not None:
-            return known
-        driver = getattr(self.runtime, "cgroups", None)
-        if driver is None:
-            found = v1_dirs(pod.cgroup_parent, unified=True), pod.cgroup_parent
-        else:
-            path = driver.parent_path(pod.cgroup_parent)
-            dirs = driver.hierarchy.dirs(path)
-            if "unified" in dirs:  # v2: the one directory
-                found = {"unified": dirs["unified"]}, path
-            else:
-                found = _with_unified(driver, dirs, path), path
-        self._cgroup_dirs[key] = found
-        return found
+        if known is None:
+            known = self._cgroup_dirs[key] = self.cgroups.pod_stat_dirs(pod.cgroup_parent)
+        return known
 
-    def _sample_pod(self, pod: Any, containers: Iterable[ContainerSample]) -> PodSample:
+    def _sample_pod(self, pod: Pod, containers: Iterable[ContainerSample]) -> PodSample:
         members = tuple(containers)
         cgroup: CgroupSample | None = None
         cgroup_path = ""
@@ -338,14 +321,6 @@ class StatsService:
         return samples
 
 
-def _with_unified(driver: Any, dirs: dict[str, Path], path: str) -> dict[str, Path]:
-    """v1 controller dirs plus the cgroup's directory in a hybrid host's cgroup2 mount (for PSI)."""
-    if "unified" in dirs:
-        return dirs
-    unified = driver.hierarchy.dirs(path, named=True).get("unified")
-    return {**dirs, "unified": unified} if unified is not None else dirs
-
-
 def _pod_network(netns_path: str, members: Iterable[ContainerSample]) -> NetworkSample | None:
     """The counters of a pod's namespace: through a running container's process when there is one
     (a file read), else over rtnetlink from inside the namespace (a thread, a socket, pyroute2)."""
@@ -375,6 +350,3 @@ def _mountpoint(path: str) -> str:
         current = parent
     return "/"
 
-
-def register(runtime: Runtime) -> None:
-    runtime.register("stats", StatsService(runtime))

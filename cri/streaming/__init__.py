@@ -1,16 +1,6 @@
 """Exec, attach and port-forward streaming (SPDY/3.1 and WebSocket), served inside the daemon.
 
-``runtime.streaming`` is the ``StreamingServer``; the CRI Exec/Attach/PortForward RPCs
-(cri/server/streaming.py) ask it for a single-use URL.
+``StreamingServer`` (server.py) is the entry; the CRI Exec/Attach/PortForward RPCs
+(cri/server/streaming.py) ask it for a single-use URL; ``ContainerBackend`` (backend.py) runs what a
+session asks for in the containers.
 """
-
-from __future__ import annotations
-
-from cri.runtime import Runtime
-
-
-def register(runtime: Runtime) -> None:
-    from cri.streaming.backend import ContainerBackend
-    from cri.streaming.server import StreamingServer
-
-    runtime.register("streaming", StreamingServer(runtime.config.streaming, ContainerBackend(runtime)))

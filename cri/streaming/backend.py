@@ -1,7 +1,7 @@
-"""The streaming server's view of the runtime: exec through ``runc exec``, attach through conmon,
+"""What the streaming server runs in the containers: exec through ``runc exec``, attach through conmon,
 port-forward into the pod's network namespace.
 
-Exec: ``runtime.containers.exec_argv`` gives the ``runc --root <root> exec --process <spec> <id>``
+Exec: ``ContainerExec.exec_argv`` gives the ``runc --root <root> exec --process <spec> <id>``
 argv (the container's own process spec with the new args, so env, user, cwd, capabilities and
 seccomp are the container's). runc runs in the foreground with our pipes or pty as its stdio, relays
 the container's terminal and exits with the command's code; ``--pid-file`` tells where the process
@@ -21,12 +21,13 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any
 
 from calyx_base import files
-from calyx_base.errors import FailedPrecondition, Unavailable
-from cri.containers.model import RUNNING
-from cri.runtime import Runtime
+from calyx_base.errors import FailedPrecondition
+from cri.containers.exec import ContainerExec
+from cri.containers.exits import ExitTracker
+from cri.containers.model import RUNNING, Container
+from cri.pods.index import PodIndex
 from cri.streaming.process import ExecProcess
 from cri.streaming.remotecommand import AttachTarget
 from cri.streaming.server import AttachRequest, ExecRequest
@@ -36,11 +37,8 @@ log = logging.getLogger("cri.streaming.backend")
 RESIZE_EVENT = 1  # conmon's ctl message type for a terminal resize
 
 
-def running_container(runtime: Runtime, container_id: str) -> Any:
+def running_container(containers: ExitTracker, container_id: str) -> Container:
     """The container, if it is running: exec and attach (and the RPCs that hand out their URLs) need one."""
-    containers = getattr(runtime, "containers", None)
-    if containers is None:
-        raise Unavailable("this calyx has no containers subsystem")
     container = containers.get(container_id)
     if container.state != RUNNING:
         raise FailedPrecondition(f"container {container.id} is not running", container.id)
@@ -61,14 +59,13 @@ def resize_via_ctl(bundle: Path, width: int, height: int) -> None:
 
 
 class ContainerBackend:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, containers: ExitTracker, execs: ContainerExec, pods: PodIndex) -> None:
+        self.containers = containers
+        self.execs = execs
+        self.pods = pods
 
     def exec_process(self, request: ExecRequest, size: tuple[int, int] | None = None) -> ExecProcess:
-        containers = getattr(self.runtime, "containers", None)
-        if containers is None:
-            raise Unavailable("this calyx has no containers subsystem")
-        argv, spec_file = containers.exec_argv(request.container_id, request.cmd, request.tty)
+        argv, spec_file = self.execs.exec_argv(request.container_id, request.cmd, request.tty)
         spec_path = Path(spec_file)
         if size is not None and request.tty:
             # runc sizes the container's terminal before the command starts; later resizes go
@@ -95,7 +92,7 @@ class ContainerBackend:
             raise
 
     def attach_target(self, request: AttachRequest) -> AttachTarget:
-        container = running_container(self.runtime, request.container_id)
+        container = running_container(self.containers, request.container_id)
         bundle = Path(container.bundle)
         return AttachTarget(
             socket_path=str(bundle / "attach"),
@@ -104,10 +101,7 @@ class ContainerBackend:
         )
 
     def pod_netns(self, pod_id: str) -> str | None:
-        pods = getattr(self.runtime, "pods", None)
-        if pods is None:
-            raise Unavailable("this calyx has no pods subsystem")
-        path = pods.get(pod_id).netns_path
+        path = self.pods.get(pod_id).netns_path
         return str(path) if path else None
 
     def reap_orphans(self) -> None:
@@ -118,10 +112,7 @@ class ContainerBackend:
         is an orphan; its process (and its process group) is killed if it is still running inside that
         container (same mount namespace as the container's init), then the files go.
         """
-        containers = getattr(self.runtime, "containers", None)
-        if containers is None:
-            return
-        for container in containers.list():
+        for container in self.containers.list():
             exec_dir = Path(container.path) / "exec"
             if not exec_dir.is_dir():
                 continue

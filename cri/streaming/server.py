@@ -80,7 +80,7 @@ class PortForwardRequest:
 
 
 class Backend(Protocol):
-    """What the server needs from the runtime; ``cri.streaming.backend`` implements it for containers."""
+    """What the server needs of the containers; ``cri.streaming.backend`` implements it."""
 
     def exec_process(self, request: ExecRequest, size: tuple[int, int] | None) -> ExecProcess:
         """Spawn the exec (e.g. ``runc exec``) with the stdio the request asks for; ``size`` is the
@@ -91,6 +91,9 @@ class Backend(Protocol):
 
     def pod_netns(self, pod_id: str) -> str | None:
         """Path of the pod's network namespace; None for host-network pods."""
+
+    def reap_orphans(self) -> None:
+        """At start: what sessions of a previous daemon left running goes."""
 
 
 class HTTPError(Exception):
@@ -220,12 +223,10 @@ class StreamingServer:
 
     # Subsystem protocol: the server starts while the runtime recovers, so URLs work once ready.
     def recover(self) -> None:
-        reap = getattr(self.backend, "reap_orphans", None)
-        if reap is not None:
-            try:
-                reap()
-            except Exception:  # leftovers must not keep the daemon from serving
-                log.exception("cannot clean up exec processes of a previous run")
+        try:
+            self.backend.reap_orphans()
+        except Exception:  # leftovers must not keep the daemon from serving
+            log.exception("cannot clean up exec processes of a previous run")
         self.start()
 
     # --- URLs (called from gRPC threads) ----------------------------------------------------------------

@@ -157,6 +157,26 @@ class CgroupDriver(ABC):
             return {"unified": self.hierarchy.dirs(path)["unified"]}
         return self.hierarchy.dirs(path)
 
+    def stat_dirs(self, container_id: str, parent: str) -> tuple[dict[str, Path], str]:
+        """(controller -> dir, cgroup path) where stats read the container: cgroup_dirs, plus on a
+        hybrid v1 host its dir in the cgroup2 mount (``unified``, for pressure stall information)."""
+        path = self.container_path(container_id, parent)
+        return self._with_unified(self.cgroup_dirs(container_id, parent), path), path
+
+    def pod_stat_dirs(self, parent: str) -> tuple[dict[str, Path], str]:
+        """(controller -> dir, cgroup path) where stats read a pod: its parent cgroup (v2: the one dir)."""
+        path = self.parent_path(parent)
+        dirs = self.hierarchy.dirs(path)
+        if "unified" in dirs:  # v2: the one directory
+            return {"unified": dirs["unified"]}, path
+        return self._with_unified(dirs, path), path
+
+    def _with_unified(self, dirs: dict[str, Path], path: str) -> dict[str, Path]:
+        if "unified" in dirs:
+            return dirs
+        unified = self.hierarchy.dirs(path, named=True).get("unified")
+        return {**dirs, "unified": unified} if unified is not None else dirs
+
     # --- processes -------------------------------------------------------------------------------------
 
     # Hierarchies whose membership nobody rewrites behind runc's back, best first. (systemd on v1

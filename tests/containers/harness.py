@@ -1,25 +1,32 @@
-"""A ContainerManager on a real Runtime (store, cgroupfs driver, runc, conmon), in this process.
+"""The containers subsystem with real collaborators (store, cgroupfs driver, runc, conmon), in this process.
 
 Pods and images come from their own subsystems in the end-to-end tests; here a pod is a record with
 the host's namespaces and a private cgroup parent, and an image is one layer dir made from Debian's
-busybox-static, so the container machinery can be tested on its own.
+busybox-static, both handed over as small fakes of the interfaces the subsystem takes
+(cri/containers/deps.py), so the container machinery can be tested on its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from calyx_base.cleanups import Cleanups
 from calyx_base.errors import NotFound
 from cri.api import api_pb2 as pb
 from cri.config import Config
-from cri.containers.manager import ContainerManager
-from cri.runtime import Runtime
+from cri.containers.model import Container
+from cri.containers.records import ContainerRecords
+from cri.containers.subsystem import Containers, build_containers
 from cri.store import Store
+from sandbox.apparmor import AppArmor
 from sandbox.cgroups import build_driver
 
 BUSYBOX = "/bin/busybox"
@@ -60,12 +67,6 @@ class LocalImages:
             return self.image
         raise NotFound(f"image {ref} not found")
 
-    def recover(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
 
 @dataclass
 class HostPod:
@@ -78,6 +79,7 @@ class HostPod:
     ipc_ns_path: str | None = None
     uts_ns_path: str | None = None
     pid_ns_path: str | None = None
+    user_ns_path: str | None = None
     namespace_options: dict[str, Any] = field(default_factory=lambda: {"network": "NODE"})
     resolv_conf_path: str | None = None
     hosts_path: str | None = None
@@ -93,6 +95,7 @@ class HostPod:
 class HostPods:
     def __init__(self) -> None:
         self.pods: dict[str, HostPod] = {}
+        self._locks: dict[str, threading.RLock] = {}
 
     def get(self, pod_id: str) -> HostPod:
         try:
@@ -100,11 +103,26 @@ class HostPods:
         except KeyError:
             raise NotFound(f"pod {pod_id} not found") from None
 
-    def recover(self) -> None:
-        pass
+    def resolve_id(self, pod_id: str) -> str:
+        return self.get(pod_id).id
 
-    def close(self) -> None:
-        pass
+    @contextlib.contextmanager
+    def locked(self, pod_id: str) -> Iterator[None]:
+        with self._locks.setdefault(pod_id, threading.RLock()):
+            yield
+
+    def list(self) -> list[HostPod]:
+        return list(self.pods.values())
+
+
+class RecordedEvents:
+    """The events the subsystem published, as (container id, event type)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def container_changed(self, container: Container, event_type: int) -> None:
+        self.seen.append((container.id, event_type))
 
 
 class Harness:
@@ -118,27 +136,41 @@ class Harness:
         self.pods = HostPods()
         self.logs = base / "logs"
         self.logs.mkdir()
-        self.runtime = self._build()
+        self.cgroups = build_driver("cgroupfs")
+        self.events = RecordedEvents()
+        self.containers = self._build()
 
-    def _build(self) -> Runtime:
-        runtime = Runtime(self.config, Store(self.config.root / "calyx.db"))
-        c = self.config.cgroup
-        runtime.register("cgroups", build_driver(c.driver, c.pids_limit, c.default_parent))
-        runtime.register("images", LocalImages(self.image))
-        runtime.register("pods", self.pods)
-        runtime.register("containers", ContainerManager(runtime))
-        runtime.recover()
-        return runtime
+    def _build(self) -> Containers:
+        self.store = Store(self.config.root / "calyx.db")
+        self.cleanups = Cleanups(3600)
+        containers = build_containers(
+            ContainerRecords(self.store, self.config.root / "containers"),
+            self.config.runtime,
+            systemd_cgroup=False,
+            run_root=self.config.run_root,
+            pods=self.pods,
+            images=LocalImages(self.image),
+            cgroups=self.cgroups,
+            events=self.events,
+            cleanups=self.cleanups,
+            apparmor=AppArmor(),
+        )
+        containers.recover()
+        self._open = True
+        return containers
 
-    @property
-    def containers(self) -> ContainerManager:
-        manager: ContainerManager = self.runtime.containers  # type: ignore[attr-defined]
-        return manager
+    def stop(self) -> None:
+        """What a daemon stop does to the containers subsystem (containers keep running)."""
+        if self._open:
+            self.containers.close()
+            self.cleanups.close()
+            self.store.close()
+            self._open = False
 
     def restart(self) -> None:
         """What a daemon restart does to the containers subsystem: a new one recovering from the store."""
-        self.runtime.close()
-        self.runtime = self._build()
+        self.stop()
+        self.containers = self._build()
 
     def pod(self, **kw: Any) -> HostPod:
         pod = HostPod(
@@ -157,14 +189,12 @@ class Harness:
         )
 
     def run(self, pod: HostPod, name: str, command: list[str], **kw: Any) -> str:
-        cid = self.containers.create(pod.id, self.config_for(name, command, **kw))
-        self.containers.start(cid)
+        cid = self.containers.lifecycle.create(pod.id, self.config_for(name, command, **kw))
+        self.containers.lifecycle.start(cid)
         return cid
 
     def close(self) -> None:
-        manager = self.containers
-        for c in manager.list():
-            manager.remove(c.id)
-        driver = self.runtime.cgroups  # type: ignore[attr-defined]
-        driver.remove_parent(self.cgroup_parent)
-        self.runtime.close()
+        for c in self.containers.exits.list():
+            self.containers.lifecycle.remove(c.id)
+        self.cgroups.remove_parent(self.cgroup_parent)
+        self.stop()

@@ -28,11 +28,11 @@ def _run(
     cancel: execsync.Cancel | None = None,
 ) -> execsync.ExecResult:
     """execsync.run as the manager drives it, with a process spec of the container's own."""
-    c = h.containers.get(cid)
-    spec = h.containers._exec_spec_file(c, h.containers.exec_process(c, cmd, tty=False))
+    c = h.containers.exits.get(cid)
+    spec = h.containers.execs.spec_file(c, h.containers.execs.exec_process(c, cmd, tty=False))
     pid_file = spec.with_suffix(".pid")
     try:
-        runc = h.containers.monitor("runc")._runc()
+        runc = h.containers.monitors.get("runc")._runc()
         return execsync.run(runc, c.id, spec, pid_file, timeout_s, cmd, limit=limit, cancel=cancel)
     finally:
         spec.unlink()
@@ -43,7 +43,7 @@ def test_runc_finding_the_container_stopped_is_failed_precondition(harness: Harn
     pod = harness.pod()
     cid = harness.run(pod, "brief", ["true"])
     deadline = time.monotonic() + 20
-    while harness.containers.get(cid).state != EXITED:
+    while harness.containers.exits.get(cid).state != EXITED:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     # the manager refuses before runc is asked; runc's own answer maps to the same status
@@ -81,7 +81,7 @@ def test_runc_runs_from_a_sealed_copy(harness: Harness) -> None:
     assert _run(harness, cid, ["true"]).exit_code == 0
     proc = execsync.REAPER._proc
     assert proc is not None
-    runc = Path(harness.containers.monitor("runc").runtime_path)
+    runc = Path(harness.containers.monitors.get("runc").runtime_path)
     copies = []
     for fd in Path(f"/proc/{proc.pid}/fd").iterdir():
         if os.readlink(fd).startswith("/memfd:"):

@@ -14,20 +14,20 @@ from tests.containers.harness import Harness
 
 def wait_state(h: Harness, cid: str, state: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
-    while h.containers.get(cid).state != state:
+    while h.containers.exits.get(cid).state != state:
         assert time.monotonic() < deadline, f"container never reached {state}"
         time.sleep(0.05)
 
 
 def test_exit_code_and_cri_log(harness: Harness) -> None:
     pod = harness.pod()
-    cid = harness.containers.create(
+    cid = harness.containers.lifecycle.create(
         pod.id, harness.config_for("c1", ["sh", "-c", "echo hello; echo oops >&2; exit 3"])
     )
-    assert harness.containers.get(cid).state == CREATED
-    harness.containers.start(cid)
+    assert harness.containers.exits.get(cid).state == CREATED
+    harness.containers.lifecycle.start(cid)
     wait_state(harness, cid, EXITED)
-    c = harness.containers.get(cid)
+    c = harness.containers.exits.get(cid)
     assert (c.exit_code, c.reason) == (3, "Error")
     assert c.finished_at >= c.started_at > c.created_at
     lines = (harness.logs / "c1.log").read_text().splitlines()
@@ -36,22 +36,22 @@ def test_exit_code_and_cri_log(harness: Harness) -> None:
 
 def test_same_name_same_attempt_is_already_exists(harness: Harness) -> None:
     pod = harness.pod()
-    harness.containers.create(pod.id, harness.config_for("dup", ["true"]))
+    harness.containers.lifecycle.create(pod.id, harness.config_for("dup", ["true"]))
     with pytest.raises(AlreadyExists):
-        harness.containers.create(pod.id, harness.config_for("dup", ["true"]))
+        harness.containers.lifecycle.create(pod.id, harness.config_for("dup", ["true"]))
 
 
 def test_stop_escalates_to_sigkill_and_is_idempotent(harness: Harness) -> None:
     pod = harness.pod()
     # busybox sh as PID 1 ignores SIGTERM: stop must fall back to SIGKILL after the timeout.
     cid = harness.run(pod, "stubborn", ["sh", "-c", "while true; do sleep 1; done"])
-    assert harness.containers.get(cid).state == RUNNING
-    harness.containers.stop(cid, 1)
-    c = harness.containers.get(cid)
+    assert harness.containers.exits.get(cid).state == RUNNING
+    harness.containers.lifecycle.stop(cid, 1)
+    c = harness.containers.exits.get(cid)
     assert (c.state, c.exit_code) == (EXITED, 137)
-    harness.containers.stop(cid, 1)
-    harness.containers.remove(cid)
-    harness.containers.remove(cid)
+    harness.containers.lifecycle.stop(cid, 1)
+    harness.containers.lifecycle.remove(cid)
+    harness.containers.lifecycle.remove(cid)
     assert not c.path.exists()
 
 
@@ -59,38 +59,38 @@ def test_stop_signal_ends_a_container_that_handles_it(harness: Harness) -> None:
     pod = harness.pod()
     cid = harness.run(pod, "polite", ["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.1; done"])
     time.sleep(0.3)  # let the shell install its trap
-    harness.containers.stop(cid, 30)
-    assert harness.containers.get(cid).exit_code == 42
+    harness.containers.lifecycle.stop(cid, 30)
+    assert harness.containers.exits.get(cid).exit_code == 42
 
 
 def test_exec_sync_output_exit_code_and_timeout(harness: Harness) -> None:
     pod = harness.pod()
     cid = harness.run(pod, "sleeper", ["sleep", "1000"])
-    result = harness.containers.exec_sync(cid, ["sh", "-c", "echo out; echo err >&2; exit 5"], 10)
+    result = harness.containers.execs.exec_sync(cid, ["sh", "-c", "echo out; echo err >&2; exit 5"], 10)
     assert (result.exit_code, result.stdout, result.stderr) == (5, b"out\n", b"err\n")
     with pytest.raises(DeadlineExceeded):
-        harness.containers.exec_sync(cid, ["sleep", "30"], 1)
+        harness.containers.execs.exec_sync(cid, ["sleep", "30"], 1)
 
 
 def test_restart_adopts_running_containers_and_exits_while_down(harness: Harness) -> None:
     pod = harness.pod()
     keep = harness.run(pod, "keep", ["sleep", "1000"])
     ends = harness.run(pod, "ends", ["sh", "-c", "until [ -e /tmp/go ]; do sleep 0.05; done; exit 7"])
-    ends_c = harness.containers.get(ends)
-    mon = harness.containers.monitor("runc")
-    harness.runtime.close()
-    # While no manager runs, one container exits on its own; conmon records its exit code.
+    ends_c = harness.containers.exits.get(ends)
+    mon = harness.containers.monitors.get("runc")
+    harness.stop()
+    # While no containers subsystem runs, one container exits on its own; conmon records its exit code.
     (ends_c.rootfs / "tmp" / "go").touch()
     deadline = time.monotonic() + 20
     while mon.exit_code(ends) is None:
         assert time.monotonic() < deadline, "container did not exit"
         time.sleep(0.05)
     harness.restart()
-    assert harness.containers.get(keep).state == RUNNING
-    c = harness.containers.get(ends)
+    assert harness.containers.exits.get(keep).state == RUNNING
+    c = harness.containers.exits.get(ends)
     assert (c.state, c.exit_code, c.reason) == (EXITED, 7, "Error")
-    harness.containers.stop(keep, 0)
-    assert harness.containers.get(keep).exit_code == 137
+    harness.containers.lifecycle.stop(keep, 0)
+    assert harness.containers.exits.get(keep).exit_code == 137
 
 
 def test_oom_kill_is_reported(harness: Harness) -> None:
@@ -98,7 +98,7 @@ def test_oom_kill_is_reported(harness: Harness) -> None:
     resources = pb.LinuxContainerResources(memory_limit_in_bytes=32 * 1024 * 1024)
     cid = harness.run(pod, "hog", ["tail", "/dev/zero"], linux=pb.LinuxContainerConfig(resources=resources))
     wait_state(harness, cid, EXITED, timeout=60)
-    c = harness.containers.get(cid)
+    c = harness.containers.exits.get(cid)
     assert (c.exit_code, c.reason) == (137, "OOMKilled")
 
 
@@ -106,7 +106,7 @@ def test_exit_is_recorded_without_anyone_asking(harness: Harness) -> None:
     pod = harness.pod()
     cid = harness.run(pod, "quick", ["sh", "-c", "exit 4"])
     deadline = time.monotonic() + 20
-    while (harness.runtime.store.get("container", cid) or {}).get("state") != EXITED:
+    while (harness.store.get("container", cid) or {}).get("state") != EXITED:
         assert time.monotonic() < deadline, "the exit watcher did not record the exit"
         time.sleep(0.05)
-    assert harness.runtime.store.get("container", cid)["exit_code"] == 4
+    assert harness.store.get("container", cid)["exit_code"] == 4

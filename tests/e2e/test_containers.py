@@ -313,7 +313,7 @@ def test_pod_stop_and_remove_take_their_containers_and_events_tell(cx: Cx) -> No
     for event in events:
         if event.container_id == cid:
             seen.append(event.container_event_type)
-            # the pod's status and its containers' statuses, this container first (cri/lifecycle.py)
+            # the pod's status and its containers' statuses, this container first (cri/status_events.py)
             assert event.pod_sandbox_status.id == pod[0]
             assert event.containers_statuses[0].id == cid
         if pb.CONTAINER_DELETED_EVENT in seen:

@@ -660,11 +660,11 @@ def test_pull_progress_is_logged(plain: Daemon, image_registry) -> None:
 
 
 def test_remove_refuses_an_image_a_container_uses(image_registry, short_tmp: Path) -> None:
-    """In process: the images subsystem asks ``runtime.containers.uses_image`` (the agreed interface)."""
+    """In process: the images subsystem asks its ImageUsers (the container records in the daemon)."""
+    from calyx_base.cleanups import Cleanups
     from calyx_base.errors import FailedPrecondition
     from cri.config import load
-    from cri.images import ImageManager
-    from cri.runtime import Runtime
+    from cri.images.manager import ImageManager
     from cri.store import Store
 
     config = load(
@@ -672,35 +672,30 @@ def test_remove_refuses_an_image_a_container_uses(image_registry, short_tmp: Pat
         None,
         [f'state.root="{short_tmp}/lib"', f'images.registries."{image_registry.host}".insecure=true'],
     )
-    runtime = Runtime(config, Store(short_tmp / "lib/calyx.db"))
-    images = ImageManager(runtime)
-    runtime.register("images", images)
 
-    class Containers:
+    class Users:
         in_use: set[str] = set()
 
         def uses_image(self, image_id: str) -> bool:
             return image_id in self.in_use
 
-        def recover(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-    runtime.register("containers", Containers())
-    runtime.recover()
+    store = Store(short_tmp / "lib/calyx.db")
+    cleanups = Cleanups(3600)
+    images = ImageManager(store, config.root / "images", config.images, cleanups, Users())
+    images.recover()
     try:
         image_id = images.pull(image_registry.ref("calyx-test/busybox"))
-        Containers.in_use.add(image_id)
+        Users.in_use.add(image_id)
         with pytest.raises(FailedPrecondition, match="in use"):
             images.remove(image_id)
         with pytest.raises(FailedPrecondition, match="in use"):
             images.remove(image_registry.ref("calyx-test/busybox"))  # its last tag
         assert images.resolve(image_id).layer_dirs[0].joinpath("bin/busybox").exists()
-        Containers.in_use.clear()
+        Users.in_use.clear()
         images.remove(image_id)
         with pytest.raises(NotFoundError):
             images.resolve(image_id)
     finally:
-        runtime.close()
+        images.close()
+        cleanups.close()
+        store.close()

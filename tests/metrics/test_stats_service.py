@@ -1,8 +1,8 @@
 """StatsService's remembered cgroup locations: a pod's is worked out once, read from its real cgroup on
 every sampling, and forgotten after the first full sampling that no longer finds the pod.
 
-The runtime here holds only what the service asks of it (config, a pod listing): no cgroup driver, so
-locations come from the v1 hierarchies directly, as in a partial build.
+The service gets a pod listing of its own making, no containers, and the real cgroupfs driver, which
+says where a pod's cgroup is.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+from cri.config import MetricsConfig
 from cri.stats.service import StatsService
+from sandbox.cgroups import build_driver
 
 MiB = 1024 * 1024
 
@@ -24,6 +26,14 @@ class _Pods:
 
     def get(self, pod_id: str) -> Any:
         return self.items[pod_id]
+
+
+class _NoContainers:
+    def get(self, container_id: str) -> Any:
+        raise AssertionError("no container is asked for")
+
+    def list(self) -> list[Any]:
+        return []
 
 
 def _pod(pod_id: str, cgroup_parent: str) -> Any:
@@ -44,10 +54,7 @@ def test_a_pods_cgroup_location_is_kept_while_it_lives_and_dropped_after(workloa
     work = workloads()
     first.add(work.pid)
     pods = _Pods()
-    runtime = SimpleNamespace(
-        config=SimpleNamespace(metrics=SimpleNamespace(fs_usage_cache_seconds=10.0)), pods=pods
-    )
-    service = StatsService(runtime)  # type: ignore[arg-type]
+    service = StatsService(_NoContainers(), pods, build_driver("cgroupfs"), MetricsConfig())
     pods.items["a" * 64] = _pod("a" * 64, "/" + first.name)
     (sample,) = service.pods()
     assert sample.prom.id == "/" + first.name

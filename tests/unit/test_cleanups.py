@@ -9,9 +9,9 @@ from pathlib import Path
 from prometheus_client import REGISTRY
 
 from calyx_base.cleanups import Cleanups
-from cri.config import load
-from cri.runtime import Runtime
+from cri.runtime import PodCidr, Runtime
 from cri.store import Store
+from sandbox.network import Readiness
 
 
 def failures(what: str) -> float:
@@ -77,8 +77,6 @@ def test_the_retry_thread_runs_until_closed() -> None:
 
 
 def test_a_subsystem_whose_recovery_fails_is_recovered_later_and_the_runtime_is_ready(tmp_path: Path) -> None:
-    config = load(None, None, [f'state.root="{tmp_path}"', "state.cleanup_retry_seconds=3600"])
-    runtime = Runtime(config, Store(tmp_path / "calyx.db"))
     recovered: list[str] = []
 
     class Broken:
@@ -98,8 +96,14 @@ def test_a_subsystem_whose_recovery_fails_is_recovered_later_and_the_runtime_is_
         def recover(self) -> None:
             recovered.append("fine")
 
-    runtime.register("broken", Broken())
-    runtime.register("fine", Fine())
+    store = Store(tmp_path / "calyx.db")
+    runtime = Runtime(
+        store,
+        Cleanups(3600),
+        [("broken", Broken()), ("fine", Fine())],
+        lambda: Readiness(True),
+        PodCidr(store),
+    )
     before = failures("subsystem")
     try:
         runtime.recover()

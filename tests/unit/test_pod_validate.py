@@ -37,7 +37,7 @@ def _ns(**options: object) -> pb.LinuxPodSandboxConfig:
 
 
 def test_defaults_give_pod_namespaces_and_the_default_handler() -> None:
-    spec = validate(_request(), Config(), DRIVER)
+    spec = validate(_request(), Config().runtime, DRIVER)
     assert spec.runtime_handler == "runc"
     assert spec.namespace_options == {
         "network": "POD",
@@ -56,7 +56,7 @@ def test_host_network_drops_port_mappings_and_keeps_the_rest() -> None:
             linux=_ns(network=pb.NODE, pid=pb.CONTAINER),
             port_mappings=[pb.PortMapping(container_port=80, host_port=80)],
         ),
-        Config(),
+        Config().runtime,
         None,
     )
     assert not spec.own_net and spec.own_ipc and not spec.shared_pid
@@ -65,7 +65,7 @@ def test_host_network_drops_port_mappings_and_keeps_the_rest() -> None:
 
 def test_port_mappings_are_normalised() -> None:
     mapping = pb.PortMapping(protocol=pb.UDP, container_port=53, host_port=5353, host_ip="127.0.0.1")
-    spec = validate(_request(port_mappings=[mapping]), Config(), DRIVER)
+    spec = validate(_request(port_mappings=[mapping]), Config().runtime, DRIVER)
     assert spec.port_mappings == [
         {"protocol": "udp", "container_port": 53, "host_port": 5353, "host_ip": "127.0.0.1"}
     ]
@@ -120,11 +120,12 @@ def test_bad_requests_are_refused_naming_the_field(change, error: type, words: s
     request = _request()
     change(request)
     with pytest.raises(error, match=words):
-        validate(request, Config(), DRIVER)
+        validate(request, Config().runtime, DRIVER)
 
 
 def test_userns_node_is_accepted() -> None:
-    spec = validate(_request(linux=_ns(userns_options=pb.UserNamespace(mode=pb.NODE))), Config(), DRIVER)
+    request = _request(linux=_ns(userns_options=pb.UserNamespace(mode=pb.NODE)))
+    spec = validate(request, Config().runtime, DRIVER)
     assert spec.namespace_options["userns"]["mode"] == "NODE"
     assert not spec.own_userns
 
@@ -135,7 +136,7 @@ def _idmap(container_id: int = 0, host_id: int = 100000, length: int = 65536) ->
 
 def test_userns_pod_with_one_mapping_each_is_normalised() -> None:
     userns = pb.UserNamespace(mode=pb.POD, uids=[_idmap()], gids=[_idmap(host_id=200000, length=1000)])
-    spec = validate(_request(linux=_ns(pid=pb.CONTAINER, userns_options=userns)), Config(), DRIVER)
+    spec = validate(_request(linux=_ns(pid=pb.CONTAINER, userns_options=userns)), Config().runtime, DRIVER)
     assert spec.own_userns
     assert spec.namespace_options["userns"] == {
         "mode": "POD",
@@ -164,7 +165,7 @@ def test_userns_pod_with_one_mapping_each_is_normalised() -> None:
 )
 def test_bad_user_namespaces_are_refused(userns: pb.UserNamespace, extra: dict, words: str) -> None:
     with pytest.raises(InvalidArgument, match=words):
-        validate(_request(linux=_ns(userns_options=userns, **extra)), Config(), DRIVER)
+        validate(_request(linux=_ns(userns_options=userns, **extra)), Config().runtime, DRIVER)
 
 
 def test_privileged_pod_with_a_user_namespace_is_refused() -> None:
@@ -173,7 +174,7 @@ def test_privileged_pod_with_a_user_namespace_is_refused() -> None:
     )
     linux.security_context.privileged = True
     with pytest.raises(InvalidArgument, match="privileged"):
-        validate(_request(linux=linux), Config(), DRIVER)
+        validate(_request(linux=linux), Config().runtime, DRIVER)
 
 
 @pytest.mark.parametrize("value", ["fast", "10X", "-1M", "0", "100G"])
@@ -181,4 +182,4 @@ def test_bad_bandwidth_annotations_are_refused(value: str) -> None:
     request = _request()
     request.config.annotations["kubernetes.io/egress-bandwidth"] = value
     with pytest.raises(InvalidArgument, match="bandwidth"):
-        validate(request, Config(), DRIVER)
+        validate(request, Config().runtime, DRIVER)

@@ -1,4 +1,4 @@
-"""Read-only views of pods: List filters and the verbose status info."""
+"""PodSandboxStatus's verbose info: a JSON document of what Calyx knows of a pod, for crictl inspectp."""
 
 from __future__ import annotations
 
@@ -6,33 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from calyx_base.errors import NotFound
-from cri.api import api_pb2 as pb
-from cri.pods.model import NOTREADY, READY, Pod
-from cri.pods.service import PodService
+from cri.pods.model import Pod
 from sandbox import pidns
-
-STATE_NAMES = {pb.SANDBOX_READY: READY, pb.SANDBOX_NOTREADY: NOTREADY}
-
-
-def filtered(svc: PodService, flt: pb.PodSandboxFilter | None) -> list[Pod]:
-    """Pods matching ``flt``: id (full or unique prefix), state, and every label of the selector."""
-    if flt is None:
-        return sorted(svc.list(), key=lambda p: p.created_at)
-    if flt.id:
-        try:
-            pods = [svc.get(flt.id)]
-        except NotFound:
-            return []
-    else:
-        pods = svc.list()
-    if flt.HasField("state"):
-        wanted = STATE_NAMES.get(flt.state.state)
-        pods = [p for p in pods if p.state == wanted]
-    if flt.label_selector:
-        selector = dict(flt.label_selector)
-        pods = [p for p in pods if all(p.labels.get(k) == v for k, v in selector.items())]
-    return sorted(pods, key=lambda p: p.created_at)
 
 
 def verbose_info(pod: Pod) -> dict[str, str]:

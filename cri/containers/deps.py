@@ -1,0 +1,89 @@
+"""What the containers subsystem needs of the collaborators it does not own, as small interfaces: the
+pods (their index: lookups and the pod lock), the images (resolving a reference to its layers), and
+whoever publishes lifecycle events. The daemon hands over the real ones (cri/build.py); tests may hand
+over small fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
+
+from cri.containers.model import Container
+
+
+class PodView(Protocol):
+    """What containers read of a pod (cri/pods/model.py's Pod satisfies it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def runtime_handler(self) -> str: ...
+    @property
+    def cgroup_parent(self) -> str: ...
+    @property
+    def log_directory(self) -> str: ...
+    @property
+    def hostname(self) -> str: ...
+    @property
+    def netns_path(self) -> str | None: ...
+    @property
+    def ipc_ns_path(self) -> str | None: ...
+    @property
+    def uts_ns_path(self) -> str | None: ...
+    @property
+    def pid_ns_path(self) -> str | None: ...
+    @property
+    def user_ns_path(self) -> str | None: ...
+    @property
+    def namespace_options(self) -> dict[str, Any]: ...
+    @property
+    def resolv_conf_path(self) -> str | None: ...
+    @property
+    def hosts_path(self) -> str | None: ...
+    @property
+    def hostname_path(self) -> str | None: ...
+    @property
+    def linux(self) -> dict[str, Any]: ...
+
+
+class PodLookup(Protocol):
+    """The pod index (cri/pods/index.py's PodIndex satisfies it)."""
+
+    def get(self, pod_id: str) -> PodView: ...
+
+    def resolve_id(self, pod_id: str) -> str: ...
+
+    def locked(self, pod_id: str) -> AbstractContextManager[None]: ...
+
+    def list(self) -> Sequence[PodView]: ...
+
+
+class ImageView(Protocol):
+    """What containers read of an image (cri/images/model.py's Image satisfies it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def repo_tags(self) -> list[str]: ...
+    @property
+    def repo_digests(self) -> list[str]: ...
+    @property
+    def layer_dirs(self) -> list[Path]: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+
+
+class ImageResolver(Protocol):
+    """The images subsystem (cri/images/manager.py's ImageManager satisfies it)."""
+
+    def resolve(self, ref: str) -> ImageView: ...
+
+
+class ContainerEvents(Protocol):
+    """Where a container's lifecycle events go (GetContainerEvents; cri/status_events.py)."""
+
+    def container_changed(self, container: Container, event_type: int) -> None: ...
