@@ -21,6 +21,8 @@ from cri.pods.index import PodIndex
 from cri.pods.remove import PendingRemovals
 from cri.pods.service import PodService
 from cri.runtime import PodCidr, Runtime
+from cri.stats.collector import RuntimeCollector
+from cri.stats.exporter import Exporter
 from cri.stats.service import StatsService
 from cri.status_events import StatusEvents
 from cri.store import Store
@@ -92,6 +94,7 @@ def build_daemon(config: Config) -> Daemon:
     backend = ContainerBackend(containers.exits, containers.execs, pod_index)
     streaming = StreamingServer(config.streaming, backend)
     stats = StatsService(containers.exits, pod_index, cgroups, config.metrics)
+    exporter = Exporter(RuntimeCollector(stats, pod_index, containers.exits), config.metrics)
     runtime = Runtime(
         store,
         cleanups,
@@ -103,7 +106,7 @@ def build_daemon(config: Config) -> Daemon:
             ("containers", containers),
             ("pod_removals", PendingRemovals(pods.deps)),
             ("streaming", streaming),
-            ("stats", stats),
+            ("exporter", exporter),
         ],
         networks.readiness,
         pod_cidr,

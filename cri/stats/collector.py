@@ -11,7 +11,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
@@ -21,16 +20,16 @@ from cri.pods.model import NOTREADY, READY
 from cri.stats.families import FAMILIES, rows
 from cri.stats.model import ContainerSample, PodSample
 from cri.stats.render import LineCache, families_text
-
-if TYPE_CHECKING:
-    from cri.stats.service import ContainerSource, PodSource, StatsService
+from cri.stats.sources import ContainerSource, PodSource, Sampler
 
 log = logging.getLogger("cri.stats")
 
 
 class RuntimeCollector:
-    def __init__(self, stats: StatsService) -> None:
-        self.stats = stats
+    def __init__(self, sampler: Sampler, pods: PodSource, containers: ContainerSource) -> None:
+        self.sampler = sampler
+        self.pods = pods
+        self.containers = containers
         self.last_scrape_seconds = 0.0
         self.lines = LineCache()  # the text of the latest scrape, reused by the next (render.py)
 
@@ -40,7 +39,7 @@ class RuntimeCollector:
 
     def _sample(self) -> list[PodSample]:
         try:
-            pods: list[PodSample] = self.stats.all_pods()
+            pods: list[PodSample] = self.sampler.all_pods()
         except Exception:  # keep serving Calyx's own metrics; the log says what broke
             log.exception("sampling for a scrape failed")
             pods = []
@@ -58,14 +57,14 @@ class RuntimeCollector:
     def collect(self) -> Iterator[Metric]:
         start = time.monotonic()
         yield from families(self._sample())
-        yield from states(self.stats.pod_source, self.stats.container_source)
+        yield from states(self.pods, self.containers)
         yield self._duration(start)
 
     def render_text(self) -> bytes:
         """What ``generate_latest`` makes of ``collect()``, byte for byte, written directly (render.py)."""
         start = time.monotonic()
         text = families_text(self._sample(), self.lines)
-        rest = list(states(self.stats.pod_source, self.stats.container_source))
+        rest = list(states(self.pods, self.containers))
         rest.append(self._duration(start))
         return text.encode() + generate_latest(_Listed(rest))
 

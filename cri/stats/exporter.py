@@ -15,7 +15,7 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
@@ -25,9 +25,6 @@ from cri.config import MetricsConfig
 from cri.stats.collector import RuntimeCollector
 from cri.stats.http_server import BoundedHttpServer
 
-if TYPE_CHECKING:
-    from cri.stats.service import StatsService
-
 log = logging.getLogger("cri.stats")
 
 GZIP_LEVEL = 1
@@ -36,16 +33,32 @@ StartResponse = Callable[..., Any]
 
 
 class Exporter:
-    def __init__(self, stats: StatsService, config: MetricsConfig) -> None:
-        self.stats = stats
+    def __init__(self, collector: RuntimeCollector, config: MetricsConfig) -> None:
         self.config = config
-        self.collector = RuntimeCollector(stats)
+        self.collector = collector
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(REGISTRY)  # a registry is itself a collector of everything in it
         self.registry.register(self.collector)
         self._generic = make_wsgi_app(self.registry, disable_compression=True)
         self._server: BoundedHttpServer | None = None
         self.port = 0
+
+    # --- subsystem ----------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Serve the endpoint if configured (the samples it renders need no recovery)."""
+        if not self.config.enabled:
+            return
+        try:
+            self.start()
+        except OSError as exc:  # containers matter more than metrics: run on, loudly
+            log.error(
+                "cannot serve metrics",
+                extra={"address": self.config.address, "port": self.config.port, "error": str(exc)},
+            )
+
+    def close(self) -> None:
+        self.stop()
 
     def start(self) -> None:
         server = BoundedHttpServer(self.app, self.config.address, self.config.port)

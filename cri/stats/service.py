@@ -4,7 +4,7 @@ Containers and pods come from their subsystems (ContainerSource, PodSource), cgr
 cgroup driver. A container is sampled from its cgroup only while it runs (an exited container's cgroup
 is gone), its writable layer through a short-lived cache (a walk costs time per file), and a pod from
 its parent cgroup (kubelet always gives one; without one the pod's readings are the sum of its
-containers') and its network namespace. The Prometheus exporter is started and stopped here too.
+containers') and its network namespace. The Prometheus exporter (exporter.py) renders these samples.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
 
 from calyx_base.errors import NotFound
 from cri.config import MetricsConfig
@@ -25,6 +24,7 @@ from cri.containers.model import CREATED, RUNNING, Container
 from cri.pods.model import READY, Pod
 from cri.stats.aggregate import sum_samples
 from cri.stats.model import ContainerSample, PodSample, PromLabels
+from cri.stats.sources import ContainerSource, PodSource
 from metrics.cgroup import read_cgroup
 from metrics.fsusage import FsUsageCache
 from metrics.netdev import read_via_pids
@@ -33,28 +33,9 @@ from metrics.rates import CpuRates
 from metrics.readings import CgroupSample, NetworkSample
 from sandbox.cgroups import CgroupDriver
 
-if TYPE_CHECKING:
-    from cri.stats.exporter import Exporter
-
 log = logging.getLogger("cri.stats")
 
 SAMPLED_STATES = (RUNNING, CREATED)  # states whose cgroup exists (CREATED: runc's init waits in it)
-
-
-class ContainerSource(Protocol):
-    """The containers, their states fresh (cri/containers/exits.py's ExitTracker)."""
-
-    def get(self, container_id: str) -> Container: ...
-
-    def list(self) -> list[Container]: ...
-
-
-class PodSource(Protocol):
-    """The pods (cri/pods/index.py's PodIndex)."""
-
-    def get(self, pod_id: str) -> Pod: ...
-
-    def list(self) -> list[Pod]: ...
 
 
 class StatsService:
@@ -69,34 +50,6 @@ class StatsService:
         self.fs_cache = FsUsageCache(config.fs_usage_cache_seconds)
         # (container id or "pod:<id>", cgroup parent) -> (controller -> dir, cgroup path)
         self._cgroup_dirs: dict[tuple[str, str], tuple[dict[str, Path], str]] = {}
-        self.exporter: Exporter | None = None
-
-    # --- subsystem ----------------------------------------------------------------------------------
-
-    def recover(self) -> None:
-        """Nothing to reconcile (stats keep no state); start the Prometheus endpoint if configured."""
-        if self.config.enabled:
-            from cri.stats.exporter import Exporter
-
-            exporter = Exporter(self, self.config)
-            try:
-                exporter.start()
-            except OSError as exc:  # containers matter more than metrics: run on, loudly
-                log.error(
-                    "cannot serve metrics",
-                    extra={
-                        "address": self.config.address,
-                        "port": self.config.port,
-                        "error": str(exc),
-                    },
-                )
-                return
-            self.exporter = exporter
-
-    def close(self) -> None:
-        if self.exporter is not None:
-            self.exporter.stop()
-            self.exporter = None
 
     # --- lookups ------------------------------------------------------------------------------------
 

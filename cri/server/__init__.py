@@ -1,0 +1,1 @@
+"""The gRPC adapters: one class per RPC family (see service.py)."""
