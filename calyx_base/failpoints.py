@@ -3,7 +3,9 @@
 ``CALYX_FAILPOINTS=pod.after_netns=kill,pod.after_network=error`` (read from the environment at each hit,
 so a restarted daemon without the variable runs normally). ``kill`` sends SIGKILL to the daemon itself,
 which is how tests check that recovery cleans up a half-made object; ``error`` raises Internal so the
-undo path of the operation runs; ``cleanup.<what>=error`` fails every cleanup of that kind (cri/cleanups.py).
+undo path of the operation runs; ``cleanup.<what>=error`` fails every cleanup of that kind
+(calyx_base/cleanups.py); ``wait:DIR`` touches ``DIR/<name>.reached`` and holds the call there until
+``DIR/<name>.go`` exists, so a test can act while an operation is half-way.
 Outside tests the variable is unset and a hit costs one dict lookup.
 """
 
@@ -12,12 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 
+from calyx_base import poll
 from calyx_base.errors import Internal
 
 log = logging.getLogger("calyx_base.failpoints")
 
 ENV = "CALYX_FAILPOINTS"
+WAIT_SECONDS = 300.0
 
 
 def _actions() -> dict[str, str]:
@@ -42,3 +47,8 @@ def hit(name: str, **context: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "error":
         raise Internal(f"failpoint {name} fired")
+    elif action.startswith("wait:"):
+        where = Path(action.removeprefix("wait:"))
+        (where / f"{name}.reached").touch()
+        go = where / f"{name}.go"
+        poll.until(go.exists, WAIT_SECONDS, 0.02)

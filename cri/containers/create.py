@@ -3,7 +3,8 @@ container step by step, each step's undo pushed as it succeeds.
 
 The undo stack is dropped only once the container is recorded as CREATED; a failure unwinds it and the
 request leaves nothing behind, and a crash in the middle leaves a CREATING record that recovery
-cleans.
+cleans. The images the container uses (its own, its image volumes') count as in use from the plan on,
+so a RemoveImage meanwhile is refused instead of taking the layers from under the create.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class Plan:
     owner: tuple[int, int] | None = None
     spec: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def image_ids(self) -> set[str]:
+        return {self.image.id, *(v.volume.image_id for v in self.volumes)}
+
 
 def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerConfig) -> Container:
     """Make the container; it is indexed, CREATED, when this returns (the caller holds the pod lock)."""
@@ -83,8 +88,10 @@ def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerConfig) 
     c = plan.container
     with (
         deps.records.reserve_name(c.pod_id, c.name, c.attempt, c.id),
+        deps.records.hold_images(c.id, plan.image_ids),
         contextlib.ExitStack() as undo,
     ):
+        _confirm_images(deps, plan)
         _record_intent(deps, plan, undo)
         _make_dir(deps, plan, undo)
         _mount_rootfs(plan, undo)
@@ -215,6 +222,13 @@ def _image_name(requested: str, image: ImageView) -> str:
     if by_id and image.repo_tags:
         return str(image.repo_tags[0])
     return requested
+
+
+def _confirm_images(deps: CreateDeps, plan: Plan) -> None:
+    """The images are held now (RemoveImage refuses them); one removed between the plan and the hold
+    is NotFound, as if the create had come after the removal."""
+    for image_id in sorted(plan.image_ids):
+        deps.images.resolve(image_id)
 
 
 # --- the steps, each pushing its undo -----------------------------------------------------------------

@@ -30,6 +30,10 @@ class ContainerRecords:
         self._names: dict[NameKey, str] = {}
         self._lock = threading.RLock()
         self._locks: dict[str, threading.RLock] = {}
+        # The images a CreateContainer in progress uses (its own and its image volumes'), by container
+        # id: the container is indexed only at the end of its create, and RemoveImage must not take
+        # them meanwhile.
+        self._held_images: dict[str, frozenset[str]] = {}
 
     # --- the store ------------------------------------------------------------------------------------
 
@@ -125,9 +129,24 @@ class ContainerRecords:
                     del self._names[key]
             raise
 
-    def uses_image(self, image_id: str) -> bool:
-        """Whether a container runs ``image_id`` or mounts it as an image volume (RemoveImage asks)."""
+    @contextlib.contextmanager
+    def hold_images(self, container_id: str, image_ids: Collection[str]) -> Iterator[None]:
+        """The images of a create in progress count as in use until it ends: then the indexed container
+        (if the create succeeded) holds them."""
         with self._lock:
+            self._held_images[container_id] = frozenset(image_ids)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held_images.pop(container_id, None)
+
+    def uses_image(self, image_id: str) -> bool:
+        """Whether a container runs ``image_id`` or mounts it as an image volume, or a create in progress
+        is about to (RemoveImage asks)."""
+        with self._lock:
+            if any(image_id in held for held in self._held_images.values()):
+                return True
             return any(
                 c.image_id == image_id or any(v.get("image_id") == image_id for v in c.image_volumes)
                 for c in self._containers.values()
