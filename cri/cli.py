@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cri import __version__
+from cri import __version__, configdocs
 from cri import config as config_mod
 
 
@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calyx {__version__} (CRI v1)")
         return 0
     if args.command == "config" and args.defaults:
-        print(config_mod.defaults_toml(), end="")
+        print(configdocs.defaults_toml(), end="")
         return 0
     if args.command == "config" and args.reference:
-        print(config_mod.reference_table())
+        print(configdocs.reference_table())
         return 0
     try:
         config = config_mod.load(args.config, args.config_dir, _overrides(args))
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calyx: config error: {exc}", file=sys.stderr)
         return 2
     if args.command == "config":  # secrets stay out of terminals, scrollback and pasted bug reports
-        print(config_mod.to_toml(config, show_secrets=args.show_secrets), end="")
+        print(configdocs.to_toml(config, show_secrets=args.show_secrets), end="")
         return 0
     if args.command == "cleanup":
         return _cleanup(config, args.force)

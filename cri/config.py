@@ -1,7 +1,7 @@
 """Calyx configuration: typed sections, loaded from TOML files, drop-ins and command-line overrides.
 
 Every option is a dataclass field with a ``doc``; ``calyx config --defaults`` prints them all with their
-docs, and the README's reference table is generated from the same source (``reference_table``).
+docs, and the README's reference table is generated from the same source (cri/configdocs.py).
 Unknown keys and wrong types are refused with the file, the key and the reason.
 """
 
@@ -17,8 +17,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomli_w
 
 DEFAULT_CONFIG_FILE = Path("/etc/calyx/calyx.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/calyx/calyx.d")
@@ -291,7 +289,7 @@ class Config:
 # --- loading -------------------------------------------------------------------------------------------
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
@@ -329,7 +327,7 @@ def _build(cls: type, table: dict[str, Any], source: str, prefix: str) -> Any:
 
 def _merge(obj: Any, table: dict[str, Any], source: str, prefix: str) -> Any:
     """Apply ``table`` onto dataclass instance ``obj`` (in place) and return it."""
-    hints = _hints(type(obj))
+    hints = field_types(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in table.items():
         path = f"{prefix}.{key}" if prefix else key
@@ -399,96 +397,3 @@ def load(
         _merge(config, _parse_override(text), "--set", "")
     config.validate()
     return config
-
-
-# --- rendering -----------------------------------------------------------------------------------------
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-REDACTED = "(redacted)"
-# Option names whose values are secrets (a registry's password, and any token or secret added later).
-_SECRET = re.compile(r"(password|passwd|secret|token|auth)$", re.IGNORECASE)
-
-
-def redacted(value: Any) -> Any:
-    """``value`` (a config as to_dict gives it) with every secret replaced by REDACTED, for output that
-    leaves the host's root: Status(verbose) goes to anyone who can reach the socket, and into logs."""
-    if isinstance(value, dict):
-        return {
-            k: REDACTED if _SECRET.search(str(k)) and isinstance(v, str) and v else redacted(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redacted(v) for v in value]
-    return value
-
-
-def to_toml(config: Config, show_secrets: bool = True) -> str:
-    values = to_dict(config)
-    return tomli_w.dumps(values if show_secrets else redacted(values))
-
-
-def _inline(value: Any) -> str:
-    """One TOML value on one line."""
-    if isinstance(value, list):
-        return "[" + ", ".join(_inline(v) for v in value) + "]"
-    return tomli_w.dumps({"v": value}).strip()[4:]
-
-
-def iter_options(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[str, Any, str]]:
-    """Every leaf option as (dotted key, default, doc); for a table of named entries (such as
-    runtime.handlers) the table itself and then its entries' options under ``<name>``."""
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        hint = hints[f.name]
-        doc = f.metadata.get("doc", "")
-        if dataclasses.is_dataclass(hint):
-            yield from iter_options(hint, f"{key}.")  # type: ignore[arg-type]
-            continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        yield key, default, doc
-        if typing.get_origin(hint) is dict:
-            item = typing.get_args(hint)[1]
-            if dataclasses.is_dataclass(item):
-                yield from iter_options(item, f"{key}.<name>.")  # type: ignore[arg-type]
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, dict):
-        return ", ".join(sorted(value)) or "(none)"
-    return _inline(value)
-
-
-def reference_table() -> str:
-    """The config reference as a Markdown table (README.md embeds it)."""
-    rows = ["| option | default | meaning |", "|---|---|---|"]
-    for key, default, doc in iter_options():
-        rows.append(f"| `{key}` | `{_shown(default)}` | {doc} |")
-    return "\n".join(rows)
-
-
-def defaults_toml() -> str:
-    """The default config as TOML, each option's doc as a comment above it."""
-    lines: list[str] = []
-    tables: list[str] = []
-    current = ""
-    for key, default, doc in iter_options():
-        if "<name>" in key:
-            continue
-        section, _, name = key.rpartition(".")
-        if section != current:
-            lines.append(f"\n[{section}]")
-            current = section
-        lines.append(f"# {doc}")
-        if isinstance(default, dict):
-            lines.append(f"# {name}: see [{key}.<name>] tables" + ("" if default else " (none by default)"))
-            for entry, value in default.items():
-                tables.append(f"\n[{key}.{entry}]")
-                tables.extend(f"{k} = {_inline(v)}" for k, v in dataclasses.asdict(value).items())
-        else:
-            lines.append(f"{name} = {_inline(default)}")
-    return "\n".join(lines + tables).lstrip() + "\n"

@@ -10,7 +10,7 @@ import grpc
 
 import cri
 from calyx_base.errors import InvalidArgument
-from cri import config as config_mod
+from cri import configdocs
 from cri.api import api_pb2 as pb
 from cri.config import Config
 from cri.runtime import Runtime
@@ -50,7 +50,7 @@ class RuntimeInfoRPCs:
         )
         info: dict[str, str] = {}
         if request.verbose:
-            info["config"] = json.dumps(config_mod.redacted(config_mod.to_dict(self.config)), sort_keys=True)
+            info["config"] = json.dumps(configdocs.redacted(configdocs.to_dict(self.config)), sort_keys=True)
             info["podCIDR"] = self.runtime.pod_cidr.get()
             # What CRI has no feature field for: CDI devices and image volumes (Mount.image).
             info["features"] = json.dumps(

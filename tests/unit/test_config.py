@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cri import config
+from cri import config, configdocs
 from tests.daemon import calyx_command
 
 
@@ -104,16 +104,16 @@ def test_values_checked_beyond_their_type(override: str, key: str) -> None:
 
 def test_effective_config_round_trips_through_toml(tmp_path: Path) -> None:
     c = config.load(None, None, ['images.registries."h:5000".insecure=true', "server.workers=5"])
-    again = write(tmp_path / "again.toml", config.to_toml(c))
-    assert config.to_dict(config.load(again, None)) == config.to_dict(c)
+    again = write(tmp_path / "again.toml", configdocs.to_toml(c))
+    assert configdocs.to_dict(config.load(again, None)) == configdocs.to_dict(c)
 
 
 def test_defaults_listing_is_valid_toml_and_documents_every_option() -> None:
-    text = config.defaults_toml()
-    assert config.to_dict(config.Config()) == config.to_dict(
+    text = configdocs.defaults_toml()
+    assert configdocs.to_dict(config.Config()) == configdocs.to_dict(
         config._merge(config.Config(), tomllib.loads(text), "", "")
     )
-    for key, _default, doc in config.iter_options():
+    for key, _default, doc in configdocs.iter_options():
         assert doc, f"{key} has no doc"
         if "<name>" not in key:
             assert key.rsplit(".", 1)[1] in text
@@ -121,7 +121,7 @@ def test_defaults_listing_is_valid_toml_and_documents_every_option() -> None:
 
 def test_readme_reference_table_is_current() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert config.reference_table() in readme, "refresh it with: bash tests/update-readme.sh"
+    assert configdocs.reference_table() in readme, "refresh it with: bash tests/update-readme.sh"
 
 
 def test_cli_config_prints_the_effective_config(tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_cli_config_redacts_registry_passwords_unless_asked(tmp_path: Path) -> N
     assert out.returncode == 0, out.stderr
     assert "s3cret-value" not in out.stdout
     registry = tomllib.loads(out.stdout)["images"]["registries"]["reg.example"]
-    assert registry == {**registry, "username": "u", "password": config.REDACTED}
+    assert registry == {**registry, "username": "u", "password": configdocs.REDACTED}
     shown = calyx_command(*common, "--show-secrets")
     assert tomllib.loads(shown.stdout)["images"]["registries"]["reg.example"]["password"] == "s3cret-value"
 
