@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from cri.containers import arglimits, idmapped, seccomp_localhost, userns
 from cri.containers import binds as mnt
 from cri.containers import capabilities as caps
 from cri.containers.deps import PodView
+from cri.containers.devices import device_config
 from cri.containers.seccomp_default import default_profile
 from cri.containers.users import ProcessUser, make_inside, resolve_user
 from sandbox.shm import HOST_SHM
@@ -180,81 +180,6 @@ def _pod_file_mounts(inputs: SpecInputs, taken: set[str], readonly: bool) -> lis
     return out
 
 
-def _device_entries(
-    host: str, container: str, permissions: str
-) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(linux.devices entry, linux.resources.devices rule) for a device node or every node under a dir."""
-    real = os.path.realpath(host)
-    try:
-        st = os.stat(real)
-    except OSError:
-        raise InvalidArgument(f"device {host!r} does not exist") from None
-    if stat.S_ISDIR(st.st_mode):
-        out = []
-        for dirpath, _dirs, files in os.walk(real):
-            for name in files:
-                sub = os.path.join(dirpath, name)
-                rel = os.path.relpath(sub, real)
-                try:
-                    out.extend(_device_entries(sub, os.path.join(container, rel), permissions))
-                except InvalidArgument:
-                    continue
-        return out
-    if stat.S_ISCHR(st.st_mode):
-        kind = "c"
-    elif stat.S_ISBLK(st.st_mode):
-        kind = "b"
-    else:
-        raise InvalidArgument(f"{host!r} is not a device node")
-    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    device = {
-        "path": container,
-        "type": kind,
-        "major": major,
-        "minor": minor,
-        "fileMode": stat.S_IMODE(st.st_mode),
-        "uid": st.st_uid,
-        "gid": st.st_gid,
-    }
-    rule = {"allow": True, "type": kind, "major": major, "minor": minor, "access": permissions or "rwm"}
-    return [(device, rule)]
-
-
-def _devices(
-    config: pb.ContainerConfig, privileged: bool
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    devices: list[dict[str, Any]] = []
-    rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
-    if privileged:
-        rules = [{"allow": True, "access": "rwm"}]
-        for entry in sorted(Path("/dev").iterdir()):
-            if entry.name in (
-                "pts",
-                "shm",
-                "mqueue",
-                "console",
-                "ptmx",
-                "tty",
-                "fd",
-                "stdin",
-                "stdout",
-                "stderr",
-            ):
-                continue
-            try:
-                if entry.is_symlink() or not (entry.is_char_device() or entry.is_block_device()):
-                    continue
-                devices.extend(d for d, _ in _device_entries(str(entry), str(entry), "rwm"))
-            except (InvalidArgument, OSError):
-                continue
-    for dev in config.devices:
-        for device, rule in _device_entries(dev.host_path, dev.container_path, dev.permissions):
-            devices.append(device)
-            if not privileged:
-                rules.append(rule)
-    return devices, rules
-
-
 def _seccomp(sc: pb.LinuxContainerSecurityContext, capabilities: list[str]) -> dict[str, Any] | None:
     """The OCI seccomp object, or None for unconfined."""
     if sc.privileged:
@@ -403,7 +328,7 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         if propagation == "rshared" or (propagation == "rslave" and rootfs_propagation != "rshared"):
             rootfs_propagation = propagation
 
-    devices, device_rules = _devices(config, privileged)
+    devices, device_rules = device_config(config, privileged)
     resources = dict(inputs.resources)
     resources["devices"] = device_rules
     linux: dict[str, Any] = {
