@@ -17,10 +17,10 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from bench import host
 from bench.cni import CNI_BIN_DIR, write_conflist
 from cri import __version__
 from cri.config import Config
+from tests import host_cleanup as host
 from tests.daemon import Daemon, calyx_command
 from tests.registry import free_port
 

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import host
 from bench.cni import CNI_BIN_DIR, write_conflist
+from tests import host_cleanup as host
 from tests.registry import free_port
 
 log = logging.getLogger("bench.containerd")

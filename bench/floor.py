@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import IO
 
-from bench import host
 from bench.client import WORKLOAD
 from bench.stats import Result
+from tests import host_cleanup as host
 
 RUNC = "runc"
 

@@ -24,12 +24,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import calyx, containerd, env, floor, host, procs, profile, report
+from bench import calyx, containerd, env, floor, procs, profile, report
 from bench.benchmarks import GROUPS, Bench, Target
 from bench.client import Client, RPCError
 from bench.grpc_floor import GrpcFloor
 from bench.sizes import SIZES, Size, benchmark_names
 from bench.stats import Result
+from tests import host_cleanup as host
 
 log = logging.getLogger("bench")
 

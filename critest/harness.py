@@ -6,7 +6,7 @@ tests' (tests/net_fixtures.py), its pods under a cgroup root of the run's own, c
 inside the run's work dir. Leaving the ``environment`` block, by success, failure, a dead Calyx or
 critest, or SIGTERM/SIGINT (turned into KeyboardInterrupt by the runner), removes every pod through
 the CRI (a dead Calyx is started again for that), stops Calyx and the registry by PID, reaps what they
-left (tests/reaper.py, bench/host.py), and deletes the bridge, its iptables chains and restores the
+left (tests/reaper.py, tests/host_cleanup.py), and deletes the bridge, its iptables chains and restores the
 forwarding sysctls. SysV segments of critest's HostIpc specs live in the run's own IPC namespace
 (``private_ipc_namespace``) and go with it.
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import grpc
 
-from bench import host
 from cri.api import api_pb2 as pb
 from critest.images import calyx_images, critest_images, mirror_config, push_all
+from tests import host_cleanup as host
 from tests.daemon import Daemon
 from tests.net_fixtures import _claim_n, _host_restored, _release_n, _remove_all_pods
 from tests.reaper import reap
