@@ -13,7 +13,7 @@ of the image's making on the host.
 runc binds the staged mounts into the container; its mount namespace keeps them, so the staging mounts
 are released as soon as the container is created (like idmapped staging), and recovery releases any
 that a crash left. The container record lists each volume's image id: the images subsystem refuses to
-remove an image a container uses (ContainerManager.uses_image), so the layer dirs under a container's
+remove an image a container uses (ContainerRecords.uses_image), so the layer dirs under a container's
 volume stay until the container is removed.
 """
 

@@ -1,2 +1,2 @@
 """Images: references, registry pulls into a verified content store, unpacked layers (ImageManager in
-manager.py is the entry; other subsystems use ``resolve(ref) -> Image``)."""
+manager.py is the entry; containers use ``resolve(ref)`` through their own ImageResolver)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Image:
-    """A pulled image, as ``runtime.images.resolve()`` returns it.
+    """A pulled image, as ``ImageManager.resolve()`` returns it.
 
     ``config`` is the OCI image config's "config" object (Entrypoint, Cmd, Env, User, WorkingDir,
     StopSignal, Labels, Volumes, ExposedPorts); ``layer_dirs`` are the unpacked layers, bottom first.
