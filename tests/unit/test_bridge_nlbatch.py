@@ -37,7 +37,11 @@ def _without_sequence(message: bytes) -> tuple[int, int, int, bytes]:
 
 
 CASES = [
-    (("create_bridge", "cxq0"), ("link", "add"), {"ifname": "cxq0", "kind": "bridge"}),
+    (
+        ("create_bridge", "cxq0", "02:5a:00:00:00:01"),
+        ("link", "add"),
+        {"ifname": "cxq0", "address": "02:5a:00:00:00:01", "kind": "bridge"},
+    ),
     (
         ("create_veth", "a veth", "cxvabc", 7, "eth0", 5),
         ("link", "add"),
