@@ -14,6 +14,7 @@ from cri.api import api_pb2_grpc as pb_grpc
 from cri.containers.execsync import MAX_EXEC_OUTPUT
 from tests import cgroup_files, container_fixtures
 from tests.container_fixtures import Cx
+from tests.waiting import wait_for
 
 cx = container_fixtures.cx
 
@@ -257,14 +258,21 @@ def test_daemon_kill9_restart_adopts_containers_and_reports_exits_made_while_dow
     assert cx.output(cx.run(pod, "after", ["sleep", "1000"]), "echo", "alive") == "alive\n"
 
 
+def _runs(cx: Cx, cid: str, argv: list[str]) -> bool:
+    """Whether the container's PID 1 is ``argv``: StartContainer returns once runc's init is told to go,
+    and it execs the command a moment later (until then /proc/1 is runc init, its arguments and env)."""
+    return cx.output(cid, "cat", "/proc/1/cmdline").split("\0")[: len(argv)] == argv
+
+
 def test_command_args_env_cwd_and_oom_score_adj(cx: Cx) -> None:
     pod = cx.pod()
     web = cx.image("calyx-test/web:latest")  # Cmd: httpd -f -p 80 -h /www
     # args alone replace the image's Cmd (no Entrypoint here: they are the command)
     cid = cx.run(pod, "args", [], image=web, args=["sleep", "1000"])
-    assert cx.output(cid, "cat", "/proc/1/cmdline").split("\0")[:2] == ["sleep", "1000"]
+    wait_for(lambda: _runs(cx, cid, ["sleep", "1000"]), "the container to run args as its command")
     env = [pb.KeyValue(key="PATH", value=b"/bin"), pb.KeyValue(key="MINE", value=b"a=b")]
     envs = cx.run(pod, "env", ["sleep", "1000"], envs=env, working_dir="/made/by/calyx")
+    wait_for(lambda: _runs(cx, envs, ["sleep", "1000"]), "the container to run its command")
     lines = cx.output(envs, "cat", "/proc/1/environ").split("\0")
     assert "PATH=/bin" in lines and "MINE=a=b" in lines and sum(x.startswith("PATH=") for x in lines) == 1
     assert cx.output(envs, "pwd").strip() == "/made/by/calyx"
