@@ -29,8 +29,8 @@ dev_pkgs=(docker-registry apache2-utils busybox-static openssl dbus systemd prom
           golang-go golang-github-docker-spdystream-dev)  # the last two: a spdystream client (streaming tests)
 
 # The node lab's host side: a Debian root file system (mmdebstrap), an initramfs (cpio), the kernel it
-# boots and the VM (tests/node/README.md).
-node_lab_pkgs=(qemu-system-x86 qemu-utils mmdebstrap linux-image-amd64 cpio)
+# boots and the VM; mke2fs, depmod and git ls-files for the image (tests/node/README.md).
+node_lab_pkgs=(qemu-system-x86 qemu-utils mmdebstrap linux-image-amd64 cpio e2fsprogs kmod git)
 
 if [ "$mode" = --print-packages ]; then
   printf '%s\n' "${runtime_pkgs[@]}" "${dev_pkgs[@]}"
