@@ -16,6 +16,7 @@ export HOME=/root PATH=/srv/job/tools:/srv/calyx/.venv/bin:/usr/local/sbin:/usr/
 # Under TCG a daemon started from the checkout needs 20-40 s to be ready (imports): the tests' waits
 # for daemons scale by this (tests/waiting.py).
 export CALYX_TEST_SLOWDOWN=${CALYX_TEST_SLOWDOWN:-6}
+export CALYX_NODE_LAB=off  # tests/run.sh in the node must not boot a node of its own
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
 echo "[node] up $(uptime_s) s: kernel $(uname -r), $(stat -fc %T /sys/fs/cgroup) at /sys/fs/cgroup," \
