@@ -25,7 +25,7 @@ runtime_pkgs=(python3 python3-venv runc conmon catatonit containernetworking-plu
 # What the test suite needs besides: the test registry and its auth tools, the busybox the test images
 # are built from, D-Bus and systemd for the systemd cgroup driver's tests, Prometheus for the exporter's.
 # busybox-static and busybox conflict: the static one is installed, the dynamic one only unpacked (below).
-dev_pkgs=(docker-registry apache2-utils busybox-static openssl dbus systemd prometheus uidmap iputils-ping
+dev_pkgs=(docker-registry apache2-utils busybox-static openssl dbus systemd prometheus iputils-ping
           golang-go golang-github-docker-spdystream-dev)  # the last two: a spdystream client (streaming tests)
 
 # The node lab's host side: a Debian root file system (mmdebstrap), an initramfs (cpio), the kernel it
