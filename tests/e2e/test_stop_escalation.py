@@ -6,18 +6,26 @@ grace period; a hostile container (one that ignores SIGTERM) must not make that 
 from __future__ import annotations
 
 import threading
-import time
 
 import grpc
 
 from cri.api import api_pb2 as pb
 from tests.e2e.test_streaming import Env, _env
+from tests.waiting import wait_for
 
 
 def test_a_shorter_stop_overtakes_a_long_one_in_progress(builtin_net, image_registry, short_tmp) -> None:
     env: Env = _env(builtin_net, image_registry, short_tmp)
-    cid = env.container(["sh", "-c", "trap '' TERM; while :; do sleep 1; done"])
+    # SIGTERM is caught (and written down), never obeyed
+    script = "trap 'echo term > /tmp/got' TERM; touch /tmp/ready; while :; do sleep 1; done"
+    cid = env.container(["sh", "-c", script])
     rt = env.daemon.runtime
+
+    def in_container(command: str) -> str:
+        request = pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", command], timeout=30)
+        return rt.ExecSync(request, timeout=60).stdout.decode()
+
+    wait_for(lambda: in_container("test -e /tmp/ready && echo yes") == "yes\n", "the trap is set")
     first: list[object] = []
 
     def long_stop() -> None:
@@ -29,7 +37,8 @@ def test_a_shorter_stop_overtakes_a_long_one_in_progress(builtin_net, image_regi
 
     waiting = threading.Thread(target=long_stop, daemon=True)
     waiting.start()
-    time.sleep(2)  # the first stop has sent SIGTERM (ignored) and waits out its 600 s
+    # the first stop has sent SIGTERM (caught) and waits out its 600 s
+    wait_for(lambda: in_container("cat /tmp/got 2>/dev/null || true") == "term\n", "SIGTERM caught")
     assert waiting.is_alive()
     rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=60)
     status = rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
