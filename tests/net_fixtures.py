@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shlex
 import sqlite3
 import subprocess
@@ -41,6 +42,11 @@ def link_exists(name: str) -> bool:
 
 def in_netns(pin: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return sh("nsenter", f"--net={pin}", "--", *argv, check=check)
+
+
+def names(line: str, name: str) -> bool:
+    """``line`` names ``name`` as a whole word: cxp2 is not in another test's cxp212 or CALYX-PR-cxp21."""
+    return re.search(rf"(?<![0-9A-Za-z]){re.escape(name)}(?![0-9A-Za-z])", line) is not None
 
 
 def iptables_save() -> str:
@@ -96,7 +102,10 @@ def _drop_chains(predicate: Callable[[str], bool]) -> None:
         for table in ("nat", "filter"):
             rules = sh(cmd, "-w", "10", "-t", table, "-S", check=False).stdout.splitlines()
             for rule in rules:
-                parts = shlex.split(rule)
+                try:
+                    parts = shlex.split(rule)
+                except ValueError:  # a comment shlex cannot read: another test's (the fuzz's) rule
+                    continue
                 if parts[:1] == ["-A"] and "-j" in parts and predicate(parts[parts.index("-j") + 1]):
                     sh(cmd, "-w", "10", "-t", table, "-D", *parts[1:], check=False)
             for rule in rules:

@@ -33,6 +33,7 @@ from tests.net_fixtures import (
     ip6tables_save,
     iptables_save,
     link_exists,
+    names,
     outside_network,
     pod_config,
     pod_traces,
@@ -104,7 +105,7 @@ def _v6_traces(net: Net) -> list[str]:
 
 def _v6_network(net: Net) -> list[str]:
     """The network's shared IPv6 parts on the host: ip6tables lines of its chains, bridge addresses."""
-    found = [f"ip6tables {line}" for line in ip6tables_save().splitlines() if net.bridge in line]
+    found = [f"ip6tables {line}" for line in ip6tables_save().splitlines() if names(line, net.bridge)]
     if link_exists(net.bridge):
         addresses = sh("ip", "-6", "-o", "addr", "show", "dev", net.bridge, "scope", "global").stdout
         found += [f"address {line}" for line in addresses.splitlines()]

@@ -27,6 +27,7 @@ from tests.net_fixtures import (
     ip6tables_save,
     iptables_save,
     link_exists,
+    names,
     pod_config,
     pod_traces,
     run_pod,
@@ -80,7 +81,7 @@ def _network_lines(bridge: str) -> list[str]:
     """The lines of the network's chains and the jumps into them, iptables and ip6tables (not the jumps
     into its pods' hostPort chains)."""
     lines = (iptables_save() + ip6tables_save()).splitlines()
-    return sorted(line for line in lines if f"-{bridge}" in line and "calyx pod" not in line)
+    return sorted(line for line in lines if names(line, bridge) and "calyx pod" not in line)
 
 
 def _gateway(net: Net) -> str:
