@@ -12,12 +12,13 @@ teardown and recovery find them without stored state; presence is read from sysf
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
 from pathlib import Path
 
-from calyx_base.errors import Internal
+from calyx_base.errors import FailedPrecondition, Internal
 from sandbox.bridge.ipam import Interface
 from sandbox.bridge.nlbatch import Address, NetlinkBatch, NetlinkError, addresses_of, host_socket
 from sandbox.netns import call_in
@@ -89,11 +90,19 @@ def ensure_bridge(name: str, gateways: list[Interface]) -> tuple[int, bool]:
 
 
 def _send(batch: NetlinkBatch, failure: str, object_id: str | None = None) -> None:
-    """Send ``batch`` over a host socket; a failure is Internal, quoting the request that failed."""
+    """Send ``batch`` over a host socket; a failure is Internal, quoting the request that failed, except
+    a link kind the kernel lacks (EOPNOTSUPP: the bridge or veth module is not there, as on a node image
+    without its kernel's /lib/modules): that is the node's state, FailedPrecondition saying so."""
     with host_socket() as sock:
         try:
             batch.send(sock)
         except NetlinkError as exc:
+            if exc.errno == errno.EOPNOTSUPP:
+                raise FailedPrecondition(
+                    f"{failure}: {exc}: the kernel lacks this link type (is its module, e.g. bridge or"
+                    " veth, in /lib/modules/$(uname -r)?)",
+                    object_id,
+                ) from None
             raise Internal(f"{failure}: {exc}", object_id) from None
 
 

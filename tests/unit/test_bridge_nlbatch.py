@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from sandbox.bridge.nlbatch import HEADER, NetlinkBatch, NetlinkError, host_socket
+from sandbox.bridge.nlbatch import CREATE, HEADER, NetlinkBatch, NetlinkError, host_socket
 
 
 def _pyroute2(method: str, *args: object, **kwargs: object) -> bytes:
@@ -109,3 +109,23 @@ def test_a_batch_reads_every_answer_and_names_the_request_that_failed() -> None:
         with pytest.raises(BlockingIOError):
             sock.recv(65536)
     assert len(batch) == 0 and os.getuid() == 0
+
+
+def test_a_link_kind_the_kernel_lacks_is_a_failed_precondition_naming_the_module() -> None:
+    """What a node without its kernel's modules answers for a bridge (EOPNOTSUPP), provoked on this
+    kernel with a link kind no module provides."""
+    from pyroute2.netlink.rtnl import RTM_NEWLINK
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from calyx_base.errors import FailedPrecondition
+    from sandbox.bridge import links
+
+    batch = NetlinkBatch()
+    kind = ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "calyx-no-such-kind")]})
+    batch._add(
+        "create link cxnokind0", ifinfmsg(), RTM_NEWLINK, CREATE, {}, [("IFLA_IFNAME", "cxnokind0"), kind]
+    )
+    with pytest.raises(FailedPrecondition) as err:
+        links._send(batch, "cannot create bridge cxnokind0")
+    assert "cannot create bridge cxnokind0" in str(err.value) and "module" in str(err.value)
+    assert not os.path.exists("/sys/class/net/cxnokind0")
