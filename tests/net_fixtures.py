@@ -313,7 +313,7 @@ def pod_config(name: str | None = None, **kw: Any) -> pb.PodSandboxConfig:
     return config
 
 
-def host_network_linux(pid: int = pb.CONTAINER) -> pb.LinuxPodSandboxConfig:
+def host_network_linux(pid: pb.NamespaceMode = pb.CONTAINER) -> pb.LinuxPodSandboxConfig:
     return pb.LinuxPodSandboxConfig(
         security_context=pb.LinuxSandboxSecurityContext(
             namespace_options=pb.NamespaceOption(network=pb.NODE, ipc=pb.NODE, pid=pid)

@@ -69,7 +69,7 @@ def _containers(base: Path) -> dict[str, dict[str, object]]:
 
 
 def _container_pids(cid: str, state: dict[str, object]) -> list[int]:
-    pids = set()
+    pids: set[int] = set()
     for directory in _cgroup_dirs(cid, state):
         try:
             pids.update(int(p) for p in (directory / "cgroup.procs").read_text().split())

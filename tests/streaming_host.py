@@ -13,7 +13,8 @@ from typing import Any
 from calyx_base.errors import NotFound
 from cri.config import StreamingConfig
 from cri.streaming.process import ExecProcess
-from cri.streaming.server import AttachRequest, ExecRequest, StreamingServer
+from cri.streaming.server import StreamingServer
+from cri.streaming.session_requests import AttachRequest, ExecRequest
 
 
 class HostBackend:

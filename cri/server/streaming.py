@@ -16,7 +16,8 @@ from cri.pods.model import READY
 from cri.pods.service import PodService
 from cri.streaming.backend import running_container
 from cri.streaming.portforward import MAX_FORWARDED_PORTS
-from cri.streaming.server import AttachRequest, ExecRequest, PortForwardRequest, StreamingServer
+from cri.streaming.server import StreamingServer
+from cri.streaming.session_requests import AttachRequest, ExecRequest, PortForwardRequest
 
 
 class StreamingRPCs:

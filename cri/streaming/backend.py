@@ -30,7 +30,7 @@ from cri.containers.model import RUNNING, Container
 from cri.pods.index import PodIndex
 from cri.streaming.process import ExecProcess
 from cri.streaming.remotecommand import AttachTarget
-from cri.streaming.server import AttachRequest, ExecRequest
+from cri.streaming.session_requests import AttachRequest, ExecRequest
 
 log = logging.getLogger("cri.streaming.backend")
 

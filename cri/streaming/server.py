@@ -18,8 +18,7 @@ import logging
 import ssl
 import threading
 import urllib.parse
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import h11
 
@@ -37,9 +36,10 @@ from cri.streaming.command import (
     SpdyCommandSession,
     WsCommandSession,
 )
+from cri.streaming.httphead import Connection, Head, HTTPError
 from cri.streaming.netns import connect_localhost
 from cri.streaming.portforward import MAX_FORWARDED_PORTS, SpdyPortForward, websocket_portforward
-from cri.streaming.process import ExecProcess
+from cri.streaming.session_requests import AttachRequest, Backend, ExecRequest, PortForwardRequest
 from cri.streaming.spdy_session import SpdySession
 from cri.streaming.tokens import TokenCache
 from cri.streaming.ws_session import HandshakeRejected, WsSession
@@ -52,90 +52,6 @@ MAX_HANDSHAKES = 512  # connections whose request head is still being read; more
 
 SPDY_PORTFORWARD = ["portforward.k8s.io"]
 WS_PORTFORWARD = [V4, "v4.base64.channel.k8s.io"]
-
-
-@dataclass(frozen=True)
-class ExecRequest:
-    container_id: str
-    cmd: list[str]
-    tty: bool
-    stdin: bool
-    stdout: bool
-    stderr: bool
-
-
-@dataclass(frozen=True)
-class AttachRequest:
-    container_id: str
-    tty: bool
-    stdin: bool
-    stdout: bool
-    stderr: bool
-
-
-@dataclass(frozen=True)
-class PortForwardRequest:
-    pod_id: str
-    ports: list[int] = field(default_factory=list)
-
-
-class Backend(Protocol):
-    """What the server needs of the containers; ``cri.streaming.backend`` implements it."""
-
-    def exec_process(self, request: ExecRequest, size: tuple[int, int] | None) -> ExecProcess:
-        """Spawn the exec (e.g. ``runc exec``) with the stdio the request asks for; ``size`` is the
-        terminal's initial (width, height) when known."""
-
-    def attach_target(self, request: AttachRequest) -> rc.AttachTarget:
-        """The container's attach socket and resize function."""
-
-    def pod_netns(self, pod_id: str) -> str | None:
-        """Path of the pod's network namespace; None for host-network pods."""
-
-    def reap_orphans(self) -> None:
-        """At start: what sessions of a previous daemon left running goes."""
-
-
-class HTTPError(Exception):
-    def __init__(self, status: int, reason: str, body: str, headers: list[tuple[str, str]] | None = None):
-        super().__init__(body)
-        self.status = status
-        self.reason = reason
-        self.body = body
-        self.headers = headers or []
-
-
-@dataclass
-class Head:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: list[tuple[str, str]]
-    raw: bytes
-
-    def get(self, name: str) -> str:
-        return next((v for k, v in self.headers if k == name), "")
-
-    def values(self, name: str) -> list[str]:
-        out: list[str] = []
-        for k, v in self.headers:
-            if k == name:
-                out.extend(p.strip() for p in v.split(",") if p.strip())
-        return out
-
-    def upgrade(self) -> str:
-        if "upgrade" not in (p.lower() for p in self.values("connection")):
-            return ""
-        return self.get("upgrade").lower()
-
-
-@dataclass
-class Connection:
-    """A client connection whose request head has been read: what an upgrade to SPDY or WebSocket needs."""
-
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    head: Head
 
 
 class StreamingServer:

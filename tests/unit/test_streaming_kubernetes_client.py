@@ -12,7 +12,7 @@ import pytest
 from kubernetes.client import Configuration
 from kubernetes.stream.ws_client import PortForward, WSClient, create_websocket
 
-from cri.streaming.server import PortForwardRequest
+from cri.streaming.session_requests import PortForwardRequest
 from tests.streaming_host import exec_url, host_server
 
 

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from websockets.sync.client import connect
 
-from cri.streaming.server import PortForwardRequest
+from cri.streaming.session_requests import PortForwardRequest
 from tests.spdy_client import SpdyClient
 from tests.streaming_host import exec_url, host_server
 from tests.waiting import wait_for
