@@ -2,7 +2,8 @@
 run owns. The strategies already aim there; this net catches the combinations they can still make.
 
 What it enforces, on every message anywhere in a request:
-- container and exec commands are ``values.harmless`` (else ``true``);
+- container and exec commands are ``values.harmless`` (else ``true``), and an ExecSync of the endless
+  loop has a timeout;
 - absolute host paths (mounts, pod log dirs, log paths, seccomp profiles) lie in the scratch tree, with
   no ``..`` and no symlink leading out; devices are the allowed ones or in the scratch tree;
 - an absolute cgroup parent stays under the run's prefix;
@@ -25,7 +26,7 @@ from google.protobuf.message import Message
 from calyx_base.errors import CalyxError
 from cri.api import api_pb2 as pb
 from cri.images import reference
-from tests.fuzz.values import harmless
+from tests.fuzz.values import LOOP, harmless
 from tests.fuzz.world import DEVICES, HARMLESS_IMAGES, World
 
 PULL_HOSTS_EXTRA = {"127.0.0.1:1", "[::1]:1"}
@@ -104,6 +105,10 @@ class Net:
             self._fix("exec")
             del m.cmd[:]
             m.cmd.append("true")
+        elif name == "ExecSyncRequest" and m.timeout <= 0 and list(m.cmd) == LOOP:
+            # No timeout is no timeout (CRI): an ExecSync of a loop that never ends rightly never returns.
+            self._fix("exec_forever")
+            m.timeout = 5
         elif name == "Mount" and not self.host_path_ok(m.host_path):
             self._fix("mount")
             m.host_path = str(scratch / "vol")

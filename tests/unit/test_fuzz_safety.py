@@ -17,7 +17,7 @@ from cri.api import api_pb2 as pb
 from cri.images import reference
 from tests.fuzz import requests as rq
 from tests.fuzz.safety import Net
-from tests.fuzz.values import harmless
+from tests.fuzz.values import LOOP, harmless
 from tests.fuzz.world import DEVICES, World, make_scratch
 
 FAST = settings(max_examples=40, database=None, deadline=None, suppress_health_check=list(HealthCheck))
@@ -53,6 +53,8 @@ def assert_safe(request: Message, world: World) -> None:
             assert _inside(m.log_path, world.scratch)
         elif name in ("ExecSyncRequest", "ExecRequest"):
             assert harmless(list(m.cmd))
+            if name == "ExecSyncRequest" and list(m.cmd) == LOOP:
+                assert m.timeout > 0, "an ExecSync of the endless loop without a timeout never returns"
         elif name == "Mount":
             assert _inside(m.host_path, world.scratch)
         elif name == "Device":
@@ -109,6 +111,8 @@ def test_the_net_rewrites_what_would_reach_the_host(world: World) -> None:
         cases: list[Message] = [
             pb.ExecSyncRequest(cmd=["reboot", "-f"]),
             pb.ExecSyncRequest(cmd=["sh", "-c", "rm -rf /"]),
+            pb.ExecSyncRequest(cmd=LOOP, timeout=0),
+            pb.ExecSyncRequest(cmd=LOOP, timeout=-1),
             pb.ContainerConfig(args=["reboot"]),
             pb.ContainerConfig(command=["cat"], args=["/dev/zero"]),
             pb.Mount(host_path="/etc"),
