@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import signal
 import threading
 import time
 
@@ -20,17 +21,26 @@ from cri.containers.model import CREATED, EXITED, RUNNING, Container
 from cri.containers.monitors import Monitors
 from cri.containers.procinfo import alive
 from cri.containers.records import ContainerRecords
+from sandbox.cgroups import CgroupDriver
 
 log = logging.getLogger("cri.containers")
 
 EXIT_POLL_SECONDS = 0.25
 LIVENESS_EVERY = 4  # exit-watcher ticks between checks that each live container's conmon still runs
+KILLED = 128 + signal.SIGKILL  # the exit code conmon records for a SIGKILL, the OOM killer's signal
 
 
 class ExitTracker:
-    def __init__(self, records: ContainerRecords, monitors: Monitors, events: ContainerEvents) -> None:
+    def __init__(
+        self,
+        records: ContainerRecords,
+        monitors: Monitors,
+        cgroups: CgroupDriver,
+        events: ContainerEvents,
+    ) -> None:
         self.records = records
         self.monitors = monitors
+        self.cgroups = cgroups
         self.events = events
         self._closing = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -83,11 +93,10 @@ class ExitTracker:
                     self.events.container_changed(c, pb.CONTAINER_STOPPED_EVENT)
 
     def _mark_exited(self, c: Container, code: int, when_ns: int) -> None:
-        mon = self.monitors.of(c)
         c.state = EXITED
         c.exit_code = code
         c.finished_at = max(when_ns, c.started_at or c.created_at)
-        if mon.oom_killed(c.bundle, c.path):
+        if self._oom_killed(c, code):
             c.reason = "OOMKilled"
         elif code == 0:
             c.reason = "Completed"
@@ -96,6 +105,36 @@ class ExitTracker:
         self.records.persist(c)
         log.info("container exited", extra={"container_id": c.id, "exit_code": code, "reason": c.reason})
         self.events.container_changed(c, pb.CONTAINER_STOPPED_EVENT)
+
+    def _oom_killed(self, c: Container, code: int) -> bool:
+        """Whether the kernel's OOM killer ended ``c``.
+
+        conmon's oom file says so when conmon saw it; else the container's own cgroup, while it is
+        there. Under the systemd driver it is often gone by now (systemd removes an empty scope at
+        once), and conmon's own read of it can lose the same race (conmon issue 426). The pod's parent
+        cgroup stays, and on cgroup v2 it counts its descendants' OOM kills: a container that died of
+        SIGKILL was OOM killed if that count rose during its life by more than the OOM deaths of the
+        other containers under the same parent since its start account for.
+        """
+        if self.monitors.of(c).oom_killed(c.bundle, c.path):
+            return True
+        own = self.cgroups.container_oom_kills(c.id, c.cgroup_parent)
+        if own is not None:
+            return own > 0
+        if code != KILLED or c.oom_kills_at_start is None:
+            return False
+        now = self.cgroups.parent_oom_kills(c.cgroup_parent)
+        if now is None:
+            return False
+        siblings = sum(
+            1
+            for other in self.records.all()
+            if other.id != c.id
+            and other.cgroup_parent == c.cgroup_parent
+            and other.reason == "OOMKilled"
+            and other.finished_at >= c.started_at
+        )
+        return now - c.oom_kills_at_start > siblings
 
     # --- the watcher ----------------------------------------------------------------------------------
 

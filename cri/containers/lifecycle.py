@@ -86,6 +86,7 @@ class ContainerLifecycle:
             if not pod.ready:  # it needs the pod's namespaces
                 raise FailedPrecondition(f"pod {c.pod_id} is not ready", c.pod_id)
             mon = self.monitors.of(c)
+            c.oom_kills_at_start = self.cgroups.parent_oom_kills(c.cgroup_parent)
             failpoints.hit("container.before_start", container_id=c.id)
             try:
                 mon.start(c.id)

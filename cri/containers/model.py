@@ -60,6 +60,7 @@ class Container:
     cgroup_parent: str = ""
     cgroups_path: str = ""
     started_at: int = 0
+    oom_kills_at_start: int | None = None  # the pod's parent cgroup's count (exits.py: OOMKilled)
     finished_at: int = 0
     exit_code: int = 0
     reason: str = ""

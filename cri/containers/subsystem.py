@@ -60,7 +60,7 @@ def build_containers(
     apparmor: AppArmor,
 ) -> Containers:
     monitors = Monitors(handlers, run_root, systemd_cgroup)
-    exits = ExitTracker(records, monitors, events)
+    exits = ExitTracker(records, monitors, cgroups, events)
     # The CDI devices of this node (runtime.cdi_spec_dirs), re-read when a spec file changes.
     devices = cdi.Registry(handlers.cdi_spec_dirs)
     creating = CreateDeps(

@@ -21,14 +21,13 @@ from typing import Any
 
 from calyx_base.errors import FailedPrecondition
 from sandbox.cgroups import resources as res
-from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect
+from sandbox.cgroups.hierarchy import Hierarchy, Mode, detect, read_counter
 from sandbox.cgroups.names import check_id
 
 log = logging.getLogger("sandbox.cgroups")
 
 CONTAINER_PREFIX = "calyx"
 MONITOR_PREFIX = "calyx-conmon"
-
 
 
 class CgroupDriver(ABC):
@@ -176,6 +175,26 @@ class CgroupDriver(ABC):
             return dirs
         unified = self.hierarchy.dirs(path, named=True).get("unified")
         return {**dirs, "unified": unified} if unified is not None else dirs
+
+    # --- OOM kills -------------------------------------------------------------------------------------
+
+    def container_oom_kills(self, container_id: str, parent: str) -> int | None:
+        """How many processes the kernel's OOM killer killed in the container's cgroup; None once the
+        cgroup is gone (the systemd driver's scope goes as soon as it is empty)."""
+        return self._oom_kills(self.container_path(check_id(container_id), parent))
+
+    def parent_oom_kills(self, parent: str) -> int | None:
+        """The OOM kills counted in a pod's parent cgroup, which outlives its containers' cgroups. On
+        cgroup v2 the count includes every descendant's kills (unless cgroup2 is mounted with
+        memory_localevents); on v1 it is the parent's own."""
+        return self._oom_kills(self.parent_path(parent))
+
+    def _oom_kills(self, cgroup_path: str) -> int | None:
+        directory = self.hierarchy.dirs(cgroup_path).get("memory")
+        if directory is None:
+            return None
+        name = "memory.events" if self.hierarchy.mode is Mode.V2 else "memory.oom_control"
+        return read_counter(directory / name, "oom_kill")
 
     # --- processes -------------------------------------------------------------------------------------
 

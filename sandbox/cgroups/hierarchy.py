@@ -140,3 +140,20 @@ def is_populated(path: Path) -> bool:
         return any(entry.is_dir() for entry in os.scandir(path))
     except FileNotFoundError:
         return False
+
+
+def read_counter(path: Path, key: str) -> int | None:
+    """``key``'s value in a flat keyed cgroup file ("key value" per line: memory.events,
+    memory.oom_control); None when the file (or its cgroup) is gone or has no such key."""
+    try:
+        text = path.read_text()
+    except OSError:  # ENOENT, and ENODEV from a cgroup removed while it was being read
+        return None
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None

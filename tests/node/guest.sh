@@ -37,10 +37,8 @@ systemctl show '*.service' -p Id -p InactiveExitTimestampMonotonic -p ActiveEnte
   awk -F= '/^Id=/ {id=$2} /^InactiveExit/ {a=$2} /^ActiveEnter/ {if ($2 > a && a > 0) printf "%.1f %s\n", ($2-a)/1e6, id}' |
   sort -rn | head -6 | awk '{printf "[node]   %5.1f s %s\n", $1, $2}'
 
-# critest's specs that need AppArmor or read cgroups (stats). Not OOMKilled: under the systemd driver its
-# reason was Error once in five runs (conmon's v2 OOM check can lose to systemd removing the container's
-# scope), so it stays in the full critest run (tests/node/run.sh critest) until Calyx detects it itself.
-CRITEST_SUBSET='AppArmor|listing container stats|listing stats'
+# critest's specs that need AppArmor, read cgroups (stats) or see an OOM kill in a systemd scope.
+CRITEST_SUBSET='AppArmor|listing container stats|listing stats|OOMKilled'
 tests_in() { grep -v '^\s*\(#\|$\)' "$1"; }
 
 argv=()

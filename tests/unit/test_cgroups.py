@@ -212,3 +212,28 @@ def test_v2_memory_limit_below_what_the_cgroup_holds_is_failed_precondition(tmp_
     check_memory_fits({"memory": {"limit": -1}}, v2, "/pod/c")  # no limit
     check_memory_fits({"cpu": {"shares": 2}}, v2, "/pod/c")  # no memory asked
     check_memory_fits({"memory": {"limit": 8 << 20}}, detect(HYBRID), "/pod/c")  # v1: the kernel decides
+
+
+def test_oom_kill_counts_of_a_container_and_its_parent_in_both_layouts(tmp_path: Path) -> None:
+    """v2 reads memory.events, v1 memory.oom_control (as the kernels word them); a cgroup that is gone,
+    as a systemd scope is once empty, or a file without the key is None, never 0."""
+    cid = "ab" * 32
+    v2 = Hierarchy(Mode.V2, {}, Mount(tmp_path / "v2", "/", frozenset({"memory", "pids"})))
+    driver = CgroupfsDriver(v2)
+    pod = tmp_path / "v2" / "pod"
+    (pod / f"calyx-{cid}").mkdir(parents=True)
+    (pod / "memory.events").write_text("low 0\nhigh 0\nmax 41\noom 3\noom_kill 3\noom_group_kill 0\n")
+    (pod / f"calyx-{cid}" / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 1\noom_kill 2\n")
+    assert driver.parent_oom_kills("/pod") == 3
+    assert driver.container_oom_kills(cid, "/pod") == 2
+    assert driver.container_oom_kills("cd" * 32, "/pod") is None  # no such cgroup
+    (pod / f"calyx-{cid}" / "memory.events").write_text("low 0\nhigh 0\nmax 9\noom 1\n")  # before 4.13
+    assert driver.container_oom_kills(cid, "/pod") is None
+
+    memory = tmp_path / "v1" / "memory"
+    v1 = Hierarchy(Mode.V1, {"memory": Mount(memory, "/", frozenset({"memory"}))})
+    (memory / "pod").mkdir(parents=True)
+    (memory / "pod" / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 5\n")
+    assert CgroupfsDriver(v1).parent_oom_kills("/pod") == 5
+    no_memory = Hierarchy(Mode.V1, {"pids": Mount(tmp_path / "v1" / "pids", "/", frozenset({"pids"}))})
+    assert CgroupfsDriver(no_memory).parent_oom_kills("/pod") is None
