@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import h11
+
+from calyx_base.loop_thread import LoopThread
 
 log = logging.getLogger("cri.stats.http")
 
@@ -30,6 +31,7 @@ HEAD_TIMEOUT = 10.0
 WRITE_TIMEOUT = 30.0
 HEAD_LIMIT = 16 * 1024
 WORKERS = 2
+STOP_TIMEOUT = 10.0  # for the connections to end, then again for the thread
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -48,8 +50,7 @@ class BoundedHttpServer:
         self.requested_port = port
         self.name = name
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop = LoopThread(name)
         self._server: asyncio.Server | None = None
         self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"{name}-render")
         self._connections: set[asyncio.Task[None]] = set()
@@ -59,36 +60,19 @@ class BoundedHttpServer:
 
     def start(self) -> None:
         """Listen (an OSError such as a busy port is raised here) and serve on a thread of its own."""
-        loop = asyncio.new_event_loop()
-        try:
-            self._server = loop.run_until_complete(
-                asyncio.start_server(self._accept, self.address, self.requested_port, limit=HEAD_LIMIT)
-            )
-        except BaseException:
-            loop.close()
-            raise
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._loop = loop
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        assert self._loop is not None
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
-        self._loop.close()
+        self._loop.start(self._listen)
 
     def stop(self) -> None:
-        if self._loop is None or self._thread is None:
+        if not self._loop.running:
             return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
-        with contextlib.suppress(Exception):
-            future.result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._loop.stop(self._shutdown, STOP_TIMEOUT)
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._thread = None
-        self._loop = None
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(
+            self._accept, self.address, self.requested_port, limit=HEAD_LIMIT
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _shutdown(self) -> None:
         if self._server is not None:

@@ -16,13 +16,13 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import threading
 import urllib.parse
 from typing import Any
 
 import h11
 
 from calyx_base.errors import CalyxError, NotFound
+from calyx_base.loop_thread import LoopThread
 from cri.config import StreamingConfig
 from cri.streaming import command, instruments
 from cri.streaming import remotecommand as rc
@@ -49,6 +49,7 @@ log = logging.getLogger("cri.streaming")
 HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT = 10.0  # for the whole request head (and a TLS handshake): a client trickling it is dropped
 MAX_HANDSHAKES = 512  # connections whose request head is still being read; more are closed at once
+STOP_TIMEOUT = 30.0  # for the sessions to end, then again for the thread
 
 SPDY_PORTFORWARD = ["portforward.k8s.io"]
 WS_PORTFORWARD = [V4, "v4.base64.channel.k8s.io"]
@@ -59,8 +60,7 @@ class StreamingServer:
         self.config = config
         self.backend = backend
         self.tokens = TokenCache(config.token_ttl_seconds)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop = LoopThread("streaming")
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self._handshaking = 0
@@ -71,33 +71,9 @@ class StreamingServer:
     # --- lifecycle (runs in the caller's thread) -------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._loop.running:
             return
-        started = threading.Event()
-        failure: list[BaseException] = []
-        self.loop = asyncio.new_event_loop()
-
-        def main() -> None:
-            assert self.loop is not None
-            asyncio.set_event_loop(self.loop)
-            try:
-                self.loop.run_until_complete(self._listen())
-            except BaseException as exc:
-                failure.append(exc)
-                started.set()
-                return
-            started.set()
-            self.loop.run_forever()
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-
-        self._thread = threading.Thread(target=main, name="streaming", daemon=True)
-        self._thread.start()
-        started.wait()
-        if failure:
-            self._thread.join()
-            self._thread = None
-            raise failure[0]
+        self._loop.start(self._listen)
         log.info("streaming server listening", extra={"url": self.base_url})
 
     async def _listen(self) -> None:
@@ -121,14 +97,7 @@ class StreamingServer:
 
     def close(self) -> None:
         """Stop listening and end every session (their processes are killed)."""
-        if self._thread is None or self.loop is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self.loop)
-        with contextlib.suppress(Exception):
-            future.result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(30)
-        self._thread = None
+        self._loop.stop(self._shutdown, STOP_TIMEOUT)
 
     async def _shutdown(self) -> None:
         if self._server is not None:
