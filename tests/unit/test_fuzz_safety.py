@@ -4,8 +4,9 @@ and nothing the net lets through reaches the host outside what the run owns."""
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from google.protobuf.message import Message
@@ -62,7 +63,11 @@ def assert_safe(request: Message, world: World) -> None:
         elif name == "PodSandboxConfig":
             assert _inside(m.log_directory, world.scratch)
         elif name == "LinuxPodSandboxConfig" and m.cgroup_parent.startswith("/"):
-            assert Path(m.cgroup_parent).resolve().is_relative_to(world.cgroup_prefix)
+            # A cgroup path, not a file of this host: normalised as text (a NUL in it is the daemon's
+            # to refuse; resolve() against the host's root would raise on it).
+            parts = PurePosixPath(posixpath.normpath(m.cgroup_parent)).parts
+            prefix = PurePosixPath(world.cgroup_prefix).parts
+            assert parts[: len(prefix)] == prefix
         elif name == "PortMapping" and 0 < m.host_port <= 65535:
             assert m.host_port in world.ports
         elif name == "NetworkConfig":
@@ -122,6 +127,8 @@ def test_the_net_rewrites_what_would_reach_the_host(world: World) -> None:
             pb.PodSandboxConfig(log_directory="/var/log"),
             pb.LinuxPodSandboxConfig(cgroup_parent="/system.slice"),
             pb.LinuxPodSandboxConfig(cgroup_parent=f"{world.cgroup_prefix}/../.."),
+            pb.LinuxPodSandboxConfig(cgroup_parent=f"{world.cgroup_prefix}x"),
+            pb.LinuxPodSandboxConfig(cgroup_parent="/\x00"),
             pb.NetworkConfig(pod_cidr="0.0.0.0/0"),
             pb.NetworkConfig(pod_cidr=f"10.250.{world.net}.0/24,192.168.0.0/16"),
             pb.PortMapping(host_port=22),
@@ -148,9 +155,11 @@ def test_the_net_leaves_safe_requests_alone(world: World) -> None:
         pb.Mount(host_path=str(world.scratch / "vol"), container_path="/etc"),
         pb.Mount(host_path="relative/../../etc"),
         pb.LinuxPodSandboxConfig(cgroup_parent=f"{world.cgroup_prefix}/a/b"),
+        pb.LinuxPodSandboxConfig(cgroup_parent=f"{world.cgroup_prefix}/\x00"),  # the daemon's to refuse
         pb.NetworkConfig(pod_cidr=f"10.250.{world.net}.128/25,fd42:f2:{world.net}::/64"),
         pb.PullImageRequest(image=pb.ImageSpec(image=f"{world.registry}/calyx-test/busybox:latest")),
     ]:
         net = Net(world)
         net.make_safe(message)
         assert not net.rewrites, message
+        assert_safe(message, world)
