@@ -11,6 +11,7 @@ client went away while the server was still sending.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 import ssl
 import subprocess
@@ -221,7 +222,7 @@ class HostileServer:
 
 
 def self_signed(base: Path, address: str) -> tuple[Path, Path]:
-    """A certificate (its own CA) for the IP ``address``, and its key."""
+    """A certificate (its own CA) for ``address`` (an IP address or a DNS name), and its key."""
     cert, key = base / f"tls-{address}.crt", base / f"tls-{address}.key"
     request = [
         "openssl",
@@ -235,8 +236,12 @@ def self_signed(base: Path, address: str) -> tuple[Path, Path]:
         "-subj",
         f"/CN={address}",
     ]
+    try:
+        kind = "IP" if ipaddress.ip_address(address) else "DNS"
+    except ValueError:
+        kind = "DNS"
     subprocess.run(
-        [*request, "-addext", f"subjectAltName=IP:{address}", "-keyout", str(key), "-out", str(cert)],
+        [*request, "-addext", f"subjectAltName={kind}:{address}", "-keyout", str(key), "-out", str(cert)],
         capture_output=True,
         check=True,
         timeout=60,

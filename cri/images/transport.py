@@ -3,15 +3,18 @@
 httpx's timeouts bound each socket operation, and a registry trickling a body (or its headers) a byte at
 a time satisfies them forever. Here the network backend under httpx (httpcore's) clamps every connect,
 TLS handshake, read and write to the time left before the pull's deadline, so neither the pull nor the
-gRPC worker waiting on it outlives the deadline. Redirects are not followed by the client (the registry
-client follows them itself, deciding where credentials go), bodies are asked for and read as sent (no
-decompression, so no gzip bomb), and ``read`` takes a body only up to a cap.
+gRPC worker waiting on it outlives the deadline; host names are looked up within that time too
+(cri/images/resolver.py), as getaddrinfo would wait minutes on a dead nameserver. Redirects are not
+followed by the client (the registry client follows them itself, deciding where credentials go), bodies
+are asked for and read as sent (no decompression, so no gzip bomb), and ``read`` takes a body only up to
+a cap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import ssl
 import time
 from collections.abc import Iterable, Iterator
@@ -21,6 +24,7 @@ import httpcore
 import httpx
 
 from calyx_base.errors import DeadlineExceeded, Unavailable
+from cri.images import resolver
 
 REQUEST_TIMEOUT = 30.0  # one request's connect, each read and each write: a registry that stops answering
 # httpcore's exceptions and httpx's own for them (httpx maps them the same way in its own transport).
@@ -81,6 +85,23 @@ class _Stream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(host: str, port: int, limit: float | None) -> list[str]:
+    try:
+        return resolver.shared().resolve(host, port, limit)
+    except TimeoutError:
+        raise httpcore.ConnectTimeout(f"resolving {host}: no answer in time") from None
+    except OSError as exc:
+        raise httpcore.ConnectError(f"cannot resolve {host}: {exc.strerror or exc}") from None
+
+
 class _Backend(httpcore.NetworkBackend):
     def __init__(self, deadline: float | None) -> None:
         self._inner = httpcore.SyncBackend()
@@ -94,9 +115,22 @@ class _Backend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
+        """``host`` resolved here, so that a resolver that never answers cannot outlast the time left
+        (httpcore's own backend calls getaddrinfo unbounded), then its addresses tried in order within
+        that same time. TLS still verifies ``host``: httpcore names it to start_tls itself."""
         limit = _left(self._deadline, timeout, httpcore.ConnectTimeout)
-        stream = self._inner.connect_tcp(host, port, limit, local_address, socket_options)
-        return _Stream(stream, self._deadline)
+        end = None if limit is None else time.monotonic() + limit
+        addresses = [host] if _is_ip(host) else _resolve(host, port, limit)
+        failure: Exception = httpcore.ConnectError(f"{host} has no address")
+        for address in addresses:
+            left = None if end is None else _left(end, None, httpcore.ConnectTimeout)
+            try:
+                stream = self._inner.connect_tcp(address, port, left, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+                continue
+            return _Stream(stream, self._deadline)
+        raise failure
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
