@@ -51,15 +51,23 @@ class LayerStore:
     def has(self, chain_id: str) -> bool:
         return self.path(chain_id).is_dir()
 
-    def ensure(self, chain_id: str, blob: Path, diff_id: str, digest: str = "") -> Path:
+    def ensure(
+        self, chain_id: str, blob: Path, diff_id: str, digest: str = "", deadline: float | None = None
+    ) -> Path:
         """The unpacked dir of ``chain_id``, unpacking ``blob`` (the layer ``digest``) into it unless
-        that was done already."""
+        that was done already; DeadlineExceeded (and nothing of the layer left) once ``deadline`` passes.
+        A pull waiting for another's unpack of the layer waits until its own deadline."""
         final = self.path(chain_id)
         if final.is_dir():
             return final
-        return self._flights.do(chain_id, lambda: self._unpack(chain_id, blob, diff_id, digest))
+        return self._flights.do(
+            chain_id,
+            lambda: self._unpack(chain_id, blob, diff_id, digest, deadline),
+            deadline,
+            what=f"layer {chain_id}",
+        )
 
-    def _unpack(self, chain_id: str, blob: Path, diff_id: str, digest: str) -> Path:
+    def _unpack(self, chain_id: str, blob: Path, diff_id: str, digest: str, deadline: float | None) -> Path:
         final = self.path(chain_id)
         if final.is_dir():
             return final
@@ -68,7 +76,7 @@ class LayerStore:
         tmp.mkdir(mode=0o755)
         start = time.monotonic()
         try:
-            usage = unpack(blob, tmp, diff_id, self.max_unpacked_bytes, digest)
+            usage = unpack(blob, tmp, diff_id, self.max_unpacked_bytes, digest, deadline)
             os.rename(tmp, final)
         except BaseException:
             remove_layer_dir(tmp)

@@ -9,12 +9,13 @@ with at most one CHUNK decompressed beyond it, whichever part of the layer they 
 from __future__ import annotations
 
 import hashlib
+import time
 import zlib
 from typing import IO
 
 import zstandard
 
-from calyx_base.errors import ResourceExhausted
+from calyx_base.errors import DeadlineExceeded, ResourceExhausted
 
 CHUNK = 1024 * 1024
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -27,17 +28,29 @@ class LayerTooLarge(ResourceExhausted):
 
 
 class Budget:
-    """The bytes a layer has unpacked to so far, against its cap."""
+    """The bytes a layer has unpacked to so far, against its cap; and the pull's deadline, checked as
+    the layer is read (every block of the stream) and unpacked (every member), not only between layers:
+    a layer of millions of members or gigabytes must not outlive the pull."""
 
-    def __init__(self, cap: int, layer: str) -> None:
+    def __init__(self, cap: int, layer: str, deadline: float | None = None) -> None:
         self.cap = cap
         self.layer = layer
+        self.deadline = deadline
         self.used = 0
 
     def charge(self, n: int) -> None:
         self.used += n
         if self.used > self.cap:
             raise self.too_large()
+        self.in_time()
+
+    def in_time(self) -> None:
+        """DeadlineExceeded once the pull's deadline has passed."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineExceeded(
+                f"layer {self.layer}: unpacking stopped at the pull's deadline ({self.used} bytes in)",
+                self.layer,
+            )
 
     def room_for(self, n: int, what: str) -> None:
         """Refuse ``what`` (``n`` bytes still to come) before anything of it is written."""

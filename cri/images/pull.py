@@ -186,7 +186,7 @@ class Puller:
         for desc, diff_id, chain in zip(manifest.layers, diff_ids, chains, strict=True):
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(f"pull of {image}: deadline passed while unpacking")
-            self.layers.ensure(chain, self.content.path(desc.digest), diff_id, desc.digest)
+            self.layers.ensure(chain, self.content.path(desc.digest), diff_id, desc.digest, deadline)
             layers.append({"digest": desc.digest, "diff_id": diff_id, "chain_id": chain, "size": desc.size})
         failpoints.hit("image.pull_after_unpack", image=image)
         progress.log("pull complete")

@@ -55,18 +55,22 @@ class Usage:
     inodes: int = 0
 
 
-def unpack(blob_path: Path, dest: Path, diff_id: str, max_bytes: int, layer: str = "") -> Usage:
+def unpack(
+    blob_path: Path, dest: Path, diff_id: str, max_bytes: int, layer: str = "", deadline: float | None = None
+) -> Usage:
     """Unpack the layer at ``blob_path`` into the empty dir ``dest``: UnsafeLayer if it cannot be done
-    safely, LayerTooLarge if it unpacks to more than ``max_bytes``. ``layer`` (the blob's digest) names
-    it in errors."""
+    safely, LayerTooLarge if it unpacks to more than ``max_bytes``, DeadlineExceeded once ``deadline``
+    (time.monotonic) has passed. ``layer`` (the blob's digest) names it in errors. ``dest`` is left
+    half-filled on any error: the caller removes it."""
     layer = layer or diff_id
     with open(blob_path, "rb") as blob:
-        budget = Budget(max_bytes, layer)
+        budget = Budget(max_bytes, layer, deadline)
         stream = tar_stream(blob, budget)
         extractor = Extractor(dest, budget)
         try:
             with LayerTar.open(fileobj=stream, mode="r|", errorlevel=2, bufsize=TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
                 while (member := tar.next()) is not None:
+                    budget.in_time()  # members that cost little of the stream but a syscall each
                     try:
                         extractor.add(member, tar)
                     except (OverflowError, ValueError) as exc:  # ids, times, device numbers out of range

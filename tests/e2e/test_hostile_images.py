@@ -9,6 +9,7 @@ grammar, and a layer directory is only ever reused under the chain id its verifi
 
 from __future__ import annotations
 
+import tarfile
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,17 @@ import grpc
 
 from cri.api import api_pb2 as pb
 from critest.images import Push, base_layer, push_all
-from critest.oci import MEDIA_OCI_CONFIG, MEDIA_OCI_MANIFEST, Blob, Entry, Image, Layer, canonical, make_layer
+from critest.oci import (
+    MEDIA_OCI_CONFIG,
+    MEDIA_OCI_MANIFEST,
+    Blob,
+    Entry,
+    Image,
+    Layer,
+    canonical,
+    layer_from_tar,
+    make_layer,
+)
 from tests.daemon import Daemon
 from tests.e2e.test_images import images_root, layer_dirs, leftovers, listed, pull, rpc_error
 from tests.image_fixtures import LoopbackRegistry
@@ -212,4 +223,37 @@ def test_image_records_read_at_start_are_held_to_the_same_grammar(
     finally:
         store.close()
     d.images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=kept)))
+    assert_clean_and_alive(d)
+
+
+def empty_files(count: int) -> Layer:
+    """A layer of ``count`` empty files, 1000 to a directory: headers only, ~10 bytes each gzipped, and a
+    few syscalls each to unpack."""
+    info = tarfile.TarInfo()
+    info.mode, info.mtime = 0o644, 1
+    headers = []
+    for i in range(count):
+        info.name = f"d{i // 1000}/f{i}"
+        headers.append(info.tobuf(tarfile.GNU_FORMAT))
+    return layer_from_tar(b"".join(headers) + b"\0" * 1024)
+
+
+def test_a_layer_that_cannot_unpack_in_time_ends_the_pull_at_its_deadline(
+    daemon_factory: Callable[..., Daemon], scratch_registry: LoopbackRegistry
+) -> None:
+    """200,000 members (2 MB to download, some 20 s to unpack here): the pull's deadline
+    stops the unpack inside the layer (it was checked only between layers, so this one was unpacked
+    whole, long after the deadline, and the pull succeeded), and the half-unpacked layer is removed."""
+    layer = empty_files(200_000)
+    image = image_of(config_doc([layer.diff_id]), [layer])
+    push_all(scratch_registry.host, [Push("hostile/slow-unpack", ["t"], image)])
+    d = daemon_factory({"images": {"pull_timeout_seconds": 4.0}})
+    request = pb.PullImageRequest(image=pb.ImageSpec(image=scratch_registry.ref("hostile/slow-unpack:t")))
+    call = d.images.PullImage.future(request)  # no client deadline: the daemon's own applies
+    try:
+        err = rpc_error(lambda: call.result(timeout=600))
+    finally:
+        call.cancel()
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
+    assert "unpacking stopped at the pull's deadline" in (err.details() or ""), err.details()
     assert_clean_and_alive(d)

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from calyx_base.errors import DeadlineExceeded
+from cri.images.layers import LayerStore
 from cri.images.unpack import OPAQUE_XATTR, UnsafeLayer, unpack
+from cri.images.validate import chain_ids
 from critest.oci import Entry, make_layer, tar_bytes
 
 CAP = 1 << 30  # images.max_layer_unpacked_bytes for these tests
@@ -221,3 +224,19 @@ def test_damaged_gzip_layer_is_refused(box, damage: str) -> None:
         data += b"\0\0garbage"
     with pytest.raises(UnsafeLayer, match="not a readable tar"):
         unpack(_gzip_layer(box["tmp"], bytes(data)), box["dest"], diff_id, CAP)
+
+
+def test_a_passed_deadline_stops_an_unpack_and_the_store_keeps_nothing(tmp_path: Path) -> None:
+    """The deadline is checked inside a layer (before each member, and as the stream is read), and the
+    store keeps nothing of a layer it stopped; tests/e2e/test_hostile_images.py has it pass mid-layer."""
+    entries = [Entry(f"f{i}", data=b"x") for i in range(200)] + [Entry("big", data=os.urandom(3 << 20))]
+    blob, diff_id = write_layer(tmp_path, entries, "none")
+    store = LayerStore(tmp_path / "layers", max_unpacked_bytes=CAP)
+    [chain] = chain_ids([diff_id])
+    with pytest.raises(DeadlineExceeded, match="unpacking stopped at the pull's deadline"):
+        store.ensure(chain, blob, diff_id, "sha256:blob", deadline=0.0)  # long passed
+    assert not store.has(chain) and store.leftovers() == []
+    assert sorted(os.listdir(store.root)) == []
+    # With time left the same layer unpacks whole.
+    store.ensure(chain, blob, diff_id, "sha256:blob", deadline=float("inf"))
+    assert store.has(chain) and (store.path(chain) / "big").stat().st_size == 3 << 20
