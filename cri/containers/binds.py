@@ -17,6 +17,13 @@ from cri.api import api_pb2 as pb
 from sandbox.mounts import mount_of
 
 
+def real_host_path(host_path: str) -> str | None:
+    """``host_path`` with its symlinks resolved, as the bind would follow them (and as idmapping and the
+    reachability checks must see it); None when it leads to nothing."""
+    real = os.path.realpath(host_path)
+    return real if os.path.exists(real) else None
+
+
 def prepare_host_path(host_path: str) -> str:
     """The real host path to bind: symlinks resolved, a missing path created as a directory."""
     if not host_path or not host_path.startswith("/"):
@@ -24,9 +31,11 @@ def prepare_host_path(host_path: str) -> str:
     path = Path(host_path)
     if not path.exists() and not path.is_symlink():
         path.mkdir(parents=True, exist_ok=True)
-    real = os.path.realpath(host_path)
-    if not os.path.exists(real):
-        raise InvalidArgument(f"mount host path {host_path!r} is a dangling symlink to {real}")
+    real = real_host_path(host_path)
+    if real is None:
+        raise InvalidArgument(
+            f"mount host path {host_path!r} is a dangling symlink to {os.path.realpath(host_path)}"
+        )
     return real
 
 

@@ -297,14 +297,22 @@ def _build_spec(deps: CreateDeps, plan: Plan, volume_sources: dict[int, str]) ->
             },
         )
     )
-    cdi.inject(built.spec, plan.devices)
+    added = cdi.inject(built.spec, plan.devices)
+    if plan.user_ns:
+        built.idmap_added(added)
     return built
 
 
 def _stage_idmapped(plan: Plan, built: oci.BuiltSpec, undo: contextlib.ExitStack) -> None:
     if built.idmapped and plan.user_ns:
         undo.callback(idmapped.release, plan.container.path)
-        idmapped.stage(built.idmapped, plan.container.path, plan.user_ns, optional=built.idmap_optional)
+        idmapped.stage(
+            built.idmapped,
+            plan.container.path,
+            plan.user_ns,
+            optional=built.idmap_optional,
+            origins=built.idmap_origins,
+        )
         failpoints.hit("container.after_idmapped", container_id=plan.container.id)
 
 

@@ -6,15 +6,17 @@ root writes them as host root (an emptyDir, a configmap, /etc/hosts). The mappin
 pod's own shape (container id 0 -> host id H, length L); the idmapped mount applies it the other way
 round (an id stored on disk is read as a container id, so disk uid 0 is the container's root, kuid H).
 That is exactly an idmapping through the pod's user namespace, and the only one Calyx makes: any other
-mapping is refused with INVALID_ARGUMENT naming the mount.
+mapping is refused with INVALID_ARGUMENT naming the mount. A CDI spec's bind mounts carry no mapping
+and get the same one (as the CRI mounts of such a pod, they show host root's files as root's inside).
 
 runc 1.1 cannot make idmapped mounts, so Calyx stages them: the host path is cloned with its submounts
-(open_tree OPEN_TREE_CLONE|AT_RECURSIVE), the clone gets the pod's user namespace (mount_setattr
-MOUNT_ATTR_IDMAP, AT_RECURSIVE) and is attached (move_mount) at ``<container dir>/idmapped/<n>``;
-runc is given a bind of that path, and a bind of an idmapped mount keeps its idmapping. The clone of a
-shared mount joins its peer group, so host-to-container and bidirectional propagation still work; a
-mount the host makes there later arrives as the host made it, not idmapped (its root's files show as
-nobody), while the submounts present at create time are idmapped with the volume.
+(open_tree OPEN_TREE_CLONE|AT_RECURSIVE; without them for a mount that asks for ``bind``, not
+``rbind``), the clone gets the pod's user namespace (mount_setattr MOUNT_ATTR_IDMAP, AT_RECURSIVE)
+and is attached (move_mount) at ``<container dir>/idmapped/<n>``; runc is given a bind of that path,
+and a bind of an idmapped mount keeps its idmapping. The clone of a shared mount joins its peer group,
+so host-to-container and bidirectional propagation still work; a mount the host makes there later
+arrives as the host made it, not idmapped (its root's files show as nobody), while the submounts
+present at create time are idmapped with the volume.
 
 Once runc has created the container its mount namespace holds its own copy, so the staging mounts are
 released at the end of CreateContainer; a crash before that leaves them to recovery (the container is
@@ -80,6 +82,7 @@ def stage(
     container_dir: Path,
     user_ns: Path,
     optional: list[dict[str, Any]] | None = None,
+    origins: dict[str, str] | None = None,
 ) -> None:
     """Attach an idmapped clone of each OCI bind mount's source under the container dir and point the
     mount at it. On failure what was staged so far stays for ``release`` (the caller's undo).
@@ -87,7 +90,8 @@ def stage(
     A mount in ``optional`` (the pod's own files and /dev/shm, which nobody asked to idmap) whose
     filesystem refuses idmapping is staged as a plain clone instead: its files then show as
     nobody/nogroup, readable as before, and runc still finds it in the container dir (the pod's own
-    dirs are root's alone)."""
+    dirs are root's alone). ``origins`` names what asked for a mount no CRI request carries (a CDI
+    device), by destination, for its errors."""
     if not mounts:
         return
     base = staging_dir(container_dir)
@@ -97,20 +101,26 @@ def stage(
     try:
         for index, mount in enumerate(mounts):
             source = Path(mount["source"])
+            destination = str(mount["destination"])
+            origin = (origins or {}).get(destination)
+            where = f"mount {destination}" + (f" from {origin}" if origin else "")
+            remedy = (
+                "a pod with a user namespace cannot use it" if origin else "mount it without uid/gid mappings"
+            )
+            options = mount.get("options") or []
+            recursive = "rbind" in options or "bind" not in options
             target = base / str(index)
             if source.is_dir():
                 target.mkdir(exist_ok=True)
             else:
                 target.touch(exist_ok=True)  # a file is bound on a file
             try:
-                _attach(source, target, userns_fd, str(mount["destination"]))
+                _attach(source, target, userns_fd, where, recursive, remedy)
             except FailedPrecondition as exc:
                 if not any(mount is o for o in optional or ()):
                     raise
-                log.info(
-                    "not idmapped, staged as it is", extra={"mount": mount["destination"], "error": str(exc)}
-                )
-                _attach(source, target, None, str(mount["destination"]))
+                log.info("not idmapped, staged as it is", extra={"mount": destination, "error": str(exc)})
+                _attach(source, target, None, where, recursive, remedy)
             mount["source"] = str(target)
             staged[str(target)] = str(source)
     finally:
@@ -128,26 +138,28 @@ def host_sources(container_dir: Path) -> dict[str, str]:
     return value if isinstance(value, dict) else {}
 
 
-def _attach(source: Path, target: Path, userns_fd: int | None, destination: str) -> None:
-    """Attach at ``target`` a clone of ``source`` idmapped through ``userns_fd`` (None: as it is)."""
+def _attach(
+    source: Path, target: Path, userns_fd: int | None, where: str, recursive: bool, remedy: str
+) -> None:
+    """Attach at ``target`` a clone of ``source`` (with its submounts if ``recursive``) idmapped through
+    ``userns_fd`` (None: as it is). ``where`` names the mount (and the CDI device it is from), ``remedy``
+    says what to do when it cannot be idmapped."""
     try:
         if userns_fd is None:
-            fd = mounts.clone(source, recursive=True)
+            fd = mounts.clone(source, recursive=recursive)
         else:
-            fd = mounts.clone(source, recursive=True, userns_fd=userns_fd)
+            fd = mounts.clone(source, recursive=recursive, userns_fd=userns_fd)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            raise InvalidArgument(f"mount {destination}: host path {source} is gone") from None
+            raise InvalidArgument(f"{where}: host path {source} is gone") from None
         raise FailedPrecondition(
-            f"mount {destination}: host path {source} cannot be idmapped ({exc.strerror}): its filesystem "
-            "or this kernel does not support idmapped mounts; mount it without uid/gid mappings"
+            f"{where}: host path {source} cannot be idmapped ({exc.strerror}): its filesystem "
+            f"or this kernel does not support idmapped mounts; {remedy}"
         ) from None
     try:
         mounts.attach(fd, target)
     except OSError as exc:
-        raise Internal(
-            f"mount {destination}: attaching the idmapped {source} failed: {exc.strerror}"
-        ) from None
+        raise Internal(f"{where}: attaching the idmapped {source} failed: {exc.strerror}") from None
     finally:
         os.close(fd)
 

@@ -79,6 +79,23 @@ class BuiltSpec:
     # ``idmap_optional`` (the pod's own files) are bound as they are where idmapping is refused.
     idmapped: list[dict[str, Any]] = field(default_factory=list)
     idmap_optional: list[dict[str, Any]] = field(default_factory=list)
+    # {destination: the device and spec file it is from} of the CDI mounts among them, for their errors.
+    idmap_origins: dict[str, str] = field(default_factory=dict)
+
+    def idmap_added(self, added: dict[str, tuple[dict[str, Any], str]]) -> None:
+        """In a pod user namespace, the bind mounts a CDI spec added (cri/containers/cdi: {destination:
+        (OCI mount, origin)}) are idmapped as the CRI's own are; a mount one of them replaced is not."""
+        kept = self.spec.get("mounts") or []
+
+        def still_in_spec(mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [m for m in mounts if any(m is k for k in kept)]
+
+        self.idmapped = still_in_spec(self.idmapped)
+        self.idmap_optional = still_in_spec(self.idmap_optional)
+        for mount, origin in added.values():
+            if mount.get("type") == "bind":
+                self.idmapped.append(mount)
+                self.idmap_origins[str(mount["destination"])] = origin
 
 
 def process_args(config: pb.ContainerConfig, image_config: dict[str, Any]) -> list[str]:

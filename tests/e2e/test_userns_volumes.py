@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,42 +25,15 @@ from tests.container_fixtures import Cx
 from tests.fault_audit import audit
 from tests.image_fixtures import LoopbackRegistry, image_registry, registry_base  # noqa: F401
 from tests.net_fixtures import Net
+from tests.userns_pods import LENGTH, NOBODY, host_base, in_pod_userns, staging_mounts, userns_pod
 
 cx = container_fixtures.cx
-
-LENGTH = 65536
-NOBODY = "65534:65534"
-
-
-def _host_base() -> int:
-    """A host id range of our own, so that concurrent tests never share one."""
-    return 100000 + LENGTH * (1 + secrets.randbelow(30000))
-
-
-def _ns_options(host: int) -> pb.NamespaceOption:
-    mapping = pb.IDMapping(container_id=0, host_id=host, length=LENGTH)
-    userns = pb.UserNamespace(mode=pb.POD, uids=[mapping], gids=[mapping])
-    return pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD, userns_options=userns)
-
-
-def _userns_pod(cx: Cx, host: int) -> tuple[str, pb.PodSandboxConfig]:
-    # The container's root (an unprivileged host uid) must pass through the test's 0700 temp dir to
-    # reach the daemon's state dirs.
-    base = cx.daemon.root.parent.parent
-    base.chmod(base.stat().st_mode | 0o001)
-    linux = pb.LinuxPodSandboxConfig(
-        security_context=pb.LinuxSandboxSecurityContext(namespace_options=_ns_options(host))
-    )
-    return cx.pod(linux=linux, host_network=False)
-
 
 def _config(
     cx: Cx, pod: tuple[str, pb.PodSandboxConfig], name: str, mounts: list[pb.Mount]
 ) -> pb.ContainerConfig:
-    config = cx.config(name, ["sleep", "1000"], mounts=mounts)
     # kubelet repeats the pod's namespace options on each container, and the pod's mappings on each mount
-    config.linux.security_context.namespace_options.CopyFrom(pod[1].linux.security_context.namespace_options)
-    return config
+    return in_pod_userns(cx.config(name, ["sleep", "1000"], mounts=mounts), pod)
 
 
 def _mapped(host_path: Path, container_path: str, host: int, **kw: object) -> pb.Mount:
@@ -73,13 +45,6 @@ def _mapped(host_path: Path, container_path: str, host: int, **kw: object) -> pb
         gidMappings=[mapping],
         **kw,
     )
-
-
-def _staging_mounts(cx: Cx) -> list[str]:
-    """This daemon's idmapped staging mounts, as the kernel lists them."""
-    root = str(cx.daemon.root / "containers")
-    lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    return [line for line in lines if root in line and "/idmapped/" in line]
 
 
 def _volume(base: Path, name: str) -> Path:
@@ -114,8 +79,8 @@ def tmpfs_volume(volumes: Path) -> Iterator[Path]:
 
 
 def test_idmapped_dir_file_and_readonly_mounts(cx: Cx, volumes: Path, tmpfs_volume: Path) -> None:
-    host = _host_base()
-    pod = _userns_pod(cx, host)
+    host = host_base()
+    pod = userns_pod(cx, host)
     vol, ro = _volume(volumes, "vol"), _volume(volumes, "ro")
     single = volumes / "private-vol" / "termination-log"
     single.write_text("")
@@ -130,7 +95,7 @@ def test_idmapped_dir_file_and_readonly_mounts(cx: Cx, volumes: Path, tmpfs_volu
         pb.Mount(host_path=str(plain), container_path="/plain"),
     ]
     cid = cx.create(pod, _config(cx, pod, "vols", mounts))
-    assert _staging_mounts(cx) == []  # released once runc has made the container's own mounts
+    assert staging_mounts(cx) == []  # released once runc has made the container's own mounts
     cx.start(cid)
 
     # root's files are root's inside, and the container's root writes them as host root
@@ -176,7 +141,7 @@ def test_idmapped_dir_file_and_readonly_mounts(cx: Cx, volumes: Path, tmpfs_volu
     assert "localhost" in cx.output(cid, "cat", "/etc/hosts")
 
     cx.stop(cid)
-    assert _staging_mounts(cx) == []
+    assert staging_mounts(cx) == []
     cx.remove(cid)
     assert not (cx.daemon.root / "containers" / cid).exists()
     # removing the container removed nothing of the volumes
@@ -198,8 +163,8 @@ def shared_dir(volumes: Path) -> Iterator[Path]:
 
 
 def test_idmapped_mount_with_submounts_and_host_to_container_propagation(cx: Cx, shared_dir: Path) -> None:
-    host = _host_base()
-    pod = _userns_pod(cx, host)
+    host = host_base()
+    pod = userns_pod(cx, host)
     before = shared_dir / "before"  # a submount of the volume when the container is made: idmapped too
     before.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "before", str(before)], check=True)
@@ -218,7 +183,7 @@ def test_idmapped_mount_with_submounts_and_host_to_container_propagation(cx: Cx,
     # a mount propagated later arrives as the host made it, not idmapped (measured on this kernel)
     assert cx.output(cid, "stat", "-c", "%u:%g", "/prop/later/seen").strip() == NOBODY
     cx.remove(cid)
-    assert _staging_mounts(cx) == []
+    assert staging_mounts(cx) == []
 
 
 def _refused_mounts(host: int, vol: Path) -> list[tuple[str, pb.Mount]]:
@@ -244,13 +209,13 @@ def _assert_nothing_left(cx: Cx, vol: Path) -> None:
     assert cx.rt.ListContainers(pb.ListContainersRequest()).containers == []
     containers = cx.daemon.root / "containers"
     assert not containers.is_dir() or list(containers.iterdir()) == []
-    assert _staging_mounts(cx) == []
+    assert staging_mounts(cx) == []
     assert (vol / "data").read_text() == "from the host\n"
 
 
 def test_other_mappings_are_refused_naming_the_mount(cx: Cx, volumes: Path) -> None:
-    host = _host_base()
-    pod = _userns_pod(cx, host)
+    host = host_base()
+    pod = userns_pod(cx, host)
     vol = _volume(volumes, "vol")
     for shape, mount in _refused_mounts(host, vol):
         mount.host_path, mount.container_path = str(vol), "/data/volume"
@@ -264,7 +229,7 @@ def test_other_mappings_are_refused_naming_the_mount(cx: Cx, volumes: Path) -> N
 def test_mappings_in_a_pod_without_user_namespace_are_refused(cx: Cx, volumes: Path) -> None:
     pod = cx.pod()
     vol = _volume(volumes, "vol")
-    config = cx.config("bad", ["sleep", "1000"], mounts=[_mapped(vol, "/data/volume", _host_base())])
+    config = cx.config("bad", ["sleep", "1000"], mounts=[_mapped(vol, "/data/volume", host_base())])
     with pytest.raises(grpc.RpcError) as err:
         cx.create(pod, config)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -274,8 +239,8 @@ def test_mappings_in_a_pod_without_user_namespace_are_refused(cx: Cx, volumes: P
 
 def test_a_filesystem_that_cannot_be_idmapped_fails_naming_the_mount(cx: Cx, volumes: Path) -> None:
     """procfs refuses idmapping (mount_setattr: EINVAL): the create fails and leaves nothing."""
-    host = _host_base()
-    pod = _userns_pod(cx, host)
+    host = host_base()
+    pod = userns_pod(cx, host)
     vol = _volume(volumes, "vol")  # a good one before it: staged, then released by the undo
     mounts = [_mapped(vol, "/good", host), _mapped(Path("/proc/sys/kernel"), "/host-kernel", host)]
     with pytest.raises(grpc.RpcError) as err:
@@ -308,8 +273,8 @@ def test_kill9_while_mounts_are_staged_is_cleaned_at_restart(
 
 def _kill9_while_staged(cx: Cx, short_tmp: Path, step: str) -> None:
     daemon = cx.daemon
-    host = _host_base()
-    pod = _userns_pod(cx, host)
+    host = host_base()
+    pod = userns_pod(cx, host)
     base = short_tmp / "volumes"
     base.mkdir()
     vol = _volume(base, "vol")
@@ -320,11 +285,11 @@ def _kill9_while_staged(cx: Cx, short_tmp: Path, step: str) -> None:
     assert daemon.proc is not None and daemon.proc.wait(30) < 0
     assert f"failpoint={step}" in daemon.log()
     # the crash left the staging mounts: the volume's, the pod's own files' and its /dev/shm
-    staged = _staging_mounts(cx)
+    staged = staging_mounts(cx)
     assert len(staged) == 5 and any(f" {vol} " in line for line in staged), staged
     daemon.env.pop("CALYX_FAILPOINTS", None)
     daemon.start()
-    assert _staging_mounts(cx) == []
+    assert staging_mounts(cx) == []
     assert cx.rt.ListContainers(pb.ListContainersRequest()).containers == []
     assert audit(cx) == []
     assert sorted(p.name for p in vol.iterdir()) == ["data"]  # recovery deleted nothing through it
@@ -338,8 +303,8 @@ def _kill9_while_staged(cx: Cx, short_tmp: Path, step: str) -> None:
     assert cx.status(cid).status.state == pb.CONTAINER_RUNNING
     assert cx.output(cid, "sh", "-c", "echo again > /vol/again && stat -c %u:%g /vol/again").strip() == "0:0"
     assert (vol / "again").stat().st_uid == 0
-    assert _staging_mounts(cx) == [] and audit(cx) == []
+    assert staging_mounts(cx) == [] and audit(cx) == []
     cx.remove(cid)
     (vol / "again").unlink()
-    assert _staging_mounts(cx) == [] and audit(cx) == []
+    assert staging_mounts(cx) == [] and audit(cx) == []
     assert os.listdir(vol) == ["data"]

@@ -394,6 +394,104 @@ def test_missing_host_nodes_and_unsupported_edits(tmp_path: Path) -> None:
         cdi.inject(spec, devices_of(tmp_path / "c", aliased))
 
 
+def test_bind_host_paths_are_resolved_and_a_missing_one_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nosuch")
+    doc = spec_doc(
+        devices={
+            "m": {
+                "mounts": [
+                    {"hostPath": str(tmp_path / "link"), "containerPath": "/m", "options": ["bind"]},
+                    {"hostPath": "tmpfs", "containerPath": "/t", "type": "tmpfs"},  # not a path: kept
+                ]
+            }
+        }
+    )
+    spec = oci_spec()
+    added = cdi.inject(spec, devices_of(tmp_path / "specs", doc))
+    assert {m["destination"]: m["source"] for m in spec["mounts"]}["/m"] == str(tmp_path / "real")
+    # what was added, each with where it is from (the caller idmaps the binds in a pod user namespace)
+    assert sorted(added) == ["/m", "/t"]
+    assert added["/m"][0] is next(m for m in spec["mounts"] if m["destination"] == "/m")
+    assert added["/m"][1] == f"CDI device example.com/test=m ({tmp_path / 'specs' / '0.json'})"
+    assert cdi.inject(oci_spec(), []) == {}
+    for name, text in (("dangling", f"does not exist (it leads to {tmp_path / 'nosuch'})"), ("nosuch", "")):
+        doc = spec_doc(devices={"m": {"mounts": [{"hostPath": str(tmp_path / name), "containerPath": "/m"}]}})
+        spec = oci_spec()
+        before = json.dumps(spec)
+        with pytest.raises(InvalidArgument) as err:
+            cdi.inject(spec, devices_of(tmp_path / f"specs-{name}", doc))
+        message = str(err.value)
+        assert "CDI device example.com/test=m" in message and f"host path {tmp_path / name}" in message
+        assert text in message and json.dumps(spec) == before
+
+
+def userns_spec() -> dict[str, Any]:
+    spec = oci_spec()
+    spec["linux"]["namespaces"].append({"type": "user", "path": "/proc/1/ns/user"})
+    spec["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 200000, "size": 65536}]
+    spec["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 300000, "size": 65536}]
+    return spec
+
+
+def node(path: Path, mode: int, owner: tuple[int, int] = (0, 0), rdev: int = NULL.st_rdev) -> str:
+    os.mknod(path, stat.S_IFCHR | mode, rdev)
+    os.chmod(path, mode)
+    os.chown(path, *owner)
+    return str(path)
+
+
+def test_device_nodes_in_a_pod_user_namespace_must_be_the_hosts_and_openable(tmp_path: Path) -> None:
+    """runc binds the host's node there: what others may do with it is what the pod may do."""
+    nodes = tmp_path / "nodes"
+    nodes.mkdir()
+    null = (os.major(NULL.st_rdev), os.minor(NULL.st_rdev))
+    fine: dict[str, dict[str, Any]] = {
+        "open": {"path": node(nodes / "open", 0o666)},
+        "read-only": {"path": node(nodes / "ro", 0o644), "permissions": "r"},
+        "no-rule": {"path": node(nodes / "closed", 0o600), "permissions": "none"},
+        "pod-root": {"path": node(nodes / "mine", 0o600, (200000, 300000))},
+        "pod-group": {"path": node(nodes / "group", 0o660, (0, 300005))},
+        "given": {"path": str(nodes / "open"), "type": "c", "major": null[0], "minor": null[1]},
+    }
+    for name, entry in fine.items():
+        spec = userns_spec()
+        cdi.inject(spec, devices_of(tmp_path / name, spec_doc(devices={name: {"deviceNodes": [entry]}})))
+        assert spec["linux"]["devices"][0]["path"] == entry["path"], name
+    refused: dict[str, tuple[dict[str, Any], str]] = {
+        "root-only": ({"path": node(nodes / "root", 0o600)}, "mode 0600 does not let others rw"),
+        "group": ({"path": node(nodes / "disk", 0o660, (0, 6))}, "(host uid 0, gid 6)"),
+        "write": ({"path": str(nodes / "ro"), "permissions": "rw"}, "does not let others rw"),
+        "absent": (
+            {"path": str(nodes / "nosuch"), "type": "c", "major": 1, "minor": 3},
+            f"the host has no {nodes / 'nosuch'}",
+        ),
+        "other": (
+            {"path": str(nodes / "open"), "type": "c", "major": 1, "minor": 9},
+            f"is c {null[0]}:{null[1]}, not the c 1:9 the spec describes",
+        ),
+        "block": ({"path": str(nodes / "open"), "type": "b"}, "type b but host device"),
+        "file": (
+            {"path": str(tmp_path / "plain"), "type": "c", "major": 1, "minor": 3},
+            "is not a device node",
+        ),
+    }
+    (tmp_path / "plain").write_text("")
+    for name, (entry, reason) in refused.items():
+        spec = userns_spec()
+        before = json.dumps(spec)
+        doc = spec_doc(devices={name: {"deviceNodes": [entry]}})
+        with pytest.raises((FailedPrecondition, InvalidArgument)) as err:
+            cdi.inject(spec, devices_of(tmp_path / name, doc))
+        assert f"CDI device example.com/test={name}" in str(err.value) and reason in str(err.value), name
+        assert json.dumps(spec) == before
+    # the same nodes are fine without a user namespace, where runc makes the node the spec describes
+    for name in ("root-only", "absent", "other"):
+        doc = spec_doc(devices={name: {"deviceNodes": [refused[name][0]]}})
+        cdi.inject(oci_spec(), devices_of(tmp_path / f"host-{name}", doc))
+
+
 def test_refresh_costs_stats_not_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path, "a.json", spec_doc())
     reg = cdi.Registry([tmp_path])

@@ -1,10 +1,11 @@
 """Which mounts of a container in a pod user namespace are idmapped (cri/containers/idmapped.py): the CRI
-mounts carrying the pod's own mappings and the pod's files; any other mapping is refused naming the
-mount; a pod without a user namespace idmaps nothing."""
+mounts carrying the pod's own mappings, the pod's files and a CDI spec's binds; any other mapping is
+refused naming the mount; a pod without a user namespace idmaps nothing."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,12 @@ import pytest
 
 from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.api import api_pb2 as pb
-from cri.containers import idmapped
+from cri.containers import cdi, idmapped
 from cri.containers import spec as oci
 from sandbox import mounts, namespaces
 from sandbox import userns as sandbox_userns
 from sandbox.userns import IdMap
+from tests.unit.test_cdi import devices_of, spec_doc
 from tests.unit.test_container_userns import GMAP, MAP, FakePod, built_spec
 
 
@@ -140,3 +142,65 @@ def test_a_refused_mount_fails_unless_it_is_optional(short_tmp: Path, user_ns: P
     idmapped.release(container)
     assert not staged.exists()
     assert [p.name for p in container.iterdir()] == ["idmapped-sources.json"]  # status's host paths
+
+
+def test_cdi_binds_are_idmapped_and_a_mount_they_replace_is_not(tmp_path: Path) -> None:
+    (tmp_path / "vol").mkdir()
+    vol = _mount(tmp_path / "vol", "/vol", [MAP], [GMAP])
+    built = _built(_pod_with_files(tmp_path), tmp_path / "rootfs", [vol])
+    doc = spec_doc(
+        devices={
+            "d": {
+                "mounts": [
+                    {"hostPath": str(tmp_path / "vol"), "containerPath": "/cdi", "options": ["ro", "bind"]},
+                    {"hostPath": "/usr", "containerPath": "/etc/hosts"},  # replaces the pod's file
+                    {"hostPath": "tmpfs", "containerPath": "/scratch", "type": "tmpfs"},  # made in the pod
+                ]
+            }
+        }
+    )
+    built.idmap_added(cdi.inject(built.spec, devices_of(tmp_path / "specs", doc)))
+    assert sorted(m["destination"] for m in built.idmapped) == [
+        "/cdi",
+        "/etc/hostname",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/vol",
+    ]
+    assert all(any(m is entry for entry in built.spec["mounts"]) for m in built.idmapped)
+    assert {m["source"] for m in built.idmapped if m["destination"] == "/etc/hosts"} == {"/usr"}
+    assert sorted(m["destination"] for m in built.idmap_optional) == ["/etc/hostname", "/etc/resolv.conf"]
+    origin = f"CDI device example.com/test=d ({tmp_path / 'specs' / '0.json'})"
+    assert built.idmap_origins == {"/cdi": origin, "/etc/hosts": origin}
+
+
+@pytest.fixture
+def proc_below(short_tmp: Path) -> Iterator[Path]:
+    top = short_tmp / "top"
+    (top / "proc").mkdir(parents=True)
+    (top / "f").write_text("x")
+    subprocess.run(["mount", "-t", "proc", "proc", str(top / "proc")], check=True)
+    try:
+        yield top
+    finally:
+        mounts.unmount(top / "proc")
+
+
+def test_a_bind_is_staged_without_its_submounts_and_a_cdi_refusal_names_the_device(
+    short_tmp: Path, user_ns: Path, proc_below: Path
+) -> None:
+    container = short_tmp / "c"
+    container.mkdir()
+    origin = "CDI device example.com/test=d (/etc/cdi/x.json)"
+    rbind: dict[str, Any] = {"destination": "/top", "source": str(proc_below), "options": ["rbind", "ro"]}
+    with pytest.raises(FailedPrecondition) as err:
+        idmapped.stage([rbind], container, user_ns, origins={"/top": origin})
+    assert f"mount /top from {origin}: host path {proc_below} cannot be idmapped" in str(err.value)
+    assert "a pod with a user namespace cannot use it" in str(err.value)
+    idmapped.release(container)
+    bind: dict[str, Any] = {"destination": "/top", "source": str(proc_below), "options": ["bind", "ro"]}
+    idmapped.stage([bind], container, user_ns, origins={"/top": origin})
+    staged = Path(bind["source"])
+    assert os.stat(staged / "f").st_uid == 600000 and list((staged / "proc").iterdir()) == []
+    idmapped.remove_dir(container)
+    assert (proc_below / "f").read_text() == "x"

@@ -8,6 +8,14 @@ mode filled from the host node when the spec leaves them out; a mount replaces t
 the same destination and mounts are then ordered parents first; hooks are added to the OCI hook of
 their name (runc runs them); additional gids other than 0 join the process's groups.
 
+In a pod with a user namespace of its own, a bind mount's host path is resolved as for any pod and the
+mount is then idmapped like the CRI's own mounts (the caller stages what ``inject`` returns through
+cri/containers/idmapped.py). runc cannot create device nodes in a user namespace: it binds the host's
+node at the device's path, which the container sees with the host's type, numbers, mode and owner; a
+node that would not be the one the spec describes, or that no process of the pod could open as the
+spec's cgroup rule allows, is refused (FAILED_PRECONDITION naming the device) instead of appearing
+and failing with EACCES inside.
+
 Two devices (or a device and a spec's container edits) that give one device path different nodes, one
 mount destination different mounts, one variable different values or different intelRdt settings are a
 conflict: INVALID_ARGUMENT naming both devices and their spec files.
@@ -24,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from calyx_base.errors import FailedPrecondition, InvalidArgument
+from cri.containers.binds import real_host_path
 from cri.containers.cdi import schema
 from cri.containers.cdi.registry import Device
 
@@ -40,6 +49,38 @@ class _Merged:
     seen: set[str] = field(default_factory=set)  # rules, hooks and gids already taken
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What of the container being built the edits depend on."""
+
+    user: dict[str, Any]  # the OCI process user: owner of device nodes that name none
+    in_user_ns: bool
+    uid_maps: tuple[tuple[int, int], ...] = ()  # (first host id, count) of the pod's user namespace
+    gid_maps: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def of(cls, spec: dict[str, Any]) -> _Target:
+        linux = spec.get("linux", {})
+
+        def ranges(key: str) -> tuple[tuple[int, int], ...]:
+            return tuple((int(m["hostID"]), int(m["size"])) for m in linux.get(key) or [])
+
+        return cls(
+            user=spec.get("process", {}).get("user", {}),
+            in_user_ns=any(ns.get("type") == "user" for ns in linux.get("namespaces", [])),
+            uid_maps=ranges("uidMappings"),
+            gid_maps=ranges("gidMappings"),
+        )
+
+    @staticmethod
+    def _maps(ranges: tuple[tuple[int, int], ...], host_id: int) -> bool:
+        return any(first <= host_id < first + count for first, count in ranges)
+
+    def maps_owner(self, st: os.stat_result) -> bool:
+        """Whether the host owner or group of a file is an id of the pod's user namespace."""
+        return self._maps(self.uid_maps, st.st_uid) or self._maps(self.gid_maps, st.st_gid)
+
+
 def _new(seen: set[str], item: Any) -> bool:
     """Whether ``item`` is seen for the first time (then it is remembered)."""
     key = json.dumps(item, sort_keys=True)
@@ -49,12 +90,12 @@ def _new(seen: set[str], item: Any) -> bool:
     return True
 
 
-def inject(spec: dict[str, Any], devices: Sequence[Device]) -> None:
-    """Edit ``spec`` (an OCI runtime spec being built) for ``devices``; nothing is changed on error."""
+def inject(spec: dict[str, Any], devices: Sequence[Device]) -> dict[str, tuple[dict[str, Any], str]]:
+    """Edit ``spec`` (an OCI runtime spec being built) for ``devices``; nothing is changed on error.
+    Returns the OCI mounts added to ``spec`` by destination, each with the device (or spec) it is from."""
     if not devices:
-        return
-    user = spec.get("process", {}).get("user", {})
-    in_user_ns = any(ns.get("type") == "user" for ns in spec.get("linux", {}).get("namespaces", []))
+        return {}
+    target = _Target.of(spec)
     merged = _Merged()
     seen_files: set[str] = set()
     for device in devices:
@@ -62,12 +103,13 @@ def inject(spec: dict[str, Any], devices: Sequence[Device]) -> None:
         if path not in seen_files:
             seen_files.add(path)
             origin = f"the container edits of CDI spec {path} (for device {device.name})"
-            _merge(merged, device.source.spec.edits, origin, user, in_user_ns)
-        _merge(merged, device.edits, f"CDI device {device.name} ({path})", user, in_user_ns)
+            _merge(merged, device.source.spec.edits, origin, target)
+        _merge(merged, device.edits, f"CDI device {device.name} ({path})", target)
     _apply(spec, merged)
+    return merged.mounts
 
 
-def _merge(into: _Merged, edits: schema.Edits, origin: str, user: dict[str, Any], in_user_ns: bool) -> None:
+def _merge(into: _Merged, edits: schema.Edits, origin: str, target: _Target) -> None:
     if edits.net_devices:
         raise FailedPrecondition(
             f"{origin} moves network interfaces (netDevices): the OCI runtime spec Calyx writes for runc has"
@@ -77,12 +119,12 @@ def _merge(into: _Merged, edits: schema.Edits, origin: str, user: dict[str, Any]
         name = item.partition("=")[0]
         _once(into.env, name, (item, origin), f"environment variable {name}")
     for node in edits.device_nodes:
-        device, rule = _device(node, origin, user, in_user_ns)
+        device, rule = _device(node, origin, target)
         _once(into.nodes, device["path"], (device, origin), f"device path {device['path']}")
         if rule is not None and _new(into.seen, ("rule", rule)):
             into.rules.append(rule)
     for mount in edits.mounts:
-        oci = _mount(mount)
+        oci = _mount(mount, origin)
         _once(into.mounts, oci["destination"], (oci, origin), f"mount destination {oci['destination']}")
     for hook in edits.hooks:
         entry: dict[str, Any] = {"path": hook.path}
@@ -127,12 +169,13 @@ def _describe(value: Any) -> str:
 
 
 def _device(
-    node: schema.DeviceNode, origin: str, user: dict[str, Any], in_user_ns: bool
+    node: schema.DeviceNode, origin: str, target: _Target
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The OCI device and its cgroup rule; type, numbers and mode filled from the host node."""
     host = node.host_path or node.path
     where = f"{origin}: device node {node.path}"
-    if in_user_ns and host != node.path:
+    user = target.user
+    if target.in_user_ns and host != node.path:
         raise FailedPrecondition(
             f"{where}: in a pod user namespace runc binds device nodes from the host path equal to their"
             f" container path, and this node comes from {host}"
@@ -166,11 +209,50 @@ def _device(
         device["uid"] = uid
     if gid is not None:
         device["gid"] = gid
+    if target.in_user_ns:
+        _check_bindable(device, st, node.permissions, where, target)
     if kind == "p" or node.permissions == "none":
         return device, None
     rule_type = "c" if kind == "u" else kind
     access = node.permissions or "rwm"
     return device, {"allow": True, "type": rule_type, "major": major, "minor": minor, "access": access}
+
+
+def _check_bindable(
+    device: dict[str, Any], st: os.stat_result | None, permissions: str, where: str, target: _Target
+) -> None:
+    """In a pod user namespace runc 1.1 binds the host's node at the device's path (it cannot mknod
+    there) and ignores the spec's mode and owner: refuse a device the container would get otherwise
+    than the spec says, or could not open. The host's root owns most nodes; unmapped in the pod, its
+    owner and group match no process there and no capability overrides their modes, so only the bits
+    for others count."""
+    path = device["path"]
+    why = "in a pod user namespace runc cannot create device nodes, it binds the host's node"
+    if st is None:
+        raise FailedPrecondition(f"{where}: {why}, and the host has no {path}")
+    host_kind = _kind_of(st.st_mode)
+    if host_kind is None:
+        raise FailedPrecondition(f"{where}: {why}, and the host's {path} is not a device node")
+    host_numbers = (os.major(st.st_rdev), os.minor(st.st_rdev)) if host_kind != "p" else (0, 0)
+    wanted_kind = str(device["type"]).replace("u", "c")
+    wanted_numbers = (device["major"], device["minor"]) if wanted_kind != "p" else (0, 0)
+    if (host_kind, host_numbers) != (wanted_kind, wanted_numbers):
+        raise FailedPrecondition(
+            f"{where}: {why}, and the host's {path} is {host_kind} {host_numbers[0]}:{host_numbers[1]},"
+            f" not the {device['type']} {device['major']}:{device['minor']} the spec describes"
+        )
+    if permissions == "none" or target.maps_owner(st):
+        return  # no process may open it anyway / one of the pod's ids owns it: its modes apply as usual
+    needed = "".join(a for a in (permissions or "rw") if a in "rw")
+    granted = {"r": stat.S_IROTH, "w": stat.S_IWOTH}
+    if all(st.st_mode & granted[a] for a in needed):
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    raise FailedPrecondition(
+        f"{where}: {why}, whose owner (host uid {st.st_uid}, gid {st.st_gid}) the pod's user namespace"
+        f" does not map, and its mode {mode:04o} does not let others {needed}: no process of the pod"
+        " could open it; run the pod without a user namespace or give others that access on the host"
+    )
 
 
 def _kind_of(mode: int) -> str | None:
@@ -183,17 +265,27 @@ def _kind_of(mode: int) -> str | None:
     return None
 
 
-def _mount(mount: schema.Mount) -> dict[str, Any]:
+def _mount(mount: schema.Mount, origin: str) -> dict[str, Any]:
+    """The OCI mount; a bind's host path with its symlinks resolved, as for the CRI's mounts."""
     options = list(mount.options)
     mount_type = mount.type
+    source = mount.host_path
     if mount_type in ("", "none", "bind") or "bind" in options or "rbind" in options:
         mount_type = "bind"
         if "bind" not in options and "rbind" not in options:
             options.insert(0, "bind")
+        real = real_host_path(source)
+        if real is None:
+            resolved = os.path.realpath(source)
+            leads = f" (it leads to {resolved})" if resolved != source else ""
+            raise InvalidArgument(
+                f"{origin}: mount {mount.container_path}: host path {source} does not exist{leads}"
+            )
+        source = real
     return {
         "destination": mount.container_path,
         "type": mount_type,
-        "source": mount.host_path,
+        "source": source,
         "options": options,
     }
 
