@@ -117,10 +117,12 @@ def test_staged_mounts_are_idmapped_and_released(short_tmp: Path, user_ns: Path)
         {"destination": "/file", "source": str(vol / "f")},
     ]
     idmapped.stage(mounts, container, user_ns)
-    assert [m["source"] for m in mounts] == [str(container / "idmapped" / n) for n in ("0", "1")]
-    assert os.stat(Path(mounts[0]["source"]) / "f").st_uid == 600000  # root's file, seen through the mapping
-    assert os.stat(mounts[1]["source"]).st_uid == 600000
-    idmapped.remove_dir(container)
+    try:
+        assert [m["source"] for m in mounts] == [str(container / "idmapped" / n) for n in ("0", "1")]
+        assert os.stat(Path(mounts[0]["source"]) / "f").st_uid == 600000  # root's file, through the map
+        assert os.stat(mounts[1]["source"]).st_uid == 600000
+    finally:
+        idmapped.remove_dir(container)
     assert not container.exists()
     assert (vol / "f").read_text() == "x"  # the volume was unmounted before the dir was deleted
 
@@ -133,13 +135,15 @@ def test_a_refused_mount_fails_unless_it_is_optional(short_tmp: Path, user_ns: P
         idmapped.stage([hosts], container, user_ns)
     assert hosts["source"] == "/proc/sys/kernel/hostname"
     idmapped.stage([hosts], container, user_ns, optional=[hosts])
-    # staged as it is (a plain clone): runc finds it in the container dir, which the container's root
-    # may pass, while the pod's own dir is root's alone
     staged = container / "idmapped" / "0"
-    assert hosts["source"] == str(staged)
-    assert staged.read_text() == Path("/proc/sys/kernel/hostname").read_text()
-    assert mounts.is_mounted(staged)
-    idmapped.release(container)
+    try:
+        # staged as it is (a plain clone): runc finds it in the container dir, which the container's
+        # root may pass, while the pod's own dir is root's alone
+        assert hosts["source"] == str(staged)
+        assert staged.read_text() == Path("/proc/sys/kernel/hostname").read_text()
+        assert mounts.is_mounted(staged)
+    finally:
+        idmapped.release(container)  # a failed assertion must not leave the clone mounted
     assert not staged.exists()
     assert [p.name for p in container.iterdir()] == ["idmapped-sources.json"]  # status's host paths
 
