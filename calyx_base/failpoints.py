@@ -5,7 +5,9 @@ so a restarted daemon without the variable runs normally). ``kill`` sends SIGKIL
 which is how tests check that recovery cleans up a half-made object; ``error`` raises Internal so the
 undo path of the operation runs; ``cleanup.<what>=error`` fails every cleanup of that kind
 (calyx_base/cleanups.py); ``wait:DIR`` touches ``DIR/<name>.reached`` and holds the call there until
-``DIR/<name>.go`` exists, so a test can act while an operation is half-way.
+``DIR/<name>.go`` exists, so a test can act while an operation is half-way; ``wait-first:DIR`` holds
+only the first call to get there (the one that makes ``<name>.reached``), so a test can show what other
+calls do meanwhile.
 Outside tests the variable is unset and a hit costs one dict lookup.
 """
 
@@ -50,5 +52,11 @@ def hit(name: str, **context: str) -> None:
     elif action.startswith("wait:"):
         where = Path(action.removeprefix("wait:"))
         (where / f"{name}.reached").touch()
-        go = where / f"{name}.go"
-        poll.until(go.exists, WAIT_SECONDS, 0.02)
+        poll.until((where / f"{name}.go").exists, WAIT_SECONDS, 0.02)
+    elif action.startswith("wait-first:"):
+        where = Path(action.removeprefix("wait-first:"))
+        try:
+            os.close(os.open(where / f"{name}.reached", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC))
+        except FileExistsError:
+            return  # another call is, or was, the one held
+        poll.until((where / f"{name}.go").exists, WAIT_SECONDS, 0.02)

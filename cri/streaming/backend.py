@@ -22,7 +22,7 @@ import os
 import signal
 from pathlib import Path
 
-from calyx_base import files
+from calyx_base import failpoints, files
 from calyx_base.errors import FailedPrecondition
 from cri.containers.exec import ContainerExec
 from cri.containers.exits import ExitTracker
@@ -76,7 +76,7 @@ class ContainerBackend:
         pid_file = spec_path.with_suffix(".pid")
         argv = [*argv[:-1], "--pid-file", str(pid_file), argv[-1]]
         try:
-            return ExecProcess(
+            process = ExecProcess(
                 argv,
                 tty=request.tty,
                 stdin=request.stdin,
@@ -90,6 +90,12 @@ class ContainerBackend:
         except BaseException:
             spec_path.unlink(missing_ok=True)
             raise
+        try:
+            failpoints.hit("streaming.exec_after_spawn", container_id=request.container_id)
+        except BaseException:
+            process.discard()
+            raise
+        return process
 
     def attach_target(self, request: AttachRequest) -> AttachTarget:
         container = running_container(self.containers, request.container_id)

@@ -19,6 +19,7 @@ import signal
 import struct
 import subprocess
 import termios
+import time
 import tty as tty_mod
 from collections.abc import Sequence
 from pathlib import Path
@@ -189,6 +190,9 @@ class ExecProcess:
             await ready
         finally:
             loop.remove_reader(self.pidfd)
+        return self._reap()
+
+    def _reap(self) -> int:
         _, status = os.waitpid(self.pid, 0)
         code = os.waitstatus_to_exitcode(status)
         self.returncode = 128 - code if code < 0 else code
@@ -225,6 +229,20 @@ class ExecProcess:
                     break
                 await asyncio.sleep(0.02)
         self.kill()
+
+    def discard(self, pid_file_wait: float = 2.0) -> None:
+        """``terminate``, reap and ``close`` without an event loop, blocking until runc has exited: for a
+        process whose session ended before it got it (on a worker thread, never on the loop)."""
+        deadline = time.monotonic() + pid_file_wait
+        while self.pid_file is not None and self._container_pid() is None and self._alive():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        self.kill()
+        if self.returncode is None:
+            with contextlib.suppress(ChildProcessError):
+                self._reap()
+        self.close()
 
     def kill(self) -> None:
         """Kill the process in the container (through the pid file) and our direct child."""

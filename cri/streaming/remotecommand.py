@@ -191,17 +191,36 @@ async def _pump_in(source: Source, proc: ExecProcess) -> None:
         proc.close_stdin()
 
 
+async def _spawned_unless_gone(spawning: Awaitable[ExecProcess], gone: asyncio.Event) -> ExecProcess | None:
+    """The spawned process, or None when the client left before the spawn returned: the spawn is then
+    cancelled, and whoever runs it ends what it started (``Offload`` discards an abandoned result)."""
+    spawn = asyncio.ensure_future(spawning)
+    left = asyncio.create_task(gone.wait())
+    try:
+        await asyncio.wait([spawn, left], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        if not spawn.done():
+            spawn.cancel()
+        await asyncio.gather(spawn, left, return_exceptions=True)
+    return None if spawn.cancelled() else spawn.result()
+
+
 async def run_exec(
-    spawn: Callable[[tuple[int, int] | None], ExecProcess], cmd: list[str], ch: Channels
+    spawn: Callable[[tuple[int, int] | None], Awaitable[ExecProcess]], cmd: list[str], ch: Channels
 ) -> Status:
     """Run the process to its end (or the client's departure) and return the status to report."""
     decoder = ResizeDecoder(ch.resize) if ch.resize is not None else None
     size = await first_size(decoder) if decoder is not None and ch.tty else None
     try:
-        proc = spawn(size)
+        started = await _spawned_unless_gone(spawn(size), ch.gone)
     except Exception as exc:
         log.warning("exec failed to start", extra={"error": str(exc)})
         return status_error(f"error executing command in container: {exc}")
+    if started is None:
+        log.info("client went away while its exec was starting")
+        return status_error("client disconnected")
+    proc = started
     tasks: list[asyncio.Task[None]] = []
     outputs: list[asyncio.Task[None]] = []
     exited = asyncio.create_task(proc.wait())

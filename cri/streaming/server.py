@@ -3,7 +3,10 @@
 Concurrency: one asyncio event loop in a thread of its own serves every connection. Sessions are
 I/O-bound and long (an interactive shell can last hours), so one coroutine per session scales to many
 sessions without holding any of the gRPC server's worker threads. The gRPC threads only insert tokens
-(a locked dict); everything else happens on the loop.
+(a locked dict); everything else happens on the loop, except the calls into the daemon (the
+``Backend``): those can block for as long as runc or a container's lock makes them, which on the loop
+would stall every other client, so they run on ``BACKEND_THREADS`` threads of the server's own
+(``calyx_base.offload``; see ``BACKEND_THREADS`` for why not ``asyncio.to_thread``).
 
 Each connection: read the request head (h11 parses it), consume the token (a wrong, used or expired
 token is a 404 and nothing runs), then upgrade: ``Upgrade: SPDY/3.1`` with ``X-Stream-Protocol-Version``
@@ -23,6 +26,7 @@ import h11
 
 from calyx_base.errors import CalyxError, NotFound
 from calyx_base.loop_thread import LoopThread
+from calyx_base.offload import Offload
 from cri.config import StreamingConfig
 from cri.streaming import command, instruments
 from cri.streaming import remotecommand as rc
@@ -39,6 +43,7 @@ from cri.streaming.command import (
 from cri.streaming.httphead import Connection, Head, HTTPError
 from cri.streaming.netns import connect_localhost
 from cri.streaming.portforward import MAX_FORWARDED_PORTS, SpdyPortForward, websocket_portforward
+from cri.streaming.process import ExecProcess
 from cri.streaming.session_requests import AttachRequest, Backend, ExecRequest, PortForwardRequest
 from cri.streaming.spdy_session import SpdySession
 from cri.streaming.tokens import TokenCache
@@ -50,6 +55,13 @@ HEAD_LIMIT = 16 * 1024
 HEAD_TIMEOUT = 10.0  # for the whole request head (and a TLS handshake): a client trickling it is dropped
 MAX_HANDSHAKES = 512  # connections whose request head is still being read; more are closed at once
 STOP_TIMEOUT = 30.0  # for the sessions to end, then again for the thread
+# Backend calls (runc exec's fork, container records, container locks) in flight at once; more wait their
+# turn, each within its session's slot of max_sessions. A pool of the server's own rather than the loop's
+# default executor (asyncio.to_thread): its bound does not follow the host's CPU count, port-forward's
+# netns sockets (which use the default one) never queue behind calls stuck on a lock, its threads never
+# keep the daemon from exiting, and a call whose session has gone gets its result discarded (an exec
+# process killed and reaped) instead of dropped.
+BACKEND_THREADS = 8
 
 SPDY_PORTFORWARD = ["portforward.k8s.io"]
 WS_PORTFORWARD = [V4, "v4.base64.channel.k8s.io"]
@@ -61,6 +73,7 @@ class StreamingServer:
         self.backend = backend
         self.tokens = TokenCache(config.token_ttl_seconds)
         self._loop = LoopThread("streaming")
+        self._backend_calls = Offload("streaming-backend", BACKEND_THREADS)
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
         self._handshaking = 0
@@ -98,6 +111,7 @@ class StreamingServer:
     def close(self) -> None:
         """Stop listening and end every session (their processes are killed)."""
         self._loop.stop(self._shutdown, STOP_TIMEOUT)
+        self._backend_calls.close()
 
     async def _shutdown(self) -> None:
         if self._server is not None:
@@ -107,6 +121,7 @@ class StreamingServer:
         await asyncio.gather(*self._sessions, return_exceptions=True)
 
     # Subsystem protocol: the server starts while the runtime recovers, so URLs work once ready.
+    # (The orphans are reaped in the caller's thread, before the loop serves anyone.)
     def recover(self) -> None:
         try:
             self.backend.reap_orphans()
@@ -230,18 +245,23 @@ class StreamingServer:
 
     def _runner(self, kind: str, request: Any) -> rc.Runner:
         if kind == "exec":
-            return lambda ch: rc.run_exec(
-                lambda size: self.backend.exec_process(request, size), request.cmd, ch
-            )
+            return lambda ch: rc.run_exec(lambda size: self._exec_process(request, size), request.cmd, ch)
 
         async def attach(ch: rc.Channels) -> rc.Status:
             try:
-                target = self.backend.attach_target(request)
+                target = await self._backend_calls.run(lambda: self.backend.attach_target(request))
             except Exception as exc:
                 return rc.status_error(f"cannot attach to the container: {exc}")
             return await rc.run_attach(target, ch)
 
         return attach
+
+    async def _exec_process(self, request: ExecRequest, size: tuple[int, int] | None) -> ExecProcess:
+        """The exec's process, started off the loop; a process whose session has gone meanwhile is
+        killed, reaped and closed on the worker thread."""
+        return await self._backend_calls.run(
+            lambda: self.backend.exec_process(request, size), discard=lambda process: process.discard()
+        )
 
     async def _command_session(
         self, upgrade: str, conn: Connection, request: ExecRequest | AttachRequest
@@ -282,7 +302,7 @@ class StreamingServer:
         return chosen or ""
 
     async def _spdy_portforward(self, conn: Connection, request: PortForwardRequest) -> None:
-        netns = self._pod_netns(request.pod_id)
+        netns = await self._pod_netns(request.pod_id)
         await self._spdy_upgrade(conn, SPDY_PORTFORWARD)
         forwarder = SpdyPortForward(
             request.pod_id,
@@ -297,10 +317,10 @@ class StreamingServer:
             await forwarder.close()
             conn.writer.close()
 
-    def _pod_netns(self, pod_id: str) -> str | None:
+    async def _pod_netns(self, pod_id: str) -> str | None:
         """Checked before the upgrade, so a pod removed since the URL was issued is a plain HTTP error."""
         try:
-            return self.backend.pod_netns(pod_id)
+            return await self._backend_calls.run(lambda: self.backend.pod_netns(pod_id))
         except NotFound as exc:
             raise HTTPError(404, "Not Found", str(exc)) from None
         except CalyxError as exc:
@@ -329,7 +349,7 @@ class StreamingServer:
             raise HTTPError(400, "Bad Request", "at least one port between 1 and 65535 is required")
         if len(ports) > MAX_FORWARDED_PORTS:
             raise HTTPError(400, "Bad Request", f"at most {MAX_FORWARDED_PORTS} ports can be forwarded")
-        netns = self._pod_netns(request.pod_id)
+        netns = await self._pod_netns(request.pod_id)
         session = await self._ws_accept(conn, WS_PORTFORWARD, 2 * len(ports))
         if session is None:
             return

@@ -36,7 +36,11 @@ class PortForwardRequest:
 
 
 class Backend(Protocol):
-    """What the server needs of the containers; ``cri.streaming.backend`` implements it."""
+    """What the server needs of the containers; ``cri.streaming.backend`` implements it.
+
+    The server makes the session calls on worker threads, never on its event loop, so they may block
+    (fork runc, wait for a container's lock); ``reap_orphans`` runs before the loop starts.
+    """
 
     def exec_process(self, request: ExecRequest, size: tuple[int, int] | None) -> ExecProcess:
         """Spawn the exec (e.g. ``runc exec``) with the stdio the request asks for; ``size`` is the

@@ -70,9 +70,10 @@ class Env:
         raise AssertionError("no VmRSS")
 
 
-def _env(builtin_net, image_registry, short_tmp, **pod) -> Env:
+def _env(builtin_net, image_registry, short_tmp, daemon_env: dict[str, str] | None = None, **pod) -> Env:
     """A daemon on the built-in network that pulls from the test registry, with one pod running."""
-    net = builtin_net(config={"images": {"registries": {image_registry.host: {"insecure": True}}}})
+    registries = {image_registry.host: {"insecure": True}}
+    net = builtin_net(env=daemon_env, config={"images": {"registries": registries}})
     config = pod_config(log_directory=str(short_tmp / "logs"), **pod)
     return Env(net.daemon, run_pod(net.daemon, config), image_registry.host)
 
