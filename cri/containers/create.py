@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -300,6 +301,7 @@ def _build_spec(deps: CreateDeps, plan: Plan, volume_sources: dict[int, str]) ->
     added = cdi.inject(built.spec, plan.devices)
     if plan.user_ns:
         built.idmap_added(added)
+        built.yield_device_binds()
     return built
 
 
@@ -337,9 +339,18 @@ def _prepare_paths(plan: Plan, built: oci.BuiltSpec, undo: contextlib.ExitStack)
             undo.callback(Path(c.log_path).unlink, missing_ok=True)
 
 
+def _is_device(path: str) -> bool:
+    """A device node (bound at its own mount point in a pod user namespace: cri/containers/devices.py)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+
+
 def _ensure_mount_point(root: Path, mount: dict[str, Any]) -> None:
     source = str(mount.get("source", ""))
-    is_file = mount.get("type") == "bind" and os.path.isfile(source)
+    is_file = mount.get("type") == "bind" and (os.path.isfile(source) or _is_device(source))
     with contextlib.suppress(OSError, InvalidArgument):
         make_inside(root, str(mount["destination"]), file=is_file)
 

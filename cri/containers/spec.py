@@ -21,6 +21,7 @@ from cri.containers import capabilities as caps
 from cri.containers.deps import PodView
 from cri.containers.devices import device_config
 from cri.containers.seccomp_default import default_profile
+from cri.containers.userns_nodes import PodIds
 from cri.containers.users import ProcessUser, make_inside, resolve_user
 from sandbox.shm import HOST_SHM
 
@@ -81,6 +82,18 @@ class BuiltSpec:
     idmap_optional: list[dict[str, Any]] = field(default_factory=list)
     # {destination: the device and spec file it is from} of the CDI mounts among them, for their errors.
     idmap_origins: dict[str, str] = field(default_factory=dict)
+    # In a pod user namespace, the bind mounts (entries of spec["mounts"]) standing for the CRI's devices.
+    device_binds: list[dict[str, Any]] = field(default_factory=list)
+
+    def yield_device_binds(self) -> None:
+        """A CDI device node replaces a CRI device at its path (cri/containers/cdi/inject.py); in a pod
+        user namespace the CRI's devices are bind mounts, not ``linux.devices`` entries: those at the
+        path of a node CDI added go."""
+        nodes = {d.get("path") for d in self.spec.get("linux", {}).get("devices") or []}
+        replaced = [m for m in self.device_binds if m["destination"] in nodes]
+        if replaced:
+            self.spec["mounts"] = [m for m in self.spec["mounts"] if not any(m is r for r in replaced)]
+            self.device_binds = [m for m in self.device_binds if not any(m is r for r in replaced)]
 
     def idmap_added(self, added: dict[str, tuple[dict[str, Any], str]]) -> None:
         """In a pod user namespace, the bind mounts a CDI spec added (cri/containers/cdi: {destination:
@@ -345,7 +358,11 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         if propagation == "rshared" or (propagation == "rslave" and rootfs_propagation != "rshared"):
             rootfs_propagation = propagation
 
-    devices, device_rules = device_config(config, privileged)
+    pod_ids = None
+    if id_maps is not None:
+        pod_ids = PodIds.of_oci([id_maps[0].to_oci()], [id_maps[1].to_oci()])
+    devices, device_rules, device_binds = device_config(config, privileged, pod_ids)
+    mounts.extend(device_binds)  # last, as runc makes device nodes after every mount
     resources = dict(inputs.resources)
     resources["devices"] = device_rules
     linux: dict[str, Any] = {
@@ -385,6 +402,7 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         mounts=list(config.mounts),
         idmapped=to_idmap,
         idmap_optional=list(pod_owned) if id_maps is not None else [],
+        device_binds=device_binds,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,12 +55,17 @@ def _build(pod: FakePod, rootfs: Path, **security: Any) -> dict[str, Any]:
 
 
 def built_spec(
-    pod: FakePod, rootfs: Path, mounts: tuple[pb.Mount, ...] = (), **security: Any
+    pod: FakePod,
+    rootfs: Path,
+    mounts: tuple[pb.Mount, ...] = (),
+    devices: tuple[pb.Device, ...] = (),
+    **security: Any,
 ) -> oci.BuiltSpec:
     config = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name="c"),
         command=["sleep", "1"],
         mounts=mounts,
+        devices=devices,
         linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(**security)),
     )
     config.linux.security_context.namespace_options.pid = pb.CONTAINER
@@ -126,6 +132,81 @@ def test_privileged_is_refused_in_a_pod_user_namespace(tmp_path: Path) -> None:
     pod.linux = {"security_context": {"privileged": True}}
     with pytest.raises(InvalidArgument, match="privileged"):
         _build(pod, tmp_path, privileged=True)
+
+
+def _node(path: Path, mode: int, owner: tuple[int, int] = (0, 0)) -> str:
+    os.mknod(path, stat.S_IFCHR | mode, os.makedev(1, 3))
+    os.chmod(path, mode)
+    os.chown(path, *owner)
+    return str(path)
+
+
+def test_cri_devices_are_bind_mounts_of_the_nodes_asked_for(tmp_path: Path) -> None:
+    nodes = tmp_path / "nodes"
+    (nodes / "sub").mkdir(parents=True)
+    one = _node(nodes / "one", 0o666)
+    _node(nodes / "sub" / "two", 0o604)
+    (nodes / "sub" / "text").write_text("skipped\n")
+    (tmp_path / "link").symlink_to(one)
+    devices = (
+        pb.Device(host_path=str(tmp_path / "link"), container_path="/dev/in", permissions="rwm"),
+        pb.Device(host_path=str(nodes / "sub"), container_path="/dev/d", permissions="r"),
+    )
+    built = built_spec(FakePod(), tmp_path / "rootfs", devices=devices)
+    binds = [{"destination": "/dev/in", "type": "bind", "source": one, "options": ["bind"]}]
+    binds.append(
+        {
+            "destination": "/dev/d/two",
+            "type": "bind",
+            "source": str(nodes / "sub" / "two"),
+            "options": ["bind"],
+        }
+    )
+    assert built.spec["mounts"][-2:] == binds and built.device_binds == binds  # after every other mount
+    assert built.spec["linux"]["devices"] == []
+    rules = built.spec["linux"]["resources"]["devices"]
+    assert rules[1:] == [
+        {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+        {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "r"},
+    ]
+    # a CDI node at one's path replaces it, as it replaces a linux.devices entry without a user namespace
+    built.spec["linux"]["devices"].append({"path": "/dev/in", "type": "c", "major": 1, "minor": 5})
+    built.yield_device_binds()
+    assert [m["destination"] for m in built.spec["mounts"] if m["type"] == "bind"] == ["/dev/d/two"]
+    # without a user namespace: linux.devices entries, as ever
+    plain = FakePod(user_ns_path=None)
+    plain.namespace_options["userns"] = {"mode": "NODE"}
+    spec = built_spec(plain, tmp_path / "rootfs", devices=devices).spec
+    assert [d["path"] for d in spec["linux"]["devices"]] == ["/dev/in", "/dev/d/two"]
+    assert all(m["type"] != "bind" or "/dev/" not in m["destination"] for m in spec["mounts"])
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "permissions", "refused"),
+    [
+        (0o600, (0, 0), "rwm", "does not let others rw"),
+        (0o660, (0, 6), "r", "does not let others r"),
+        (0o644, (0, 0), "w", "does not let others w"),
+        (0o644, (0, 0), "rm", None),
+        (0o600, (200000, 0), "rw", None),  # the container's root owns it
+        (0o060, (0, 300005), "rw", None),  # one of the pod's groups owns it
+        (0o600, (0, 0), "m", None),
+    ],
+)
+def test_a_node_no_process_of_the_pod_could_open_is_refused(
+    tmp_path: Path, mode: int, owner: tuple[int, int], permissions: str, refused: str | None
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    node = _node(tree / "node", mode, owner)
+    for host in (node, str(tree)):  # asked for itself or as one node of a dir
+        device = pb.Device(host_path=host, container_path="/dev/x", permissions=permissions)
+        if refused is None:
+            built_spec(FakePod(), tmp_path / "rootfs", devices=(device,))
+            continue
+        with pytest.raises(FailedPrecondition, match=refused) as err:
+            built_spec(FakePod(), tmp_path / "rootfs", devices=(device,))
+        assert f"device {node} (at /dev/x" in str(err.value)
 
 
 def test_check_reachable_takes_the_roots_uid_group_and_others_into_account(short_tmp: Path) -> None:

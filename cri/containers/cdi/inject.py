@@ -35,6 +35,7 @@ from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri.containers.binds import real_host_path
 from cri.containers.cdi import schema
 from cri.containers.cdi.registry import Device
+from cri.containers.userns_nodes import PodIds, check_openable
 
 
 @dataclass
@@ -55,30 +56,16 @@ class _Target:
 
     user: dict[str, Any]  # the OCI process user: owner of device nodes that name none
     in_user_ns: bool
-    uid_maps: tuple[tuple[int, int], ...] = ()  # (first host id, count) of the pod's user namespace
-    gid_maps: tuple[tuple[int, int], ...] = ()
+    ids: PodIds = PodIds()  # the host ids of the pod's user namespace
 
     @classmethod
     def of(cls, spec: dict[str, Any]) -> _Target:
         linux = spec.get("linux", {})
-
-        def ranges(key: str) -> tuple[tuple[int, int], ...]:
-            return tuple((int(m["hostID"]), int(m["size"])) for m in linux.get(key) or [])
-
         return cls(
             user=spec.get("process", {}).get("user", {}),
             in_user_ns=any(ns.get("type") == "user" for ns in linux.get("namespaces", [])),
-            uid_maps=ranges("uidMappings"),
-            gid_maps=ranges("gidMappings"),
+            ids=PodIds.of_oci(linux.get("uidMappings") or [], linux.get("gidMappings") or []),
         )
-
-    @staticmethod
-    def _maps(ranges: tuple[tuple[int, int], ...], host_id: int) -> bool:
-        return any(first <= host_id < first + count for first, count in ranges)
-
-    def maps_owner(self, st: os.stat_result) -> bool:
-        """Whether the host owner or group of a file is an id of the pod's user namespace."""
-        return self._maps(self.uid_maps, st.st_uid) or self._maps(self.gid_maps, st.st_gid)
 
 
 def _new(seen: set[str], item: Any) -> bool:
@@ -223,9 +210,7 @@ def _check_bindable(
 ) -> None:
     """In a pod user namespace runc 1.1 binds the host's node at the device's path (it cannot mknod
     there) and ignores the spec's mode and owner: refuse a device the container would get otherwise
-    than the spec says, or could not open. The host's root owns most nodes; unmapped in the pod, its
-    owner and group match no process there and no capability overrides their modes, so only the bits
-    for others count."""
+    than the spec says, or could not open (cri/containers/userns_nodes.py)."""
     path = device["path"]
     why = "in a pod user namespace runc cannot create device nodes, it binds the host's node"
     if st is None:
@@ -241,18 +226,7 @@ def _check_bindable(
             f"{where}: {why}, and the host's {path} is {host_kind} {host_numbers[0]}:{host_numbers[1]},"
             f" not the {device['type']} {device['major']}:{device['minor']} the spec describes"
         )
-    if permissions == "none" or target.maps_owner(st):
-        return  # no process may open it anyway / one of the pod's ids owns it: its modes apply as usual
-    needed = "".join(a for a in (permissions or "rw") if a in "rw")
-    granted = {"r": stat.S_IROTH, "w": stat.S_IWOTH}
-    if all(st.st_mode & granted[a] for a in needed):
-        return
-    mode = stat.S_IMODE(st.st_mode)
-    raise FailedPrecondition(
-        f"{where}: {why}, whose owner (host uid {st.st_uid}, gid {st.st_gid}) the pod's user namespace"
-        f" does not map, and its mode {mode:04o} does not let others {needed}: no process of the pod"
-        " could open it; run the pod without a user namespace or give others that access on the host"
-    )
+    check_openable(st, permissions, target.ids, where, why)
 
 
 def _kind_of(mode: int) -> str | None:
