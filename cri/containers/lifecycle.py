@@ -101,8 +101,9 @@ class ContainerLifecycle:
                 self.events.container_changed(c, pb.CONTAINER_STOPPED_EVENT)
                 with contextlib.suppress(Exception):
                     mon.delete(c.id)
-                if isinstance(exc, CommandFailed) and runc_errors.stopped_before_start(exc.stderr):
-                    raise FailedPrecondition(f"container {c.id} exited before it was started", c.id) from exc
+                why = runc_errors.not_startable(exc.stderr) if isinstance(exc, CommandFailed) else None
+                if why is not None:
+                    raise FailedPrecondition(f"container {c.id} {why}", c.id) from exc
                 raise
             c.state = RUNNING
             c.started_at = time.time_ns()

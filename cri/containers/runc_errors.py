@@ -27,13 +27,25 @@ REQUEST_FAULTS = [
 ]
 
 
-# ``runc start`` of a container whose init has died since ``runc create`` (killed, or stopped by its own
-# seccomp profile) before conmon recorded the exit.
-_STOPPED = re.compile(r"cannot start a container that has stopped")
+# ``runc start`` of a container no longer in runc's created state: its init has died since ``runc
+# create`` (killed, or stopped by its own seccomp profile) before conmon recorded the exit, or it was
+# started behind Calyx's back. (what runc says, what the client is told)
+_NOT_STARTABLE = [
+    (re.compile(r"cannot start a container that has stopped"), "exited before it was started"),
+    (
+        re.compile(r"cannot start an already running container"),
+        "is no longer waiting to be started (runc finds it running)",
+    ),
+]
 
 
-def stopped_before_start(message: str) -> bool:
-    return bool(_STOPPED.search(message))
+def not_startable(message: str) -> str | None:
+    """Why runc's ``message`` says the container cannot be started (the container's state, not a
+    failure of the runtime), else None."""
+    for pattern, why in _NOT_STARTABLE:
+        if pattern.search(message):
+            return why
+    return None
 
 
 def request_fault(message: str) -> str | None:
