@@ -17,15 +17,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import queue
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from calyx_base.workers import Job, Workers
+
 log = logging.getLogger("calyx_base.offload")
 
 T = TypeVar("T")
-Job = Callable[[], None]
 
 
 class _Call(Generic[T]):
@@ -92,57 +92,29 @@ class _Call(Generic[T]):
 
 
 class Offload:
-    """At most ``workers`` daemon threads named ``name-N`` running blocking calls for one event loop;
-    threads start as calls need them."""
+    """Blocking calls for one event loop on at most ``workers`` daemon threads named ``name-N``
+    (calyx_base/workers.py); threads start as calls need them."""
 
     def __init__(self, name: str, workers: int) -> None:
         self.name = name
         self.workers = workers
-        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._pending = 0  # jobs queued or running
+        self._pool = Workers(name, workers)
 
     @property
     def threads(self) -> int:
-        with self._lock:
-            return len(self._threads)
+        return self._pool.threads
 
     async def run(self, fn: Callable[[], T], discard: Callable[[T], None] | None = None) -> T:
         """``fn()`` on a worker thread; its result, or its exception raised here. When the caller is
         cancelled meanwhile, ``discard(result)`` runs on a worker thread once ``fn`` has returned."""
         call = _Call(fn, discard, asyncio.get_running_loop())
-        self._put(lambda: call.execute(self._put))
+        self._pool.submit(lambda: call.execute(self._pool.submit))
         try:
             return await call.outcome
         except asyncio.CancelledError:
-            call.abandon(self._put)
+            call.abandon(self._pool.submit)
             raise
 
     def close(self) -> None:
         """Idle threads end now, busy ones after their call (whose caller has gone: it is discarded)."""
-        with self._lock:
-            threads, self._threads = self._threads, []
-        for _ in threads:
-            self._jobs.put(None)
-
-    def _put(self, job: Job) -> None:
-        with self._lock:
-            self._pending += 1
-            if self._pending > len(self._threads) and len(self._threads) < self.workers:
-                thread = threading.Thread(
-                    target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
-        self._jobs.put(job)
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            try:
-                job()
-            except Exception:
-                log.exception("offloaded call failed outside its caller")
-            finally:
-                with self._lock:
-                    self._pending -= 1
+        self._pool.close()

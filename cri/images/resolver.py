@@ -11,10 +11,11 @@ and the threads never keep the daemon from exiting.
 from __future__ import annotations
 
 import functools
-import queue
 import socket
 import threading
 from dataclasses import dataclass, field
+
+from calyx_base.workers import Workers
 
 WORKERS = 4  # lookups in flight at once; a dead nameserver holds each for minutes
 THREAD_NAME = "resolver"
@@ -31,34 +32,22 @@ class _Lookup:
 
 
 class Resolver:
-    """A bounded pool of threads calling getaddrinfo; threads start as lookups need them."""
+    """getaddrinfo on a bounded pool of daemon threads (calyx_base/workers.py), started as lookups need
+    them."""
 
     def __init__(self, workers: int = WORKERS) -> None:
-        self._workers = workers
-        self._jobs: queue.SimpleQueue[_Lookup] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._pending = 0  # lookups queued or running
+        self._pool = Workers(THREAD_NAME, workers)
 
     @property
     def threads(self) -> int:
-        with self._lock:
-            return len(self._threads)
+        return self._pool.threads
 
     def resolve(self, host: str, port: int, timeout: float | None) -> list[str]:
         """The addresses of ``host`` for a TCP connection to ``port``, in getaddrinfo's order (IPv6 ones
         with their zone). TimeoutError once ``timeout`` seconds have passed without an answer; the
         resolver's own error (socket.gaierror) if it has none."""
         lookup = _Lookup(host, port)
-        with self._lock:
-            self._pending += 1
-            if self._pending > len(self._threads) and len(self._threads) < self._workers:
-                thread = threading.Thread(
-                    target=self._work, name=f"{THREAD_NAME}-{len(self._threads)}", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
-        self._jobs.put(lookup)
+        self._pool.submit(lambda: self._answer(lookup))
         if not lookup.done.wait(timeout):
             lookup.abandoned = True
             raise TimeoutError(f"no answer for {host} from the resolver in {timeout:.1f} s")
@@ -66,16 +55,12 @@ class Resolver:
             raise lookup.error
         return lookup.addresses
 
-    def _work(self) -> None:
-        while True:
-            lookup = self._jobs.get()
-            try:
-                if not lookup.abandoned:
-                    self._lookup(lookup)
-            finally:
-                with self._lock:
-                    self._pending -= 1
-                lookup.done.set()
+    def _answer(self, lookup: _Lookup) -> None:
+        try:
+            if not lookup.abandoned:  # its caller gave up while it waited in the queue
+                self._lookup(lookup)
+        finally:
+            lookup.done.set()
 
     @staticmethod
     def _lookup(lookup: _Lookup) -> None:
