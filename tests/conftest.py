@@ -45,6 +45,22 @@ def short_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
+def proc_below(short_tmp: Path) -> Iterator[Path]:
+    """A dir holding a file ``f`` ("x") and a procfs mounted at ``proc`` below it: procfs refuses
+    idmapping, so a recursive idmapped clone of the dir fails and a non-recursive one works."""
+    import subprocess
+
+    top = short_tmp / "top"
+    (top / "proc").mkdir(parents=True)
+    (top / "f").write_text("x")
+    subprocess.run(["mount", "-t", "proc", "proc", str(top / "proc")], check=True)
+    try:
+        yield top
+    finally:
+        subprocess.run(["umount", "-l", str(top / "proc")], check=False)
+
+
+@pytest.fixture
 def daemon_factory(short_tmp: Path) -> Iterator[Callable[..., Daemon]]:
     """Start calyx daemons on private sockets and state dirs; every one is stopped at teardown."""
     started: list[Daemon] = []

@@ -5,7 +5,6 @@ refused naming the mount; a pod without a user namespace idmaps nothing."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,18 +175,6 @@ def test_cdi_binds_are_idmapped_and_a_mount_they_replace_is_not(tmp_path: Path) 
     assert sorted(m["destination"] for m in built.idmap_optional) == ["/etc/hostname", "/etc/resolv.conf"]
     origin = f"CDI device example.com/test=d ({tmp_path / 'specs' / '0.json'})"
     assert built.idmap_origins == {"/cdi": origin, "/etc/hosts": origin}
-
-
-@pytest.fixture
-def proc_below(short_tmp: Path) -> Iterator[Path]:
-    top = short_tmp / "top"
-    (top / "proc").mkdir(parents=True)
-    (top / "f").write_text("x")
-    subprocess.run(["mount", "-t", "proc", "proc", str(top / "proc")], check=True)
-    try:
-        yield top
-    finally:
-        mounts.unmount(top / "proc")
 
 
 def test_a_bind_is_staged_without_its_submounts_and_a_cdi_refusal_names_the_device(
