@@ -5,7 +5,9 @@ resolv.conf allows (timeout x attempts x nameservers: minutes), past any pull's 
 on a few shared daemon threads instead and the caller waits only for its time left; a lookup still
 hanging then holds its pool thread, not the caller. However many pulls ask a dead resolver, it holds at
 most ``workers`` threads (the rest wait in the queue, and are dropped there once their caller gave up),
-and the threads never keep the daemon from exiting.
+and the threads never keep the daemon from exiting. A name the hosts file names (a registry mirror
+listed there, say) is answered from that file in the caller's thread: it never waits behind lookups
+stuck on a dead nameserver.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import functools
 import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from calyx_base.workers import Workers
 
 WORKERS = 4  # lookups in flight at once; a dead nameserver holds each for minutes
 THREAD_NAME = "resolver"
+HOSTS_FILE = Path("/etc/hosts")
 
 
 @dataclass(eq=False)
@@ -33,10 +38,11 @@ class _Lookup:
 
 class Resolver:
     """getaddrinfo on a bounded pool of daemon threads (calyx_base/workers.py), started as lookups need
-    them."""
+    them; names in ``hosts_file`` are answered from it without the pool."""
 
-    def __init__(self, workers: int = WORKERS) -> None:
+    def __init__(self, workers: int = WORKERS, hosts_file: Path = HOSTS_FILE) -> None:
         self._pool = Workers(THREAD_NAME, workers)
+        self._hosts_file = hosts_file
 
     @property
     def threads(self) -> int:
@@ -45,7 +51,11 @@ class Resolver:
     def resolve(self, host: str, port: int, timeout: float | None) -> list[str]:
         """The addresses of ``host`` for a TCP connection to ``port``, in getaddrinfo's order (IPv6 ones
         with their zone). TimeoutError once ``timeout`` seconds have passed without an answer; the
-        resolver's own error (socket.gaierror) if it has none."""
+        resolver's own error (socket.gaierror) if it has none. A name the hosts file lists gets that
+        file's addresses, in its order, at once."""
+        listed = _addresses(hosts_file_addresses(self._hosts_file, host), port)
+        if listed:
+            return listed
         lookup = _Lookup(host, port)
         self._pool.submit(lambda: self._answer(lookup))
         if not lookup.done.wait(timeout):
@@ -69,12 +79,49 @@ class Resolver:
         except OSError as exc:
             lookup.error = exc
             return
-        for _, _, _, _, address in found:
-            host = str(address[0])
-            if len(address) == 4 and address[3]:
-                host = f"{host}%{address[3]}"  # a link-local IPv6 address needs its zone to be reached
-            if host not in lookup.addresses:
-                lookup.addresses.append(host)
+        lookup.addresses = _unique(found)
+
+
+def hosts_file_addresses(hosts_file: Path, host: str) -> list[str]:
+    """The addresses ``hosts_file`` lists for ``host`` (as a canonical name or an alias, in any case),
+    in the file's order, as glibc's files source reads it: ``#`` starts a comment, a line is an
+    address then its names. Nothing if the file is missing or unreadable (the nameservers may still
+    know the name)."""
+    try:
+        text = hosts_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    wanted = host.lower()
+    found = []
+    for line in text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if wanted in (name.lower() for name in fields[1:]):
+            found.append(fields[0])
+    return found
+
+
+def _addresses(literals: list[str], port: int) -> list[str]:
+    """Address literals (from the hosts file) as getaddrinfo gives them, numerically (it asks nobody);
+    one it does not take as an address is skipped, as glibc skips such a line."""
+    found = []
+    for literal in literals:
+        try:
+            found += socket.getaddrinfo(literal, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        except OSError:
+            continue
+    return _unique(found)
+
+
+def _unique(found: list[tuple[Any, ...]]) -> list[str]:
+    """The hosts of getaddrinfo's answers, each once, in its order (IPv6 ones with their zone)."""
+    hosts: list[str] = []
+    for *_, address in found:
+        host = str(address[0])
+        if len(address) == 4 and address[3]:
+            host = f"{host}%{address[3]}"  # a link-local IPv6 address needs its zone to be reached
+        if host not in hosts:
+            hosts.append(host)
+    return hosts
 
 
 @functools.cache

@@ -68,6 +68,35 @@ elif case == "hosts":
     response.close()
     http.close()
     server.close()
+elif case == "saturated":
+    from cri.images.transport import Http
+    from tests.hostile_registry import HostileServer, Reply
+    stuck = []
+    def ask(name):
+        try:
+            resolver.shared().resolve(name, 5000, 2)
+        except OSError as exc:  # TimeoutError: its pool thread stays in getaddrinfo for minutes
+            stuck.append(type(exc).__name__)
+    names = [f"r{i}.invalid-calyx.test" for i in range(resolver.WORKERS)]  # one per pool thread
+    askers = [threading.Thread(target=ask, args=(name,)) for name in names]
+    for t in askers:
+        t.start()
+    for t in askers:
+        t.join()
+    server = HostileServer("127.0.0.1")  # a registry mirror /etc/hosts names
+    server.routes["/v2/"] = Reply(body=b"{}")
+    port = server.host.rsplit(":", 1)[1]
+    http = Http(time.monotonic() + 20)
+    try:
+        response = http.send("GET", f"http://multi.invalid-calyx.test:{port}/v2/", "ping")
+        results = [{"error": None, "status": response.status_code}]
+        response.close()
+    except Exception as exc:
+        results = [{"error": type(exc).__name__, "message": str(exc)}]
+    http.close()
+    server.close()
+    results.append(pull("other", time.monotonic() + 2))  # a name only DNS could answer still waits
+    results.append({"stuck": stuck})
 else:
     results = []
     def one(i):
@@ -144,3 +173,14 @@ def test_a_name_with_several_addresses_is_reached_at_the_first_that_answers() ->
     assert sorted(out["addresses"]) == ["127.0.0.1", "127.0.0.2"], out
     assert out["results"] == [{"error": None, "status": 200, "served": 1}], out
     assert out["queries"] == 0, out  # /etc/hosts answered: no DNS query
+
+
+def test_a_name_in_the_hosts_file_resolves_while_a_dead_nameserver_holds_every_lookup_thread() -> None:
+    out = run_with_dead_nameserver("saturated")
+    mirror, other, stuck = out["results"]
+    # Every pool thread is stuck on the dead nameserver, whose lookups ran out of time.
+    assert stuck == {"stuck": ["TimeoutError"] * resolver.WORKERS}, out
+    assert len(out["pool"]) == resolver.WORKERS and out["asked_for_registry"], out
+    # The mirror /etc/hosts names is reached all the same; a name only DNS knows still ends at its deadline.
+    assert mirror == {"error": None, "status": 200}, out
+    assert other["error"] == "DeadlineExceeded", out
