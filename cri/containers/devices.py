@@ -14,6 +14,7 @@ from typing import Any
 from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers.userns_nodes import PodIds, check_openable
+from cri.containers.validate import container_path
 
 
 @dataclass(frozen=True)
@@ -109,8 +110,15 @@ def device_config(
                 devices.extend(n.device for n in _entries(str(entry), str(entry), "rwm"))
             except (InvalidArgument, OSError):
                 continue
+    placed: set[str] = set()  # validate.check refused two requests at one path; a dir may still hold one
     for dev in config.devices:
         for node in _entries(dev.host_path, dev.container_path, dev.permissions):
+            inside = container_path(node.device["path"])
+            if inside in placed:
+                raise InvalidArgument(
+                    f"device {dev.host_path}: container path {inside} is also given by another device"
+                )
+            placed.add(inside)
             if ids is None:
                 devices.append(node.device)
             else:

@@ -8,6 +8,8 @@ field means are refused with INVALID_ARGUMENT, naming the field.
 
 from __future__ import annotations
 
+import posixpath
+
 from calyx_base.errors import InvalidArgument
 from cri import fields
 from cri.api import api_pb2 as pb
@@ -57,8 +59,23 @@ def _mounts(config: pb.ContainerConfig) -> None:
 
 
 def _devices(config: pb.ContainerConfig) -> None:
+    """Two devices at one container path would stack: runc keeps the first node, in a pod user namespace
+    the last bind mount wins. Which one the container gets is not for Calyx to guess: refused."""
+    seen: set[str] = set()
     for d in config.devices:
         fields.absolute_path("device host_path", d.host_path)
         fields.absolute_path("device container_path", d.container_path)
         if not set(d.permissions) <= DEVICE_ACCESS:
             raise InvalidArgument(f"device {d.host_path}: permissions {d.permissions!r}: only r, w and m")
+        inside = container_path(d.container_path)
+        if inside in seen:
+            raise InvalidArgument(
+                f"device container_path {d.container_path!r}: {inside} is already another device's path"
+            )
+        seen.add(inside)
+
+
+def container_path(path: str) -> str:
+    """The path a device lands at in the container: ``/dev//x/``, ``/dev/./x`` and ``/dev/y/../x`` are
+    all ``/dev/x`` (``..`` stops at the root there)."""
+    return "/" + posixpath.normpath(path).lstrip("/")

@@ -2,8 +2,8 @@
 (real daemon, runc 1.1): runc cannot create device nodes there and would bind the host's node at the
 *container* path, so Calyx binds the requested host node at the container path itself. The container
 gets the node it asked for wherever it asks for it, a node no process of the pod could open is refused
-naming it, hostile requests get the status they get in a pod without a user namespace, and nothing stays
-mounted or in /dev afterwards."""
+naming it, hostile requests (two devices at one container path among them) get the status they get in a
+pod without a user namespace, and nothing stays mounted or in /dev afterwards."""
 
 from __future__ import annotations
 
@@ -230,3 +230,33 @@ def test_hostile_device_requests_get_the_same_status_in_both_kinds_of_pod(
         _remove_pod(cx, pod)
     assert staging_mounts(cx) == [] and audit(cx) == [] and _mounted(nodes) == []
     assert sorted(p.name for p in Path("/dev").glob(f"cx-{nodes.tag}-*")) == [f"cx-{nodes.tag}-null"]
+
+
+@pytest.mark.parametrize("userns", [False, True], ids=["host-userns", "pod-userns"])
+def test_two_devices_at_one_container_path_are_refused_naming_it(cx: Cx, nodes: Nodes, userns: bool) -> None:
+    """Stacked, runc would keep the first node and, in a pod user namespace, the last bind would win:
+    refused alike in both kinds of pod, before anything is made."""
+    null = nodes.node("null", NULL, 0o666)
+    full = nodes.node("full", FULL, 0o666)
+    tree = nodes.dir("tree")
+    os.mknod(tree / "a", stat.S_IFCHR | 0o666, FULL)
+    (tree / "a").chmod(0o666)
+    pod = _pod(cx, userns)
+    for devices, named in (
+        ((_dev(null, "/dev/cx-dup"), _dev(full, "/dev/cx-dup")), "/dev/cx-dup"),
+        ((_dev(null, "/dev/cx-dup"), _dev(null, "/dev/cx-dup", "r")), "/dev/cx-dup"),
+        ((_dev(null, "/opt/cx/dup"), _dev(full, "/opt//cx/./dup/")), "/opt/cx/dup"),
+        ((_dev(tree, "/dev/cx-tree"), _dev(null, "/dev/cx-tree/a")), "/dev/cx-tree/a"),  # one from a dir
+    ):
+        err = _refused(cx, pod, *devices)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (devices, err.details())
+        assert named in (err.details() or ""), (named, err.details())
+        assert staging_mounts(cx) == [] and audit(cx) == [] and _mounted(nodes) == []
+    # each at a path of its own, the same nodes are fine
+    devices = (_dev(null, "/dev/cx-dup"), _dev(full, "/opt/cx/dup"), _dev(tree, "/dev/cx-tree"))
+    cid = cx.start(cx.create(pod, _config(cx, pod, *devices)))
+    listed = cx.output(cid, "stat", "-c", "%t:%T", "/dev/cx-dup", "/opt/cx/dup", "/dev/cx-tree/a").split()
+    assert listed == [_numbers(NULL), _numbers(FULL), _numbers(FULL)]
+    cx.remove(cid)
+    _remove_pod(cx, pod)
+    assert staging_mounts(cx) == [] and audit(cx) == [] and _mounted(nodes) == []
