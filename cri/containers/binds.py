@@ -1,13 +1,15 @@
 """CRI mounts to OCI mounts: bind options, propagation (and the host side it needs), default mounts.
 
 kubelet's expectations: a host path that is a symlink is resolved (the bind follows it anyway, but the
-propagation checks must look at the real path); a missing host path is created as a directory;
+propagation checks must look at the real path); a missing host path is created as a directory (by
+CreateContainer's preparation, ``make_host_path``: the spec builder only names it);
 HOST_TO_CONTAINER (rslave) needs the host path on a shared or slave mount, BIDIRECTIONAL (rshared) on
 a shared one, otherwise mounts made on the host would silently never show up inside.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -24,26 +26,42 @@ def real_host_path(host_path: str) -> str | None:
     return real if os.path.exists(real) else None
 
 
-def prepare_host_path(host_path: str) -> str:
-    """The real host path to bind: symlinks resolved, a missing path created as a directory."""
+def host_source(host_path: str) -> str:
+    """The real host path to bind: symlinks resolved; a missing path named as it will be once
+    ``make_host_path`` has made it a directory (nothing is made here)."""
     if not host_path or not host_path.startswith("/"):
         raise InvalidArgument(f"mount host path {host_path!r} must be absolute")
     path = Path(host_path)
-    if not path.exists() and not path.is_symlink():
-        path.mkdir(parents=True, exist_ok=True)
-    real = real_host_path(host_path)
-    if real is None:
+    if path.is_symlink() and not path.exists():
         raise InvalidArgument(
             f"mount host path {host_path!r} is a dangling symlink to {os.path.realpath(host_path)}"
         )
-    return real
+    return os.path.realpath(host_path)
+
+
+def make_host_path(host_path: str) -> list[Path]:
+    """Make a missing ``host_path`` a directory, as kubelet expects; the dirs made, deepest first, so
+    that a create that fails can take them back (``remove_made``)."""
+    path = Path(host_path)
+    if path.exists() or path.is_symlink():
+        return []
+    missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_made(made: list[Path]) -> None:
+    """Remove the dirs ``make_host_path`` made, deepest first; one something has been put in stays."""
+    for path in made:
+        with contextlib.suppress(OSError):
+            path.rmdir()
 
 
 def oci_mount(mount: pb.Mount) -> tuple[dict[str, Any], str]:
     """The OCI mount of a CRI mount and the rootfs propagation it needs ("", "rslave" or "rshared")."""
     if not mount.container_path.startswith("/"):
         raise InvalidArgument(f"mount container path {mount.container_path!r} must be absolute")
-    source = prepare_host_path(mount.host_path)
+    source = host_source(mount.host_path)
     options = ["rbind"]
     propagation = ""
     if mount.propagation == pb.PROPAGATION_BIDIRECTIONAL:

@@ -25,7 +25,7 @@ from calyx_base.cleanups import Cleanups
 from calyx_base.errors import FailedPrecondition, InvalidArgument
 from cri import enums, statedirs
 from cri.api import api_pb2 as pb
-from cri.containers import apparmor, cdi, idmapped, image_volumes, rootfs, staging, validate
+from cri.containers import apparmor, binds, cdi, idmapped, image_volumes, rootfs, staging, validate
 from cri.containers import spec as oci
 from cri.containers import userns as container_userns
 from cri.containers.deps import ImageResolver, ImageView, PodLookup, PodView
@@ -98,6 +98,7 @@ def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerConfig) 
         _mount_rootfs(plan, undo)
         volume_sources = _stage_image_volumes(plan, undo)
         built = _build_spec(deps, plan, volume_sources)
+        _make_dirs(plan, built, undo)
         _stage_idmapped(plan, built, undo)
         _prepare_paths(plan, built, undo)
         _write_bundle(plan, built)
@@ -303,6 +304,18 @@ def _build_spec(deps: CreateDeps, plan: Plan, volume_sources: dict[int, str]) ->
         built.idmap_added(added)
         built.yield_device_binds()
     return built
+
+
+def _make_dirs(plan: Plan, built: oci.BuiltSpec, undo: contextlib.ExitStack) -> None:
+    """The dirs the spec names (the builder makes nothing): those of the rootfs go with the container
+    dir, the host paths this create made go again if it fails. Before the idmapped staging, which binds
+    the host paths."""
+    for path in built.rootfs_dirs:
+        make_inside(plan.container.rootfs, path)
+    for host_path in built.host_dirs:
+        made = binds.make_host_path(host_path)
+        if made:
+            undo.callback(binds.remove_made, made)
 
 
 def _stage_idmapped(plan: Plan, built: oci.BuiltSpec, undo: contextlib.ExitStack) -> None:

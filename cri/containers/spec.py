@@ -1,7 +1,9 @@
 """The OCI runtime spec (config.json) of a container, from its CRI config, its image and its pod.
 
 A pure function of its inputs plus reads of the rootfs (users, groups) and of the host (devices, mount
-propagation, this process's oom_score_adj), so that it can be unit-tested without runc.
+propagation, this process's oom_score_adj), so that it can be unit-tested without runc. It makes nothing:
+the dirs the spec needs are named in the result, and CreateContainer makes them (cri/containers/create.py),
+with the undo of its other steps.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from cri.containers.deps import PodView
 from cri.containers.devices import device_config
 from cri.containers.seccomp_default import default_profile
 from cri.containers.userns_nodes import PodIds
-from cri.containers.users import ProcessUser, make_inside, resolve_user
+from cri.containers.users import ProcessUser, resolve_user
 from sandbox.shm import HOST_SHM
 
 log = logging.getLogger("cri.containers.spec")
@@ -84,6 +86,10 @@ class BuiltSpec:
     idmap_origins: dict[str, str] = field(default_factory=dict)
     # In a pod user namespace, the bind mounts (entries of spec["mounts"]) standing for the CRI's devices.
     device_binds: list[dict[str, Any]] = field(default_factory=list)
+    # Dirs to make before runc runs: in the rootfs, the image's declared Volumes (plain dirs, nothing is
+    # mounted on them) and the working dir; on the host, the CRI mounts' host paths where missing.
+    rootfs_dirs: list[str] = field(default_factory=list)
+    host_dirs: list[str] = field(default_factory=list)
 
     def yield_device_binds(self) -> None:
         """A CDI device node replaces a CRI device at its path (cri/containers/cdi/inject.py); in a pod
@@ -259,15 +265,12 @@ def _working_dir(inputs: SpecInputs) -> str:
     cwd = inputs.config.working_dir or str(inputs.image_config.get("WorkingDir") or "") or "/"
     if not cwd.startswith("/"):
         raise InvalidArgument(f"working dir {cwd!r} must be absolute")
-    make_inside(inputs.rootfs, cwd)
     return cwd
 
 
-def _image_volumes(inputs: SpecInputs) -> None:
-    """The image's declared Volumes become plain dirs of the rootfs (nothing is mounted on them)."""
-    for path in inputs.image_config.get("Volumes") or {}:
-        if str(path).startswith("/"):
-            make_inside(inputs.rootfs, str(path))
+def _image_volumes(inputs: SpecInputs) -> list[str]:
+    """The image's declared Volumes (absolute ones): plain dirs of the rootfs."""
+    return [str(path) for path in inputs.image_config.get("Volumes") or {} if str(path).startswith("/")]
 
 
 def pod_privileged(pod: PodView) -> bool:
@@ -293,7 +296,7 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         )
 
     user = _user(inputs)
-    _image_volumes(inputs)
+    volumes = _image_volumes(inputs)
     capabilities = caps.compute(
         list(sc.capabilities.add_capabilities), list(sc.capabilities.drop_capabilities), privileged
     )
@@ -343,6 +346,7 @@ def build(inputs: SpecInputs) -> BuiltSpec:
     # Calyx wrote as host root are root's inside too.
     to_idmap = list(pod_owned) if id_maps is not None else []
     rootfs_propagation = ""
+    host_dirs: list[str] = []
     by_depth = sorted(enumerate(config.mounts), key=lambda m: m[1].container_path.rstrip("/").count("/"))
     for index, cri_mount in by_depth:
         if cri_mount.image.image:
@@ -353,6 +357,7 @@ def build(inputs: SpecInputs) -> BuiltSpec:
             continue
         oci, propagation = mnt.oci_mount(cri_mount)
         mounts.append(oci)
+        host_dirs.append(cri_mount.host_path)
         if idmapped.wanted(cri_mount, id_maps):
             to_idmap.append(oci)
         if propagation == "rshared" or (propagation == "rslave" and rootfs_propagation != "rshared"):
@@ -403,6 +408,8 @@ def build(inputs: SpecInputs) -> BuiltSpec:
         idmapped=to_idmap,
         idmap_optional=list(pod_owned) if id_maps is not None else [],
         device_binds=device_binds,
+        rootfs_dirs=[*volumes, process["cwd"]],
+        host_dirs=host_dirs,
     )
 
 

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import grpc
+import pytest
 
 from cri.api import api_pb2 as pb
 from tests import container_fixtures
@@ -232,6 +233,32 @@ def test_mounts_readonly_symlink_missing_dir_and_rslave_propagation(cx: Cx, shor
             subprocess.run(["umount", str(data)], check=False)
     finally:
         subprocess.run(["umount", "-R", str(shared)], check=False)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        # refused while the spec is built, after its mounts
+        {"devices": [pb.Device(container_path="/dev/x", host_path="/etc/passwd", permissions="rw")]},
+        # refused by runc, after the container's dirs were made
+        {"working_dir": "/etc/passwd"},
+    ],
+    ids=["a device that is a file", "a working dir that is a file"],
+)
+def test_a_failed_create_leaves_no_host_path_it_made(
+    cx: Cx, short_tmp: Path, failure: dict[str, object]
+) -> None:
+    """A mount's missing host path is made a directory for the container (kubelet's rule); a create that
+    fails takes back the dirs it made and leaves what was there."""
+    pod = cx.pod()
+    kept = short_tmp / "kept"
+    kept.mkdir()
+    mounts = [pb.Mount(container_path="/new", host_path=str(kept / "made" / "deeper"))]
+    config = cx.config("fails", ["true"], mounts=mounts, **failure)
+    assert cx.code(cx.create, pod, config) == grpc.StatusCode.INVALID_ARGUMENT
+    assert list(kept.iterdir()) == []
+    listed = cx.rt.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(pod_sandbox_id=pod[0])))
+    assert list(listed.containers) == []
 
 
 def test_pod_namespaces_files_and_pid_modes(cx: Cx) -> None:

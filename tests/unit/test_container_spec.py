@@ -1,16 +1,27 @@
-"""The OCI spec builder's rules that need no runc: command, env, users, capabilities, seccomp, OOM."""
+"""The OCI spec builder's rules that need no runc: command, env, users, capabilities, seccomp, OOM, and
+that it makes nothing (the dirs it names are made, and taken back, by CreateContainer)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import capabilities as caps
+from cri.containers.binds import make_host_path, remove_made
 from cri.containers.seccomp_default import default_profile
-from cri.containers.spec import clamp_oom_score_adj, current_oom_score_adj, process_args, process_env
+from cri.containers.spec import (
+    SpecInputs,
+    build,
+    clamp_oom_score_adj,
+    current_oom_score_adj,
+    process_args,
+    process_env,
+)
 from cri.containers.users import make_inside, resolve_user
 
 
@@ -121,3 +132,69 @@ def test_dirs_made_in_the_image_never_follow_links_out_of_it(tmp_path: Path) -> 
     assert list(outside.iterdir()) == []
     assert (rootfs / str(outside).lstrip("/") / "sub").is_dir()
     assert (rootfs / "outside" / "deeper" / "file").is_file()
+
+
+@dataclass
+class PlainPod:
+    """A pod without namespaces of its own or files: what the builder reads of a PodView."""
+
+    id: str = "p" * 64
+    hostname: str = "h"
+    netns_path: str | None = None
+    ipc_ns_path: str | None = None
+    uts_ns_path: str | None = None
+    pid_ns_path: str | None = None
+    user_ns_path: str | None = None
+    namespace_options: dict[str, Any] = field(default_factory=lambda: {"network": "NODE"})
+    resolv_conf_path: str | None = None
+    hosts_path: str | None = None
+    hostname_path: str | None = None
+    linux: dict[str, Any] = field(default_factory=dict)
+
+
+def test_the_builder_makes_nothing_and_names_the_dirs_to_make(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "real").mkdir()
+    missing = tmp_path / "host" / "missing"
+    config = cfg(
+        command=["true"],
+        working_dir="/work/here",
+        mounts=[
+            pb.Mount(container_path="/a/b", host_path=str(tmp_path / "link" / "new")),
+            pb.Mount(container_path="/a", host_path=str(missing)),
+        ],
+    )
+    inputs = SpecInputs(
+        container_id="c" * 64,
+        config=config,
+        image_config={"Volumes": {"/vol/one": {}, "relative": {}}},
+        image_name="img",
+        pod=PlainPod(),
+        rootfs=rootfs,
+        cgroups_path="/x",
+        resources={},
+    )
+    built = build(inputs)
+    assert list(rootfs.iterdir()) == []
+    assert not (tmp_path / "host").exists() and list((tmp_path / "real").iterdir()) == []
+    assert built.rootfs_dirs == ["/vol/one", "/work/here"]
+    assert built.host_dirs == [str(missing), str(tmp_path / "link" / "new")]  # by depth, as mounted
+    sources = {m["destination"]: m["source"] for m in built.spec["mounts"]}
+    assert sources["/a"] == str(missing) and sources["/a/b"] == str(tmp_path / "real" / "new")
+
+
+def test_a_made_host_path_is_taken_back_down_to_what_was_there(tmp_path: Path) -> None:
+    (tmp_path / "kept").mkdir()
+    made = make_host_path(str(tmp_path / "kept" / "made" / "deeper"))
+    assert made == [tmp_path / "kept" / "made" / "deeper", tmp_path / "kept" / "made"]
+    assert (tmp_path / "kept" / "made" / "deeper").is_dir()
+    assert make_host_path(str(tmp_path / "kept" / "made" / "deeper")) == []
+    remove_made(made)
+    assert list((tmp_path / "kept").iterdir()) == []
+    # one something was put in stays, with the dirs above it
+    made = make_host_path(str(tmp_path / "kept" / "used" / "dir"))
+    (tmp_path / "kept" / "used" / "dir" / "file").write_text("x")
+    remove_made(made)
+    assert (tmp_path / "kept" / "used" / "dir" / "file").is_file()
