@@ -28,6 +28,7 @@ from cri.status_events import StatusEvents
 from cri.store import Store
 from cri.streaming.backend import ContainerBackend
 from cri.streaming.server import StreamingServer
+from cri.streaming.urls import StreamURLs
 from sandbox.apparmor import AppArmor
 from sandbox.cgroups import build_driver
 from sandbox.network import PodNetworks
@@ -45,6 +46,7 @@ class Daemon:
     pods: PodService
     containers: Containers
     streaming: StreamingServer
+    stream_urls: StreamURLs
     stats: StatsService
 
 
@@ -111,4 +113,5 @@ def build_daemon(config: Config) -> Daemon:
         networks.readiness,
         pod_cidr,
     )
-    return Daemon(config, runtime, events, statuses, images, pods, containers, streaming, stats)
+    stream_urls = StreamURLs(streaming, containers.exits, pod_index)
+    return Daemon(config, runtime, events, statuses, images, pods, containers, streaming, stream_urls, stats)

@@ -3,7 +3,7 @@
 Every event carries the pod's PodSandboxStatus and the ContainerStatus of the pod's containers, built
 by the same code as the status RPCs, so that kubelet can update its pod cache from the event alone.
 A container event lists its own container first (also in its DELETED event, with its last status).
-PodSandboxStatus asks for the same list of container statuses (``container_statuses``).
+PodSandboxStatus asks for the same payload of one pod (``sandbox_status``).
 
 Pods and containers publish here (they know it only as a small interface of their own: PodEvents,
 ContainerEvents) while holding the object's lock (pod lock, container lock): that, and the bus
@@ -14,6 +14,8 @@ failure to build a payload is logged and never fails the operation that changed 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass, field
 
 from calyx_base.errors import NotFound
 from cri.api import api_pb2 as pb
@@ -24,8 +26,20 @@ from cri.events import EventBus
 from cri.pods.index import PodIndex
 from cri.pods.model import Pod
 from cri.pods.status import pod_status
+from cri.pods.verbose import verbose_info
 
 log = logging.getLogger("cri.status_events")
+
+
+@dataclass(frozen=True)
+class SandboxStatus:
+    """What PodSandboxStatus answers about one pod."""
+
+    status: pb.PodSandboxStatus
+    # Read after the pod and before its containers; kubelet's evented PLEG orders answers and events by it.
+    timestamp: int
+    containers: list[pb.ContainerStatus]
+    info: dict[str, str] = field(default_factory=dict)  # verbose only (crictl inspectp)
 
 
 class StatusEvents:
@@ -33,6 +47,17 @@ class StatusEvents:
         self.bus = bus
         self.pods = pods
         self.containers = containers
+
+    def sandbox_status(self, pod_id: str, verbose: bool) -> SandboxStatus:
+        """The pod named by ``pod_id`` (full id or unique prefix; NotFound) with its containers' statuses:
+        with the timestamp set, kubelet's evented PLEG takes them from here instead of asking
+        ContainerStatus, so they are built as for the events."""
+        pod = self.pods.get(pod_id)
+        status = pod_status(pod)
+        timestamp = time.time_ns()
+        return SandboxStatus(
+            status, timestamp, self.container_statuses(pod.id), verbose_info(pod) if verbose else {}
+        )
 
     def container_statuses(self, pod_id: str, first: Container | None = None) -> list[pb.ContainerStatus]:
         """The statuses of the pod's containers (``first`` leading), as events and PodSandboxStatus

@@ -3,15 +3,12 @@ StreamPodSandboxes, UpdatePodSandboxResources. The logic is in cri/pods; this on
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import grpc
 
 from cri.api import api_pb2 as pb
 from cri.pods.service import PodService
-from cri.pods.status import pod_status
-from cri.pods.verbose import verbose_info
 from cri.status_events import StatusEvents
 
 STREAM_BATCH = 256  # pods per StreamPodSandboxes message, well below the 16 MiB message limit
@@ -42,17 +39,13 @@ class PodRPCs:
     def PodSandboxStatus(
         self, request: pb.PodSandboxStatusRequest, context: grpc.ServicerContext
     ) -> pb.PodSandboxStatusResponse:
-        pod = self.pods.index.get(request.pod_sandbox_id)
-        # With a timestamp set, kubelet's evented PLEG takes the pod's container statuses from this
-        # response instead of asking ContainerStatus: they must be here (built as for the events).
-        response = pb.PodSandboxStatusResponse(
-            status=pod_status(pod),
-            timestamp=time.time_ns(),
-            containers_statuses=self.statuses.container_statuses(pod.id),
+        found = self.statuses.sandbox_status(request.pod_sandbox_id, request.verbose)
+        return pb.PodSandboxStatusResponse(
+            status=found.status,
+            timestamp=found.timestamp,
+            containers_statuses=found.containers,
+            info=found.info,
         )
-        if request.verbose:
-            response.info.update(verbose_info(pod))
-        return response
 
     def ListPodSandbox(self, request: pb.ListPodSandboxRequest, context: grpc.ServicerContext) -> bytes:
         """The encoded ListPodSandboxResponse (cri/pbcache.py): the interceptor sends bytes as they are."""

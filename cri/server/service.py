@@ -47,7 +47,7 @@ class RuntimeService(
         self.statuses = daemon.statuses
         self.containers = daemon.containers
         self.stats = daemon.stats
-        self.streaming = daemon.streaming
+        self.stream_urls = daemon.stream_urls
 
 
 class ImageService(ImageRPCs, api_pb2_grpc.ImageServiceServicer):

@@ -7,28 +7,21 @@ from __future__ import annotations
 
 import grpc
 
-from calyx_base.errors import FailedPrecondition, InvalidArgument
+from calyx_base.errors import InvalidArgument
 from cri import fields
 from cri.api import api_pb2 as pb
-from cri.containers.model import Container
-from cri.containers.subsystem import Containers
-from cri.pods.model import READY
-from cri.pods.service import PodService
-from cri.streaming.backend import running_container
 from cri.streaming.portforward import MAX_FORWARDED_PORTS
-from cri.streaming.server import StreamingServer
 from cri.streaming.session_requests import AttachRequest, ExecRequest, PortForwardRequest
+from cri.streaming.urls import StreamURLs
 
 
 class StreamingRPCs:
-    streaming: StreamingServer
-    containers: Containers
-    pods: PodService
+    stream_urls: StreamURLs
 
-    def _running(self, container_id: str) -> Container:
+    @staticmethod
+    def _check_container_id(container_id: str) -> None:
         if not container_id:
             raise InvalidArgument("container_id is required")
-        return running_container(self.containers.exits, container_id)
 
     @staticmethod
     def _check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:
@@ -43,20 +36,24 @@ class StreamingRPCs:
         for arg in request.cmd:
             fields.no_nul("cmd argument", arg)
         self._check_stdio(request.tty, request.stdin, request.stdout, request.stderr)
-        container = self._running(request.container_id)
-        url = self.streaming.url_for(
-            "exec",
+        self._check_container_id(request.container_id)
+        url = self.stream_urls.exec(
             ExecRequest(
-                container.id, list(request.cmd), request.tty, request.stdin, request.stdout, request.stderr
-            ),
+                request.container_id,
+                list(request.cmd),
+                request.tty,
+                request.stdin,
+                request.stdout,
+                request.stderr,
+            )
         )
         return pb.ExecResponse(url=url)
 
     def Attach(self, request: pb.AttachRequest, context: grpc.ServicerContext) -> pb.AttachResponse:
         self._check_stdio(request.tty, request.stdin, request.stdout, request.stderr)
-        container = self._running(request.container_id)
-        url = self.streaming.url_for(
-            "attach", AttachRequest(container.id, request.tty, request.stdin, request.stdout, request.stderr)
+        self._check_container_id(request.container_id)
+        url = self.stream_urls.attach(
+            AttachRequest(request.container_id, request.tty, request.stdin, request.stdout, request.stderr)
         )
         return pb.AttachResponse(url=url)
 
@@ -73,8 +70,5 @@ class StreamingRPCs:
         for port in request.port:
             if not 0 < port < 65536:
                 raise InvalidArgument(f"port {port} is not between 1 and 65535", request.pod_sandbox_id)
-        pod = self.pods.index.get(request.pod_sandbox_id)
-        if pod.state != READY:
-            raise FailedPrecondition(f"pod {pod.id} is not ready", pod.id)
-        url = self.streaming.url_for("portforward", PortForwardRequest(pod.id, list(request.port)))
+        url = self.stream_urls.port_forward(PortForwardRequest(request.pod_sandbox_id, list(request.port)))
         return pb.PortForwardResponse(url=url)
