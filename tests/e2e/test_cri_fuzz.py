@@ -147,6 +147,8 @@ def _run(machine: type[CriMachine], examples: int, phases: list[Phase]) -> None:
     )
 
 
+# 100-300 s by default (more on a loaded host); a long run (CALYX_FUZZ_EXAMPLES) has no limit.
+@pytest.mark.timeout(0 if os.environ.get("CALYX_FUZZ_EXAMPLES") else 1800)
 def test_cri_fuzz(fuzz: Fuzz, capsys: pytest.CaptureFixture[str]) -> None:
     long_run = int(os.environ.get("CALYX_FUZZ_EXAMPLES", "0"))
     daemon = fuzz.cx.daemon

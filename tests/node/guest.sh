@@ -43,27 +43,66 @@ tests_in() { grep -v '^\s*\(#\|$\)' "$1"; }
 
 argv=()
 [ -s /srv/job/command ] && mapfile -d '' argv </srv/job/command
+# The host kills the node after its limit (run.sh's CALYX_NODE_TIMEOUT, in /srv/job/limit); the job
+# stops 90 s before that, so what hung is shown while the node can still tell.
+# (The host counts from the node's boot, as the node's uptime does.)
+limit=$(cat /srv/job/limit 2>/dev/null || echo 7200)
+deadline=$((limit - 90))
+job() {  # the command run.sh was given
+  if [ ${#argv[@]} -eq 0 ]; then
+    mapfile -t files < <(tests_in tests/node/suite)
+    echo "[node] node suite: ${files[*]}"
+    pytest -p no:cacheprovider "${files[@]}"
+  elif [ "${argv[0]}" = subset ]; then
+    mapfile -t files < <(tests_in tests/node/subset)
+    echo "[node] subset: ${files[*]}; critest --ginkgo.focus='$CRITEST_SUBSET'"
+    pytest -p no:cacheprovider "${files[@]}"
+    tests_rc=$?
+    python -m tests.node.critest --ginkgo.focus="$CRITEST_SUBSET"
+    critest_rc=$?
+    echo "[node] subset: pytest exited $tests_rc, critest $critest_rc"
+    [ "$tests_rc" -eq 0 ] && tests_rc=$critest_rc
+    (exit "$tests_rc")
+  elif [ "${argv[0]}" = critest ]; then
+    python -m tests.node.critest "${argv[@]:1}"
+  else
+    "${argv[@]}"
+  fi
+}
+
+# What runs when the job overstays: processes (state, kernel wait channel), the kernel stacks of those in
+# uninterruptible sleep, frozen cgroups, the last words of the kernel and of the node's Calyx.
+hung_report() {
+  echo "[node] the job ran past its deadline ($limit s of node time less 90 s): what runs now"
+  ps -eo pid,ppid,stat,etimes,wchan:32,args | grep -v ' \[[^]]*\]$'
+  for d in /proc/[0-9]*; do
+    [ "$(awk '{print $3}' "$d/stat" 2>/dev/null)" = D ] || continue
+    echo "[node] uninterruptible: ${d#/proc/} $(tr '\0' ' ' <"$d/cmdline")"
+    cat "$d/stack" 2>/dev/null
+  done
+  grep -rlx 'frozen 1' --include=cgroup.events /sys/fs/cgroup 2>/dev/null | sed 's/^/[node] frozen: /'
+  dmesg | tail -30
+  journalctl -b -u calyx.service --no-pager | tail -20
+}
+
 started=$(uptime_s)
-if [ ${#argv[@]} -eq 0 ]; then
-  mapfile -t files < <(tests_in tests/node/suite)
-  echo "[node] node suite: ${files[*]}"
-  pytest -p no:cacheprovider "${files[@]}"
-elif [ "${argv[0]}" = subset ]; then
-  mapfile -t files < <(tests_in tests/node/subset)
-  echo "[node] subset: ${files[*]}; critest --ginkgo.focus='$CRITEST_SUBSET'"
-  pytest -p no:cacheprovider "${files[@]}"
-  tests_rc=$?
-  python -m tests.node.critest --ginkgo.focus="$CRITEST_SUBSET"
-  critest_rc=$?
-  echo "[node] subset: pytest exited $tests_rc, critest $critest_rc"
-  [ "$tests_rc" -eq 0 ] && tests_rc=$critest_rc
-  (exit "$tests_rc")
-elif [ "${argv[0]}" = critest ]; then
-  python -m tests.node.critest "${argv[@]:1}"
-else
-  "${argv[@]}"
-fi
+set -m  # the job gets a process group of its own: all of it can be killed
+job &
+job_pid=$!
+set +m
+overstayed=
+while kill -0 "$job_pid" 2>/dev/null; do
+  if [ "$(cut -d. -f1 /proc/uptime)" -ge "$deadline" ]; then
+    overstayed=1
+    hung_report
+    kill -KILL -- "-$job_pid" 2>/dev/null
+    break
+  fi
+  sleep 2
+done
+wait "$job_pid"
 rc=$?
+[ -n "$overstayed" ] && rc=124
 echo "[node] exit status $rc after $(awk -v a="$started" -v b="$(uptime_s)" 'BEGIN {printf "%.0f", b - a}') s" \
   "(node up $(uptime_s) s)"
 echo "$rc" >"$status_port"

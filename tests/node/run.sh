@@ -111,6 +111,7 @@ if { [ "${1:-}" = critest ] || [ "${1:-}" = subset ]; } && [ -z "$critest" ]; th
   die "no critest binary: set CRITEST or put cri-tools' critest in ../shared/tools or on PATH"
 fi
 [ $# -gt 0 ] && printf '%s\0' "$@" >"$work/job/command" || : >"$work/job/command"
+echo "$limit" >"$work/job/limit"  # guest.sh stops the job a little before, to say what hung
 tar -C "$work/job" -cf "$work/job.tar" .
 rm -rf "$work/job"
 
@@ -152,6 +153,9 @@ tail_pid=
 status=$(tr -dc 0-9 <"$work/status")
 log "node ran $((SECONDS - boot_start)) s (image ready in $build_s s)"
 if [ -n "$timed_out" ]; then
+  log "the end of the node's console and of qemu's log:"
+  tail -40 "$work/console.log" >&2 || true
+  tail -20 "$work/qemu.log" >&2 || true
   exit 124
 fi
 if [ -z "$status" ]; then
