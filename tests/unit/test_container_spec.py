@@ -3,9 +3,7 @@ that it makes nothing (the dirs it names are made, and taken back, by CreateCont
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,6 +21,7 @@ from cri.containers.spec import (
     process_env,
 )
 from cri.containers.users import make_inside, resolve_user
+from tests.containers.harness import HostPod
 
 
 def cfg(**kw: object) -> pb.ContainerConfig:
@@ -134,24 +133,6 @@ def test_dirs_made_in_the_image_never_follow_links_out_of_it(tmp_path: Path) -> 
     assert (rootfs / "outside" / "deeper" / "file").is_file()
 
 
-@dataclass
-class PlainPod:
-    """A pod without namespaces of its own or files: what the builder reads of a PodView."""
-
-    id: str = "p" * 64
-    hostname: str = "h"
-    netns_path: str | None = None
-    ipc_ns_path: str | None = None
-    uts_ns_path: str | None = None
-    pid_ns_path: str | None = None
-    user_ns_path: str | None = None
-    namespace_options: dict[str, Any] = field(default_factory=lambda: {"network": "NODE"})
-    resolv_conf_path: str | None = None
-    hosts_path: str | None = None
-    hostname_path: str | None = None
-    linux: dict[str, Any] = field(default_factory=dict)
-
-
 def test_the_builder_makes_nothing_and_names_the_dirs_to_make(tmp_path: Path) -> None:
     rootfs = tmp_path / "rootfs"
     rootfs.mkdir()
@@ -171,7 +152,7 @@ def test_the_builder_makes_nothing_and_names_the_dirs_to_make(tmp_path: Path) ->
         config=config,
         image_config={"Volumes": {"/vol/one": {}, "relative": {}}},
         image_name="img",
-        pod=PlainPod(),
+        pod=HostPod(id="p" * 64, cgroup_parent="", log_directory=""),  # no namespaces, no files
         rootfs=rootfs,
         cgroups_path="/x",
         resources={},
