@@ -32,7 +32,7 @@ from critest.tools import find_tool, in_ci, where_looked
 
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected-failures.md"
-CRITEST_TIMEOUT_S = 30 * 60  # ginkgo's own bound on the whole run
+CRITEST_TIMEOUT_S = 10 * 60  # ginkgo's own bound on the whole run, ten times a run on a host (45-65 s)
 STOP_GRACE_S = 45  # ginkgo gives a spec 30 s of cleanup after an interrupt
 FAILURE = re.compile(r"^\[(FAIL|PANICKED!|TIMEDOUT|INTERRUPTED)\]")
 
