@@ -45,8 +45,7 @@ class Daemon:
     images: ImageManager
     pods: PodService
     containers: Containers
-    streaming: StreamingServer
-    stream_urls: StreamURLs
+    stream_urls: StreamURLs  # the streaming server (started by the runtime) behind Exec, Attach, PortForward
     stats: StatsService
 
 
@@ -114,4 +113,4 @@ def build_daemon(config: Config) -> Daemon:
         pod_cidr,
     )
     stream_urls = StreamURLs(streaming, containers.exits, pod_index)
-    return Daemon(config, runtime, events, statuses, images, pods, containers, streaming, stream_urls, stats)
+    return Daemon(config, runtime, events, statuses, images, pods, containers, stream_urls, stats)
