@@ -15,9 +15,10 @@ import signal
 import threading
 import time
 
+from calyx_base import failpoints
 from cri.api import api_pb2 as pb
 from cri.containers.deps import ContainerEvents
-from cri.containers.model import CREATED, EXITED, RUNNING, Container
+from cri.containers.model import CREATED, RUNNING, Container
 from cri.containers.monitors import Monitors
 from cri.containers.procinfo import alive
 from cri.containers.records import ContainerRecords
@@ -84,24 +85,24 @@ class ExitTracker:
         if not alive(c.conmon_pid, c.conmon_start) and not alive(c.pid, c.pid_start):
             with self.records.lock_of(c.id):
                 if c.state in (CREATED, RUNNING) and mon.exit_code(c.id, c.path) is None:
-                    c.state = EXITED
-                    c.exit_code = 255
-                    c.finished_at = time.time_ns()
-                    c.reason = "Error"
-                    c.message = "the container and its monitor are gone; the exit code is unknown"
+                    c.mark_exited(
+                        255,
+                        time.time_ns(),
+                        "Error",
+                        "the container and its monitor are gone; the exit code is unknown",
+                    )
                     self.records.persist(c)
                     self.events.container_changed(c, pb.CONTAINER_STOPPED_EVENT)
 
     def _mark_exited(self, c: Container, code: int, when_ns: int) -> None:
-        c.state = EXITED
-        c.exit_code = code
-        c.finished_at = max(when_ns, c.started_at or c.created_at)
+        failpoints.hit("container.exit_recording", container_id=c.id)
         if self._oom_killed(c, code):
-            c.reason = "OOMKilled"
+            reason = "OOMKilled"
         elif code == 0:
-            c.reason = "Completed"
+            reason = "Completed"
         else:
-            c.reason = "Error"
+            reason = "Error"
+        c.mark_exited(code, max(when_ns, c.started_at or c.created_at), reason)
         self.records.persist(c)
         log.info("container exited", extra={"container_id": c.id, "exit_code": code, "reason": c.reason})
         self.events.container_changed(c, pb.CONTAINER_STOPPED_EVENT)

@@ -20,7 +20,7 @@ from cri.containers import runc_errors, staging
 from cri.containers.create import CreateDeps, create_container
 from cri.containers.deps import ContainerEvents, PodLookup
 from cri.containers.exits import ExitTracker
-from cri.containers.model import CREATED, EXITED, REMOVING, RUNNING, Container
+from cri.containers.model import CREATED, REMOVING, RUNNING, Container
 from cri.containers.monitor import Monitor, signal_number, wait_monitor_gone
 from cri.containers.monitors import Monitors
 from cri.containers.procinfo import alive
@@ -92,11 +92,7 @@ class ContainerLifecycle:
                 mon.start(c.id)
                 failpoints.hit("container.after_start", container_id=c.id)
             except Exception as exc:
-                c.state = EXITED
-                c.exit_code = 128
-                c.finished_at = time.time_ns()
-                c.reason = "StartError"
-                c.message = str(exc)[-1000:]
+                c.mark_exited(128, time.time_ns(), "StartError", str(exc)[-1000:])
                 self.records.persist(c)
                 self.events.container_changed(c, pb.CONTAINER_STOPPED_EVENT)
                 with contextlib.suppress(Exception):
@@ -105,8 +101,7 @@ class ContainerLifecycle:
                 if why is not None:
                     raise FailedPrecondition(f"container {c.id} {why}", c.id) from exc
                 raise
-            c.state = RUNNING
-            c.started_at = time.time_ns()
+            c.mark_started(time.time_ns())
             self.records.persist(c)
             log.info("container started", extra={"container_id": c.id})
             # under the lock: STOPPED cannot overtake it

@@ -95,6 +95,21 @@ class Container:
     def rootfs(self) -> Path:
         return self.path / "rootfs"
 
+    # --- state changes ------------------------------------------------------------------------------
+    # Readers (status, list) take no lock once a container has left CREATED or RUNNING, so a change
+    # writes its fields first and the state last: nobody sees EXITED without its exit code and reason.
+
+    def mark_started(self, at_ns: int) -> None:
+        self.started_at = at_ns
+        self.state = RUNNING
+
+    def mark_exited(self, code: int, at_ns: int, reason: str, message: str = "") -> None:
+        self.exit_code = code
+        self.finished_at = at_ns
+        self.reason = reason
+        self.message = message
+        self.state = EXITED
+
     # --- protobuf fields kept as bytes --------------------------------------------------------------
 
     @property

@@ -22,7 +22,7 @@ from cri.containers import orphans, staging
 from cri.containers.deps import PodLookup
 from cri.containers.exits import ExitTracker
 from cri.containers.lifecycle import ContainerLifecycle
-from cri.containers.model import CREATED, CREATING, REMOVING, RUNNING, Container
+from cri.containers.model import CREATED, CREATING, REMOVING, Container
 from cri.containers.monitors import Monitors
 from cri.containers.records import ContainerRecords
 from sandbox import mounts, shm
@@ -100,8 +100,7 @@ class ContainerRecovery:
         """A crash between ``runc start`` and recording it leaves a CREATED record of a running container."""
         state = self.monitors.of(c).state(c.id)
         if state and state.get("status") == "running":
-            c.state = RUNNING
-            c.started_at = c.started_at or time.time_ns()
+            c.mark_started(c.started_at or time.time_ns())
             self.records.persist(c)
             log.info("container found started", extra={"container_id": c.id})
 
