@@ -5,14 +5,15 @@ resolv.conf allows (timeout x attempts x nameservers: minutes), past any pull's 
 on a few shared daemon threads instead and the caller waits only for its time left; a lookup still
 hanging then holds its pool thread, not the caller. However many pulls ask a dead resolver, it holds at
 most ``workers`` threads (the rest wait in the queue, and are dropped there once their caller gave up),
-and the threads never keep the daemon from exiting. A name the hosts file names (a registry mirror
-listed there, say) is answered from that file in the caller's thread: it never waits behind lookups
-stuck on a dead nameserver.
+and the threads never keep the daemon from exiting. When nsswitch.conf has the hosts file asked
+before DNS (Debian's ``hosts: files dns``), a name that file lists (a registry mirror, say) is answered
+from it in the caller's thread: it never waits behind lookups stuck on a dead nameserver.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from calyx_base.workers import Workers
 WORKERS = 4  # lookups in flight at once; a dead nameserver holds each for minutes
 THREAD_NAME = "resolver"
 HOSTS_FILE = Path("/etc/hosts")
+NSSWITCH_FILE = Path("/etc/nsswitch.conf")
 
 
 @dataclass(eq=False)
@@ -38,11 +40,14 @@ class _Lookup:
 
 class Resolver:
     """getaddrinfo on a bounded pool of daemon threads (calyx_base/workers.py), started as lookups need
-    them; names in ``hosts_file`` are answered from it without the pool."""
+    them; names in ``hosts_file`` are answered from it without the pool when ``nsswitch_file`` has
+    that file asked first, as getaddrinfo would."""
 
-    def __init__(self, workers: int = WORKERS, hosts_file: Path = HOSTS_FILE) -> None:
+    def __init__(
+        self, workers: int = WORKERS, hosts_file: Path = HOSTS_FILE, nsswitch_file: Path = NSSWITCH_FILE
+    ) -> None:
         self._pool = Workers(THREAD_NAME, workers)
-        self._hosts_file = hosts_file
+        self._hosts_file = hosts_file if hosts_file_first(nsswitch_file) else None
 
     @property
     def threads(self) -> int:
@@ -52,10 +57,11 @@ class Resolver:
         """The addresses of ``host`` for a TCP connection to ``port``, in getaddrinfo's order (IPv6 ones
         with their zone). TimeoutError once ``timeout`` seconds have passed without an answer; the
         resolver's own error (socket.gaierror) if it has none. A name the hosts file lists gets that
-        file's addresses, in its order, at once."""
-        listed = _addresses(hosts_file_addresses(self._hosts_file, host), port)
-        if listed:
-            return listed
+        file's addresses, in its order, at once (if it is asked first)."""
+        if self._hosts_file is not None:
+            listed = _addresses(hosts_file_addresses(self._hosts_file, host), port)
+            if listed:
+                return listed
         lookup = _Lookup(host, port)
         self._pool.submit(lambda: self._answer(lookup))
         if not lookup.done.wait(timeout):
@@ -80,6 +86,24 @@ class Resolver:
             lookup.error = exc
             return
         lookup.addresses = _unique(found)
+
+
+def hosts_file_first(nsswitch_file: Path) -> bool:
+    """Whether glibc asks the hosts file (``files``) before DNS, per the ``hosts:`` line of
+    ``nsswitch_file``; ``[...]`` actions are skipped. Without that file or line glibc asks DNS first."""
+    try:
+        text = nsswitch_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        database, sep, sources = line.split("#", 1)[0].partition(":")
+        if not sep or database.strip() != "hosts":
+            continue
+        names = re.sub(r"\[[^]]*\]", " ", sources).split()
+        if "files" not in names:
+            return False
+        return "dns" not in names or names.index("files") < names.index("dns")
+    return False
 
 
 def hosts_file_addresses(hosts_file: Path, host: str) -> list[str]:

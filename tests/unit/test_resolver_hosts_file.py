@@ -1,12 +1,13 @@
 """Names the hosts file lists are answered from it in the caller's thread (cri/images/resolver.py): no
 lookup thread is started for them, so lookups stuck on a dead nameserver cannot hold them up
-(tests/e2e/test_hostile_resolver.py shows that against a nameserver that never answers)."""
+(tests/e2e/test_hostile_resolver.py shows that against a nameserver that never answers). Only when
+nsswitch.conf has that file asked before DNS, as getaddrinfo would."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cri.images.resolver import Resolver, hosts_file_addresses
+from cri.images.resolver import Resolver, hosts_file_addresses, hosts_file_first
 
 HOSTS = """\
 # a registry mirror, with aliases
@@ -19,10 +20,16 @@ fe80::7%lo mirror.invalid-calyx.test
 """
 
 
+def files_first(tmp_path: Path) -> Path:
+    nsswitch = tmp_path / "nsswitch.conf"
+    nsswitch.write_text("passwd: files\nhosts:          files dns\n")
+    return nsswitch
+
+
 def test_a_listed_name_gets_the_files_addresses_in_order_without_a_lookup_thread(tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text(HOSTS)
-    resolver = Resolver(hosts_file=hosts)
+    resolver = Resolver(hosts_file=hosts, nsswitch_file=files_first(tmp_path))
     # Any case, as a name or an alias; a line whose address is not one is skipped; each address once.
     assert resolver.resolve("mirror.invalid-calyx.test", 5000, 1) == ["10.1.2.3", "fe80::7%1"]
     assert resolver.resolve("mirror-alias", 5000, 1) == ["10.1.2.3"]
@@ -35,8 +42,37 @@ def test_a_name_the_file_does_not_list_is_looked_up_on_the_pool(tmp_path: Path) 
     hosts = tmp_path / "hosts"
     hosts.write_text("10.1.2.3 mirror.invalid-calyx.test\n")
     # localhost from the host's own resolver (its /etc/hosts): asked on a lookup thread, as before.
-    listed = Resolver(hosts_file=hosts)
+    listed = Resolver(hosts_file=hosts, nsswitch_file=files_first(tmp_path))
     assert "127.0.0.1" in listed.resolve("localhost", 5000, 30) and listed.threads == 1
-    missing = Resolver(hosts_file=tmp_path / "nosuch")
+    missing = Resolver(hosts_file=tmp_path / "nosuch", nsswitch_file=files_first(tmp_path))
     assert "127.0.0.1" in missing.resolve("localhost", 5000, 30)
     assert missing.threads == 1
+
+
+def test_the_file_is_asked_first_only_where_nsswitch_says_so(tmp_path: Path) -> None:
+    nsswitch = tmp_path / "nsswitch.conf"
+    cases = {
+        "hosts: files dns\n": True,
+        "hosts: files mdns4_minimal [NOTFOUND=return] dns myhostname\n": True,
+        "hosts: files\n": True,
+        "hosts: dns files\n": False,
+        "hosts: dns [!UNAVAIL=return] files\n": False,
+        "hosts: mymachines resolve [!UNAVAIL=return] myhostname\n": False,
+        "# hosts: files dns\nhosts: dns files\n": False,
+        "passwd: files\n": False,
+    }
+    for text, first in cases.items():
+        nsswitch.write_text(text)
+        assert hosts_file_first(nsswitch) is first, text
+    assert hosts_file_first(tmp_path / "nosuch") is False
+
+
+def test_with_dns_asked_first_a_listed_name_is_looked_up_on_the_pool(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.1.2.3 localhost\n")
+    nsswitch = tmp_path / "nsswitch.conf"
+    nsswitch.write_text("hosts: dns files\n")
+    resolver = Resolver(hosts_file=hosts, nsswitch_file=nsswitch)
+    # the host's resolver answers, not the file given: not 10.1.2.3, and from a lookup thread
+    found = resolver.resolve("localhost", 5000, 30)
+    assert "10.1.2.3" not in found and resolver.threads == 1
