@@ -2,7 +2,7 @@
 
 kubelet's expectations: a host path that is a symlink is resolved (the bind follows it anyway, but the
 propagation checks must look at the real path); a missing host path is created as a directory (by
-CreateContainer's preparation, ``make_host_path``: the spec builder only names it);
+CreateContainer's preparation, ``host_path_ready``: the spec builder only names it);
 HOST_TO_CONTAINER (rslave) needs the host path on a shared or slave mount, BIDIRECTIONAL (rshared) on
 a shared one, otherwise mounts made on the host would silently never show up inside.
 """
@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ def real_host_path(host_path: str) -> str | None:
 
 def host_source(host_path: str) -> str:
     """The real host path to bind: symlinks resolved; a missing path named as it will be once
-    ``make_host_path`` has made it a directory (nothing is made here)."""
+    ``host_path_ready`` has made it a directory (nothing is made here)."""
     if not host_path or not host_path.startswith("/"):
         raise InvalidArgument(f"mount host path {host_path!r} must be absolute")
     path = Path(host_path)
@@ -39,10 +42,47 @@ def host_source(host_path: str) -> str:
     return os.path.realpath(host_path)
 
 
-def make_host_path(host_path: str) -> list[Path]:
-    """Make a missing ``host_path`` a directory, as kubelet expects; the dirs made, deepest first, so
-    that a create that fails can take them back (``remove_made``)."""
+# The host paths creates in flight need, by how many of them: a create that fails takes back the dirs
+# it made only where no other create still needs them (one that found them made meanwhile). Process-wide,
+# as the host's filesystem is; a lock orders the making, the claims and the removals.
+_claims_lock = threading.Lock()
+_claims: Counter[Path] = Counter()
+
+
+@contextlib.contextmanager
+def host_path_ready(host_path: str) -> Iterator[list[Path]]:
+    """Make a missing ``host_path`` a directory, as kubelet expects, and hold it for the create in the
+    ``with``; yields the dirs made, deepest first. If the create fails (an exception leaves the
+    ``with``) they go again, except one another create in flight needs or something was put in."""
     path = Path(host_path)
+    with _claims_lock:
+        made = make_host_path(path)
+        _claims[path] += 1
+    try:
+        yield made
+    except BaseException:
+        with _claims_lock:
+            _unclaim(path)
+            remove_made([p for p in made if not _needed(p)])
+        raise
+    else:
+        with _claims_lock:
+            _unclaim(path)
+
+
+def _unclaim(path: Path) -> None:
+    _claims[path] -= 1
+    if not _claims[path]:
+        del _claims[path]
+
+
+def _needed(path: Path) -> bool:
+    """Whether a create in flight needs ``path``: it or a path under it is claimed."""
+    return any(claimed == path or claimed.is_relative_to(path) for claimed in _claims)
+
+
+def make_host_path(path: Path) -> list[Path]:
+    """Make a missing ``path`` a directory; the dirs made, deepest first."""
     if path.exists() or path.is_symlink():
         return []
     missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]

@@ -90,7 +90,8 @@ def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerConfig) 
     with (
         deps.records.reserve_name(c.pod_id, c.name, c.attempt, c.id),
         deps.records.hold_images(c.id, plan.image_ids),
-        contextlib.ExitStack() as undo,
+        contextlib.ExitStack() as held,  # until the create ends, either way
+        contextlib.ExitStack() as undo,  # only if it fails, first
     ):
         _confirm_images(deps, plan)
         _record_intent(deps, plan, undo)
@@ -98,7 +99,7 @@ def create_container(deps: CreateDeps, pod_id: str, config: pb.ContainerConfig) 
         _mount_rootfs(plan, undo)
         volume_sources = _stage_image_volumes(plan, undo)
         built = _build_spec(deps, plan, volume_sources)
-        _make_dirs(plan, built, undo)
+        _make_dirs(plan, built, held)
         _stage_idmapped(plan, built, undo)
         _prepare_paths(plan, built, undo)
         _write_bundle(plan, built)
@@ -306,16 +307,15 @@ def _build_spec(deps: CreateDeps, plan: Plan, volume_sources: dict[int, str]) ->
     return built
 
 
-def _make_dirs(plan: Plan, built: oci.BuiltSpec, undo: contextlib.ExitStack) -> None:
+def _make_dirs(plan: Plan, built: oci.BuiltSpec, held: contextlib.ExitStack) -> None:
     """The dirs the spec names (the builder makes nothing): those of the rootfs go with the container
-    dir, the host paths this create made go again if it fails. Before the idmapped staging, which binds
-    the host paths."""
+    dir; the host paths are held until the create ends, and those it made go again if it fails and no
+    other create needs them (binds.host_path_ready). Before the idmapped staging, which binds the host
+    paths."""
     for path in built.rootfs_dirs:
         make_inside(plan.container.rootfs, path)
     for host_path in built.host_dirs:
-        made = binds.make_host_path(host_path)
-        if made:
-            undo.callback(binds.remove_made, made)
+        held.enter_context(binds.host_path_ready(host_path))
 
 
 def _stage_idmapped(plan: Plan, built: oci.BuiltSpec, undo: contextlib.ExitStack) -> None:

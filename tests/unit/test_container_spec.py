@@ -3,6 +3,7 @@ that it makes nothing (the dirs it names are made, and taken back, by CreateCont
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from calyx_base.errors import InvalidArgument
 from cri.api import api_pb2 as pb
 from cri.containers import capabilities as caps
-from cri.containers.binds import make_host_path, remove_made
+from cri.containers.binds import host_path_ready, make_host_path, remove_made
 from cri.containers.seccomp_default import default_profile
 from cri.containers.spec import (
     SpecInputs,
@@ -168,14 +169,58 @@ def test_the_builder_makes_nothing_and_names_the_dirs_to_make(tmp_path: Path) ->
 
 def test_a_made_host_path_is_taken_back_down_to_what_was_there(tmp_path: Path) -> None:
     (tmp_path / "kept").mkdir()
-    made = make_host_path(str(tmp_path / "kept" / "made" / "deeper"))
+    made = make_host_path(tmp_path / "kept" / "made" / "deeper")
     assert made == [tmp_path / "kept" / "made" / "deeper", tmp_path / "kept" / "made"]
     assert (tmp_path / "kept" / "made" / "deeper").is_dir()
-    assert make_host_path(str(tmp_path / "kept" / "made" / "deeper")) == []
+    assert make_host_path(tmp_path / "kept" / "made" / "deeper") == []
     remove_made(made)
     assert list((tmp_path / "kept").iterdir()) == []
     # one something was put in stays, with the dirs above it
-    made = make_host_path(str(tmp_path / "kept" / "used" / "dir"))
+    made = make_host_path(tmp_path / "kept" / "used" / "dir")
     (tmp_path / "kept" / "used" / "dir" / "file").write_text("x")
     remove_made(made)
     assert (tmp_path / "kept" / "used" / "dir" / "file").is_file()
+
+
+class CreateFailed(Exception):
+    pass
+
+
+def fail(create: AbstractContextManager[list[Path]]) -> None:
+    """End ``create``'s hold as a create that failed does (the error passes on)."""
+    assert not create.__exit__(CreateFailed, CreateFailed(), None)
+
+
+def test_a_failed_create_leaves_the_host_dirs_another_create_in_flight_needs(tmp_path: Path) -> None:
+    top = tmp_path / "made"
+    shared, beside = top / "shared", top / "beside"
+    # A makes top/shared; B finds it made and needs it; A fails: it stays for B, and after B.
+    a = host_path_ready(str(shared))
+    assert a.__enter__() == [shared, top]
+    with host_path_ready(str(shared)) as b_made:
+        assert b_made == []
+        fail(a)
+        assert shared.is_dir()
+    assert shared.is_dir()
+    shared.rmdir()
+    top.rmdir()
+
+    # A makes top/shared and top; B makes top/beside only; A fails: shared goes, top stays (B needs
+    # what is under it); then B fails too: beside goes, top (A's) stays, which is what containerd leaves.
+    a = host_path_ready(str(shared))
+    assert a.__enter__() == [shared, top]
+    b = host_path_ready(str(beside))
+    assert b.__enter__() == [beside]
+    fail(a)
+    assert not shared.exists() and beside.is_dir()
+    fail(b)
+    assert not beside.exists() and top.is_dir()
+    top.rmdir()
+
+    # Alone, a failed create takes back all it made; a create that succeeds keeps them.
+    with pytest.raises(CreateFailed), host_path_ready(str(shared)):
+        raise CreateFailed
+    assert not top.exists()
+    with host_path_ready(str(shared)):
+        pass
+    assert shared.is_dir()
