@@ -42,20 +42,24 @@ def _stop_signal(name: str) -> int:
 
 
 def to_status(c: Container) -> pb.ContainerStatus:
+    """The state is read once, first, and the exit shown only with an exited state: an exit being
+    recorded meanwhile (model.mark_exited writes its fields, then the state) shows whole or not at all."""
+    state = PB_STATE[c.state]
+    exited = state == pb.CONTAINER_EXITED
     config = c.config
     return pb.ContainerStatus(
         id=c.id,
         metadata=pb.ContainerMetadata(name=c.name, attempt=c.attempt),
-        state=PB_STATE[c.state],
+        state=state,
         created_at=c.created_at,
         started_at=c.started_at,
-        finished_at=c.finished_at,
-        exit_code=c.exit_code,
+        finished_at=c.finished_at if exited else 0,
+        exit_code=c.exit_code if exited else 0,
         image=image_spec(c),
         image_ref=c.image_ref,
         image_id=c.image_id,
-        reason=c.reason,
-        message=c.message,
+        reason=c.reason if exited else "",
+        message=c.message if exited else "",
         labels=c.labels,
         annotations=c.annotations,
         mounts=_mounts(c, config),
