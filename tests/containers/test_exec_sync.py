@@ -64,12 +64,15 @@ def test_a_background_writer_does_not_hold_the_reply_and_dies_with_its_pipe(harn
     pod = harness.pod()
     cid = harness.run(pod, "bg", ["sleep", "1000"])
     marker = "bgwriter-" + cid[:8]
-    script = f"sh -c 'sleep 1; while :; do echo more; sleep 0.05; done' {marker} & echo started; exit 4"
+    go = f"/tmp/go-{marker}"
+    writer = f"until [ -e {go} ]; do sleep 0.05; done; while :; do echo more; sleep 0.05; done"
+    script = f"sh -c '{writer}' {marker} & echo started; exit 4"
     result = _run(harness, cid, ["sh", "-c", script])
     assert result.exit_code == 4
     assert result.stdout.startswith(b"started\n")
-    assert processes_with(marker)  # still there: it has not written yet
-    # nobody reads its stdout any more: its next write ends it (SIGPIPE)
+    assert processes_with(marker)  # still there: it writes only once told to
+    assert _run(harness, cid, ["touch", go]).exit_code == 0
+    # nobody reads its stdout any more: its first write ends it (SIGPIPE)
     assert wait_gone(marker) == []
 
 
