@@ -35,8 +35,9 @@ def test_a_status_read_while_an_exit_is_recorded_shows_the_whole_exit(
     cx = Cx(net, image_registry, logs)
     try:
         pod = cx.pod()
-        # it outlives StartContainer, whose own look at the exit would otherwise be the one held
-        cid = cx.run(pod, "quits", ["sh", "-c", "sleep 2; exit 3"])
+        # it quits once told, after StartContainer, whose own look at the exit would be the one held
+        cid = cx.run(pod, "quits", ["sh", "-c", "until [ -e /tmp/go ]; do sleep 0.05; done; exit 3"])
+        cx.output(cid, "touch", "/tmp/go")
         wait_for(lambda: (held / f"{STEP}.reached").exists(), "the exit to be recorded", timeout=60)
         threading.Timer(1.0, release.touch).start()
         st = cx.status(cid).status

@@ -27,8 +27,9 @@ def test_unfiltered_lists_follow_every_change(cx: Cx) -> None:
     assert _pods(cx) == {pod[0]: pb.SANDBOX_READY}
 
     # Exits on its own: no RPC changes it, the next listing must see it.
-    brief = cx.run(pod, "brief", ["sh", "-c", "sleep 2; exit 3"])
+    brief = cx.run(pod, "brief", ["sh", "-c", "until [ -e /tmp/go ]; do sleep 0.05; done; exit 3"])
     assert _containers(cx)[brief] == pb.CONTAINER_RUNNING
+    cx.output(brief, "touch", "/tmp/go")
     deadline = time.monotonic() + 60
     while _containers(cx)[brief] != pb.CONTAINER_EXITED:
         assert time.monotonic() < deadline, "the exit never showed in ListContainers"
