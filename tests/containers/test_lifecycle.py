@@ -10,6 +10,7 @@ from calyx_base.errors import AlreadyExists, DeadlineExceeded
 from cri.api import api_pb2 as pb
 from cri.containers.model import CREATED, EXITED, RUNNING
 from tests.containers.harness import Harness
+from tests.waiting import wait_for
 
 
 def wait_state(h: Harness, cid: str, state: str, timeout: float = 20.0) -> None:
@@ -57,8 +58,11 @@ def test_stop_escalates_to_sigkill_and_is_idempotent(harness: Harness) -> None:
 
 def test_stop_signal_ends_a_container_that_handles_it(harness: Harness) -> None:
     pod = harness.pod()
-    cid = harness.run(pod, "polite", ["sh", "-c", "trap 'exit 42' TERM; while true; do sleep 0.1; done"])
-    time.sleep(0.3)  # let the shell install its trap
+    script = "trap 'exit 42' TERM; touch /tmp/ready; while true; do sleep 0.1; done"
+    cid = harness.run(pod, "polite", ["sh", "-c", script])
+    # PID 1 ignores a SIGTERM that comes before its trap is set: stop only once the shell says it is
+    ready = harness.containers.exits.get(cid).rootfs / "tmp" / "ready"
+    wait_for(ready.exists, "the shell to set its trap")
     harness.containers.lifecycle.stop(cid, 30)
     assert harness.containers.exits.get(cid).exit_code == 42
 
