@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from calyx_base.errors import DeadlineExceeded
+from cri.containers import monitor as monitor_module
 from cri.containers.monitor import Monitor
 
 STAND_IN = """#!/bin/sh
@@ -35,7 +38,30 @@ def _gone(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 :].startswith(("Z", "X"))
 
 
-def test_a_conmon_that_does_not_answer_is_killed_with_its_children(tmp_path: Path) -> None:
+class _ClockPastDeadlineOnce:
+    """The monitor's ``time``: the real one, but ``monotonic`` jumps far ahead once ``happened`` holds, so
+    a create's deadline passes at that event however slow the host is, not at a wall-clock moment."""
+
+    def __init__(self, happened: Callable[[], bool]) -> None:
+        self.happened = happened
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def monotonic(self) -> float:
+        return time.monotonic() + (10**6 if self.happened() else 0)
+
+
+def _written(path: Path) -> bool:
+    try:
+        return path.read_text().endswith("\n")
+    except OSError:
+        return False
+
+
+def test_a_conmon_that_does_not_answer_is_killed_with_its_children(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conmon = tmp_path / "conmon"
     conmon.write_text(STAND_IN)
     conmon.chmod(0o755)
@@ -43,10 +69,14 @@ def test_a_conmon_that_does_not_answer_is_killed_with_its_children(tmp_path: Pat
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     cid = secrets.token_hex(32)
+    files = [bundle / name for name in ("conmon.pid", "conmon.pid.child")]
+    # The create times out once the stand-in has written its pid files, as a hung conmon has: with a
+    # 1 s deadline a slow host timed it out before, and nothing said which processes to kill.
+    monkeypatch.setattr(monitor_module, "time", _ClockPastDeadlineOnce(lambda: all(map(_written, files))))
     with pytest.raises(DeadlineExceeded):
-        monitor.create(cid, bundle, bundle, str(tmp_path / "c.log"), False, False, False, timeout=1.0)
-    pids = [int((bundle / name).read_text()) for name in ("conmon.pid", "conmon.pid.child")]
-    deadline = time.monotonic() + 10
+        monitor.create(cid, bundle, bundle, str(tmp_path / "c.log"), False, False, False, timeout=600)
+    pids = [int(path.read_text()) for path in files]
+    deadline = time.monotonic() + 60
     while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert all(_gone(pid) for pid in pids), pids
