@@ -93,14 +93,15 @@ def test_events_of_a_pod_and_its_containers_with_statuses_in_order(cx: Cx, subsc
     assert event.containers_statuses[0].id == keeper
     assert event.containers_statuses[0].state == pb.CONTAINER_RUNNING
 
-    quitter = cx.create(
-        (pod_id, pod_cfg), cx.config("quitter", ["sh", "-c", "sleep 0.3; exit 3"], image=image)
-    )
+    quits = ["sh", "-c", "until [ -e /tmp/go ]; do sleep 0.05; done; exit 3"]
+    quitter = cx.create((pod_id, pod_cfg), cx.config("quitter", quits, image=image))
     event = subscriber.next_for(quitter, CREATED)
     assert statuses(event)[quitter].state == pb.CONTAINER_CREATED
     assert statuses(event)[keeper].state == pb.CONTAINER_RUNNING  # the pod's other container is listed
     cx.start(quitter)
-    # No RPC touches the quitter now: only the daemon's exit watcher can produce this event.
+    # It exits once told, after StartContainer (which would otherwise see a quick exit itself), and no
+    # lifecycle RPC touches it: only the daemon's exit watcher can produce this event.
+    cx.output(quitter, "touch", "/tmp/go")
     stopped = subscriber.next_for(quitter, STOPPED)
     own = stopped.containers_statuses[0]
     assert (own.id, own.state, own.exit_code, own.reason) == (quitter, pb.CONTAINER_EXITED, 3, "Error")
