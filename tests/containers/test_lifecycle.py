@@ -108,8 +108,12 @@ def test_oom_kill_is_reported(harness: Harness) -> None:
 
 def test_exit_is_recorded_without_anyone_asking(harness: Harness) -> None:
     pod = harness.pod()
-    cid = harness.run(pod, "quick", ["sh", "-c", "exit 4"])
-    deadline = time.monotonic() + 20
+    cid = harness.run(pod, "quick", ["sh", "-c", "until [ -e /tmp/go ]; do sleep 0.05; done; exit 4"])
+    # it exits once told, after start (whose own look at the exit would otherwise record a quick one),
+    # and nothing asks about it afterwards (a lookup picks the exit up too): the watcher must
+    rootfs = harness.containers.exits.get(cid).rootfs
+    (rootfs / "tmp" / "go").touch()
+    deadline = time.monotonic() + 60
     while (harness.store.get("container", cid) or {}).get("state") != EXITED:
         assert time.monotonic() < deadline, "the exit watcher did not record the exit"
         time.sleep(0.05)
