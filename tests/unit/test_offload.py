@@ -96,7 +96,14 @@ def test_a_cancelled_callers_running_call_is_discarded_on_a_worker_and_a_queued_
 
     asyncio.run(main())
     assert poll.until(lambda: len(discarded) == 2, 30)
-    time.sleep(0.2)  # the queued call's turn has come and gone
+    # The queued call's turn has come and gone once both workers are in later calls at the same time:
+    # jobs are taken in order, each finished before the next is taken.
+    both = threading.Barrier(2, timeout=60)
+
+    async def later() -> None:
+        await asyncio.gather(offload.run(both.wait), offload.run(both.wait))
+
+    asyncio.run(later())
     assert sorted(n for n, _ in discarded) == sorted(started) and 2 not in started
     assert all(name.startswith(offload.name) for _, name in discarded)
 
@@ -135,7 +142,13 @@ def test_every_result_is_returned_or_discarded_exactly_once_whenever_the_caller_
     try:
         asyncio.run(main())
         assert poll.until(lambda: len(returned) + len(discarded) == len(made), 30)
-        time.sleep(0.1)
+        # a discard queued late (a second one, say) has run once every worker is in a later call at once
+        every = threading.Barrier(offload.workers, timeout=60)
+
+        async def later() -> None:
+            await asyncio.gather(*(offload.run(every.wait) for _ in range(offload.workers)))
+
+        asyncio.run(later())
         ids = [id(t) for t in returned + discarded]
         assert len(set(ids)) == len(ids) == len(made)
         assert returned and discarded  # both outcomes happened, or the test proved nothing
