@@ -49,7 +49,7 @@ def processes_with(argument: str) -> list[int]:
     return found
 
 
-def wait_running(argument: str, timeout: float = 30.0) -> list[int]:
+def wait_running(argument: str, timeout: float = 60.0) -> list[int]:
     """Wait until some process has ``argument`` (see processes_with); fails the test at the timeout."""
     deadline = time.monotonic() + timeout
     while not (found := processes_with(argument)):
@@ -58,7 +58,7 @@ def wait_running(argument: str, timeout: float = 30.0) -> list[int]:
     return found
 
 
-def wait_gone(argument: str, timeout: float = 20.0) -> list[int]:
+def wait_gone(argument: str, timeout: float = 60.0) -> list[int]:
     """Wait until no process has ``argument`` (see processes_with); what is left at the timeout."""
     deadline = time.monotonic() + timeout
     while (left := processes_with(argument)) and time.monotonic() < deadline:

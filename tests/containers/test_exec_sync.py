@@ -42,7 +42,7 @@ def _run(
 def test_runc_finding_the_container_stopped_is_failed_precondition(harness: Harness) -> None:
     pod = harness.pod()
     cid = harness.run(pod, "brief", ["true"])
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while harness.containers.exits.get(cid).state != EXITED:
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -152,4 +152,4 @@ def test_a_cancel_before_runc_has_started_the_process_still_kills_it(harness: Ha
             _run(harness, cid, ["sh", "-c", f"sleep {marker}; true"], timeout_s=0, cancel=cancel)
     finally:
         cancel.close()
-    assert wait_gone(marker, timeout=5) == []
+    assert wait_gone(marker) == []

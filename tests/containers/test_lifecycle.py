@@ -13,7 +13,7 @@ from tests.containers.harness import Harness
 from tests.waiting import wait_for
 
 
-def wait_state(h: Harness, cid: str, state: str, timeout: float = 20.0) -> None:
+def wait_state(h: Harness, cid: str, state: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while h.containers.exits.get(cid).state != state:
         assert time.monotonic() < deadline, f"container never reached {state}"
@@ -85,7 +85,7 @@ def test_restart_adopts_running_containers_and_exits_while_down(harness: Harness
     harness.stop()
     # While no containers subsystem runs, one container exits on its own; conmon records its exit code.
     (ends_c.rootfs / "tmp" / "go").touch()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while mon.exit_code(ends) is None:
         assert time.monotonic() < deadline, "container did not exit"
         time.sleep(0.05)

@@ -363,7 +363,7 @@ def detached(argv):  # outlives this snippet; must not hold its stdout/stderr pi
 
 def inside(systemd: NamespacedSystemd, code: str) -> Any:
     """Run driver code inside the test systemd; its last output line is JSON."""
-    done = systemd.python(PRELUDE + textwrap.dedent(code), timeout=30)
+    done = systemd.python(PRELUDE + textwrap.dedent(code), timeout=120)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -706,9 +706,8 @@ def test_runc_systemd_cgroup_scope_in_a_pod_slice(
             import time
             pids = driver.pids({cid!r}, {parent!r})
             count = driver.kill_all({cid!r}, {parent!r})
-            for _ in range(500):
-                if not driver.pids({cid!r}, {parent!r}):
-                    break
+            deadline = time.monotonic() + 60
+            while driver.pids({cid!r}, {parent!r}) and time.monotonic() < deadline:
                 time.sleep(0.01)
             out([pids, count, driver.pids({cid!r}, {parent!r})])
             """,
@@ -846,7 +845,7 @@ def test_the_test_systemd_dies_with_its_test_process_and_its_cgroups_are_reclaim
     pid1, dirs = owner.stdout.readline().split(" ", 1)
     owner.kill()
     owner.wait(10)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while Path(f"/proc/{pid1}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     outlived = Path(f"/proc/{pid1}").exists()

@@ -208,11 +208,11 @@ def test_garbage_requests_get_a_status_and_do_not_hurt_the_daemon(daemon: Daemon
                 if method.server_streaming:
                     call = raw.unary_stream(path, request_serializer=None, response_deserializer=None)
                     with pytest.raises(grpc.RpcError) as err:
-                        list(call(payload, timeout=10))
+                        list(call(payload, timeout=60))
                 else:
                     call = raw.unary_unary(path, request_serializer=None, response_deserializer=None)
                     with pytest.raises(grpc.RpcError) as err:
-                        call(payload, timeout=10)
+                        call(payload, timeout=60)
                 assert err.value.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT)
     assert daemon.runtime.Version(pb.VersionRequest()).runtime_name == "calyx"
     assert daemon.proc is not None and daemon.proc.poll() is None

@@ -425,7 +425,7 @@ def test_cni_plugin_hanging_then_daemon_killed_is_undone_at_restart(
             net.daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config()), timeout=5)
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         pid_file = bin_dir / "hanging.pid"
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while not pid_file.exists():
             assert time.monotonic() < deadline, "the plugin never ran"
             time.sleep(0.05)

@@ -408,7 +408,7 @@ def test_pid_holder_dying_while_the_daemon_runs_stops_the_pod(builtin_net) -> No
         if round == 1:
             net.daemon.restart()  # the second holder is watched by the restarted daemon (from recovery)
         os.kill(info(net.daemon, pod_id)["pidHolder"], 9)
-        deadline = time.monotonic() + 30  # waiting for the event, not asserting a duration
+        deadline = time.monotonic() + 60  # waiting for the event, not asserting a duration
         while status(net.daemon, pod_id).status.state != pb.SANDBOX_NOTREADY and time.monotonic() < deadline:
             time.sleep(0.05)
         assert status(net.daemon, pod_id).status.state == pb.SANDBOX_NOTREADY

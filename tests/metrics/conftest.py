@@ -21,7 +21,8 @@ V1_ROOT = Path("/sys/fs/cgroup")
 
 
 def _rmdir_when_empty(path: Path) -> None:
-    for _ in range(100):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         try:
             path.rmdir()
             return
