@@ -22,7 +22,8 @@ from tests.image_fixtures import LoopbackRegistry
 from tests.net_fixtures import CNI_BIN, Net, pod_config, run_pod, stop_remove
 from tests.reaper import reap
 
-TIMEOUT_S = 5  # long enough for Debian's bridge plugin on a loaded machine, short for the test
+TIMEOUT_S = 10  # long enough for the bridge plugin (its iptables waits for the xtables lock) and a python
+# plugin to start on a loaded machine; each hang costs the test this long
 
 # A plugin that, for the command named in its "hang" file (ADD or DEL), starts a helper in a session of
 # its own (so outside the plugin's process group) that starts a grandchild, records the three pids and
@@ -78,8 +79,8 @@ def _gone(pid: int) -> bool:
 
 
 def _wait_gone(pids: list[int]) -> list[int]:
-    """Pids still running once they had 30 s to die (SIGKILL takes effect at once; this is slack)."""
-    deadline = time.monotonic() + 30
+    """Pids still running once they had 60 s to die (SIGKILL takes effect at once; this is slack)."""
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not all(_gone(p) for p in pids):
         time.sleep(0.05)
     return [p for p in pids if not _gone(p)]
