@@ -44,10 +44,11 @@ class Subscriber:
         except grpc.RpcError:
             pass
 
-    def next_for(self, object_id: str, event_type: int) -> pb.ContainerEventResponse:
-        """Read events (keeping them all) until ``object_id`` has an event of ``event_type``."""
+    def next_for(self, object_id: str, event_type: int, wait: float = WAIT) -> pb.ContainerEventResponse:
+        """Read events (keeping them all) until ``object_id`` has an event of ``event_type``; queue.Empty
+        when none came for ``wait`` seconds."""
         while True:
-            event = self.queue.get(timeout=WAIT)
+            event = self.queue.get(timeout=wait)
             self.seen.append(event)
             if event.container_id == object_id and event.container_event_type == event_type:
                 return event
@@ -69,6 +70,25 @@ def subscriber(cx: Cx) -> Iterator[Subscriber]:
         sub.close()
 
 
+def wait_subscribed(cx: Cx, subscriber: Subscriber, stalled: Any) -> None:
+    """A stream's handler subscribes when the daemon's thread gets to it, on a loaded host maybe after a
+    pod made right after the call began, whose events it then never sees. Probe pods until each stream
+    has had an event (the stalled one reads that one only)."""
+    first: list[pb.ContainerEventResponse] = []
+    reader = threading.Thread(target=lambda: first.append(next(stalled)), daemon=True)
+    reader.start()
+    for _ in range(20):
+        probe = cx.pod()[0]
+        try:
+            subscriber.next_for(probe, CREATED, wait=5)  # not a deadline: an event missed, another probe
+        except queue.Empty:
+            continue
+        reader.join(5)
+        if first:
+            return
+    raise AssertionError("the event streams never saw a probe pod's events")
+
+
 def statuses(event: pb.ContainerEventResponse) -> dict[str, pb.ContainerStatus]:
     return {s.id: s for s in event.containers_statuses}
 
@@ -76,6 +96,7 @@ def statuses(event: pb.ContainerEventResponse) -> dict[str, pb.ContainerStatus]:
 def test_events_of_a_pod_and_its_containers_with_statuses_in_order(cx: Cx, subscriber: Subscriber) -> None:
     # A second subscriber that reads nothing until the end: nobody waits for it.
     stalled = cx.rt.GetContainerEvents(pb.GetEventsRequest(), timeout=600)
+    wait_subscribed(cx, subscriber, stalled)
     pod_id, pod_cfg = cx.pod()
     image = cx.image()
 
