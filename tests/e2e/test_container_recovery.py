@@ -57,7 +57,7 @@ def test_daemon_killed_mid_create_is_cleaned_on_restart(
         with pytest.raises(grpc.RpcError) as err:
             cx.create(pod, config)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert cx.daemon.proc is not None and cx.daemon.proc.wait(10) == -9
+        assert cx.daemon.proc is not None and cx.daemon.proc.wait(60) == -9
         cx.daemon.env.pop("CALYX_FAILPOINTS")
         cx.daemon.start()
         assert traces(cx) == CLEAN

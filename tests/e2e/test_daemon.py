@@ -116,7 +116,7 @@ def test_second_instance_on_the_same_socket_is_refused(daemon: Daemon, daemon_fa
     second.config_file.write_text(daemon.config_file.read_text())
     second.start(wait_ready=False)
     assert second.proc is not None
-    assert second.proc.wait(20) == 1
+    assert second.proc.wait(60) == 1
     assert "another calyx instance" in second.log()
     # the first one is untouched
     assert daemon.runtime.Version(pb.VersionRequest()).runtime_name == "calyx"
@@ -134,7 +134,7 @@ def test_stale_socket_file_is_replaced(daemon_factory) -> None:
 def test_sigterm_stops_gracefully_and_removes_the_socket(daemon: Daemon) -> None:
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGTERM)
-    assert daemon.proc.wait(20) == 0
+    assert daemon.proc.wait(60) == 0
     assert not daemon.socket.exists()
     assert "stopped" in daemon.log()
 

@@ -322,7 +322,7 @@ def test_kill9_during_run_is_cleaned_up_at_restart(builtin_net, failpoint: str) 
     )
     err = _code(run_pod, net.daemon, config)
     assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert net.daemon.proc is not None and net.daemon.proc.wait(10) == -9
+    assert net.daemon.proc is not None and net.daemon.proc.wait(60) == -9
     records = net.records("pod")
     (pod_id,) = records  # the intent was recorded before the kill
     assert records[pod_id]["complete"] is False
