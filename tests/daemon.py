@@ -44,7 +44,7 @@ class Daemon:
 
     # --- process ------------------------------------------------------------------------------------
 
-    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> Daemon:
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> Daemon:
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [*CALYX, "serve", "--config", str(self.config_file), "--config-dir", str(self.base / "calyx.d")],
@@ -57,7 +57,7 @@ class Daemon:
             self.wait_ready(timeout)
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 60.0) -> None:
         timeout *= slowdown()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -73,7 +73,7 @@ class Daemon:
             time.sleep(0.05)
         raise TimeoutError(f"calyx not ready after {timeout}s:\n{self.log()}")
 
-    def stop(self, timeout: float = 20.0) -> int | None:
+    def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM, wait; SIGKILL if it does not exit. Returns the exit code."""
         timeout *= slowdown()
         self.close_channel()
@@ -84,13 +84,13 @@ class Daemon:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait(5)
+            return self.proc.wait(60)
 
     def kill9(self) -> None:
         self.close_channel()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait(10)
+            self.proc.wait(60)
 
     def restart(self) -> Daemon:
         self.stop()

@@ -71,7 +71,7 @@ class Registry:
                 lines += [f"    {k}: {v}" for k, v in options.items()]
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout: float = 20.0) -> Registry:
+    def start(self, timeout: float = 60.0) -> Registry:
         config = self.base / f"registry-{self.port}.yml"
         config.write_text(self._config())
         with open(self.log_file, "ab") as log:

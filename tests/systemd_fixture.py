@@ -325,7 +325,7 @@ class SystemdDaemon(Daemon):
         super().__init__(base, config)
         self.systemd = systemd
 
-    def start(self, wait_ready: bool = True, timeout: float = 30.0) -> SystemdDaemon:
+    def start(self, wait_ready: bool = True, timeout: float = 60.0) -> SystemdDaemon:
         with open(self.log_file, "ab") as log:
             self.proc = self.systemd.popen(
                 [
