@@ -69,7 +69,7 @@ def test_containers_use_the_pod_network_reach_other_pods_and_serve_host_ports(cx
 
     # the hostPort from the host's loopback and its own address
     for address in ("127.0.0.1", host_address()):
-        with urllib.request.urlopen(f"http://{address}:{host_port}/", timeout=10) as answer:
+        with urllib.request.urlopen(f"http://{address}:{host_port}/", timeout=60) as answer:
             assert answer.read() == b"pong\n"
 
     # stopping the pod stops its containers; removing it removes them

@@ -224,7 +224,7 @@ def test_portforward_to_an_http_server_in_the_pod(env: Env) -> None:
     # the same over WebSocket, kubelet-proxy style
     with connect(url.replace("http://", "ws://"), subprotocols=[V4]) as ws:
         port = struct.pack("<H", 80)
-        assert {ws.recv(timeout=10), ws.recv(timeout=10)} == {b"\x00" + port, b"\x01" + port}
+        assert {ws.recv(timeout=60), ws.recv(timeout=60)} == {b"\x00" + port, b"\x01" + port}
         ws.send(b"\x00GET /index.html HTTP/1.0\r\n\r\n")
         data = channel(ws_messages(ws), 0)
     assert b" 200 " in data.split(b"\r\n", 1)[0] and data.endswith(b"hello-from-pod\n")
@@ -342,9 +342,9 @@ def test_attach_over_websocket(env: Env) -> None:
     cid = env.container(["sh", "-c", "while read l; do echo ws:$l; done"], stdin=True, stdin_once=True)
     url = env.daemon.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True)).url
     with connect(url.replace("http://", "ws://"), subprotocols=["v5.channel.k8s.io"]) as ws:
-        assert ws.recv(timeout=10) == b"\x01"
+        assert ws.recv(timeout=60) == b"\x01"
         ws.send(b"\x00hello\n")
-        assert ws.recv(timeout=30) == b"\x01ws:hello\n"
+        assert ws.recv(timeout=60) == b"\x01ws:hello\n"
         ws.send(b"\xff\x00")  # close stdin: the loop ends, the container exits, the session ends
         rest = ws_messages(ws)
     assert json.loads(channel(rest, 3))["status"] == "Success"
