@@ -20,6 +20,7 @@ from cri.api import api_pb2 as pb
 from sandbox.apparmor import DEFAULT_PROFILE, AppArmor
 from tests import container_fixtures
 from tests.container_fixtures import Cx
+from tests.waiting import wait_for
 
 cx = container_fixtures.cx
 
@@ -99,6 +100,10 @@ def test_profile() -> Iterator[str]:
 
 
 def attr_current(cx: Cx, cid: str) -> str:
+    """PID 1's AppArmor label once it runs the container's command (``sleep`` in these tests): runc's init
+    asks for the profile on exec, and StartContainer can return before that exec; until then the label is
+    the init's own."""
+    wait_for(lambda: cx.output(cid, "cat", "/proc/1/comm") == "sleep\n", "the container's command to run")
     return cx.output(cid, "cat", "/proc/1/attr/current").strip().rstrip("\x00")
 
 

@@ -15,6 +15,7 @@ from cri.api import api_pb2 as pb
 from tests import container_fixtures
 from tests.container_fixtures import Cx
 from tests.net_fixtures import host_network_linux
+from tests.waiting import wait_for
 
 cx = container_fixtures.cx
 
@@ -297,7 +298,8 @@ def test_pod_namespaces_files_and_pid_modes(cx: Cx) -> None:
     host_pod = cx.pod()
     own = cx.run(host_pod, "own", ["sleep", "1000"])
     assert cx.output(own, "readlink", "/proc/self/ns/net") == os.readlink("/proc/self/ns/net") + "\n"
-    assert cx.output(own, "cat", "/proc/1/comm").strip() == "sleep"
+    # StartContainer can return before runc's init has exec'd the command (its comm is runc's till then)
+    wait_for(lambda: cx.output(own, "cat", "/proc/1/comm").strip() == "sleep", "the pod's own PID 1: sleep")
     target = cx.run(
         host_pod,
         "target",
