@@ -475,7 +475,7 @@ def exchange(address: str, port: int, protocol: str = "tcp") -> str:
 
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, kind) as sock:
-        sock.settimeout(10)
+        sock.settimeout(60)
         sock.connect((address, port))
         if protocol == "tcp":
             return sock.recv(100).decode()

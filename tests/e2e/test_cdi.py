@@ -133,7 +133,7 @@ def test_device_nodes_mounts_env_and_hooks_seen_inside(cdx: CdiCx, short_tmp: Pa
 
     cdx.stop(cid)
     cdx.remove(cid)
-    wait_for(lambda: (markers / "stopped.json").exists(), "the poststop hook ran", 30)
+    wait_for(lambda: (markers / "stopped.json").exists(), "the poststop hook ran", 60)
     assert json.loads((markers / "stopped.json").read_text())["id"] == cid
     assert audit(cdx) == []
     assert (data / "file").read_text() == "from the host\n"

@@ -262,7 +262,7 @@ def test_a_trickled_answer_ends_the_pull_at_its_deadline(
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The daemon gives up too: it hangs up on the trickle (which would go on for minutes) and its
     # PullImage handler returns DEADLINE_EXCEEDED, freeing its gRPC worker.
-    wait_for(server.hung_up.is_set, "the daemon hung up on the trickled answer", timeout=30)
+    wait_for(server.hung_up.is_set, "the daemon hung up on the trickled answer", timeout=60)
     wait_for(
         lambda: "method=PullImage" in d.log() and "code=DEADLINE_EXCEEDED" in d.log(), "the handler ended"
     )
@@ -284,7 +284,7 @@ def test_without_a_client_deadline_the_configured_one_applies(
         call.cancel()
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err
     assert "deadline has passed" in (err.details() or "")  # the daemon's answer
-    wait_for(server.hung_up.is_set, "the daemon hung up on the trickled layer", timeout=30)
+    wait_for(server.hung_up.is_set, "the daemon hung up on the trickled layer", timeout=60)
     assert_clean_and_alive(d)
 
 
@@ -297,7 +297,7 @@ def test_a_trickled_tls_handshake_ends_the_pull_at_its_deadline(
     d = daemon_factory({"images": {"registries": {registry.host: {"mirrors": [f"https://{mirror.host}"]}}}})
     err = rpc_error(lambda: pull(d, ref(registry), timeout=4))
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_for(mirror.hung_up.is_set, "the daemon hung up on the trickled handshake", timeout=30)
+    wait_for(mirror.hung_up.is_set, "the daemon hung up on the trickled handshake", timeout=60)
     assert_clean_and_alive(d)
 
 

@@ -253,7 +253,7 @@ def test_portforward_streams_whose_pair_never_comes_are_reset(builtin_net, image
     ]
     for stream in halves:
         stream.write(b"h" * (64 * 1024))
-    wait_for(lambda: all(s.reset_status is not None for s in halves), "half pairs reset", timeout=30)
+    wait_for(lambda: all(s.reset_status is not None for s in halves), "half pairs reset", timeout=60)
     # a whole pair still works: nothing listens on port 1 in the pod, and the error stream says so
     error = client.open_stream({"streamType": "error", "port": "1", "requestID": "whole"})
     client.open_stream({"streamType": "data", "port": "1", "requestID": "whole"})
