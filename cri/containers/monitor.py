@@ -33,6 +33,9 @@ from cri.containers.procinfo import start_time
 log = logging.getLogger("cri.containers.monitor")
 
 RUNC_TIMEOUT = 60.0
+# After a create's deadline: how long conmon's launcher gets to write the real conmon's pid file and
+# exit, and the pid file to appear, so that the conmon left behind can be found and killed.
+PID_FILE_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,10 @@ class Monitor:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
+                    # conmon's launcher writes the daemon's pid file after the fork, then exits: killed
+                    # in between, it would leave a conmon nobody can find (_kill_monitor).
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        child.wait(PID_FILE_GRACE)
                     with contextlib.suppress(ProcessLookupError):
                         child.kill()
                     raise DeadlineExceeded(f"conmon did not answer within {timeout:g}s", object_id)
@@ -358,8 +365,11 @@ def signal_number(name: str) -> int:
 
 def _kill_monitor(bundle: Path, container_id: str) -> None:
     """A conmon that did not answer in time is killed with its ``runc create``: conmon made itself a
-    session leader, so its process group holds both (the child we started has exited long ago)."""
-    pid = _read_int(bundle / "conmon.pid")
+    session leader, so its process group holds both (the child we started has exited long ago). Its
+    pid file may still be on its way: it gets PID_FILE_GRACE to appear."""
+    pid_file = bundle / "conmon.pid"
+    poll.until(lambda: _read_int(pid_file) > 0, PID_FILE_GRACE, 0.02)
+    pid = _read_int(pid_file)
     try:
         if pid <= 0 or container_id.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
             return

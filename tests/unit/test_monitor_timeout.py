@@ -9,7 +9,10 @@ both are gone once the create times out.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,13 @@ while [ $# -gt 0 ]; do
 done
 setsid sh -c 'echo $$ > "$1"; sleep 1000 & echo $! > "$1.child"; wait' stand-in-conmon "$pidfile" "$cid" &
 """
+STAND_IN_NAME = "stand-in-conmon"
+# One whose pid file comes a moment after its child started, as real conmon's launcher writes it after
+# the fork: a create that times out in between must still find it.
+LATE_PID_FILE = STAND_IN.replace(
+    """'echo $$ > "$1"; sleep 1000 & echo $! > "$1.child"; wait'""",
+    """'sleep 1000 & echo $! > "$1.child"; sleep 1; echo $$ > "$1"; wait'""",
+)
 
 
 def _gone(pid: int) -> bool:
@@ -59,24 +69,34 @@ def _written(path: Path) -> bool:
         return False
 
 
+@pytest.mark.parametrize("stand_in", [STAND_IN, LATE_PID_FILE], ids=["pid-file-first", "pid-file-late"])
 def test_a_conmon_that_does_not_answer_is_killed_with_its_children(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stand_in: str
 ) -> None:
     conmon = tmp_path / "conmon"
-    conmon.write_text(STAND_IN)
+    conmon.write_text(stand_in)
     conmon.chmod(0o755)
     monitor = Monitor(str(conmon), "runc", tmp_path / "runc", tmp_path / "exits", tmp_path / "sockets")
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     cid = secrets.token_hex(32)
     files = [bundle / name for name in ("conmon.pid", "conmon.pid.child")]
-    # The create times out once the stand-in has written its pid files, as a hung conmon has: with a
-    # 1 s deadline a slow host timed it out before, and nothing said which processes to kill.
-    monkeypatch.setattr(monitor_module, "time", _ClockPastDeadlineOnce(lambda: all(map(_written, files))))
-    with pytest.raises(DeadlineExceeded):
-        monitor.create(cid, bundle, bundle, str(tmp_path / "c.log"), False, False, False, timeout=600)
-    pids = [int(path.read_text()) for path in files]
-    deadline = time.monotonic() + 60
-    while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert all(_gone(pid) for pid in pids), pids
+    # The create times out once the stand-in has started its child, as a hung conmon has: with a 1 s
+    # deadline a slow host timed it out before, and nothing said which processes to kill.
+    monkeypatch.setattr(monitor_module, "time", _ClockPastDeadlineOnce(lambda: _written(files[1])))
+    try:
+        with pytest.raises(DeadlineExceeded):
+            monitor.create(cid, bundle, bundle, str(tmp_path / "c.log"), False, False, False, timeout=600)
+        deadline = time.monotonic() + 60
+        while not all(map(_written, files)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pids = [int(path.read_text()) for path in files]
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(pid) for pid in pids), pids
+    finally:  # what a failed run left: the stand-in's processes, by their pid files and command lines
+        for path, cmdline in zip(files, (STAND_IN_NAME.encode(), b"sleep\x001000\x00"), strict=True):
+            with contextlib.suppress(OSError, ValueError):
+                pid = int(path.read_text())
+                if cmdline in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
