@@ -12,7 +12,6 @@ from it in the caller's thread: it never waits behind lookups stuck on a dead na
 
 from __future__ import annotations
 
-import functools
 import re
 import socket
 import threading
@@ -148,7 +147,15 @@ def _unique(found: list[tuple[Any, ...]]) -> list[str]:
     return hosts
 
 
-@functools.cache
+_shared: Resolver | None = None
+_shared_lock = threading.Lock()
+
+
 def shared() -> Resolver:
-    """The daemon's one resolver: its bound holds across all pulls."""
-    return Resolver()
+    """The daemon's one resolver: its bound holds across all pulls. Made under a lock: pulls that start
+    together must not each make one (functools.cache did, and each had its own threads)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Resolver()
+        return _shared

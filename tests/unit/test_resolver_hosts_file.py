@@ -5,8 +5,13 @@ nsswitch.conf has that file asked before DNS, as getaddrinfo would."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
+import pytest
+
+from cri.images import resolver
 from cri.images.resolver import Resolver, hosts_file_addresses, hosts_file_first
 
 HOSTS = """\
@@ -76,3 +81,23 @@ def test_with_dns_asked_first_a_listed_name_is_looked_up_on_the_pool(tmp_path: P
     # the host's resolver answers, not the file given: not 10.1.2.3, and from a lookup thread
     found = resolver.resolve("localhost", 5000, 30)
     assert "10.1.2.3" not in found and resolver.threads == 1
+
+
+def test_pulls_that_start_together_share_one_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = []
+
+    class SlowToMake(Resolver):
+        def __init__(self) -> None:
+            made.append(self)
+            time.sleep(0.2)  # as reading nsswitch.conf lets other threads run
+            super().__init__()
+
+    monkeypatch.setattr(resolver, "Resolver", SlowToMake)
+    monkeypatch.setattr(resolver, "_shared", None)
+    got: list[Resolver] = []
+    callers = [threading.Thread(target=lambda: got.append(resolver.shared())) for _ in range(8)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert len(made) == 1 and got == made * 8
