@@ -12,6 +12,7 @@ import json
 import secrets
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -100,11 +101,14 @@ def test_profile() -> Iterator[str]:
 
 
 def attr_current(cx: Cx, cid: str) -> str:
-    """PID 1's AppArmor label once it runs the container's command (``sleep`` in these tests): runc's init
-    asks for the profile on exec, and StartContainer can return before that exec; until then the label is
-    the init's own."""
-    wait_for(lambda: cx.output(cid, "cat", "/proc/1/comm") == "sleep\n", "the container's command to run")
-    return cx.output(cid, "cat", "/proc/1/attr/current").strip().rstrip("\x00")
+    """The AppArmor label of the container's own process, read from the host once it runs the container's
+    command (``sleep`` in these tests): runc's init asks for the profile on exec, and StartContainer can
+    return before that exec. Not the container's PID 1: in a pod sharing its PID namespace, that is the
+    pod's catatonit, unconfined whatever the container asked."""
+    pid = json.loads(cx.status(cid, verbose=True).info["info"])["pid"]
+    proc = Path(f"/proc/{pid}")
+    wait_for(lambda: (proc / "comm").read_text() == "sleep\n", f"container {cid} to run its command")
+    return (proc / "attr" / "current").read_text().strip().rstrip("\x00")
 
 
 @needs_apparmor
