@@ -78,7 +78,7 @@ def _unclaim(path: Path) -> None:
 
 def _needed(path: Path) -> bool:
     """Whether a create in flight needs ``path``: it or a path under it is claimed."""
-    return any(claimed == path or claimed.is_relative_to(path) for claimed in _claims)
+    return any(claimed.is_relative_to(path) for claimed in _claims)  # the path itself included
 
 
 def make_host_path(path: Path) -> list[Path]:
